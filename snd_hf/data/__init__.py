@@ -1,0 +1,1 @@
+"""Multi-view scene data: ScanNet++ layout, generated scenes, Hugging Face datasets."""

@@ -1,0 +1,1 @@
+"""Frozen-feature probes: depth, surface normals, segmentation and correspondence."""

@@ -1,0 +1,1 @@
+"""Splatting teacher: cameras, Gaussians, lifting, feature rendering and mask operations."""

@@ -1,0 +1,134 @@
+"""Camera conventions: the one place in snd-hf where they are defined.
+
+Every module of snd-hf (data, lifting, rendering, evaluation) speaks this convention:
+
+- **extrinsics** ``[..., 4, 4]``: camera-to-world matrices in OpenCV axes
+  (x right, y down, z forward).
+- **intrinsics** ``[..., 3, 3]``: normalised by the image size, i.e. row 0 divided by the
+  width and row 1 by the height (``fx/W, cx/W; fy/H, cy/H``), so one matrix serves every
+  resolution of a view. This is the layout of the original SnD/MVSplat data pipeline.
+- **pixel coordinates** are normalised to ``[0, 1]``; the centre of pixel ``(row i, column
+  j)`` of an ``H x W`` image is ``((j + 0.5) / W, (i + 0.5) / H)``.
+- **depth** is z-depth (distance along the optical axis), not distance along the ray.
+- **near / far** ``[...]``: per-view clipping distances in z-depth, in scene units (metres
+  for indoor scans).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Flips y and z: maps OpenGL/Blender camera axes (x right, y up, z backward) to OpenCV's.
+_GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+
+def opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
+    """Convert camera-to-world matrices from OpenGL camera axes to OpenCV camera axes.
+
+    Only the camera axes change; the world frame is kept (the original SnD also conjugated
+    the world by a 180° rotation, which is harmless but makes poses differ from the source).
+    The conversion is its own inverse.
+
+    Args:
+        c2w: camera-to-world matrices with OpenGL camera axes. [..., 4, 4]
+
+    Returns:
+        camera-to-world matrices with OpenCV camera axes. [..., 4, 4]
+    """
+    _check_matrix("c2w", c2w, 4)
+    return c2w @ _GL_TO_CV.to(device=c2w.device, dtype=c2w.dtype)
+
+
+opencv_to_opengl = opengl_to_opencv
+
+
+def normalize_intrinsics(intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel intrinsics ``[..., 3, 3]`` of an ``height x width`` image → normalised intrinsics."""
+    _check_matrix("intrinsics", intrinsics, 3)
+    scale = intrinsics.new_tensor([1.0 / width, 1.0 / height, 1.0])
+    return intrinsics * scale[:, None]
+
+
+def denormalize_intrinsics(intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised intrinsics ``[..., 3, 3]`` → pixel intrinsics of an ``height x width`` image."""
+    _check_matrix("intrinsics", intrinsics, 3)
+    scale = intrinsics.new_tensor([float(width), float(height), 1.0])
+    return intrinsics * scale[:, None]
+
+
+def pixel_centers(
+    height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Normalised coordinates of every pixel centre, ``(x, y)`` in ``[0, 1]``.
+
+    Returns:
+        the grid, row-major. [H, W, 2]
+    """
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1)
+
+
+def camera_rays(intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Camera-frame ray through every pixel centre, scaled so that its z component is 1.
+
+    Args:
+        intrinsics: normalised intrinsics. [..., 3, 3]
+
+    Returns:
+        rays in camera coordinates. [..., H, W, 3]
+    """
+    _check_matrix("intrinsics", intrinsics, 3)
+    xy = pixel_centers(height, width, intrinsics.device, intrinsics.dtype)
+    homogeneous = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)  # [H, W, 3]
+    inverse = torch.linalg.inv(intrinsics)[..., None, None, :, :]  # [..., 1, 1, 3, 3]
+    return (inverse @ homogeneous[..., None]).squeeze(-1)
+
+
+def unproject_depth(depth: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Lift every pixel to world space with its z-depth.
+
+    Args:
+        depth: z-depth per pixel. [..., H, W]
+        extrinsics: camera-to-world, OpenCV. [..., 4, 4]
+        intrinsics: normalised intrinsics. [..., 3, 3]
+
+    Returns:
+        world points. [..., H, W, 3]
+    """
+    height, width = depth.shape[-2:]
+    points_camera = camera_rays(intrinsics, height, width) * depth[..., None]
+    return transform_points(points_camera, extrinsics[..., None, None, :, :])
+
+
+def transform_points(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply a rigid 4x4 transform to points ``[..., 3]`` (``matrix`` broadcasts as ``[..., 4, 4]``)."""
+    return (matrix[..., :3, :3] @ points[..., None]).squeeze(-1) + matrix[..., :3, 3]
+
+
+def project_points(
+    points: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points into cameras.
+
+    Args:
+        points: world points. [..., N, 3]
+        extrinsics: camera-to-world, OpenCV. [..., 4, 4]
+        intrinsics: normalised intrinsics. [..., 3, 3]
+
+    Returns:
+        xy: normalised pixel coordinates (meaningless where depth <= 0). [..., N, 2]
+        depth: z-depth in the camera. [..., N]
+    """
+    world_to_camera = torch.linalg.inv(extrinsics)[..., None, :, :]
+    points_camera = transform_points(points, world_to_camera)
+    depth = points_camera[..., 2]
+    projected = (intrinsics[..., None, :, :] @ points_camera[..., None]).squeeze(-1)
+    xy = projected[..., :2] / depth[..., None].clamp_min(1e-8)
+    return xy, depth
+
+
+def _check_matrix(name: str, matrix: torch.Tensor, size: int) -> None:
+    if matrix.shape[-2:] != (size, size):
+        raise ValueError(f"`{name}` must have shape [..., {size}, {size}], got {tuple(matrix.shape)}.")

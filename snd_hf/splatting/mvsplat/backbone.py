@@ -40,6 +40,7 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[N, C_in, H, W] → [N, C_out, H / stride, W / stride]."""
         residual = F.relu(self.norm1(self.conv1(hidden_states)))
         residual = F.relu(self.norm2(self.conv2(residual)))
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)

@@ -86,6 +86,7 @@ class Downsample(nn.Module):
         self.op = conv3x3(channels, channels, stride=2)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w] → [N, C, ceil(h / 2), ceil(w / 2)]."""
         return self.op(hidden_states)
 
 
@@ -97,6 +98,7 @@ class Upsample(nn.Module):
         self.conv = conv3x3(channels, channels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w] → [N, C, 2h, 2w]."""
         return self.conv(F.interpolate(hidden_states, scale_factor=2, mode="nearest"))
 
 

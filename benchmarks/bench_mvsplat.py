@@ -51,7 +51,10 @@ def main() -> None:
                 gaussians = lifter(context)
                 seconds = time.perf_counter() - start
                 peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-                print(f"{height}x{width}: forward {seconds:.2f} s, G={gaussians.num_gaussians}, peak RSS {peak_gib:.2f} GiB")
+                print(
+                    f"{height}x{width}: forward {seconds:.2f} s, G={gaussians.num_gaussians}, "
+                    f"peak RSS {peak_gib:.2f} GiB"
+                )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def lifter(mvsplat_dir):
 
 
 def _context(reference, case):
-    names = {"image": "context_image", "extrinsics": "extrinsics", "intrinsics": "intrinsics", "near": "near", "far": "far"}
+    names = {"image": "context_image", "extrinsics": "extrinsics", "intrinsics": "intrinsics"}
+    names |= {"near": "near", "far": "far"}
     return {key: reference[f"{case}/{name}"] for key, name in names.items()}
 
 
@@ -115,7 +116,8 @@ def test_disparity_candidates_run_far_to_near():
 def test_quaternion_matrix_is_a_rotation():
     quaternions = torch.randn(16, 4)
     rotations = quaternion_xyzw_to_matrix(quaternions)
-    torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), torch.eye(3).expand(16, 3, 3), atol=1e-5, rtol=0)
+    identity = torch.eye(3).expand(16, 3, 3)
+    torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), identity, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(16), atol=1e-5, rtol=0)
     # 90° about z: x → y.
     quarter = torch.tensor([0.0, 0.0, 2**-0.5, 2**-0.5])

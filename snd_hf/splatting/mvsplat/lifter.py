@@ -258,4 +258,6 @@ def convert_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     of each name is identical). A state dict without any ``encoder.`` key is taken as already bare."""
     if not any(key.startswith(CHECKPOINT_PREFIX) for key in state_dict):
         return dict(state_dict)
-    return {key[len(CHECKPOINT_PREFIX) :]: value for key, value in state_dict.items() if key.startswith(CHECKPOINT_PREFIX)}
+    return {
+        key[len(CHECKPOINT_PREFIX) :]: value for key, value in state_dict.items() if key.startswith(CHECKPOINT_PREFIX)
+    }

@@ -76,10 +76,11 @@ def test_parity_with_original_encoder(outputs, reference, case):
     torch.testing.assert_close(pairs["depths"][0], pairs["depths"][1], rtol=RELATIVE_TOLERANCE, atol=0.0)
 
 
-def test_forward_returns_the_gaussians_of_predict(lifter, reference, outputs):
-    with torch.no_grad():
-        gaussians = lifter(_context(reference, "case0"))
-    torch.testing.assert_close(gaussians.means, outputs["case0"].gaussians.means)
+def test_forward_returns_the_gaussians_of_predict(lifter, reference, outputs, monkeypatch):
+    context = _context(reference, "case0")
+    monkeypatch.setattr(lifter, "predict", lambda given: outputs["case0"] if given is context else None)
+    gaussians = lifter(context)
+    assert gaussians is outputs["case0"].gaussians
     assert gaussians.features is None
 
 

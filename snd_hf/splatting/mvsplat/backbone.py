@@ -170,7 +170,10 @@ def window_attention(
         t = window_partition(t, splits).reshape(batch, num_maps, splits * splits, tokens, channels)
         return t.transpose(1, 2).reshape(batch, splits * splits, num_maps * tokens, channels)
 
+    # Deviation: the original tiles the mask in a token order that differs from its keys' when
+    # M > 1 (more than 2 views); here every key gets its own window position's bias.
     bias = None if mask is None else mask.repeat(1, 1, num_maps).to(query.dtype)
+    # Deviation: fused attention kernel instead of explicit scores (same maths, less memory).
     attended = F.scaled_dot_product_attention(query, gather_maps(key), gather_maps(value), attn_mask=bias)
     attended = window_merge(attended, height, width)
     if mask is not None:

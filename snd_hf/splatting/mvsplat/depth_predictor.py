@@ -95,6 +95,7 @@ def plane_sweep_correlation(
     rays = reference_to_source[:, :3, :3] @ rays
     translation = reference_to_source[:, :3, 3, None, None]  # [N, 3, 1, 1]
 
+    # Deviation: warped a chunk of candidates at a time (the original warps all at once); same values.
     correlations = []
     for chunk in depths.split(CANDIDATE_CHUNK, dim=1):
         planes = chunk.shape[1]

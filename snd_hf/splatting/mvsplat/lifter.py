@@ -189,8 +189,8 @@ class MVSplatLifter(Lifter):
             self.config.gaussian_scale_max,
         )
         count = views * height * width
-        # The original maps density d to opacity 0.5 (1 - (1 - d)^e + d^(1/e)) with e = 2^0 = 1 in
-        # this configuration (opacity_mapping initial = final = 0): the identity.
+        # Deviation: the original maps density d to opacity 0.5 (1 - (1 - d)^e + d^(1/e)) with e
+        # annealed over training steps; SnD's config fixes e = 2^0 = 1, the identity.
         gaussians = Gaussians(
             means=pixels.means.reshape(batch, count, 3),
             covariances=pixels.covariances.reshape(batch, count, 3, 3),

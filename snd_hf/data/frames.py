@@ -33,16 +33,18 @@ class FrameReadError(ValueError):
         self.reason = reason
 
 
-def open_image(path) -> Image.Image:
-    """Open and fully read an image file, turning every failure into :class:`FrameReadError`."""
+def open_image(path, source: str | None = None) -> Image.Image:
+    """Open and fully read an image (a path or a file object; ``source`` names it in errors),
+    turning every failure into :class:`FrameReadError`."""
+    source = str(path) if source is None else source
     try:
         with Image.open(path) as image:
             image.load()
             return image
     except FileNotFoundError:
-        raise FrameReadError(str(path), "file not found") from None
+        raise FrameReadError(source, "file not found") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise FrameReadError(str(path), f"unreadable image ({error})") from None
+        raise FrameReadError(source, f"unreadable image ({error})") from None
 
 
 def _check_mode(image: Image.Image, modes: tuple[str, ...], source: str) -> None:

@@ -214,21 +214,39 @@ class SceneDataset(Dataset):
             num_targets=self.num_targets,
             target_mode=self.target_mode,
         )
-        return {
-            "context": self._views(scene, context),
-            "target": self._views(scene, targets),
-            "scene": scene.scene_id,
-            "index": {"context": torch.tensor(context), "target": torch.tensor(targets)},
-        }
+        return build_sample(
+            self.source, scene, context, targets, image_size=self.image_size, fields=self.fields, near=self.near, far=self.far
+        )
 
-    def _views(self, scene: SceneRecord, positions: list[int]) -> dict[str, torch.Tensor]:
-        views = [self.source.load_view(scene, position, self.image_size, self.fields) for position in positions]
-        bundle = {name: torch.stack([view[name] for view in views]) for name in views[0]}
+
+def build_sample(
+    source: SceneSource,
+    scene: SceneRecord,
+    context: list[int],
+    targets: list[int],
+    *,
+    image_size: tuple[int, int] | None,
+    fields: tuple[str, ...],
+    near: float,
+    far: float,
+) -> dict:
+    """Load the context and target frames of ``scene`` into one sample (layout in the module docstring)."""
+
+    def views(positions: list[int]) -> dict[str, torch.Tensor]:
+        loaded = [source.load_view(scene, position, image_size, fields) for position in positions]
+        bundle = {name: torch.stack([view[name] for view in loaded]) for name in loaded[0]}
         bundle["extrinsics"] = torch.stack([scene.frames[p].extrinsics for p in positions])
         bundle["intrinsics"] = torch.stack([scene.frames[p].intrinsics for p in positions])
-        bundle["near"] = torch.full((len(positions),), self.near)
-        bundle["far"] = torch.full((len(positions),), self.far)
+        bundle["near"] = torch.full((len(positions),), float(near))
+        bundle["far"] = torch.full((len(positions),), float(far))
         return bundle
+
+    return {
+        "context": views(context),
+        "target": views(targets),
+        "scene": scene.scene_id,
+        "index": {"context": torch.tensor(context), "target": torch.tensor(targets)},
+    }
 
 
 def collate_scenes(samples: list[dict]) -> dict:

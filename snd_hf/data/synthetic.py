@@ -118,7 +118,7 @@ def _trajectory(rng: np.random.Generator, room: np.ndarray, num_frames: int) -> 
     """Smooth OpenCV camera-to-world poses circling the room centre and looking into it. [F, 4, 4]"""
     center = np.array([room[0] / 2, room[1] / 2])
     radius = 0.42 * min(room[0], room[1])
-    start, span = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(70.0, 110.0))
+    start, span = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(50.0, 80.0))
     bob, wobble = rng.uniform(0, 2 * math.pi, size=2)
     s = np.linspace(0.0, 1.0, num_frames)
     theta = start + span * (s - 0.5)

@@ -234,7 +234,7 @@ def build_sample(
 
     def views(positions: list[int]) -> dict[str, torch.Tensor]:
         loaded = [source.load_view(scene, position, image_size, fields) for position in positions]
-        bundle = {name: torch.stack([view[name] for view in loaded]) for name in loaded[0]}
+        bundle = {name: _stack([view[name] for view in loaded]) for name in loaded[0]}
         bundle["extrinsics"] = torch.stack([scene.frames[p].extrinsics for p in positions])
         bundle["intrinsics"] = torch.stack([scene.frames[p].intrinsics for p in positions])
         bundle["near"] = torch.full((len(positions),), float(near))
@@ -263,11 +263,17 @@ def collate_scenes(samples: list[dict]) -> dict:
                     f"(scene {sample['scene']!r}); pass `fields` to SceneDataset to load the same maps everywhere."
                 )
         try:
-            batch[part] = {key: torch.stack([sample[part][key] for sample in samples]) for key in keys}
-        except RuntimeError as error:
+            batch[part] = {key: _stack([sample[part][key] for sample in samples]) for key in keys}
+        except ValueError as error:
             raise ValueError(f"cannot batch {part} views of different shapes; set `image_size` ({error})") from None
-    batch["index"] = {part: torch.stack([sample["index"][part] for sample in samples]) for part in ("context", "target")}
+    batch["index"] = {part: _stack([sample["index"][part] for sample in samples]) for part in ("context", "target")}
     return batch
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of CPU tensors done by numpy: torch's intra-op thread pool makes these
+    small copies several times slower on a busy CPU (measured in benchmarks/bench_data.py)."""
+    return torch.from_numpy(np.stack([tensor.numpy() for tensor in tensors]))
 
 
 def _open_source(root, *, skip_bad: bool, on_error: str) -> SceneSource:

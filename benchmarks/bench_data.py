@@ -32,7 +32,7 @@ GOAL_SECONDS = 60.0
 
 def _reference_decode(dataset: SceneDataset, count: int) -> tuple[float, float]:
     """Wall and CPU seconds to read ``count`` samples' files with PIL + numpy only (image + mask per view)."""
-    views_per_sample = dataset.num_context + dataset.num_targets
+    views_per_sample = dataset.options.num_context + dataset.options.num_targets
     scene_dirs = [Path(scene.location) for scene in dataset.scenes]
     start, cpu = time.perf_counter(), time.process_time()
     for index in range(count):

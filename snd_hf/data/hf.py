@@ -198,7 +198,7 @@ class HFScenes:
         for index, row in enumerate(meta):
             frame = _record(row, index)
             if frame.is_bad and skip_bad:
-                self.skipped.add("is_bad frame", f"{self.where}:{row['scene']}/{row['file_name']}")
+                self.skipped.add("is_bad frame", f"{self.where}:{row['scene']}/{row['file_name']}", warn=False)
                 continue
             by_scene.setdefault(row["scene"], []).append(frame)
             first_rows.setdefault(row["scene"], index)

@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -225,7 +224,7 @@ class SceneDataset(Dataset):
             message = f"{scene.location or scene.scene_id}: {len(scene)} usable frames, the sampler needs {options.min_frames}"
             if on_error == "raise":
                 raise ValueError(message)
-            self._record_skip("too few frames", message)
+            self.skipped.add("too few frames", message)
         if not self.scenes:
             raise ValueError(f"no usable scene in {root!r} (skipped: {dict(self.skipped.counts)}).")
 
@@ -246,12 +245,8 @@ class SceneDataset(Dataset):
             except FrameReadError as error:
                 if self.on_error == "raise":
                     raise
-                self._record_skip(error.reason.split(" (")[0], error.path)
+                self.skipped.add(error.reason.split(" (")[0], error.path)
         raise RuntimeError(f"every scene failed to load a sample (skipped: {dict(self.skipped.counts)}).")
-
-    def _record_skip(self, reason: str, path: str) -> None:
-        if self.skipped.add(reason, path):
-            warnings.warn(f"SceneDataset skipped {path} ({reason}); further skips are counted in `dataset.skipped`.")
 
     def _sample(self, item: int, index: int) -> dict:
         """Item ``item``'s scene, drawn with the random stream of ``index``."""

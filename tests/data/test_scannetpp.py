@@ -69,7 +69,8 @@ def test_frames_sort_by_number_and_is_bad_is_skipped(scenes_copy):
 def test_bad_json_is_reported_with_its_path(scenes_copy):
     path = _scene_dir(scenes_copy) / "transforms_train.json"
     path.write_text("{not json")
-    source = FolderScenes(scenes_copy)
+    with pytest.warns(UserWarning, match="invalid JSON"):
+        source = FolderScenes(scenes_copy)
     assert [scene.scene_id for scene in source.scenes] == ["synth_0001"]
     assert source.skipped.paths["invalid JSON"] == [str(path)]
     with pytest.raises(FrameReadError, match="transforms_train.json: invalid JSON"):
@@ -89,7 +90,8 @@ def test_malformed_transforms_name_the_problem(scenes_copy):
 def test_missing_image_or_mask_drops_the_frame_and_counts_it(scenes_copy, folder, name):
     missing = _scene_dir(scenes_copy) / folder / name
     missing.unlink()
-    source = FolderScenes(scenes_copy)
+    with pytest.warns(UserWarning, match=f"skipped .*{name} \\(file not found\\)"):
+        source = FolderScenes(scenes_copy)
     assert "frame_000004.png" not in [frame.name for frame in source.scenes[0].frames]
     assert len(source.scenes[0].frames) == 11
     assert source.skipped.paths["file not found"] == [str(missing)]
@@ -128,7 +130,7 @@ def test_unusable_files_raise_or_are_skipped_and_counted(scenes_copy, breakage, 
     # Every draw of scene 0 uses all its 12 frames, so each of its items is skipped and replaced
     # by a draw of the other scene, with one warning and a count per skip.
     dataset = SceneDataset(scenes_copy, context_gap=11, num_targets=12, samples_per_scene=2)
-    with pytest.warns(UserWarning, match="SceneDataset skipped"):
+    with pytest.warns(UserWarning, match="further skips are counted"):
         samples = [dataset[i] for i in range(len(dataset))]
     assert [sample["scene"] for sample in samples] == ["synth_0001"] * 4
     assert sum(dataset.skipped.counts.values()) == 2

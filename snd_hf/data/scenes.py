@@ -187,7 +187,9 @@ class SceneDataset(Dataset):
         samples_per_scene: items per scene per epoch.
         fields: optional maps to load when a scene has them (any of depth, normals, semantics).
         on_error: ``"skip"`` counts unusable scenes, frames and samples in ``skipped`` (with a
-            warning the first time for each reason) and moves on; ``"raise"`` raises.
+            warning the first time for each reason) and moves on; ``"raise"`` raises. A skipped
+            sample is replaced by a draw from the next scene. DataLoader workers each count the
+            skips of their own samples.
     """
 
     def __init__(

@@ -1,6 +1,9 @@
+import shutil
+
 import datasets
 import pytest
 import torch
+from PIL import Image
 
 from snd_hf.data.hf import HFScenes, StreamingSceneDataset, load_scene_dataset, scene_features, scenes_to_hf
 from snd_hf.data.scenes import SceneDataset
@@ -69,3 +72,20 @@ def test_is_bad_and_schema_checks(converted):
         HFScenes(converted.remove_columns("mask"))
     with pytest.raises(TypeError, match="StreamingSceneDataset"):
         HFScenes(converted.to_iterable_dataset())
+
+
+def test_conversion_follows_changes_to_the_folder(tiny_scenes, tmp_path):
+    root = tmp_path / "scenes_copy"
+    shutil.copytree(tiny_scenes, root)
+    cache = str(tmp_path / "cache")
+    before = scenes_to_hf(root, progress=False, cache_dir=cache)
+    image = root / "scenes" / "synth_0000" / "images" / "frame_000000.png"
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(image)
+    after = scenes_to_hf(root, progress=False, cache_dir=cache)  # same cache: must not reuse the old rows
+    assert before[0]["image"].getpixel((0, 0)) != (255, 0, 0)
+    assert after[0]["image"].getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_load_scene_dataset_rejects_an_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a saved dataset nor parquet"):
+        load_scene_dataset(tmp_path)

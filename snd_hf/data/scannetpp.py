@@ -171,6 +171,8 @@ class FolderScenes:
         images = set(_names(scene_dir / "images"))
         masks = set(_names(scene_dir / "instance_segmentation"))
         kept = []
+        # Deviation: the original kept is_bad frames and crashed or retried on missing files;
+        # we drop both here, counting them (docs/deviations.md rows "is_bad", "missing files").
         for frame in frames:
             if frame.is_bad and skip_bad:
                 self.skipped.add("is_bad frame", str(scene_dir / "images" / frame.name), warn=False)

@@ -240,7 +240,9 @@ class SceneDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        # A sample with an unreadable file is replaced by the next scene's; at most one full lap.
+        # Deviation: views are positions in the frame list, so numbering gaps never trigger the
+        # original's endless retry; a sample with an unreadable file is replaced by the next
+        # scene's, at most one full lap.
         for attempt in range(len(self.scenes)):
             try:
                 return self._sample((index + attempt * self.options.samples_per_scene) % len(self), index)

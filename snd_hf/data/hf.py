@@ -38,7 +38,6 @@ import io
 import os
 from pathlib import Path
 import datasets
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -236,15 +235,18 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
 
     Rows are read in order; each scene's frames are buffered undecoded (rows of a scene must be
     contiguous, as :func:`scenes_to_hf` writes them) and ``samples_per_scene`` draws are made
-    from it with :func:`~snd_hf.data.scenes.sample_views`. Draw ``k`` of the ``n``-th usable
-    scene is seeded like item ``n * samples_per_scene + k`` of a :class:`SceneDataset` over the
-    same rows, so both give the same samples. Scenes with too few frames are skipped and
-    counted in ``skipped``. With several DataLoader workers, scenes are dealt round-robin.
-    Keyword arguments are those of :class:`~snd_hf.data.scenes.SceneDataset` (but ``on_error``).
+    from it with :func:`~snd_hf.data.scenes.sample_views`, seeded by ``(seed, epoch, scene id,
+    draw)`` exactly as :class:`SceneDataset` seeds them, so both give the same samples. Scenes
+    with too few frames are skipped and counted in ``skipped``. With several DataLoader
+    workers, ``datasets`` deals whole shards to the workers (a worker without a shard stops), so
+    a scene must not straddle shards. Keyword arguments are those of
+    :class:`~snd_hf.data.scenes.SceneDataset` (but ``on_error``).
     """
 
     def __init__(self, dataset: datasets.IterableDataset | datasets.Dataset, **options):
         self.options = SamplingOptions(**options)
+        if isinstance(dataset, datasets.Dataset):
+            dataset = dataset.to_iterable_dataset()  # one shard: workers never split a scene
         self.dataset = dataset.cast(
             datasets.Features({**scene_features(), **{name: datasets.Image(decode=False) for name in ("image", "mask") + OPTIONAL_FIELDS}})
         )
@@ -265,8 +267,6 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
             yield rows
 
     def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        usable = -1
         for rows in self._scenes():
             frames = [_record(row, index) for index, row in enumerate(rows) if not (self.options.skip_bad and row["is_bad"])]
             fields = tuple(name for name in OPTIONAL_FIELDS if rows[0][name] is not None)
@@ -274,11 +274,6 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
             if len(scene) < self.options.min_frames:
                 self.skipped.add("too few frames", scene.location)
                 continue
-            usable += 1
-            if worker is not None and usable % worker.num_workers != worker.id:
-                continue
             source = _BufferedScene(scene, rows)
-            per_scene = self.options.samples_per_scene
-            for draw in range(per_scene):
-                rng = np.random.default_rng([self.options.seed, self.epoch, usable * per_scene + draw])
-                yield self.options.sample(source, scene, rng)
+            for draw in range(self.options.samples_per_scene):
+                yield self.options.sample(source, scene, self.options.rng(self.epoch, scene.scene_id, draw))

@@ -17,7 +17,7 @@ batch dimension::
 View sampling follows SnD's bounded sampler: the context views span ``context_gap`` frames
 (``num_context`` views spread evenly over that span) and targets lie between them
 (``target_mode="between"``, inclusive, as in the original) or outside them within one gap
-(``target_mode="novel"``). The draw depends only on ``(seed, epoch, index)``: call
+(``target_mode="novel"``). The draw depends only on ``(seed, epoch, scene id, draw number)``: call
 :meth:`SceneDataset.set_epoch` each epoch and a resumed run sees the same data order.
 
 Example::
@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -147,6 +148,11 @@ class SamplingOptions:
         """Fewest frames a scene needs for the sampler."""
         return min_frames(self.context_gap, self.target_mode)
 
+    def rng(self, epoch: int, scene_id: str, draw: int) -> np.random.Generator:
+        """The random stream of draw ``draw`` of a scene in an epoch: independent of the scene's
+        position, so folder, ``datasets`` and streamed readers draw alike."""
+        return np.random.default_rng([self.seed, epoch, zlib.crc32(scene_id.encode()), draw])
+
     def draw(self, num_frames: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         """Context and target positions of one sample (:func:`sample_views`)."""
         return sample_views(
@@ -241,22 +247,18 @@ class SceneDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         # Deviation: views are positions in the frame list, so numbering gaps never trigger the
-        # original's endless retry; a sample with an unreadable file is replaced by the next
-        # scene's, at most one full lap.
+        # original's endless retry; a sample with an unreadable file is replaced by the same draw
+        # of the next scene, at most one full lap.
+        scene_index, draw = divmod(index, self.options.samples_per_scene)
         for attempt in range(len(self.scenes)):
+            scene = self.scenes[(scene_index + attempt) % len(self.scenes)]
             try:
-                return self._sample((index + attempt * self.options.samples_per_scene) % len(self), index)
+                return self.options.sample(self.source, scene, self.options.rng(self.epoch, scene.scene_id, draw))
             except FrameReadError as error:
                 if self.on_error == "raise":
                     raise
                 self.skipped.add(error.reason.split(" (")[0], error.path)
         raise RuntimeError(f"every scene failed to load a sample (skipped: {dict(self.skipped.counts)}).")
-
-    def _sample(self, item: int, index: int) -> dict:
-        """Item ``item``'s scene, drawn with the random stream of ``index``."""
-        scene = self.scenes[item // self.options.samples_per_scene]
-        rng = np.random.default_rng([self.options.seed, self.epoch, index])
-        return self.options.sample(self.source, scene, rng)
 
 
 def build_sample(

@@ -4,9 +4,10 @@ import datasets
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from snd_hf.data.hf import HFScenes, StreamingSceneDataset, load_scene_dataset, scene_features, scenes_to_hf
-from snd_hf.data.scenes import SceneDataset
+from snd_hf.data.scenes import SceneDataset, collate_scenes
 
 from .conftest import TINY
 
@@ -89,3 +90,9 @@ def test_conversion_follows_changes_to_the_folder(tiny_scenes, tmp_path):
 def test_load_scene_dataset_rejects_an_empty_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a saved dataset nor parquet"):
         load_scene_dataset(tmp_path)
+
+
+def test_streaming_with_workers_yields_every_scene_once(converted):
+    stream = StreamingSceneDataset(converted, fields=(), samples_per_scene=2)  # map-style: one shard
+    loader = DataLoader(stream, batch_size=1, num_workers=2, collate_fn=collate_scenes)
+    assert sorted(batch["scene"][0] for batch in loader) == ["synth_0000"] * 2 + ["synth_0001"] * 2

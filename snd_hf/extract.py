@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .image_processing_snd import SnDImageProcessor
+from .loading import atomic_write
 from .modeling_snd import SnDModel
 from .visualization import pca_rgb, save_png
 
@@ -126,17 +126,9 @@ def extract_features(model: SnDModel, processor: SnDImageProcessor, image: Image
 def save_features(features: ImageFeatures, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write ``feature_map`` and ``cls`` to a safetensors file (temporary name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"feature_map": features.feature_map.contiguous(), "cls": features.cls.contiguous()}
     info = {"input_size": json.dumps(list(features.input_size)), **(metadata or {})}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=info)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=info))
     return path
 
 

@@ -142,7 +142,7 @@ def test_published_variants_download_convert_and_work_offline(hub, original_chec
     assert len(hub.requests) == served
 
 
-def test_missing_variant_and_revision(hub, original_checkpoints):
+def test_missing_variant_and_revision(hub, original_checkpoints, tmp_path):
     hub.add_file("lab/snd-small", VARIANT_FILES[("small", True)], original_checkpoints[("small", True)])
     first = hub.head("lab/snd-small")
     hub.add_file("lab/snd-small", VARIANT_FILES[("small", False)], original_checkpoints[("small", False)])
@@ -161,6 +161,17 @@ def test_missing_variant_and_revision(hub, original_checkpoints):
         SnDModel.from_pretrained("lab/snd-small", size="large")
     with pytest.raises(TypeError, match="device_map"):
         SnDModel.from_pretrained("lab/snd-small", device_map="cpu")
+    # Download options reach huggingface_hub: cache_dir, local_files_only, force_download.
+    cache_dir = tmp_path / "own-cache"
+    with pytest.raises(OSError, match="nothing of it is in the cache"):
+        SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, local_files_only=True)
+    assert_variant(SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir), "small", False)
+    assert list(cache_dir.glob(f"models--lab--snd-small/snapshots/*/{VARIANT_FILES[('small', False)]}"))
+    served = len(hub.requests)
+    SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, local_files_only=True)
+    assert len(hub.requests) == served
+    SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, force_download=True)
+    assert ("GET", f"/lab/snd-small/resolve/main/{VARIANT_FILES[('small', False)]}") in hub.requests[served:]
     # Offline, a variant never downloaded is reported as such; a revision never seen is an OSError.
     hub.set_offline(True)
     with pytest.raises(FileNotFoundError, match=r"dinov2_small_snd\.pth.*Offline"):

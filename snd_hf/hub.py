@@ -173,7 +173,7 @@ def _load_original(
             )
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
-    if dtype is not None:
+    if dtype not in (None, "auto"):  # "auto": the checkpoint's own dtype (float32)
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model
 
@@ -208,6 +208,8 @@ def from_pretrained(
     if blending is not None and not isinstance(blending, bool):
         raise TypeError(f"blending must be a bool, got {type(blending).__name__}")
     explicit = size is not None or blending is not None
+    if kwargs.get("subfolder") == "":
+        del kwargs["subfolder"]
     if kwargs.get("subfolder"):
         if explicit:
             raise ValueError("pass either subfolder= or size=/blending=, not both (size/blending choose the subfolder)")

@@ -216,6 +216,9 @@ def from_pretrained(
         return native_from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     name = os.fspath(pretrained_model_name_or_path)
+    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_like_path and not os.path.isdir(name):
+        raise FileNotFoundError(f"{name} is not a folder (and not a Hub repo id of the form namespace/name)")
     download = {key: kwargs[key] for key in DOWNLOAD_KWARGS if key in kwargs}
     from_cache = False
     if os.path.isdir(name):

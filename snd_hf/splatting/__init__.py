@@ -2,6 +2,15 @@
 
 from .gaussians import Gaussians
 from .lifters import Lifter
+from .masks import blend_with_mask, mask_aware_upsample, resize_masks
 from .render import RenderOutput, render_features
 
-__all__ = ["Gaussians", "Lifter", "RenderOutput", "render_features"]
+__all__ = [
+    "Gaussians",
+    "Lifter",
+    "RenderOutput",
+    "blend_with_mask",
+    "mask_aware_upsample",
+    "render_features",
+    "resize_masks",
+]

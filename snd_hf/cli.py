@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # Register a command with one line: name -> (module, one-line help).
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
+}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

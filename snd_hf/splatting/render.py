@@ -41,6 +41,7 @@ ALPHA_THRESHOLD = 1.0 / 255.0  # splats fainter than this at a pixel are skipped
 MAX_ALPHA = 0.999  # one splat never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4  # a pixel stops before its transmittance reaches this
 MAX_EXTENT = 3.33  # screen-space extent cap, in standard deviations
+SIGMA_CUTOFF = 30.0  # ½ dᵀΣ⁻¹d beyond which exp(-sigma) < 1e-13 (far below 1/255)
 GSPLAT_MAX_CHANNELS = 513  # gsplat rasterises at most this many channels per kernel call
 
 
@@ -322,7 +323,8 @@ def _composite(
                 conic[:, 1] * delta[..., 0] * delta[..., 1]
             )
             # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
-            alpha = torch.clamp_max(splats.opacities[chunk] * torch.exp(-sigma.clamp_min(0.0)), MAX_ALPHA)
+            # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
+            alpha = torch.clamp_max(splats.opacities[chunk] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
             kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
             alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
             log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats

@@ -130,6 +130,7 @@ class SplatTeacher(nn.Module):
             )
 
         # 3. Attach the features (ordered b (v h w)) and render them into the target cameras.
+        # Deviation: all channels in one pass, covariances rendered directly (no eigh scales).
         features = upsampled.permute(0, 1, 3, 4, 2).reshape(batch_size, -1, channels)
         target_height, target_width = target["image"].shape[-2:]
         rendered = render_features(

@@ -59,18 +59,18 @@ def test_patch_features_resize_to_the_lower_multiple_of_14_and_normalise(tiny_mo
 
 
 def test_teacher_step_reproduces_the_context_features_in_the_same_view(tiny_model):
-    batch = _scene(batch=2)
+    batch = _scene()
     with torch.no_grad():
-        context_features = patch_features(tiny_model, batch["context"]["image"])  # [2, 1, 32, 4, 6]
+        context_features = patch_features(tiny_model, batch["context"]["image"])  # [1, 1, 32, 4, 6]
         teacher = SplatTeacher(DepthLifter(scale=0.5), blending=1.0, backend="torch")
         targets = teacher(context_features, batch)
     assert isinstance(targets, TeacherTargets)
-    assert targets.features.shape == (2, 1, 32, HEIGHT // 14, WIDTH // 14)
-    assert targets.alpha.shape == (2, 1, 1, HEIGHT, WIDTH)
+    assert targets.features.shape == (1, 1, 32, HEIGHT // 14, WIDTH // 14)
+    assert targets.alpha.shape == (1, 1, 1, HEIGHT, WIDTH)
     assert targets.coverage.all()
     # Identical cameras: the render is the upsampled map (one segment: plain bilinear), area-pooled.
     upsampled = F.interpolate(context_features.flatten(0, 1), size=(HEIGHT, WIDTH), mode="bilinear", align_corners=True)
-    expected = F.interpolate(upsampled, size=(HEIGHT // 14, WIDTH // 14), mode="area").unflatten(0, (2, 1))
+    expected = F.interpolate(upsampled, size=(HEIGHT // 14, WIDTH // 14), mode="area").unflatten(0, (1, 1))
     # Splats ~0.7 px wide (with the 0.3 px² low-pass) and nearer neighbours drawn first blur the
     # render by about a pixel, a few percent of these 14-px-smooth maps.
     assert (targets.features - expected).abs().max() < 0.08 * expected.abs().max()

@@ -72,7 +72,7 @@ def render_features(
     backend: Backend = "auto",
     background: float | torch.Tensor = 0.0,
     eps2d: float = 0.3,
-    max_pairs: int = 1 << 22,
+    max_pairs: int = 1 << 21,
     channel_chunk: int | None = None,
 ) -> RenderOutput:
     """Render the features of a batch of Gaussians into V cameras per batch element, all channels at once.
@@ -89,8 +89,8 @@ def render_features(
         background: value of uncovered pixels, a float or one value per channel. [C]
         eps2d: low-pass added to the projected covariances, in px².
         max_pairs: torch backend: most (pixel, Gaussian) pairs composited at once; rows of pixels
-            are grouped into bands under this budget, bounding memory to about
-            ``max_pairs · 60`` bytes plus the output.
+            are grouped into bands under this budget, bounding the intermediates to about
+            150 bytes per pair (300 MB by default) plus the output.
         channel_chunk: gsplat backend: channels per kernel call; by default all channels and the
             depth in one call when gsplat supports that many (513), else 512 per call.
 
@@ -153,7 +153,7 @@ def _render_features_torch(
     gaussians: Gaussians,
     views: _Views,
     eps2d: float = 0.3,
-    max_pairs: int = 1 << 22,
+    max_pairs: int = 1 << 21,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-torch twin of :func:`_render_features_gsplat` (no background).
 

@@ -24,6 +24,7 @@ class ProbeConfig:
         warmup_fraction: share of the steps with a linear learning-rate warm-up.
         epochs: train for this many passes over the training images instead of ``steps``.
         seed: seeds the initialisation of the head and the mini-batch order.
+        loss_warmup_steps: first steps that use a loss's warm-up form (SigLoss: 100 in the original).
     """
 
     steps: int = 200
@@ -33,6 +34,7 @@ class ProbeConfig:
     warmup_fraction: float = 0.05
     epochs: float | None = None
     seed: int = 0
+    loss_warmup_steps: int = 0
 
     def total_steps(self, num_samples: int) -> int:
         """Number of optimiser steps for a training set of ``num_samples`` images."""

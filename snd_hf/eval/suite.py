@@ -82,10 +82,10 @@ PRESETS: dict[str, EvalPreset] = {
     # Short probes for CPU: linear heads on cached features converge in a few hundred steps.
     "cpu": EvalPreset(
         name="cpu",
-        input_short_side=112,
-        depth=ProbeConfig(steps=300, batch_size=8, lr=2e-2, weight_decay=0.0),
-        normals=ProbeConfig(steps=300, batch_size=8, lr=2e-2, weight_decay=0.0),
-        segmentation=ProbeConfig(steps=300, batch_size=8, lr=2e-2, weight_decay=0.0),
+        input_short_side=98,
+        depth=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
+        normals=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
+        segmentation=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
         num_matches=1000,
         synthetic=(8, 6, 96, 128),
     ),

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -389,11 +389,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
+    parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps")
+    parser.add_argument(
+        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width"
+    )
+
+
+def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | None) -> EvalPreset:
+    """The preset with the command line's overrides applied."""
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        preset = replace(
+            preset,
+            **{task: replace(getattr(preset, task), steps=steps, epochs=None) for task in ("depth", "normals", "segmentation")},
+        )
+    if synthetic_size is not None:
+        try:
+            size = tuple(int(part) for part in synthetic_size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 4 or min(size) < 1:
+            raise ValueError(f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64), got {synthetic_size!r}")
+        preset = replace(preset, synthetic=size)
+    return preset
 
 
 def run(args: argparse.Namespace) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
-    payload = evaluate(args.model, args.data, tasks, args.out, args.preset, args.concat_with, args.cache_dir)
+    preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
+    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir)
     print(_markdown(payload["results"], args.data, args.preset))
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and pictures")
     return 0

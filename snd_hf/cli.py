@@ -13,6 +13,7 @@ import sys
 
 # Register a command with one line: name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
     "eval": ("snd_hf.eval.suite", "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)"),
 }

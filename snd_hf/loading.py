@@ -9,6 +9,7 @@ run code. Hub resolution of the published variants lives in `snd_hf.hub`.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 import zipfile
@@ -16,9 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pickle
-
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
@@ -197,7 +197,7 @@ def _read_file(path: Path) -> object:
             f"refused to load {path}: it is not a plain tensor checkpoint (weights_only=True rejected it,"
             f" nothing was executed): {str(error).splitlines()[0]}"
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, SafetensorError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt ({error})") from error
 
 
@@ -225,7 +225,9 @@ def _merge_lora(
         if base_key not in merged:
             raise CheckpointError(f"LoRA weight {key_a} (adapter {adapter}) has no base weight {base_key}")
         base = merged.pop(base_key)
-        merged[f"{module}.weight"] = (base.float() + (lora_alpha / rank) * lora_b @ lora_a).to(base.dtype)
+        # Linear: B [out, r] @ A [r, in]; Conv2d: B [out, r, 1, 1] and A [r, in, k, k] contract the same way.
+        delta = (lora_b.flatten(1) @ lora_a.flatten(1)).reshape(base.shape)
+        merged[f"{module}.weight"] = (base.float() + (lora_alpha / rank) * delta).to(base.dtype)
     return {re.sub(r"\.base_layer\.", ".", key): tensor for key, tensor in merged.items()}
 
 
@@ -276,6 +278,15 @@ def save_original_checkpoint(model: SnDModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def default_permissions(path: Path) -> None:
+    """Give `path` (and, for a directory, everything in it) the permissions a plain create would, not
+    the private 0600/0700 of temporary files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call `write(temporary_path)` for a file beside `path`, then rename it to `path`; cleans up on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +294,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        default_permissions(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -331,6 +343,7 @@ __all__ = [
     "ORIGINAL_TO_HF",
     "atomic_write",
     "convert_original_state_dict",
+    "default_permissions",
     "infer_config_from_original",
     "load_backbone_weights",
     "load_original_checkpoint",

@@ -173,6 +173,8 @@ class NYUv2Probe3D(DenseDataset):
             self.indices = [int(index) for index in np.asarray(packed["test_indices"]).reshape(-1)]
             self._packed = packed
         elif split in ("train", "valid", "trainval"):
+            # Deviation: Probe3D also deletes listing positions 21181 and 6919 (broken files); we keep
+            # the listing as is and expect broken files to be removed from the folder (e4).
             files = sorted(os.listdir(self.root / train_folder))
             if split != "trainval":
                 files = [name for i, name in enumerate(files) if (i % 20 == 0) == (split == "valid")]

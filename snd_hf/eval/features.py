@@ -55,7 +55,7 @@ class FeatureModel:
         name: label in tables and pictures.
         source: where it was loaded from.
         model: the backbone, eval mode.
-        weights_hash: SHA-256 of its weights (and of the concatenated model's), the cache key.
+        weights_hash: SHA-256 of its architecture and weights (and the concatenated model's), the cache key.
         concat_with: model whose features go in front of this one's (FiT3D mode), or None.
     """
 
@@ -84,8 +84,9 @@ def _load_model(source: str) -> SnDModel:
     return SnDModel.from_pretrained(source).eval()
 
 
-def _weights_hash(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
+def _weights_hash(model: SnDModel) -> str:
+    """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -270,6 +270,15 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
     store = _FeatureStore(preset.input_short_side)
+    # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
+    # featurised once: arrays are keyed by reader, so the feature store sees one image set.
+    loaded: dict[int, DenseArrays] = {}
+
+    def load(reader: DenseDataset, split: str) -> DenseArrays:
+        if id(reader) not in loaded:
+            loaded[id(reader)] = _materialize(reader, f"{eval_data.name}-{split}{len(loaded)}")
+        return loaded[id(reader)]
+
     results: dict[str, dict[str, dict[str, float]]] = {}
     losses: dict[str, dict[str, list[float]]] = {}
 
@@ -279,8 +288,7 @@ def evaluate(
             _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results)
             continue
         train_reader, test_reader = eval_data.dense[task]
-        train = _materialize(train_reader, f"{eval_data.name}-{task}-train")
-        test = _materialize(test_reader, f"{eval_data.name}-{task}-test")
+        train, test = load(train_reader, "train"), load(test_reader, "test")
         config = getattr(preset, task)
         predictions: dict[str, list[torch.Tensor]] = {}
         for feature_model in feature_models:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -41,9 +41,6 @@ class ProbeConfig:
         if self.epochs is None:
             return self.steps
         return max(1, math.ceil(self.epochs * num_samples / self.batch_size))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def train_probe(

@@ -28,12 +28,19 @@ def checkpoints(tmp_path_factory):
     return paths, root / "tiny0.pth"
 
 
-def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys):
+def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkeypatch):
     (first, second), _ = checkpoints
+    import snd_hf.eval.suite as suite
+
+    calls = []
+    extract = suite.extract_features
+    monkeypatch.setattr(suite, "extract_features", lambda model, images, *a, **k: calls.append(model.name) or extract(model, images, *a, **k))
     out = tmp_path / "out"
     arguments = ["eval", "all", "--model", f"a={first}", "--model", f"b={second}", "--data", "synthetic"]
     arguments += ["--out", str(out), "--preset", "cpu", "--steps", "15", "--synthetic-size", "4x3x42x56"]
     assert main(arguments) == 0
+    # Features once per model and image set (train frames, test frames, pair frames), shared by the probes.
+    assert sorted(calls) == ["a"] * 3 + ["b"] * 3
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["results"]) == {"depth", "normals", "segmentation", "correspondence"}
     for task, per_model in payload["results"].items():

@@ -1,7 +1,7 @@
 """One probing task on in-memory data: train the head on frozen features, score it on the test set.
 
 Deviation: the heads train on features of whole images extracted once, without the mmseg
-augmentations or slide inference of the original probes (docs/deviations.md, e2).
+augmentations or slide inference of the original probes (docs/deviations.md, 14).
 
 Each ``run_*`` function takes the train / test ground truth as tensors and the features of one
 model (``DenseFeatures``), and returns the dataset-level metrics plus the predictions of the

@@ -1,1 +1,2 @@
 """Splatting teacher: cameras, Gaussians, lifting, feature rendering and mask operations."""
+from .mvsplat import MVSplatLifter

@@ -138,7 +138,7 @@ def run_segmentation(
     num_classes: int,
     num_predictions: int = 3,
 ) -> TaskResult:
-    """Linear segmentation probe; mIoU / mAcc / aAcc over the whole data.test set."""
+    """Linear segmentation probe; mIoU / mAcc / aAcc over the whole test set."""
     _seeded(config)
     probe = SegmentationProbe(data.train_features.patch.shape[1], num_classes)
     size = tuple(data.train.labels.shape[-2:])

@@ -131,7 +131,8 @@ def test_normal_loss_prefers_confident_correct_predictions():
     confident, unsure = torch.full((1, 4, 4), 20.0), torch.full((1, 4, 4), 1.0)
     assert normal_uncertainty_loss(near, confident, target, valid) < normal_uncertainty_loss(near, unsure, target, valid)
     assert normal_uncertainty_loss(far, unsure, target, valid) < normal_uncertainty_loss(far, confident, target, valid)
-    normals, kappa = NormalProbe(8)(torch.randn(2, 8, 3, 5))
+    with torch.no_grad():
+        normals, kappa = NormalProbe(8)(torch.randn(2, 8, 3, 5))
     assert normals.shape == (2, 3, 12, 20) and kappa.shape == (2, 12, 20)
     torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, 12, 20))
     assert float(kappa.min()) > 0

@@ -1,8 +1,10 @@
 """Instance-mask operations of the teacher: mask-aware upsampling and segment blending.
 
 Both are vectorised over every batch dimension, segment and pixel (no Python loop over
-segments or pixels): segment sums are one ``scatter_add`` and mask-aware upsampling is one
-weighted ``embedding_bag`` gather of every pixel's four neighbours.
+segments or pixels). Blending computes segment sums and spreads the means back with GEMMs
+against a one-hot segment matrix (scatter/gather past 128 segments). Mask-aware upsampling is
+plain bilinear wherever a pixel's four neighbours share its label, and one weighted
+``embedding_bag`` gather elsewhere.
 """
 
 from __future__ import annotations
@@ -74,20 +76,27 @@ def mask_aware_upsample(
     same = neighbour_labels == masks[:, None]  # [N, 4, H, W]
 
     masked_weights = weights * same  # [N, 4, H, W]
-    total = masked_weights.sum(1, keepdim=True)
-    # Deviation: no valid neighbour → plain bilinear weights (the original outputs 0).
-    weights = torch.where(total > 0, masked_weights / total.clamp_min(1e-12), weights)
+    total = masked_weights.sum(1)  # [N, H, W]
 
-    # One fused weighted gather of the four neighbour rows per pixel, channels last.
+    # Where all four neighbours share the pixel's label (most pixels: segment interiors) the
+    # result is plain bilinear, which torch computes at memory speed. Only the other pixels
+    # are gathered again with renormalised weights.
+    # Deviation: no valid neighbour → plain bilinear as well (the original outputs 0).
     images = features.shape[0]
-    table = features.flatten(2).transpose(1, 2).reshape(-1, channels)  # [N * h * w, C]
-    offsets = torch.arange(images, device=features.device)[:, None, None, None] * (low_height * low_width)
-    bags = (neighbour + offsets).permute(0, 2, 3, 1).reshape(-1, 4)  # [N * H * W, 4]
-    upsampled = F.embedding_bag(
-        bags, table, per_sample_weights=weights.permute(0, 2, 3, 1).reshape(-1, 4), mode="sum"
-    )  # [N * H * W, C]
-    # Channels-last memory: [..., C, H, W] is a view (the teacher flattens it to b (v h w) c for free).
-    return upsampled.view(*batch_shape, height, width, channels).movedim(-1, -3)
+    upsampled = F.interpolate(
+        features.contiguous(memory_format=torch.channels_last), size=(height, width), mode="bilinear", align_corners=True
+    )  # [N, C, H, W], channels-last memory
+    fix = (~same.all(1)) & (total > 0)  # [N, H, W]
+    if fix.any():
+        image, y, x = fix.nonzero(as_tuple=True)
+        renormalised = masked_weights[image, :, y, x] / total[image, y, x, None]  # [P, 4]
+        bags = neighbour[:, y, x].T + (image * (low_height * low_width))[:, None]  # [P, 4]
+        table = features.flatten(2).transpose(1, 2).reshape(-1, channels)  # [N * h * w, C]
+        values = F.embedding_bag(bags, table, per_sample_weights=renormalised, mode="sum")  # [P, C]
+        pixels = upsampled.permute(0, 2, 3, 1)  # [N, H, W, C], a view of the channels-last memory
+        pixels[image, y, x] = values
+    # Channels-last memory: the teacher flattens it to b (v h w) c for free.
+    return upsampled.reshape(*batch_shape, channels, height, width)
 
 
 def blend_with_mask(
@@ -95,6 +104,7 @@ def blend_with_mask(
     masks: torch.Tensor,  # [B, V, Hm, Wm]
     alpha: float,
     weights: torch.Tensor | None = None,  # [B, V, H, W] or [B, V, 1, H, W]
+    out: torch.Tensor | None = None,  # [B, V, C, H, W]
 ) -> torch.Tensor:
     """Blend every pixel's features with the mean features of its instance segment.
 
@@ -109,6 +119,8 @@ def blend_with_mask(
             that uncovered pixels do not pull the means towards zero. None reproduces the original
             (plain means over every pixel of the segment). Segments whose weights sum to 0 use the
             plain mean. [B, V, H, W] or [B, V, 1, H, W]
+        out: optional tensor to write the result into; may be ``features`` itself, which saves
+            allocating (and page-faulting) a second full-resolution buffer. [B, V, C, H, W]
 
     Returns:
         blended features. [B, V, C, H, W]
@@ -126,32 +138,59 @@ def blend_with_mask(
         weights = weights.reshape(batch, views, -1)
         if weights.shape[-1] != height * width:
             raise ValueError(f"`weights` must have shape [{batch}, {views}, {height}, {width}], got {list(weights.shape)}.")
+    if out is not None and (out.shape != features.shape or out.dtype != features.dtype or not out.is_contiguous()):
+        raise ValueError(
+            f"`out` must be a contiguous {features.dtype} tensor of shape {list(features.shape)}, got "
+            f"{out.dtype} {list(out.shape)} (contiguous: {out.is_contiguous()})."
+        )
     if alpha == 1.0:
-        return features
+        return features if out is None else out.copy_(features)
     masks = resize_masks(masks, (height, width))
 
-    # Compact segment ids shared by all views; every view gets its own sums.
-    _, segment = torch.unique(masks.reshape(batch * views, height * width), return_inverse=True)
-    count = int(segment.max()) + 1
+    segment, count = _segment_ids(masks.reshape(batch * views, height * width))
     flat = features.reshape(batch * views, channels, height * width)
-    index = segment[:, None, :].expand(-1, channels, -1)
-    ones = torch.ones_like(segment, dtype=features.dtype)
-    area = torch.zeros(batch * views, count, dtype=features.dtype, device=features.device).scatter_add_(1, segment, ones)
-    sums = flat.new_zeros(batch * views, channels, count).scatter_add_(2, index, flat)
-    means = sums / area.clamp_min(1.0)[:, None, :]
-    if weights is not None:
-        # Deviation: segment means over covered pixels (weighted by coverage), not over zeros.
-        weights = weights.reshape(batch * views, height * width).to(features.dtype)
-        mass = torch.zeros_like(area).scatter_add_(1, segment, weights)
-        weighted = flat.new_zeros(batch * views, channels, count).scatter_add_(2, index, flat * weights[:, None, :])
-        means = torch.where(mass[:, None, :] > 0, weighted / mass.clamp_min(1e-12)[:, None, :], means)
     if count <= _ONE_HOT_SEGMENTS:
-        # alpha * f + (1 - alpha) * means @ one_hot: one fused pass over the features.
+        # Segment sums and the spread back are GEMMs with a one-hot matrix: memory-speed passes.
         one_hot = flat.new_zeros(batch * views, count, height * width).scatter_(1, segment[:, None, :], 1.0)
-        blended = torch.baddbmm(flat, means, one_hot, beta=alpha, alpha=1.0 - alpha)
-    else:
-        blended = torch.lerp(torch.gather(means, 2, index), flat, alpha)
-    return blended.reshape(batch, views, channels, height, width)
+        means = torch.bmm(flat, one_hot.transpose(1, 2)) / one_hot.sum(2).clamp_min(1.0)[:, None, :]
+        if weights is not None:
+            # Deviation: segment means over covered pixels (weighted by coverage), not over zeros.
+            weighted = one_hot * weights.reshape(batch * views, 1, height * width).to(features.dtype)
+            mass = weighted.sum(2)[:, None, :]
+            means = torch.where(mass > 0, torch.bmm(flat, weighted.transpose(1, 2)) / mass.clamp_min(1e-12), means)
+        # alpha * f + (1 - alpha) * means @ one_hot in one fused pass, in place into `out` if given.
+        if out is None:
+            return torch.baddbmm(flat, means, one_hot, beta=alpha, alpha=1.0 - alpha).view_as(features)
+        target = out.view(batch * views, channels, height * width)
+        if target.data_ptr() != flat.data_ptr():
+            target.copy_(flat)
+        target.baddbmm_(means, one_hot, beta=alpha, alpha=1.0 - alpha)
+        return out
+    # Many segments: scatter sums and gather the means back.
+    index = segment[:, None, :].expand(-1, channels, -1)
+    area = torch.zeros(batch * views, count, dtype=features.dtype, device=features.device)
+    area.scatter_add_(1, segment, torch.ones_like(segment, dtype=features.dtype))
+    means = flat.new_zeros(batch * views, channels, count).scatter_add_(2, index, flat) / area.clamp_min(1.0)[:, None, :]
+    if weights is not None:
+        weights = weights.reshape(batch * views, height * width).to(features.dtype)
+        mass = torch.zeros_like(area).scatter_add_(1, segment, weights)[:, None, :]
+        weighted = flat.new_zeros(batch * views, channels, count).scatter_add_(2, index, flat * weights[:, None, :])
+        means = torch.where(mass > 0, weighted / mass.clamp_min(1e-12), means)
+    blended = torch.lerp(torch.gather(means, 2, index), flat, alpha).view_as(features)
+    return blended if out is None else out.copy_(blended)
+
+
+def _segment_ids(masks: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Compact segment ids ``[N, P]`` in ``[0, count)`` shared by all rows of ``masks`` ``[N, P]``.
+
+    Small non-negative ids are used as they are (ids absent from a view are empty segments);
+    anything else is compacted with a sort (``torch.unique``).
+    """
+    low, high = int(masks.min()), int(masks.max())
+    if low >= 0 and high < _ONE_HOT_SEGMENTS:
+        return masks, high + 1
+    _, segment = torch.unique(masks, return_inverse=True)
+    return segment, int(segment.max()) + 1
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

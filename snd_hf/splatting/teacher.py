@@ -148,7 +148,9 @@ class SplatTeacher(nn.Module):
         if self.blending != 1.0:
             # Deviation: segment means weighted by coverage (the original averages in the zeros).
             weights = rendered.alpha if self.weighted_blending else None
-            blended = blend_with_mask(blended, target["mask"], self.blending, weights)
+            # In place when no gradient flows through the render: no second full-resolution buffer.
+            out = blended if not blended.requires_grad and blended.is_contiguous() else None
+            blended = blend_with_mask(blended, target["mask"], self.blending, weights, out=out)
 
         # 5. Resample to the student's patch grid; 6. coverage from the area-averaged alpha.
         grid = (target_height // self.patch_size, target_width // self.patch_size)

@@ -119,3 +119,29 @@ def test_invalid_masks_raise_errors_naming_them():
         blend_with_mask(torch.zeros(1, 2, 3, 4, 4), torch.zeros(1, 1, 4, 4, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match="weights"):
         blend_with_mask(torch.zeros(1, 1, 3, 4, 4), torch.zeros(1, 1, 4, 4, dtype=torch.long), 0.5, torch.ones(1, 1, 3, 3))
+
+
+def test_blend_in_place_and_into_out_match_the_allocating_call(mask_ops):
+    features, masks = mask_ops["blend0/features"], mask_ops["blend0/masks"]
+    alpha = float(mask_ops["blend0/alpha"])
+    expected = blend_with_mask(features, masks, alpha)
+    out = torch.empty_like(features)
+    assert blend_with_mask(features, masks, alpha, out=out) is out
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    in_place = features.clone()
+    blend_with_mask(in_place, masks, alpha, out=in_place)
+    torch.testing.assert_close(in_place, mask_ops["blend0/expected"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="`out`"):
+        blend_with_mask(features, masks, alpha, out=torch.empty(3))
+
+
+def test_blend_with_many_segments_uses_the_scatter_path_and_agrees():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 2, 4, 24, 24, generator=generator)
+    labels = torch.randint(0, 300, (1, 2, 24, 24), generator=generator) * 1000  # ids far above 128
+    blended = blend_with_mask(features, labels, 0.3)
+    for view in range(2):
+        for label in labels[0, view].unique():
+            region = labels[0, view] == label
+            mean = features[0, view][:, region].mean(1, keepdim=True)
+            torch.testing.assert_close(blended[0, view][:, region], 0.3 * features[0, view][:, region] + 0.7 * mean)

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("snd_hf.demo", "feature extraction demo on packaged images (offline: embedded checkpoint)"),
     "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
+    "eval": ("snd_hf.eval.suite", "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)"),
 }
 
 

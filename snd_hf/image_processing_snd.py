@@ -24,12 +24,13 @@ class SnDImageProcessorKwargs(ImagesKwargs, total=False):
     snap (`str`, *optional*, defaults to `"resize"`):
         How images are brought to multiples of `patch_size`: `"resize"` rounds both sides down and resizes
         (SnD's feature extraction: 576x880 -> 574x868), `"pad"` centre-pads the normalised image with zeros
-        up to the next multiple (the FiT3D / timm probing evaluation), `None` leaves the size alone.
+        up to the next multiple (the FiT3D / timm probing evaluation), `"none"` leaves the size alone.
+        (`None`, as for every image-processor option, means "use the processor's setting".)
     patch_size (`int`, *optional*, defaults to 14):
         The multiple to snap to.
     """
 
-    snap: Literal["resize", "pad"] | None
+    snap: Literal["resize", "pad", "none"]
     patch_size: int
 
 
@@ -63,14 +64,14 @@ class SnDImageProcessor(PilBackend):
         self._check_snap(self.snap, self.patch_size)
 
     @staticmethod
-    def _check_snap(snap: str | None, patch_size: int) -> None:
-        if snap not in ("resize", "pad", None):
-            raise ValueError(f"snap must be 'resize', 'pad' or None, got {snap!r}")
+    def _check_snap(snap: str, patch_size: int) -> None:
+        if snap not in ("resize", "pad", "none"):
+            raise ValueError(f"snap must be 'resize', 'pad' or 'none', got {snap!r}")
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
 
     def _output_size(
-        self, image: np.ndarray, do_resize: bool, size: SizeDict, snap: str | None, patch_size: int
+        self, image: np.ndarray, do_resize: bool, size: SizeDict, snap: str, patch_size: int
     ) -> tuple[int, int]:
         """(height, width) after the optional resize and the `snap="resize"` rounding, for a [3, H, W] image."""
         height, width = image.shape[-2:]
@@ -106,11 +107,13 @@ class SnDImageProcessor(PilBackend):
         image_mean: float | tuple[float, ...] | None,
         image_std: float | tuple[float, ...] | None,
         return_tensors: str | None,
-        snap: Literal["resize", "pad"] | None = "resize",
-        patch_size: int = 14,
+        snap: Literal["resize", "pad", "none"] | None = None,
+        patch_size: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Resize, snap, rescale, normalise (and pad) each [3, H, W] image; see the class docstring."""
+        snap = self.snap if snap is None else snap
+        patch_size = self.patch_size if patch_size is None else patch_size
         self._check_snap(snap, patch_size)
         processed = []
         for image in images:

@@ -44,7 +44,7 @@ def test_snap_pad_centres_the_image():
 def test_shortest_edge_resize_keeps_aspect_then_snaps():
     processor = SnDImageProcessor(size={"shortest_edge": 224})
     assert processor(random_image(300, 450), return_tensors="pt").pixel_values.shape == (1, 3, 224, 336)
-    assert processor(random_image(450, 300), snap=None, return_tensors="pt").pixel_values.shape == (1, 3, 336, 224)
+    assert processor(random_image(450, 300), snap="none", return_tensors="pt").pixel_values.shape == (1, 3, 336, 224)
     assert processor(random_image(100, 300), return_tensors="pt").pixel_values.shape == (1, 3, 224, 672)
     assert processor(random_image(100, 310), return_tensors="pt").pixel_values.shape == (1, 3, 224, 686)
 
@@ -52,7 +52,9 @@ def test_shortest_edge_resize_keeps_aspect_then_snaps():
 def test_invalid_options_and_mixed_sizes_are_explained():
     with pytest.raises(ValueError, match="snap must be"):
         SnDImageProcessor(snap="crop")
+    assert SnDImageProcessor(snap="none", do_resize=False)(random_image(30, 40)).pixel_values[0].shape == (3, 30, 40)
     processor = SnDImageProcessor(do_resize=False)
+    assert processor(random_image(30, 40), snap=None).pixel_values[0].shape == (3, 28, 28)  # None: the processor's own
     with pytest.raises(ValueError, match="cannot be stacked"):
         processor([random_image(28, 28), random_image(28, 42)], return_tensors="pt")
     assert [p.shape for p in processor([random_image(28, 28), random_image(28, 42)]).pixel_values] == [(3, 28, 28), (3, 28, 42)]

@@ -48,9 +48,14 @@ def resolve_checkpoint(output_dir: str | Path, name: str) -> Path | None:
     return path
 
 
+def temporary_checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before :func:`finalize_checkpoint` renames it."""
+    return checkpoint_root(output_dir) / f"{_TMP_PREFIX}step_{step}"
+
+
 def temporary_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of ``step`` (leftovers of a killed save are removed)."""
-    tmp = checkpoint_root(output_dir) / f"{_TMP_PREFIX}step_{step}"
+    tmp = temporary_checkpoint_path(output_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -1,0 +1,552 @@
+"""SnD student: the torch.hub DINOv2 ViT as a transformers model (one flat file, building blocks first).
+
+The graph reproduces facebookresearch/dinov2 `DinoVisionTransformer` numerically, including its
+position-embedding resize (bicubic with a scale factor from `interpolate_offset`, which transformers'
+`Dinov2Model` drops, so its features differ off 518 px). The attention keeps the original fused `qkv`
+projection because SnD trains one LoRA adapter on it. Parameter names are a contract with the loaders
+(`snd_hf.loading`) and the Hub/trainer code: see `loading.ORIGINAL_TO_HF` for the mapping.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_snd import SnDConfig
+
+
+@dataclass
+class SnDModelOutput(ModelOutput):
+    """Outputs of `SnDModel`.
+
+    Args:
+        last_hidden_state: tokens after the final layer norm, CLS first. # [B, 1 + h*w, C]
+        pooler_output: the CLS token after the final layer norm. # [B, C]
+        feature_map: the normed patch tokens as a map, h = H/14, w = W/14: the dense features SnD
+            distils and evaluates. # [B, C, h, w]
+        hidden_states: on request, the embeddings then each layer's output, before the final norm
+            (`hidden_states[-1]` is the original's `x_prenorm`). tuple of L+1 # [B, 1 + h*w, C]
+        attentions: on request (eager attention only), each layer's attention probabilities.
+            tuple of L # [B, heads, 1 + h*w, 1 + h*w]
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    feature_map: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class SnDPatchEmbeddings(nn.Module):
+    """Non-overlapping patch projection (the original `PatchEmbed`)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_patches = config.grid_size**2
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B, 3, H, W] -> patch tokens [B, h*w, C], row-major."""
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class SnDEmbeddings(nn.Module):
+    """CLS token, optional mask tokens, patch embeddings and resized position embeddings."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(1, config.hidden_size))
+        self.patch_embeddings = SnDPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.patch_embeddings.num_patches, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.patch_size = config.patch_size
+        self.interpolate_offset = config.interpolate_offset
+        self.interpolate_antialias = config.interpolate_antialias
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for an input of `height` x `width` pixels, exactly as torch.hub DINOv2.
+
+        The 37x37 grid is resized bicubically with `scale_factor = (grid + offset) / 37` (offset 0.1 by
+        default; see facebookresearch/dinov2 issue #136 on why), in float32, then cast to the tokens' dtype.
+
+        Args:
+            embeddings: the tokens the embeddings are added to. # [B, 1 + h*w, C]
+            height, width: the input size in pixels (multiples of the patch size).
+        Returns:
+            position embeddings. # [1, 1 + h*w, C]
+        """
+        num_patches = embeddings.shape[1] - 1
+        num_positions = self.position_embeddings.shape[1] - 1
+        if num_patches == num_positions and height == width:
+            return self.position_embeddings.to(embeddings.dtype)
+        grid = math.isqrt(num_positions)
+        assert grid * grid == num_positions, "position embeddings must form a square grid"
+        new_height, new_width = height // self.patch_size, width // self.patch_size
+        dim = embeddings.shape[-1]
+        position_embeddings = self.position_embeddings.float()
+        class_position = position_embeddings[:, :1]
+        patch_position = position_embeddings[:, 1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+        if self.interpolate_offset:
+            scale = ((new_height + self.interpolate_offset) / grid, (new_width + self.interpolate_offset) / grid)
+            resize = {"scale_factor": scale}
+        else:
+            resize = {"size": (new_height, new_width)}
+        patch_position = nn.functional.interpolate(
+            patch_position, mode="bicubic", antialias=self.interpolate_antialias, **resize
+        )
+        if tuple(patch_position.shape[-2:]) != (new_height, new_width):
+            raise ValueError(
+                f"position embeddings resized to {tuple(patch_position.shape[-2:])}, expected {(new_height, new_width)}"
+                f" (interpolate_offset={self.interpolate_offset} is too small for this grid)"
+            )
+        patch_position = patch_position.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((class_position, patch_position), dim=1).to(embeddings.dtype)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """pixel_values [B, 3, H, W], bool_masked_pos [B, h*w] (True = replace by the mask token) -> [B, 1 + h*w, C]."""
+        _, _, height, width = pixel_values.shape
+        embeddings = self.patch_embeddings(pixel_values)
+        if bool_masked_pos is not None:
+            mask_token = self.mask_token.to(embeddings.dtype).unsqueeze(0)
+            embeddings = torch.where(bool_masked_pos.unsqueeze(-1), mask_token, embeddings)
+        cls_tokens = self.cls_token.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)
+        embeddings = embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        return self.dropout(embeddings)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention. query/key/value [B, heads, N, d] -> ([B, N, heads, d], probs [B, heads, N, N])."""
+    attn_weights = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class SnDAttention(nn.Module):
+    """Multi-head self-attention with the original fused `qkv` projection (one LoRA target in SnD)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (output [B, N, C], attention probs [B, heads, N, N] or None)."""
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, -1)
+        return self.proj_dropout(self.proj(attn_output)), attn_weights
+
+
+class SnDLayerScale(nn.Module):
+    """Per-channel residual scale (the original `LayerScale`, `gamma` there)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.lambda1 = nn.Parameter(config.layerscale_value * torch.ones(config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.lambda1
+
+
+class SnDMLP(nn.Module):
+    """fc1 -> activation -> fc2 (the original `Mlp`)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        hidden_features = int(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden_features)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden_features, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation_fn(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class SnDSwiGLUFFN(nn.Module):
+    """SwiGLU feed-forward with the original fused `w12` input and `w3` output projections (`SwiGLUFFNFused`)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        hidden_features = int(config.hidden_size * config.mlp_ratio)
+        hidden_features = (int(hidden_features * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(config.hidden_size, 2 * hidden_features)
+        self.w3 = nn.Linear(hidden_features, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(hidden_states).chunk(2, dim=-1)
+        return self.w3(nn.functional.silu(gate) * value)
+
+
+class SnDDropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class SnDLayer(GradientCheckpointingLayer):
+    """One pre-norm transformer block (the original `NestedTensorBlock` / `Block`)."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = SnDAttention(config)
+        self.layer_scale1 = SnDLayerScale(config)
+        self.drop_path = SnDDropPath(config.drop_path_rate) if config.drop_path_rate > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SnDSwiGLUFFN(config) if config.use_swiglu_ffn else SnDMLP(config)
+        self.layer_scale2 = SnDLayerScale(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (hidden_states [B, N, C], attention probs or None)."""
+        attn_output, attn_weights = self.attention(self.norm1(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
+        return hidden_states, attn_weights
+
+
+class SnDEncoder(nn.Module):
+    """The stack of `SnDLayer`s, optionally collecting every hidden state and attention map."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([SnDLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """hidden_states [B, N, C] -> (last [B, N, C], L+1 hidden states or None, L attention maps or None)."""
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.layer:
+            hidden_states, attn_weights = layer(hidden_states)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(attn_weights)
+        return (
+            hidden_states,
+            tuple(all_hidden_states) if output_hidden_states else None,
+            tuple(all_attentions) if output_attentions else None,
+        )
+
+
+class SnDPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and capabilities shared by `SnDModel` and `SnDBackbone`."""
+
+    config_class = SnDConfig
+    config: SnDConfig
+    base_model_prefix = "snd"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SnDEmbeddings", "SnDLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal linear/conv weights and tokens (std `initializer_range`), zero biases and mask
+        token, unit layer norms, layer scales at `layerscale_value`."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SnDEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            init.zeros_(module.mask_token)
+        elif isinstance(module, SnDLayerScale):
+            init.constant_(module.lambda1, self.config.layerscale_value)
+
+    @classmethod
+    def from_original_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        lora_alpha: float | None = None,
+        lora_rank: int | None = None,
+        **config_overrides,
+    ) -> SnDPreTrainedModel:
+        """Build the model from an original torch.hub DINOv2 / SnD checkpoint (.pth or .safetensors).
+
+        The architecture is read from the tensor shapes (`snd_hf.loading.infer_config_from_original`);
+        `config_overrides` set what shapes cannot tell (`num_attention_heads` when heads are not 64 wide,
+        `size`, `blending`, ...). Weights load strictly; unmerged LoRA needs `lora_alpha` (see
+        `snd_hf.loading.load_original_checkpoint`).
+        """
+        from .loading import convert_original_state_dict, infer_config_from_original, load_original_checkpoint
+
+        state_dict = load_original_checkpoint(path, lora_alpha=lora_alpha, lora_rank=lora_rank)
+        config = infer_config_from_original(state_dict, **config_overrides)
+        hf_state_dict = convert_original_state_dict(state_dict, config)
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(hf_state_dict, strict=True, assign=True)
+        return model.eval()
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Raise a ValueError saying how to fix `pixel_values` that the model cannot take."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape [B, {self.config.num_channels}, H, W], got {tuple(pixel_values.shape)}"
+                " (add a batch dimension with pixel_values[None] for a single image)"
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor of normalised pixels, got dtype {pixel_values.dtype}"
+                " (convert with SnDImageProcessor, or .float() / 255 then normalise with the ImageNet mean and std)"
+            )
+        if pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have {self.config.num_channels} channels in dimension 1, got"
+                f" {pixel_values.shape[1]} (shape {tuple(pixel_values.shape)}; images go channels-first [B, C, H, W])"
+            )
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"pixel_values height and width must be multiples of {patch}, got {height}x{width}: resize or pad"
+                f" to a multiple of {patch}, e.g. with SnDImageProcessor (snap='resize' gives"
+                f" {height // patch * patch}x{width // patch * patch})"
+            )
+
+    def _embed_and_encode(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        output_hidden_states: bool,
+        output_attentions: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Validated embeddings then encoder: (pre-norm tokens [B, 1 + h*w, C], hidden states, attentions)."""
+        self._check_pixel_values(pixel_values)
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions needs eager attention, the model uses {self.config._attn_implementation!r}:"
+                " load or build it with attn_implementation='eager'"
+            )
+        embeddings = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
+        return self.encoder(embeddings, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+    def _tokens_to_map(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Patch tokens (CLS dropped) [B, 1 + h*w, C] of an H x W input -> map [B, C, h, w]."""
+        patch = self.config.patch_size
+        patch_tokens = tokens[:, 1:]
+        feature_map = patch_tokens.reshape(tokens.shape[0], height // patch, width // patch, tokens.shape[-1])
+        return feature_map.permute(0, 3, 1, 2).contiguous()
+
+
+class SnDModel(SnDPreTrainedModel):
+    """The SnD (DINOv2) ViT: final-norm tokens, the CLS token and the dense patch feature map."""
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__(config)
+        self.embeddings = SnDEmbeddings(config)
+        self.encoder = SnDEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> SnDPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SnDModelOutput | tuple[torch.Tensor, ...]:
+        """Encode normalised images.
+
+        Args:
+            pixel_values: ImageNet-normalised images, H and W multiples of 14. # [B, 3, H, W]
+            output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
+            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            return_dict: return an `SnDModelOutput` (default) or a plain tuple.
+            bool_masked_pos: patches to replace by the mask token (DINOv2/iBOT pre-training). # [B, h*w]
+        Returns:
+            `SnDModelOutput` with `last_hidden_state` [B, 1 + h*w, C], `pooler_output` [B, C],
+            `feature_map` [B, C, h, w] and optionally `hidden_states` / `attentions`.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        prenorm, hidden_states, attentions = self._embed_and_encode(
+            pixel_values, bool_masked_pos, bool(output_hidden_states), bool(output_attentions)
+        )
+        last_hidden_state = self.layernorm(prenorm)
+        output = SnDModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=last_hidden_state[:, 0],
+            feature_map=self._tokens_to_map(last_hidden_state, *pixel_values.shape[-2:]),
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def get_intermediate_layers(
+        self,
+        pixel_values: torch.Tensor,
+        n: int | list[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per-layer features as the original `get_intermediate_layers` returns them.
+
+        Args:
+            pixel_values: normalised images. # [B, 3, H, W]
+            n: the last `n` layers (int) or these 0-based layer indices (list).
+            reshape: patch tokens as maps [B, C, h, w] instead of [B, h*w, C].
+            return_class_token: pair each layer's patch tokens with its CLS token [B, C].
+            norm: apply the final layer norm to each layer's tokens.
+        Returns:
+            a tuple with one entry per selected layer, in layer order.
+        """
+        num_layers = self.config.num_hidden_layers
+        layers = list(range(num_layers - n, num_layers)) if isinstance(n, int) else list(n)
+        if not layers or any(not 0 <= index < num_layers for index in layers):
+            raise ValueError(f"n must select layers in [0, {num_layers}), got {n}")
+        _, hidden_states, _ = self._embed_and_encode(pixel_values, None, True, False)
+        outputs = []
+        for index in layers:
+            tokens = hidden_states[index + 1]
+            tokens = self.layernorm(tokens) if norm else tokens
+            patches = self._tokens_to_map(tokens, *pixel_values.shape[-2:]) if reshape else tokens[:, 1:]
+            outputs.append((patches, tokens[:, 0]) if return_class_token else patches)
+        return tuple(outputs)
+
+
+class SnDBackbone(BackboneMixin, SnDPreTrainedModel):
+    """SnD as a transformers backbone (DPT, Depth Anything, UperNet, ...): feature maps of `out_features`.
+
+    Same parameter names as `SnDModel`, so an SnD state dict loads into it unchanged
+    (`snd_hf.load_backbone_weights` does it for a task model).
+    """
+
+    def __init__(self, config: SnDConfig) -> None:
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.embeddings = SnDEmbeddings(config)
+        self.encoder = SnDEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> SnDPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        """Feature maps of the `out_features` stages.
+
+        Args:
+            pixel_values: normalised images, H and W multiples of 14. # [B, 3, H, W]
+            output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
+            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            return_dict: return a `BackboneOutput` (default) or a plain tuple.
+        Returns:
+            `BackboneOutput.feature_maps`: per stage [B, C, h, w] when `reshape_hidden_states`, else the
+            tokens [B, 1 + h*w, C]; final layer norm applied when `apply_layernorm`.
+        """
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        _, hidden_states, attentions = self._embed_and_encode(pixel_values, None, True, bool(output_attentions))
+        feature_maps = []
+        for stage, hidden_state in zip(self.stage_names, hidden_states):
+            if stage not in self.out_features:
+                continue
+            if self.config.apply_layernorm:
+                hidden_state = self.layernorm(hidden_state)
+            if self.config.reshape_hidden_states:
+                hidden_state = self._tokens_to_map(hidden_state, *pixel_values.shape[-2:])
+            feature_maps.append(hidden_state)
+        output = BackboneOutput(
+            feature_maps=tuple(feature_maps),
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["SnDBackbone", "SnDModel", "SnDModelOutput", "SnDPreTrainedModel"]

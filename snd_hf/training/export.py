@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..loading import to_original_state_dict
+from ..loading import save_original_checkpoint
 from ..modeling_snd import SnDModel
 
 
@@ -64,9 +63,4 @@ def save_native(
 
 def save_original(backbone: nn.Module, path: str | Path) -> Path:
     """Write ``backbone`` (LoRA merged) as a state dict in the torch.hub DINOv2 key layout, atomically."""
-    state = to_original_state_dict(merged_backbone(backbone).state_dict())
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_original_checkpoint(merged_backbone(backbone), path)

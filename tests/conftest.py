@@ -24,3 +24,69 @@ def fixtures_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def hub(tmp_path_factory, monkeypatch):
+    """A running Hugging Face Hub emulator (tests/hub_emulator.py) that huggingface_hub and transformers use.
+
+    Points every Hub client at it for the duration of the test: ``HF_ENDPOINT`` and the values
+    huggingface_hub read from it at import (``constants.ENDPOINT``, the resolve URL template, the
+    module-level ``HfApi``, transformers' cached ``HfApi``), a fresh ``HF_HOME``/``HF_HUB_CACHE`` in a
+    temp dir, Xet and telemetry off, online mode, and ``HF_TOKEN`` set to the emulator's token (writes
+    such as ``push_to_hub`` need it). Yields the ``HubEmulator``; seed it with
+    ``hub.add_file(repo_id, path, data)``, read it back with ``hub.files(repo_id)``, and switch the
+    clients to offline mode with ``hub.set_offline(True)`` (sets ``HF_HUB_OFFLINE`` and the constant).
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from hub_emulator import HubEmulator  # tests/ is on sys.path (rootdir conftest)
+
+    root = tmp_path_factory.mktemp("hub")
+    emulator = HubEmulator(root / "server").start()
+    home = root / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    env = {
+        "HF_ENDPOINT": emulator.url,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HF_TOKEN": emulator.token,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    patched = {
+        "ENDPOINT": emulator.url,
+        "HUGGINGFACE_CO_URL_TEMPLATE": emulator.url + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HUGGINGFACE_HUB_CACHE": str(cache),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_OFFLINE": False,
+    }
+    for name, value in patched.items():
+        monkeypatch.setattr(constants, name, value)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", emulator.url)
+    monkeypatch.setattr("huggingface_hub.utils._cache_manager.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("transformers.utils.hub._hf_api", None)  # rebuilt lazily with the patched endpoint
+
+    def set_offline(offline: bool = True) -> None:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+    emulator.set_offline = set_offline
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

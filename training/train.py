@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from snd_hf import SnDConfig, SnDModel
@@ -57,6 +58,8 @@ from snd_hf.training.student import BackboneWithHead
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
 # after the checkpoint of step N is written but before it is renamed into place.
 KILL_ENV = "SND_TRAIN_TEST_KILL"
+# Test-only: every process writes its final student weights to output_dir/rank{i}_state.safetensors.
+DUMP_RANKS_ENV = "SND_TRAIN_TEST_DUMP_RANKS"
 
 
 def build_backbone(config: TrainingConfig) -> SnDModel:
@@ -338,6 +341,9 @@ def training_function(config: TrainingConfig) -> None:
     # Final outputs: native student (+ teacher) in output_dir, optional push to the Hub
     # ---------------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
+    if os.environ.get(DUMP_RANKS_ENV):
+        state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(student).state_dict().items()}
+        save_file(state, output_dir / f"rank{accelerator.process_index}_state.safetensors")
     if accelerator.is_main_process:
         loss_log.close()
         export(output_dir, global_step)

@@ -26,7 +26,6 @@ Outputs in ``output_dir``: the final student as a native SnD directory (``SnDMod
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -39,12 +38,10 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from snd_hf import SnDConfig, SnDModel
-from snd_hf.data.scenes import SceneDataset, collate_scenes
-from snd_hf.data.synthetic import ensure_synthetic_scenes
-from snd_hf.splatting.lifters import DepthLifter
-from snd_hf.splatting.teacher import SplatTeacher
-from snd_hf.training import DINOHead, TrainingConfig, distillation_loss, ema_update, make_ema_teacher
+from snd_hf import SnDConfig
+from snd_hf.data.scenes import collate_scenes
+from snd_hf.training import TrainingConfig, distillation_loss, ema_update, make_ema_teacher
+from snd_hf.training.builders import build_dataset, build_splat_teacher, build_student, prepare_scenes
 from snd_hf.training.checkpoints import (
     checkpoint_step,
     finalize_checkpoint,
@@ -53,37 +50,12 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_path,
 )
 from snd_hf.training.export import save_native, save_original
-from snd_hf.training.student import BackboneWithHead
 
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
 # after the checkpoint of step N is written but before it is renamed into place.
 KILL_ENV = "SND_TRAIN_TEST_KILL"
 # Test-only: every process writes its final student weights to output_dir/rank{i}_state.safetensors.
 DUMP_RANKS_ENV = "SND_TRAIN_TEST_DUMP_RANKS"
-
-
-def build_backbone(config: TrainingConfig) -> SnDModel:
-    """The starting weights: random (tiny), original torch.hub DINOv2 weights, or an SnD checkpoint."""
-    if config.init == "original":
-        return SnDModel.from_original_checkpoint(config.model_path)
-    if config.init == "pretrained":
-        return SnDModel.from_pretrained(config.model_path)
-    return SnDModel(
-        SnDConfig(
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            image_size=224,
-        )
-    )
-
-
-def build_lifter(config: TrainingConfig) -> torch.nn.Module:
-    if config.lifter == "mvsplat":
-        from snd_hf.splatting.mvsplat import MVSplatLifter
-
-        return MVSplatLifter.from_checkpoint(config.mvsplat_checkpoint)
-    return DepthLifter()
 
 
 def training_function(config: TrainingConfig) -> None:
@@ -108,29 +80,9 @@ def training_function(config: TrainingConfig) -> None:
     # ---------------------------------------------------------------------------------------------
     # Data
     # ---------------------------------------------------------------------------------------------
-    if config.dataset == "synthetic":
-        with accelerator.main_process_first():  # one process generates, the others wait and reuse
-            root = ensure_synthetic_scenes(
-                config.dataset_path or output_dir / "scenes",
-                num_scenes=config.synthetic_scenes,
-                num_frames=config.synthetic_frames,
-                height=config.synthetic_size[0],
-                width=config.synthetic_size[1],
-                seed=config.seed,
-                progress=accelerator.is_main_process,
-            )
-    else:
-        root = Path(config.dataset_path)
-    dataset = SceneDataset(
-        root,
-        num_context=2,
-        context_gap=config.context_gap,
-        num_targets=config.num_targets,
-        image_size=tuple(config.image_size),
-        near=config.near,
-        far=config.far,
-        seed=config.seed,
-    )
+    with accelerator.main_process_first():  # synthetic scenes: one process generates, the others reuse
+        root = prepare_scenes(config, progress=accelerator.is_main_process)
+    dataset = build_dataset(config, root)
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -146,34 +98,9 @@ def training_function(config: TrainingConfig) -> None:
     # ---------------------------------------------------------------------------------------------
     # Model: student (LoRA or full fine-tuning) + DINO head; teacher = EMA copy; frozen lifter
     # ---------------------------------------------------------------------------------------------
-    backbone = build_backbone(config)
-    if config.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        backbone = get_peft_model(
-            backbone,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=config.lora_targets,
-            ),
-        )
-    head = DINOHead(
-        backbone.config.hidden_size,
-        hidden_dim=config.head_hidden_dim,
-        bottleneck_dim=config.head_bottleneck_dim,
-        num_prototypes=config.head_prototypes,
-    )
-    student = BackboneWithHead(backbone, head)
+    student = build_student(config)
     teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
-    splat_teacher = SplatTeacher(
-        build_lifter(config).requires_grad_(False).eval(),
-        blending=config.blending,
-        resample=config.resample,
-        coverage_threshold=config.coverage_threshold,
-        mask_aware=config.mask_aware,
-    )
+    splat_teacher = build_splat_teacher(config)
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     accelerator.print(f"trainable parameters: {num_trainable:,} of {sum(p.numel() for p in student.parameters()):,}")
 

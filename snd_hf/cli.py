@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # Register a command with one line: name -> (module, one-line help).
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
+}
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import sys
 # Register a command with one line: name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
+    "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
 }
 
 

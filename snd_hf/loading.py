@@ -276,6 +276,15 @@ def save_original_checkpoint(model: SnDModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def default_permissions(path: Path) -> None:
+    """Give `path` (and, for a directory, everything in it) the permissions a plain create would, not
+    the private 0600/0700 of temporary files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call `write(temporary_path)` for a file beside `path`, then rename it to `path`; cleans up on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +292,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        default_permissions(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -331,6 +341,7 @@ __all__ = [
     "ORIGINAL_TO_HF",
     "atomic_write",
     "convert_original_state_dict",
+    "default_permissions",
     "infer_config_from_original",
     "load_backbone_weights",
     "load_original_checkpoint",

@@ -71,10 +71,11 @@ class SnDEmbeddings(nn.Module):
 
     def __init__(self, config: SnDConfig) -> None:
         super().__init__()
+        # Registration order gives the original state-dict order: cls_token, pos_embed, mask_token, patch_embed.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, config.hidden_size))
         self.mask_token = nn.Parameter(torch.zeros(1, config.hidden_size))
         self.patch_embeddings = SnDPatchEmbeddings(config)
-        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + self.patch_embeddings.num_patches, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.patch_size = config.patch_size
         self.interpolate_offset = config.interpolate_offset

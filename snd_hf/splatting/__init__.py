@@ -1,7 +1,17 @@
 """Splatting teacher: cameras, Gaussians, lifting, feature rendering and mask operations."""
 
 from .gaussians import Gaussians
-from .lifters import Lifter
+from .lifters import DepthLifter, Lifter
+from .masks import blend_with_mask, mask_aware_upsample, resize_masks
 from .render import RenderOutput, render_features
 
-__all__ = ["Gaussians", "Lifter", "RenderOutput", "render_features"]
+__all__ = [
+    "DepthLifter",
+    "Gaussians",
+    "Lifter",
+    "RenderOutput",
+    "blend_with_mask",
+    "mask_aware_upsample",
+    "render_features",
+    "resize_masks",
+]

@@ -113,11 +113,12 @@ def training_function(config: TrainingConfig) -> None:
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.weight_decay,
     )
-    # accelerate steps a prepared scheduler once per process per optimizer step.
+    # accelerate steps a prepared scheduler once per process per optimizer step; the 10 spare
+    # steps are the original's (OneCycleLR over max_steps + 10).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=config.learning_rate,
-        total_steps=config.max_steps * accelerator.num_processes,
+        total_steps=(config.max_steps + 10) * accelerator.num_processes,
         pct_start=config.warmup_ratio,
         anneal_strategy="cos",
         cycle_momentum=False,
@@ -224,6 +225,7 @@ def training_function(config: TrainingConfig) -> None:
                 )
                 # Backward, clipping, optimizer and schedule (accelerate skips them between
                 # accumulation boundaries).
+                lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
@@ -243,7 +245,6 @@ def training_function(config: TrainingConfig) -> None:
             # Logging: .item() forces a sync, so losses are gathered only every log_steps.
             if global_step % config.log_steps == 0 or global_step == config.max_steps:
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-                lr = scheduler.get_last_lr()[0]
                 images_per_s = accelerator.num_processes * config.batch_size * accumulation * micro_step / (
                     time.perf_counter() - tick
                 )

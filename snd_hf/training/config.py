@@ -34,8 +34,8 @@ class TrainingConfig:
     # --- run ---------------------------------------------------------------------------------
     output_dir: str = "outputs/snd-synthetic-tiny"
     seed: int = 0
-    max_steps: int = 120  # optimizer steps
-    save_steps: int = 40  # full-state checkpoint (and native export) every N steps, and at the end
+    max_steps: int = 60  # optimizer steps
+    save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
     checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
@@ -52,7 +52,7 @@ class TrainingConfig:
     synthetic_scenes: int = 4
     synthetic_frames: int = 12
     synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # generated (H, W)
-    image_size: list[int] = field(default_factory=lambda: [56, 84])  # training (H, W)
+    image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
     context_gap: int = 4
     num_targets: int = 1
     near: float = 0.1  # Deviation: the original used 1 / 100 (RE10K values) for metric indoor scenes
@@ -78,8 +78,8 @@ class TrainingConfig:
     head_hidden_dim: int = 128
     head_bottleneck_dim: int = 64
     head_prototypes: int = 512
-    teacher_temp: float = 1.0
-    student_temp: float = 1.0
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
 
     # --- teacher: lifter, rendering, blending --------------------------------------------------
     lifter: Literal["depth", "mvsplat"] = "depth"

@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "training" / "train.py"
 DEFAULTS = TrainingConfig.from_args([])
 # A shorter run than the default for the resume/DDP/Hub tests.
-QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[42,56]"]
+QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[28,42]"]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
     "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
+    "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
+    "demo": ("snd_hf.demo", "feature extraction demo on packaged images (offline: embedded checkpoint)"),
 }
 
 

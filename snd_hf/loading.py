@@ -9,6 +9,7 @@ run code. Hub resolution of the published variants lives in `snd_hf.hub`.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 import zipfile
@@ -16,9 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pickle
-
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
@@ -197,7 +197,7 @@ def _read_file(path: Path) -> object:
             f"refused to load {path}: it is not a plain tensor checkpoint (weights_only=True rejected it,"
             f" nothing was executed): {str(error).splitlines()[0]}"
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, SafetensorError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt ({error})") from error
 
 
@@ -225,7 +225,9 @@ def _merge_lora(
         if base_key not in merged:
             raise CheckpointError(f"LoRA weight {key_a} (adapter {adapter}) has no base weight {base_key}")
         base = merged.pop(base_key)
-        merged[f"{module}.weight"] = (base.float() + (lora_alpha / rank) * lora_b @ lora_a).to(base.dtype)
+        # Linear: B [out, r] @ A [r, in]; Conv2d: B [out, r, 1, 1] and A [r, in, k, k] contract the same way.
+        delta = (lora_b.flatten(1) @ lora_a.flatten(1)).reshape(base.shape)
+        merged[f"{module}.weight"] = (base.float() + (lora_alpha / rank) * delta).to(base.dtype)
     return {re.sub(r"\.base_layer\.", ".", key): tensor for key, tensor in merged.items()}
 
 

@@ -332,6 +332,28 @@ class SnDPreTrainedModel(PreTrainedModel):
             init.constant_(module.lambda1, self.config.layerscale_value)
 
     @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None,
+        *model_args,
+        size: str | None = None,
+        blending: bool | None = None,
+        **kwargs,
+    ) -> SnDPreTrainedModel:
+        """Load from a Hub repo id or a local folder: native checkpoints (`config.json` + weights), the
+        published original-layout repo (`SnDModel.from_pretrained("david-shavin/SnD", size="base",
+        blending=False)`) or a native repo with one subfolder per variant; `size`/`blending` pick the
+        variant (defaults "small", True). Other arguments are transformers' `from_pretrained` ones.
+        See `snd_hf.hub`."""
+        if pretrained_model_name_or_path is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        from .hub import from_pretrained
+
+        return from_pretrained(
+            cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
+        )
+
+    @classmethod
     def from_original_checkpoint(
         cls,
         path: str | os.PathLike,

@@ -9,13 +9,14 @@ one projection, so the same colour means the same feature direction across views
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .loading import atomic_write
 
 __all__ = ["PCAProjection", "fit_pca", "pca_rgb", "save_png", "save_panel", "to_uint8_image"]
 
@@ -143,20 +144,6 @@ def to_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def _write_atomically(picture: Image.Image, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        picture.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(image: np.ndarray | torch.Tensor, path: str | os.PathLike, scale: int = 1) -> Path:
     """Write an RGB image as PNG, upscaled ``scale`` times with nearest neighbour (crisp patches).
 
@@ -173,7 +160,9 @@ def save_png(image: np.ndarray | torch.Tensor, path: str | os.PathLike, scale: i
     picture = Image.fromarray(to_uint8_image(image))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    return _write_atomically(picture, path)
+    path = Path(path)
+    atomic_write(path, lambda temporary: picture.save(temporary, format="PNG"))
+    return path
 
 
 def save_panel(
@@ -204,4 +193,6 @@ def save_panel(
     for picture in resized:
         panel.paste(picture, (left, 0))
         left += picture.width + gap
-    return _write_atomically(panel, path)
+    path = Path(path)
+    atomic_write(path, lambda temporary: panel.save(temporary, format="PNG"))
+    return path

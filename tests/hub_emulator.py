@@ -62,7 +62,7 @@ class Blob:
 
     sha256: str
     size: int
-    content_sha1: str  # git blob id of the content (used for regular files)
+    content_sha1: str  # git blob id of the content (regular files only; "" for LFS files)
     lfs: bool
 
     @property
@@ -204,7 +204,7 @@ class HubEmulator:
             temporary = target.with_suffix(f".{threading.get_ident()}.tmp")
             temporary.write_bytes(data)
             temporary.replace(target)
-        return Blob(sha256, len(data), git_blob_sha1(data), lfs)
+        return Blob(sha256, len(data), "" if lfs else git_blob_sha1(data), lfs)
 
     def _read(self, blob: Blob) -> bytes:
         return (self.blob_dir / blob.sha256).read_bytes()
@@ -363,7 +363,6 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         }
         if blob.lfs:
             headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
-        data = self.hub._read(blob) if self.command == "GET" else b""
         status, start, end = 200, 0, blob.size - 1
         requested = self.headers.get("Range")
         if requested and requested.startswith("bytes="):
@@ -375,7 +374,10 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
         headers["Content-Length"] = str(end - start + 1)
-        self._send(status, data[start : end + 1], headers, "application/octet-stream")
+        self._send(status, b"", headers, "application/octet-stream")
+        if self.command == "GET" and end >= start:  # stream the bytes straight from the blob file
+            with open(self.hub.blob_dir / blob.sha256, "rb") as handle:
+                self.connection.sendfile(handle, offset=start, count=end - start + 1)
 
     # ----------------------------------------------------------------- API routes
     def _route_api(self, method: str, segments: list[str], query: dict[str, list[str]], body: bytes) -> None:

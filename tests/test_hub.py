@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import huggingface_hub
 import pytest
+import torch
 from huggingface_hub import HfApi
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from transformers import AutoModel
+
+from snd_hf import SND_VARIANTS, SnDBackbone, SnDConfig, SnDModel
+from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES, VARIANT_FOLDERS
 
 
 # ----------------------------------------------------------------------------- the emulator itself
@@ -65,3 +73,168 @@ def test_emulator_uploads(hub, tmp_path):
     assert commit.oid == hub.head("writer/up") != old
     assert open(huggingface_hub.hf_hub_download("writer/up", "notes.txt"), "rb").read() == b"bye"
     assert open(huggingface_hub.hf_hub_download("writer/up", "notes.txt", revision=old), "rb").read() == b"hello"
+
+
+# ----------------------------------------------------------------------------- SnD variants
+VARIANTS = [("small", True), ("small", False), ("base", True), ("base", False)]
+
+
+@pytest.fixture(scope="session")
+def original_checkpoints(fixtures_dir) -> dict[tuple[str, bool], bytes]:
+    """Full-size random state dicts in the original torch.hub layout, one per published variant.
+
+    Keys and shapes are those of the real ViT-S/14 and ViT-B/14 (fixtures); each variant file is
+    told apart by its CLS token (``variant_marker``). Built once per session (~0.9 GB of bytes).
+    """
+    checkpoints = {}
+    for size, arch in (("small", "vits14"), ("base", "vitb14")):
+        shapes = json.loads((fixtures_dir / "dinov2" / f"dinov2_{arch}_keys.json").read_text())
+        # Large matrices are zeros (cheap to make); everything else is random, so features are not trivial.
+        generator = torch.Generator().manual_seed(len(shapes))
+        state_dict = {
+            key: torch.zeros(shape) if len(shape) == 2 and shape[0] * shape[1] > 10**5 else
+            torch.randn(shape, generator=generator) * 0.1
+            for key, shape in shapes.items()
+        }
+        for blending in (True, False):
+            state_dict["cls_token"] = variant_marker(size, blending, state_dict["cls_token"].shape)
+            buffer = io.BytesIO()
+            torch.save(state_dict, buffer)
+            checkpoints[(size, blending)] = buffer.getvalue()
+    return checkpoints
+
+
+def variant_marker(size: str, blending: bool, shape=None) -> torch.Tensor:
+    shape = shape or (1, 1, SND_VARIANTS[size]["hidden_size"])
+    return torch.full(shape, 0.25 if blending else -0.25)
+
+
+def assert_variant(model, size: str, blending: bool) -> None:
+    assert isinstance(model, SnDModel)
+    assert (model.config.size, model.config.blending) == (size, blending)
+    assert model.config.hidden_size == SND_VARIANTS[size]["hidden_size"]
+    assert model.config.num_attention_heads == SND_VARIANTS[size]["num_attention_heads"]
+    torch.testing.assert_close(model.embeddings.cls_token, variant_marker(size, blending))
+    assert not model.training
+    output = model(torch.randn(1, 3, 28, 42))
+    assert output.feature_map.shape == (1, model.config.hidden_size, 2, 3)
+    assert torch.isfinite(output.feature_map).all()
+
+
+def test_published_variants_download_convert_and_work_offline(hub, original_checkpoints):
+    for (size, blending), data in original_checkpoints.items():
+        hub.add_file(SND_HUB_REPO, VARIANT_FILES[(size, blending)], data)
+    hub.add_file(SND_HUB_REPO, "README.md", b"# SnD\n")
+
+    default = SnDModel.from_pretrained(SND_HUB_REPO)
+    assert_variant(default, "small", True)
+    for size, blending in VARIANTS:
+        assert_variant(SnDModel.from_pretrained(SND_HUB_REPO, size=size, blending=blending), size, blending)
+    # The original file went through the cache, where huggingface_hub put it.
+    cached = huggingface_hub.try_to_load_from_cache(SND_HUB_REPO, VARIANT_FILES[("base", False)])
+    assert isinstance(cached, str) and open(cached, "rb").read(64) == original_checkpoints[("base", False)][:64]
+
+    # Offline: the same calls are answered from the cache, without a single request.
+    hub.set_offline(True)
+    served = len(hub.requests)
+    assert_variant(SnDModel.from_pretrained(SND_HUB_REPO, size="base", blending=False), "base", False)
+    assert_variant(SnDModel.from_pretrained(SND_HUB_REPO), "small", True)
+    assert len(hub.requests) == served
+
+
+def test_missing_variant_and_revision(hub, original_checkpoints, tmp_path):
+    hub.add_file("lab/snd-small", VARIANT_FILES[("small", True)], original_checkpoints[("small", True)])
+    first = hub.head("lab/snd-small")
+    hub.add_file("lab/snd-small", VARIANT_FILES[("small", False)], original_checkpoints[("small", False)])
+    with pytest.raises(FileNotFoundError) as error:
+        SnDModel.from_pretrained("lab/snd-small", size="base", blending=False)
+    message = str(error.value)
+    assert "dinov2_base_snd_no_blending.pth" in message
+    assert "small (blending): dinov2_small_snd.pth" in message and "small (no blending)" in message
+    # At the first commit only the blending file existed.
+    with pytest.raises(FileNotFoundError, match="small_no_blending"):
+        SnDModel.from_pretrained("lab/snd-small", blending=False, revision=first)
+    assert_variant(SnDModel.from_pretrained("lab/snd-small", blending=False), "small", False)
+    with pytest.raises(RepositoryNotFoundError):
+        SnDModel.from_pretrained("lab/absent")
+    with pytest.raises(ValueError, match="size"):
+        SnDModel.from_pretrained("lab/snd-small", size="large")
+    with pytest.raises(TypeError, match="device_map"):
+        SnDModel.from_pretrained("lab/snd-small", device_map="cpu")
+    # Download options reach huggingface_hub: cache_dir, local_files_only, force_download.
+    cache_dir = tmp_path / "own-cache"
+    with pytest.raises(OSError, match="nothing of it is in the cache"):
+        SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, local_files_only=True)
+    assert_variant(SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir), "small", False)
+    assert list(cache_dir.glob(f"models--lab--snd-small/snapshots/*/{VARIANT_FILES[('small', False)]}"))
+    served = len(hub.requests)
+    SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, local_files_only=True)
+    assert len(hub.requests) == served
+    SnDModel.from_pretrained("lab/snd-small", blending=False, cache_dir=cache_dir, force_download=True)
+    assert ("GET", f"/lab/snd-small/resolve/main/{VARIANT_FILES[('small', False)]}") in hub.requests[served:]
+    # Offline, a variant never downloaded is reported as such; a revision never seen is an OSError.
+    hub.set_offline(True)
+    with pytest.raises(FileNotFoundError, match=r"dinov2_small_snd\.pth.*Offline"):
+        SnDModel.from_pretrained("lab/snd-small", blending=True)
+    with pytest.raises(OSError, match="offline mode is on"):
+        SnDModel.from_pretrained("lab/snd-small", revision=first)
+
+
+def test_local_folder_laid_out_like_the_hub_repo(tmp_path, original_checkpoints):
+    for blending in (True, False):
+        (tmp_path / VARIANT_FILES[("small", blending)]).write_bytes(original_checkpoints[("small", blending)])
+    assert_variant(SnDModel.from_pretrained(tmp_path), "small", True)
+    assert_variant(SnDModel.from_pretrained(str(tmp_path), blending=False), "small", False)
+    backbone = SnDBackbone.from_pretrained(tmp_path, out_features=["stage6", "stage12"])
+    assert (backbone.config.size, backbone.config.blending) == ("small", True)
+    assert [m.shape for m in backbone(torch.randn(1, 3, 28, 28)).feature_maps] == [(1, 384, 2, 2)] * 2
+    with pytest.raises(FileNotFoundError, match=r"dinov2_base_snd\.pth.*Variants available"):
+        SnDModel.from_pretrained(tmp_path, size="base")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        SnDModel.from_pretrained(tmp_path / "absent")
+    half = SnDModel.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="eager", subfolder="")
+    assert half.embeddings.cls_token.dtype == torch.bfloat16 and half.config._attn_implementation == "eager"
+
+
+def tiny_model(size: str = "small", blending: bool | None = True, seed: int = 0) -> SnDModel:
+    torch.manual_seed(seed)
+    config = SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, size=size, blending=blending)
+    return SnDModel(config).eval()
+
+
+def test_native_repo_with_variant_subfolders(hub, tmp_path):
+    models = {key: tiny_model(*key, seed=index) for index, key in enumerate(VARIANTS)}
+    for key, model in models.items():
+        model.save_pretrained(tmp_path / VARIANT_FOLDERS[key])
+    del models[("base", False)]
+    (tmp_path / "base_no_blending" / "config.json").unlink()  # an incomplete variant does not count
+    HfApi().create_repo("lab/native-variants")
+    HfApi().upload_folder(folder_path=tmp_path, repo_id="lab/native-variants")
+    pixel_values = torch.randn(2, 3, 28, 28)
+    for source in ("lab/native-variants", tmp_path):
+        for key, model in models.items():
+            loaded = SnDModel.from_pretrained(source, size=key[0], blending=key[1])
+            assert (loaded.config.size, loaded.config.blending) == key
+            torch.testing.assert_close(loaded(pixel_values).feature_map, model(pixel_values).feature_map)
+        with pytest.raises(FileNotFoundError, match=r"base_no_blending/config\.json.*small \(blending\): small/"):
+            SnDModel.from_pretrained(source, size="base", blending=False)
+
+
+def test_push_to_hub_then_from_pretrained_and_automodel(hub):
+    model = tiny_model("base", False, seed=3)
+    commit = model.push_to_hub("lab/pushed")
+    assert commit.oid == hub.head("lab/pushed")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub.files("lab/pushed"))
+    pixel_values = torch.randn(1, 3, 42, 28)
+    expected = model(pixel_values)
+    for loaded in (SnDModel.from_pretrained("lab/pushed"), AutoModel.from_pretrained("lab/pushed")):
+        assert type(loaded) is SnDModel
+        assert (loaded.config.size, loaded.config.blending) == ("base", False)
+        output = loaded(pixel_values)
+        torch.testing.assert_close(output.feature_map, expected.feature_map, rtol=0, atol=0)
+        torch.testing.assert_close(output.pooler_output, expected.pooler_output, rtol=0, atol=0)
+    # Asking a single native checkpoint for another variant is an error, not a silent mismatch.
+    with pytest.raises(ValueError, match="blending"):
+        SnDModel.from_pretrained("lab/pushed", blending=True)
+    hub.set_offline(True)
+    torch.testing.assert_close(SnDModel.from_pretrained("lab/pushed")(pixel_values).feature_map, expected.feature_map)

@@ -1,0 +1,279 @@
+"""Loading SnD weights from the Hugging Face Hub (or a local folder laid out like a Hub repo).
+
+Three repo layouts load through one call, ``SnDModel.from_pretrained(repo_or_dir, size=..., blending=...)``:
+
+- **original** (the published ``david-shavin/SnD``): raw state dicts in the torch.hub DINOv2 key
+  layout and no ``config.json``, one file per variant (``VARIANT_FILES``). The config comes from
+  ``SnDConfig.from_variant(size, blending)``, the keys are converted and loaded strictly;
+- **native** (``save_pretrained`` / ``push_to_hub`` output: ``config.json`` + ``model.safetensors``):
+  plain transformers loading;
+- **native, several variants**: one native folder per variant (``VARIANT_FOLDERS``), chosen by
+  ``size``/``blending``.
+
+``size`` defaults to ``"small"`` and ``blending`` to ``True`` where a variant must be chosen.
+Downloads go through ``huggingface_hub`` (cache, ``revision``, ``token``, ``cache_dir``,
+``force_download``, ``local_files_only``, ``HF_HUB_OFFLINE``). Offline, the files already in the
+cache stand in for the repo listing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import httpx
+
+from .configuration_snd import SND_VARIANTS, SnDConfig
+
+if TYPE_CHECKING:
+    from .modeling_snd import SnDPreTrainedModel
+
+Size = Literal["small", "base"]
+
+# The published repo and its files: (size, blending) -> original-layout state dict.
+SND_HUB_REPO = "david-shavin/SnD"
+VARIANT_FILES: dict[tuple[str, bool], str] = {
+    ("small", True): "dinov2_small_snd.pth",
+    ("base", True): "dinov2_base_snd.pth",
+    ("small", False): "dinov2_small_snd_no_blending.pth",
+    ("base", False): "dinov2_base_snd_no_blending.pth",
+}
+# Native repos holding several variants: (size, blending) -> subfolder with config.json + weights.
+VARIANT_FOLDERS: dict[tuple[str, bool], str] = {
+    ("small", True): "small",
+    ("base", True): "base",
+    ("small", False): "small_no_blending",
+    ("base", False): "base_no_blending",
+}
+CONFIG_NAME = "config.json"
+
+# from_pretrained arguments that only concern finding and downloading files.
+DOWNLOAD_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+# Accepted besides them when loading an original-layout file; config fields are accepted as overrides.
+ORIGINAL_LOAD_KWARGS = ("dtype", "torch_dtype", "attn_implementation")
+CONFIG_OVERRIDE_KWARGS = ("out_features", "out_indices", "output_attentions")
+
+
+def describe_variant(size: str, blending: bool) -> str:
+    return f"{size} ({'blending' if blending else 'no blending'})"
+
+
+@dataclass
+class RepoLayout:
+    """What a repo (or local folder) holds, read from its file list.
+
+    Attributes:
+        native_root: a ``config.json`` at the top: a single native checkpoint.
+        native_variants: (size, blending) -> subfolder of the native variants present.
+        original_variants: (size, blending) -> file of the original-layout variants present.
+    """
+
+    native_root: bool
+    native_variants: dict[tuple[str, bool], str]
+    original_variants: dict[tuple[str, bool], str]
+
+    @classmethod
+    def from_files(cls, files: Iterable[str]) -> RepoLayout:
+        files = set(files)
+        return cls(
+            native_root=CONFIG_NAME in files,
+            native_variants={key: folder for key, folder in VARIANT_FOLDERS.items() if f"{folder}/{CONFIG_NAME}" in files},
+            original_variants={key: name for key, name in VARIANT_FILES.items() if name in files},
+        )
+
+    def available(self) -> list[str]:
+        """Human-readable list of the variants present."""
+        found = [f"{describe_variant(*key)}: {folder}/" for key, folder in self.native_variants.items()]
+        found += [f"{describe_variant(*key)}: {name}" for key, name in self.original_variants.items()]
+        return found
+
+
+def _cached_files(repo_id: str, revision: str, cache_dir: str | os.PathLike | None) -> list[str] | None:
+    """Files of a repo revision already in the huggingface_hub cache, or None if nothing is cached."""
+    storage = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    ref = storage / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = storage / "snapshots" / commit
+    if not snapshot.is_dir():
+        return None
+    return [path.relative_to(snapshot).as_posix() for path in snapshot.rglob("*") if path.is_file()]
+
+
+def list_repo_files(
+    repo_id: str,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> tuple[list[str], bool]:
+    """Files of a Hub repo, from the Hub or, offline / unreachable, from the local cache.
+
+    Returns:
+        (files, from_cache): ``from_cache`` is True when only the cached files could be listed.
+    Raises:
+        OSError: offline (or the Hub unreachable) and nothing of this repo is cached.
+        huggingface_hub.errors.RepositoryNotFoundError / RevisionNotFoundError: from the Hub.
+    """
+    revision = revision or constants.DEFAULT_REVISION
+    failure: Exception | None = None
+    if not (local_files_only or constants.HF_HUB_OFFLINE):
+        try:
+            return HfApi().list_repo_files(repo_id, revision=revision, token=token), False
+        except (httpx.ConnectError, httpx.TimeoutException, OfflineModeIsEnabled) as error:
+            failure = error
+    cached = _cached_files(repo_id, revision, cache_dir)
+    if cached is None:
+        reason = f"the Hub could not be reached ({failure})" if failure else "offline mode is on"
+        raise OSError(
+            f"cannot load {repo_id!r} (revision {revision!r}): {reason} and nothing of it is in the cache"
+            f" {cache_dir or constants.HF_HUB_CACHE}. Connect once to download it, or pass a local folder."
+        ) from failure
+    return cached, True
+
+
+def _check_original_options(options: dict[str, Any]) -> None:
+    """Refuse ``from_pretrained`` arguments that an original-layout checkpoint cannot honour."""
+    config_fields = {field.name for field in dataclasses.fields(SnDConfig)} | set(CONFIG_OVERRIDE_KWARGS)
+    unknown = sorted(set(options) - config_fields - set(ORIGINAL_LOAD_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained got arguments {unknown} that do not apply to an original-layout SnD checkpoint;"
+            f" accepted: {list(DOWNLOAD_KWARGS + ORIGINAL_LOAD_KWARGS + CONFIG_OVERRIDE_KWARGS)} and SnDConfig fields"
+        )
+
+
+def _load_original(
+    cls: type[SnDPreTrainedModel],
+    checkpoint: str,
+    size: str,
+    blending: bool,
+    options: dict[str, Any],
+) -> SnDPreTrainedModel:
+    """Load an original-layout variant file strictly into ``cls``, with the variant's config."""
+    options = dict(options)
+    dtype = options.pop("dtype", None) or options.pop("torch_dtype", None)
+    attn_implementation = options.pop("attn_implementation", None)
+    expected = SnDConfig.from_variant(size, blending)
+    model = cls.from_original_checkpoint(
+        checkpoint, num_attention_heads=expected.num_attention_heads, size=size, blending=blending, **options
+    )
+    for name, value in SND_VARIANTS[size].items():
+        if getattr(model.config, name) != value:
+            raise ValueError(
+                f"{checkpoint} does not hold the {size} architecture: {name} is {getattr(model.config, name)},"
+                f" expected {value}"
+            )
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
+    if dtype not in (None, "auto"):  # "auto": the checkpoint's own dtype (float32)
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model
+
+
+def from_pretrained(
+    cls: type[SnDPreTrainedModel],
+    native_from_pretrained: Callable[..., SnDPreTrainedModel],
+    pretrained_model_name_or_path: str | os.PathLike,
+    *model_args,
+    size: Size | None = None,
+    blending: bool | None = None,
+    **kwargs,
+) -> SnDPreTrainedModel:
+    """Load ``cls`` from a Hub repo id or local folder in any of the three layouts (module docstring).
+
+    Args:
+        cls: ``SnDModel`` or ``SnDBackbone``.
+        native_from_pretrained: transformers' ``PreTrainedModel.from_pretrained`` bound to ``cls``.
+        pretrained_model_name_or_path: Hub repo id (``"david-shavin/SnD"``) or local folder.
+        size: ``"small"`` (ViT-S/14) or ``"base"`` (ViT-B/14); ``"small"`` when a variant must be chosen.
+        blending: the SnD training variant (True: segmentation/depth/normals, False: correspondence);
+            True when a variant must be chosen.
+        kwargs: transformers ``from_pretrained`` arguments (download ones: ``revision``, ``cache_dir``,
+            ``force_download``, ``local_files_only``, ``token``).
+    Returns:
+        The model in eval mode, with ``config.size`` / ``config.blending`` set for SnD variants.
+    Raises:
+        FileNotFoundError: the requested variant is not there (the message lists those that are).
+    """
+    if size is not None and size not in SND_VARIANTS:
+        raise ValueError(f"size must be one of {sorted(SND_VARIANTS)}, got {size!r}")
+    if blending is not None and not isinstance(blending, bool):
+        raise TypeError(f"blending must be a bool, got {type(blending).__name__}")
+    explicit = size is not None or blending is not None
+    if kwargs.get("subfolder") == "":
+        del kwargs["subfolder"]
+    if kwargs.get("subfolder"):
+        if explicit:
+            raise ValueError("pass either subfolder= or size=/blending=, not both (size/blending choose the subfolder)")
+        return native_from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    name = os.fspath(pretrained_model_name_or_path)
+    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_like_path and not os.path.isdir(name):
+        raise FileNotFoundError(f"{name} is not a folder (and not a Hub repo id of the form namespace/name)")
+    download = {key: kwargs[key] for key in DOWNLOAD_KWARGS if key in kwargs}
+    from_cache = False
+    if os.path.isdir(name):
+        files = [path.relative_to(name).as_posix() for path in Path(name).rglob("*") if path.is_file()]
+    else:
+        files, from_cache = list_repo_files(
+            name,
+            revision=download.get("revision"),
+            token=download.get("token"),
+            cache_dir=download.get("cache_dir"),
+            local_files_only=bool(download.get("local_files_only")),
+        )
+    layout = RepoLayout.from_files(files)
+    wanted = (size or "small", True if blending is None else blending)
+
+    if layout.native_root:
+        model = native_from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        for field, value in (("size", size), ("blending", blending)):
+            if value is not None and getattr(model.config, field) != value:
+                raise ValueError(
+                    f"{name} holds a single checkpoint with {field}={getattr(model.config, field)!r}, not the"
+                    f" requested {field}={value!r}"
+                )
+        return model
+    if wanted in layout.native_variants:
+        return native_from_pretrained(
+            pretrained_model_name_or_path, *model_args, subfolder=layout.native_variants[wanted], **kwargs
+        )
+    if wanted in layout.original_variants:
+        if model_args:
+            raise TypeError(f"positional model arguments do not apply to an original-layout checkpoint: {model_args}")
+        options = {key: value for key, value in kwargs.items() if key not in DOWNLOAD_KWARGS}
+        _check_original_options(options)
+        filename = layout.original_variants[wanted]
+        if os.path.isdir(name):
+            checkpoint = os.path.join(name, filename)
+        else:
+            checkpoint = hf_hub_download(name, filename, **download)
+        return _load_original(cls, checkpoint, *wanted, options)
+
+    available = layout.available()
+    raise FileNotFoundError(
+        f"{name} has no {describe_variant(*wanted)} variant: neither {VARIANT_FILES[wanted]} nor"
+        f" {VARIANT_FOLDERS[wanted]}/{CONFIG_NAME} (nor a top-level {CONFIG_NAME}) is there. "
+        + (f"Variants available: {'; '.join(available)}." if available else "It holds no SnD variant.")
+        + (" (Offline: only the files already in the local cache were checked.)" if from_cache else "")
+    )
+
+
+__all__ = [
+    "SND_HUB_REPO",
+    "VARIANT_FILES",
+    "VARIANT_FOLDERS",
+    "RepoLayout",
+    "describe_variant",
+    "from_pretrained",
+    "list_repo_files",
+]

@@ -1,0 +1,182 @@
+"""Model cards for SnD checkpoints trained with snd-hf (the card of the published weights is
+``model_cards/README.md``).
+
+``build_model_card`` renders Hub model-card text: YAML front matter (library, pipeline tag, license,
+base model, datasets, tags) and a body filled from ``snd_hf/assets/model_card_template.md`` with the
+architecture, the training data and configuration, the number of steps and, when given, an
+evaluation table. The trainer writes it as ``README.md`` next to the weights before pushing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+
+from .configuration_snd import SnDConfig
+
+TEMPLATE = Path(__file__).resolve().parent / "assets" / "model_card_template.md"
+TAGS = ["snd", "splat-and-distill", "dinov2", "3d-aware", "dense-features", "vision"]
+DATASET_IDS = {"scannetpp": "scannetpp"}  # training_config["dataset"] -> Hub `datasets` entry
+SIZE_NAMES = {"small": "ViT-S/14", "base": "ViT-B/14"}
+
+
+def card_metadata(config: SnDConfig, training_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The YAML front matter of a trained checkpoint's card."""
+    metadata: dict[str, Any] = {
+        "library_name": "snd-hf",
+        "pipeline_tag": "image-feature-extraction",
+        "license": "mit",
+        "tags": list(TAGS),
+    }
+    if training_config.get("init") == "original" and config.size in SIZE_NAMES:
+        metadata["base_model"] = f"facebook/dinov2-{config.size}"
+    dataset = training_config.get("dataset")
+    if dataset in DATASET_IDS:
+        metadata["datasets"] = [DATASET_IDS[dataset]]
+    elif dataset is not None:
+        metadata["tags"].append(f"{dataset}-data")
+    return metadata
+
+
+def _variant_line(config: SnDConfig, training_config: Mapping[str, Any]) -> str:
+    size = f"{SIZE_NAMES[config.size]} (`size=\"{config.size}\"`)" if config.size in SIZE_NAMES else "a custom size"
+    coefficient = training_config.get("blending")
+    if config.blending is None:
+        blending = "blending not recorded"
+    elif config.blending:
+        blending = "with segment blending" + (f" (coefficient {coefficient})" if coefficient is not None else "")
+        blending += ": for dense prediction (segmentation, depth, normals)"
+    else:
+        blending = "without blending: for multi-view correspondence"
+    return f"Variant: {size}, trained {blending}."
+
+
+def _initialisation(training_config: Mapping[str, Any]) -> str:
+    init, path = training_config.get("init"), training_config.get("model_path")
+    source = f" (`{Path(path).name}`)" if path else ""
+    return {
+        "random": "random (standard DINOv2 initialisation)",
+        "original": f"original torch.hub DINOv2 weights{source}",
+        "pretrained": f"an SnD checkpoint{source}",
+    }.get(init, "not recorded")
+
+
+def _finetuning(training_config: Mapping[str, Any]) -> str:
+    if training_config.get("finetune") == "full":
+        return "all parameters"
+    if training_config.get("finetune") == "lora":
+        targets = ", ".join(f"`{name}`" for name in training_config.get("lora_targets", []))
+        return (
+            f"LoRA rank {training_config.get('lora_r')}, alpha {training_config.get('lora_alpha')}, dropout"
+            f" {training_config.get('lora_dropout')} on {targets or 'the attention projections'}; merged into"
+            " the weights"
+        )
+    return "not recorded"
+
+
+def _data(training_config: Mapping[str, Any]) -> str:
+    dataset = training_config.get("dataset")
+    size = training_config.get("image_size")
+    at = f", trained at {size[0]}x{size[1]} pixels" if isinstance(size, (list, tuple)) and len(size) == 2 else ""
+    if dataset == "synthetic":
+        return (
+            f"procedural synthetic indoor scenes ({training_config.get('synthetic_scenes')} scenes x"
+            f" {training_config.get('synthetic_frames')} frames){at}"
+        )
+    if dataset == "scannetpp":
+        path = training_config.get("dataset_path")
+        return f"ScanNet++ scenes{f' from `{Path(path).name}`' if path else ''}{at}"
+    return f"{dataset}{at}" if dataset else "not recorded"
+
+
+def _teacher(training_config: Mapping[str, Any]) -> str:
+    parts = []
+    if "lifter" in training_config:
+        parts.append(f"{training_config['lifter']} lifter")
+    if "blending" in training_config:
+        parts.append(f"blending coefficient {training_config['blending']} (1 = no blending)")
+    if "mask_aware" in training_config:
+        parts.append("mask-aware upsampling" if training_config["mask_aware"] else "bilinear upsampling")
+    if "ema_momentum" in training_config:
+        parts.append(f"EMA momentum {training_config['ema_momentum']} every {training_config.get('ema_every', 1)} step(s)")
+    return ", ".join(parts) if parts else "not recorded"
+
+
+def _evaluation(eval_results: Mapping[str, Mapping[str, float]] | None) -> str:
+    if not eval_results:
+        return "Not evaluated yet: `snd eval` probes depth, normals, segmentation and correspondence."
+    rows = ["| task | metric | value |", "| --- | --- | --- |"]
+    for task, metrics in eval_results.items():
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"eval_results[{task!r}] must map metric names to values, got {type(metrics).__name__}")
+        rows += [f"| {task} | {metric} | {value:.4g} |" for metric, value in metrics.items()]
+    return "\n".join(rows)
+
+
+def _limitations(training_config: Mapping[str, Any]) -> str:
+    if training_config.get("dataset") == "synthetic":
+        return (
+            "Trained on small procedural synthetic scenes only: a demonstration and test checkpoint, not a"
+            " substitute for the published SnD weights (`david-shavin/SnD`)."
+        )
+    return (
+        "Trained on indoor scenes: gains are expected on indoor imagery; outdoor and object-centric images"
+        " were not part of fine-tuning. Features keep the 14-pixel patch resolution."
+    )
+
+
+def build_model_card(
+    config: SnDConfig,
+    training_config: Mapping[str, Any] | None = None,
+    steps: int | None = None,
+    eval_results: Mapping[str, Mapping[str, float]] | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """Render the Hub model card (YAML front matter + markdown body) of a trained SnD checkpoint.
+
+    Args:
+        config: the checkpoint's ``SnDConfig`` (architecture, ``size``, ``blending``).
+        training_config: the trainer's configuration as a plain mapping (``TrainingConfig.to_dict()``);
+            its data, initialisation, fine-tuning and teacher settings are summarised and dumped in full.
+        steps: optimizer steps trained.
+        eval_results: task -> metric -> value (e.g. ``{"depth": {"rmse": 0.41}}``), shown as a table.
+        repo_id: the Hub repo the card is for, used in the loading snippet.
+    Returns:
+        the card text, starting with ``---`` front matter.
+    """
+    if not isinstance(config, SnDConfig):
+        raise TypeError(f"config must be an SnDConfig, got {type(config).__name__}")
+    if steps is not None and (not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    training_config = dict(training_config or {})
+    metadata = card_metadata(config, training_config)
+    front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    training_yaml = yaml.safe_dump(training_config, sort_keys=True) if training_config else "# not recorded\n"
+    name = repo_id.split("/")[-1] if repo_id else f"SnD {SIZE_NAMES.get(config.size, 'student')}"
+    body = Template(TEMPLATE.read_text()).substitute(
+        title=name,
+        variant_line=_variant_line(config, training_config),
+        repo_id=repo_id or "path/to/this/checkpoint",
+        hidden_size=config.hidden_size,
+        patch_size=config.patch_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        grid=config.grid_size,
+        image_size=config.image_size,
+        initialisation=_initialisation(training_config),
+        finetuning=_finetuning(training_config),
+        data=_data(training_config),
+        teacher=_teacher(training_config),
+        steps=steps if steps is not None else "not recorded",
+        training_yaml=training_yaml,
+        evaluation=_evaluation(eval_results),
+        limitations=_limitations(training_config),
+    )
+    return f"---\n{front_matter}---\n\n{body}"
+
+
+__all__ = ["build_model_card", "card_metadata"]

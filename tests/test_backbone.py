@@ -1,0 +1,142 @@
+"""SnDBackbone: feature maps, AutoBackbone, and use inside transformers task models with SnD weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoBackbone,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    DPTConfig,
+    DPTForDepthEstimation,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
+
+from snd_hf import CheckpointError, SnDBackbone, SnDConfig, SnDModel, load_backbone_weights, save_original_checkpoint
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 56}
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+@pytest.fixture(scope="module")
+def source() -> SnDModel:
+    torch.manual_seed(0)
+    return SnDModel(SnDConfig(**TINY)).eval()
+
+
+def assert_same_weights(backbone: torch.nn.Module, model: SnDModel) -> None:
+    expected = model.state_dict()
+    actual = backbone.state_dict()
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), key
+
+
+def test_feature_maps_match_model_layers(source):
+    backbone = SnDBackbone(SnDConfig(**TINY, out_features=["stem", "stage2", "stage4"])).eval()
+    load_backbone_weights(backbone, source)
+    pixel_values = torch.randn(2, 3, 42, 70)
+    with torch.no_grad():
+        output = backbone(pixel_values, output_hidden_states=True)
+        reference = source(pixel_values, output_hidden_states=True)
+    assert [tuple(m.shape) for m in output.feature_maps] == [(2, 32, 3, 5)] * 3
+    assert backbone.channels == [32, 32, 32]
+    for feature_map, index in zip(output.feature_maps, (0, 2, 4)):
+        expected = source.layernorm(reference.hidden_states[index])[:, 1:].reshape(2, 3, 5, 32).permute(0, 3, 1, 2)
+        torch.testing.assert_close(feature_map, expected)
+    torch.testing.assert_close(output.feature_maps[-1], reference.feature_map)
+    assert len(output.hidden_states) == 5
+
+
+def test_tokens_without_layernorm_or_reshape(source):
+    config = SnDConfig(**TINY, out_indices=[4], apply_layernorm=False, reshape_hidden_states=False)
+    backbone = AutoBackbone.from_config(config).eval()
+    assert isinstance(backbone, SnDBackbone)
+    load_backbone_weights(backbone, source)
+    pixel_values = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        (tokens,) = backbone(pixel_values).feature_maps
+        prenorm = source(pixel_values, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(tokens, prenorm)
+    assert backbone(pixel_values).hidden_states is None
+
+
+def dpt(reshape: bool) -> DPTForDepthEstimation:
+    config = DPTConfig(
+        backbone_config=SnDConfig(**TINY, out_features=STAGES, reshape_hidden_states=reshape),
+        is_hybrid=False,
+        hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        reassemble_factors=[4, 2, 1, 0.5],
+        fusion_hidden_size=16,
+    )
+    return DPTForDepthEstimation(config)
+
+
+def depth_anything() -> DepthAnythingForDepthEstimation:
+    config = DepthAnythingConfig(
+        backbone_config=SnDConfig(**TINY, out_features=STAGES, reshape_hidden_states=False),
+        patch_size=14,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    return DepthAnythingForDepthEstimation(config)
+
+
+def upernet() -> UperNetForSemanticSegmentation:
+    config = UperNetConfig(
+        backbone_config=SnDConfig(**TINY, out_features=STAGES),
+        hidden_size=16,
+        auxiliary_in_channels=32,
+        auxiliary_channels=8,
+        pool_scales=[1, 2],
+        num_labels=5,
+    )
+    return UperNetForSemanticSegmentation(config)
+
+
+@pytest.mark.parametrize("build", [lambda: dpt(False), depth_anything, upernet], ids=["dpt", "depth_anything", "upernet"])
+def test_task_model_forward_backward_with_snd_weights(build, source):
+    torch.manual_seed(1)
+    task_model = build()
+    assert isinstance(task_model.backbone, SnDBackbone)
+    backbone = load_backbone_weights(task_model, source)
+    assert backbone is task_model.backbone
+    assert_same_weights(task_model.backbone, source)
+
+    pixel_values = torch.randn(2, 3, 56, 84)
+    if isinstance(task_model, UperNetForSemanticSegmentation):
+        output = task_model(pixel_values, labels=torch.randint(0, 5, (2, 56, 84)))
+        assert output.logits.shape == (2, 5, 56, 84)
+        loss = output.loss
+    else:
+        prediction = task_model(pixel_values).predicted_depth
+        assert prediction.ndim == 3 and prediction.shape[0] == 2 and torch.isfinite(prediction).all()
+        loss = prediction.mean()
+    loss.backward()
+    qkv = task_model.backbone.encoder.layer[0].attention.qkv.weight
+    assert qkv.grad is not None and qkv.grad.abs().sum() > 0
+
+
+def test_load_from_original_file_and_native_directory(tmp_path, source):
+    save_original_checkpoint(source, tmp_path / "original.pth")
+    source.save_pretrained(tmp_path / "native")
+    for weights in (tmp_path / "original.pth", tmp_path / "native", source.state_dict()):
+        task_model = dpt(True)
+        load_backbone_weights(task_model, weights)
+        assert_same_weights(task_model.backbone, source)
+
+
+def test_mismatched_weights_are_named(source):
+    task_model = dpt(False)
+    state_dict = dict(source.state_dict())
+    del state_dict["layernorm.bias"]
+    state_dict["encoder.layer.0.mlp.fc1.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): layernorm.bias.*misshaped.*fc1.weight: expected \(128, 32\)"):
+        load_backbone_weights(task_model, state_dict)
+    with pytest.raises(TypeError, match="SnDBackbone"):
+        load_backbone_weights(torch.nn.Linear(2, 2), source)

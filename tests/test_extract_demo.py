@@ -1,0 +1,111 @@
+"""`snd extract` and `snd demo` (snd_hf/extract.py, snd_hf/demo.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
+from snd_hf.cli import main
+from snd_hf.demo import DEFAULT_CHECKPOINT, DEMO_IMAGES, EMBEDDED
+from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    config = SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=224)
+    model = SnDModel(config).eval()
+    model.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny", model
+
+
+def write_image(path, height, width, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_extract_writes_features_and_pictures(tmp_path, tiny_checkpoint, capsys):
+    folder, model = tiny_checkpoint
+    first = write_image(tmp_path / "first.png", 60, 80)
+    second = write_image(tmp_path / "second.jpg", 50, 50, seed=1)
+    out = tmp_path / "out"
+    assert main(["extract", str(first), str(second), "--model", str(folder), "--out", str(out), "--shortest-edge", "56"]) == 0
+
+    processor = SnDImageProcessor(size={"shortest_edge": 56})
+    for path, grid in ((first, (4, 5)), (second, (4, 4))):  # 56x74 -> 56x70 and 56x56
+        with safe_open(out / f"{path.stem}.safetensors", "pt") as handle:
+            feature_map, cls = handle.get_tensor("feature_map"), handle.get_tensor("cls")
+            metadata = handle.metadata()
+        assert feature_map.shape == (32, *grid) and cls.shape == (32,)
+        assert metadata["model"] == str(folder) and json.loads(metadata["input_size"]) == [grid[0] * 14, grid[1] * 14]
+        with Image.open(path) as image:
+            expected = model(processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"])
+        torch.testing.assert_close(feature_map, expected.feature_map[0])
+        torch.testing.assert_close(cls, expected.pooler_output[0])
+        picture = Image.open(out / f"{path.stem}_pca.png")
+        assert picture.size == (grid[1] * 14, grid[0] * 14)  # one 14x14 block per patch
+    assert f"{out / 'first.safetensors'} (32x4x5)" in capsys.readouterr().out
+
+
+def test_extract_names_missing_and_unreadable_images(tmp_path, tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    good = write_image(tmp_path / "good.png", 30, 30)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        main(["extract", str(good), str(tmp_path / "missing.png"), "--model", "not/loaded", "--out", str(tmp_path)])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        main(["extract", str(tmp_path / "broken.png"), "--model", str(folder), "--out", str(tmp_path / "out")])
+    other = tmp_path / "other"
+    other.mkdir()
+    write_image(other / "good.png", 30, 30)
+    with pytest.raises(ValueError, match="good.safetensors"):
+        main(["extract", str(good), str(other / "good.png"), "--model", str(folder), "--out", str(tmp_path)])
+    assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
+
+
+def test_demo_offline_uses_embedded_checkpoint(hub, tmp_path, capsys):
+    hub.set_offline(True)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"model: {EMBEDDED}" in printed and str(out / "panel.png") in printed
+    stems = sorted(path.stem for path in DEMO_IMAGES.glob("*.png"))
+    assert len(stems) >= 2
+    embedded = SnDModel.from_pretrained(DEFAULT_CHECKPOINT)
+    processor = SnDImageProcessor(size={"shortest_edge": 224})
+    for stem in stems:
+        with safe_open(out / f"{stem}.safetensors", "pt") as handle:
+            feature_map = handle.get_tensor("feature_map")
+        with Image.open(DEMO_IMAGES / f"{stem}.png") as image:
+            pixel_values = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(feature_map, embedded(pixel_values).feature_map[0])
+        assert (out / f"{stem}_pca.png").is_file()
+    panel = Image.open(out / "panel.png")
+    height = feature_map.shape[1] * 14
+    assert panel.height == height and panel.width > 2 * len(stems) * height  # image | features per view
+
+
+def test_demo_prefers_the_published_weights_when_the_hub_answers(hub, tmp_path, fixtures_dir, capsys):
+    # A ViT-S/14 state dict in the original layout (zeros: only the key set and shapes matter here).
+    shapes = json.loads((fixtures_dir / "dinov2" / "dinov2_vits14_keys.json").read_text())
+    buffer = io.BytesIO()
+    torch.save({key: torch.zeros(shape) for key, shape in shapes.items()}, buffer)
+    hub.add_file(SND_HUB_REPO, VARIANT_FILES[("small", True)], buffer.getvalue())
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--images", str(DEMO_IMAGES / "view0.png")]) == 0
+    assert f"model: {SND_HUB_REPO}" in capsys.readouterr().out
+    with safe_open(out / "view0.safetensors", "pt") as handle:
+        assert handle.get_tensor("feature_map").shape[0] == 384
+        assert handle.metadata()["model"] == SND_HUB_REPO
+    # A variant the repo does not have falls back to the embedded checkpoint, saying why.
+    assert main(["demo", "--out", str(out), "--size", "base"]) == 0
+    printed = capsys.readouterr().out
+    assert "dinov2_base_snd.pth" in printed and f"model: {EMBEDDED}" in printed

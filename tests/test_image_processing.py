@@ -1,0 +1,87 @@
+"""SnDImageProcessor: aspect-preserving resize, snapping to the patch grid, normalisation, Auto/pipeline use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+
+from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)[:, None, None]
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)[:, None, None]
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_snap_resize_rounds_down_like_snd_feature_extraction():
+    processor = SnDImageProcessor(do_resize=False)
+    pixel_values = processor(random_image(576, 880), return_tensors="pt").pixel_values
+    assert pixel_values.shape == (1, 3, 574, 868) and pixel_values.dtype == torch.float32
+
+
+def test_already_aligned_image_is_only_normalised():
+    image = random_image(28, 42)
+    pixel_values = SnDImageProcessor(do_resize=False)(image, return_tensors="np").pixel_values[0]
+    expected = (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - MEAN) / STD
+    np.testing.assert_allclose(pixel_values, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_snap_pad_centres_the_image():
+    image = random_image(30, 40)
+    pixel_values = SnDImageProcessor(do_resize=False, snap="pad")(image, return_tensors="np").pixel_values[0]
+    assert pixel_values.shape == (3, 42, 42)
+    expected = (np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255 - MEAN) / STD
+    # 12 extra rows: 6 above, 6 below; 2 extra columns: 1 left, 1 right. Padding is zero after normalisation.
+    np.testing.assert_allclose(pixel_values[:, 6:36, 1:41], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(pixel_values[:, :6] == 0) and np.all(pixel_values[:, :, :1] == 0) and np.all(pixel_values[:, :, 41:] == 0)
+
+
+def test_shortest_edge_resize_keeps_aspect_then_snaps():
+    processor = SnDImageProcessor(size={"shortest_edge": 224})
+    assert processor(random_image(300, 450), return_tensors="pt").pixel_values.shape == (1, 3, 224, 336)
+    assert processor(random_image(450, 300), snap=None, return_tensors="pt").pixel_values.shape == (1, 3, 336, 224)
+    assert processor(random_image(100, 300), return_tensors="pt").pixel_values.shape == (1, 3, 224, 672)
+    assert processor(random_image(100, 310), return_tensors="pt").pixel_values.shape == (1, 3, 224, 686)
+
+
+def test_invalid_options_and_mixed_sizes_are_explained():
+    with pytest.raises(ValueError, match="snap must be"):
+        SnDImageProcessor(snap="crop")
+    processor = SnDImageProcessor(do_resize=False)
+    with pytest.raises(ValueError, match="cannot be stacked"):
+        processor([random_image(28, 28), random_image(28, 42)], return_tensors="pt")
+    assert [p.shape for p in processor([random_image(28, 28), random_image(28, 42)]).pixel_values] == [(3, 28, 28), (3, 28, 42)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("snd")
+    torch.manual_seed(0)
+    model = SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56)).eval()
+    model.save_pretrained(directory)
+    SnDImageProcessor(size={"shortest_edge": 56}).save_pretrained(directory)
+    return directory, model
+
+
+def test_auto_image_processor_round_trip(checkpoint):
+    directory, _ = checkpoint
+    processor = AutoImageProcessor.from_pretrained(directory)
+    assert isinstance(processor, SnDImageProcessor)
+    assert processor.size.shortest_edge == 56 and processor.snap == "resize" and processor.patch_size == 14
+
+
+def test_image_feature_extraction_pipeline(checkpoint):
+    directory, model = checkpoint
+    image = random_image(60, 90)
+    extractor = pipeline("image-feature-extraction", model=str(directory))
+    features = extractor(image, return_tensors=True)
+    pixel_values = SnDImageProcessor(size={"shortest_edge": 56})(image, return_tensors="pt").pixel_values
+    assert pixel_values.shape == (1, 3, 56, 84)
+    with torch.no_grad():
+        expected = model(pixel_values).last_hidden_state
+    torch.testing.assert_close(features, expected)

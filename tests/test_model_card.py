@@ -1,0 +1,111 @@
+"""Model cards: the published variants' card and build_model_card for trained checkpoints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from huggingface_hub import HfApi, ModelCard
+
+from snd_hf import SnDConfig
+from snd_hf.hub import VARIANT_FILES
+from snd_hf.model_card import build_model_card
+
+from conftest import REPO_ROOT
+
+SYNTHETIC_RUN = {  # the shape of TrainingConfig.to_dict() for the tiny synthetic run
+    "dataset": "synthetic",
+    "dataset_path": None,
+    "synthetic_scenes": 4,
+    "synthetic_frames": 12,
+    "image_size": [56, 84],
+    "init": "random",
+    "model_path": None,
+    "finetune": "lora",
+    "lora_r": 8,
+    "lora_alpha": 8.0,
+    "lora_dropout": 0.1,
+    "lora_targets": ["qkv", "proj", "projection"],
+    "lifter": "depth",
+    "blending": 0.5,
+    "mask_aware": True,
+    "ema_momentum": 0.99,
+    "ema_every": 1,
+    "learning_rate": 0.001,
+    "max_steps": 120,
+}
+
+
+def split_card(text: str) -> tuple[dict, str]:
+    match = re.match(r"---\n(.*?)\n---\n(.*)", text, flags=re.S)
+    assert match, "card must start with YAML front matter between --- lines"
+    return yaml.safe_load(match.group(1)), match.group(2)
+
+
+def test_published_card_metadata_and_loading_calls():
+    metadata, body = split_card((REPO_ROOT / "model_cards" / "README.md").read_text())
+    assert metadata["library_name"] == "snd-hf"
+    assert metadata["pipeline_tag"] == "image-feature-extraction"
+    assert metadata["license"] == "mit"
+    assert metadata["base_model"] == ["facebook/dinov2-small", "facebook/dinov2-base"]
+    assert metadata["datasets"] == ["scannetpp"]
+    assert {"snd", "dinov2", "3d-aware"} <= set(metadata["tags"])
+    # Every variant's loading call names the file snd-hf actually downloads for it.
+    for (size, blending), filename in VARIANT_FILES.items():
+        call = f'SnDModel.from_pretrained("david-shavin/SnD", size="{size}", blending={blending})'
+        line = next(line for line in body.splitlines() if call in line)
+        assert line.endswith(f"# {filename}")
+        assert f"| `{filename}` |" in body
+    assert "ICLR" in body and "Shavin, David and Benaim, Sagie" in body
+    assert "ScanNet++" in body.split("## Limitations")[1]
+
+
+def test_build_model_card_synthetic_run():
+    config = SnDConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, blending=True)
+    eval_results = {"depth": {"rmse": 0.41234, "delta1": 0.8}, "segmentation": {"miou": 31.5}}
+    text = build_model_card(config, training_config=SYNTHETIC_RUN, steps=120, eval_results=eval_results, repo_id="me/snd-tiny")
+    metadata, body = split_card(text)
+    assert metadata["library_name"] == "snd-hf" and metadata["pipeline_tag"] == "image-feature-extraction"
+    assert metadata["license"] == "mit"
+    assert "base_model" not in metadata and "datasets" not in metadata  # random init, synthetic data
+    assert "synthetic-data" in metadata["tags"]
+    assert body.lstrip().startswith("# snd-tiny\n")
+    assert 'SnDModel.from_pretrained("me/snd-tiny")' in body
+    assert "2 layers, 48 channels, 3 heads, patch 14" in body
+    assert "Steps: 120 optimizer steps" in body
+    assert "procedural synthetic indoor scenes (4 scenes x 12 frames), trained at 56x84 pixels" in body
+    assert "LoRA rank 8, alpha 8.0" in body and "blending coefficient 0.5" in body
+    assert "| depth | rmse | 0.4123 |" in body and "| segmentation | miou | 31.5 |" in body
+    dumped = re.search(r"```yaml\n(.*?)```", body, flags=re.S).group(1)
+    assert yaml.safe_load(dumped) == SYNTHETIC_RUN
+
+
+def test_build_model_card_published_recipe_and_errors():
+    config = SnDConfig.from_variant("small", blending=False)
+    run = {**SYNTHETIC_RUN, "dataset": "scannetpp", "dataset_path": "/data/scannetpp", "init": "original",
+           "model_path": "/weights/dinov2_vits14_pretrain.pth", "blending": 1.0}  # fmt: skip
+    metadata, body = split_card(build_model_card(config, training_config=run, steps=300001))
+    assert metadata["base_model"] == "facebook/dinov2-small"
+    assert metadata["datasets"] == ["scannetpp"]
+    assert "ViT-S/14" in body and "without blending: for multi-view correspondence" in body
+    assert "ScanNet++ scenes from `scannetpp`" in body and "`dinov2_vits14_pretrain.pth`" in body
+    assert "Not evaluated yet" in body
+    # Nothing known but the config still renders a valid card.
+    metadata, body = split_card(build_model_card(SnDConfig()))
+    assert metadata["tags"][0] == "snd" and "not recorded" in body
+    with pytest.raises(TypeError, match="config"):
+        build_model_card({"hidden_size": 384})
+    with pytest.raises(ValueError, match="steps"):
+        build_model_card(config, steps=-1)
+    with pytest.raises(TypeError, match="eval_results"):
+        build_model_card(config, eval_results={"depth": 0.3})
+
+
+def test_card_is_accepted_by_the_hub(hub):
+    card = build_model_card(SnDConfig.from_variant("base", blending=True), training_config=SYNTHETIC_RUN, steps=3)
+    api = HfApi()
+    api.create_repo("me/carded")
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id="me/carded")
+    loaded = ModelCard.load("me/carded")
+    assert loaded.data.library_name == "snd-hf" and loaded.data.pipeline_tag == "image-feature-extraction"

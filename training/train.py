@@ -283,19 +283,20 @@ def training_function(config: TrainingConfig) -> None:
 
 def push_to_hub(config: TrainingConfig, output_dir: Path, step: int) -> None:
     """Upload the final native student (config, weights, processor config) with a model card."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     from snd_hf.model_card import build_model_card
 
     model_config = SnDConfig.from_pretrained(output_dir)
-    card = build_model_card(model_config, training_config=config.to_dict(), steps=step)
-    (output_dir / "README.md").write_text(str(card))
+    card = build_model_card(model_config, training_config=config.to_dict(), steps=step, repo_id=config.hub_model_id)
+    (output_dir / "README.md").write_text(card)
+    # Only the final native student: not the checkpoints, logs or teacher around it.
+    names = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md"]
     api = HfApi()
     api.create_repo(config.hub_model_id, private=config.hub_private, exist_ok=True)
-    api.upload_folder(
+    api.create_commit(
         repo_id=config.hub_model_id,
-        folder_path=str(output_dir),
-        allow_patterns=["config.json", "*.safetensors", "preprocessor_config.json", "README.md"],
+        operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(output_dir / name)) for name in names],
         commit_message=f"SnD training, step {step}",
     )
 

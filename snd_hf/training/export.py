@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ..image_processing_snd import SnDImageProcessor
 from ..loading import save_original_checkpoint
 from ..modeling_snd import SnDModel
 
@@ -33,7 +34,7 @@ def save_native(
     size: str | None = None,
     blending: bool | None = None,
 ) -> Path:
-    """Write ``backbone`` (LoRA merged) as a native SnD directory, atomically.
+    """Write ``backbone`` (LoRA merged) as a native SnD directory (config, weights, processor), atomically.
 
     The files are written into a temporary sibling folder and moved in one by one with
     ``os.replace``, so ``directory`` may already hold other things (checkpoints, logs).
@@ -54,6 +55,7 @@ def save_native(
     tmp = directory.parent / f".tmp-{directory.name}-native"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    SnDImageProcessor().save_pretrained(tmp)  # so AutoImageProcessor and pipeline() work on the folder
     directory.mkdir(exist_ok=True)
     for item in tmp.iterdir():
         os.replace(item, directory / item.name)

@@ -146,7 +146,7 @@ def test_push_to_hub_uploads_a_loadable_repo_with_card(scenes, tmp_path, hub):
          "--push_to_hub", "--hub_model_id", "me/snd-tiny"]
     )  # fmt: skip
     files = hub.files("me/snd-tiny")
-    assert {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert set(files) >= {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
     assert not any(name.startswith("checkpoints/") for name in files)
     assert b"snd" in files["README.md"].lower()
     pushed = SnDModel.from_pretrained("me/snd-tiny")

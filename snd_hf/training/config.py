@@ -34,7 +34,7 @@ class TrainingConfig:
     # --- run ---------------------------------------------------------------------------------
     output_dir: str = "outputs/snd-synthetic-tiny"
     seed: int = 0
-    max_steps: int = 60  # optimizer steps
+    max_steps: int = 40  # optimizer steps
     save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"

@@ -2,13 +2,16 @@
 
 Both are vectorised over every batch dimension, segment and pixel (no Python loop over
 segments or pixels): segment sums are one ``scatter_add`` and mask-aware upsampling is one
-plain bilinear upsampling corrected at the pixels next to a segment boundary.
+weighted ``embedding_bag`` gather of every pixel's four neighbours.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# Up to this many segments, segment means are spread back to the pixels by a one-hot matmul.
+_ONE_HOT_SEGMENTS = 128
 
 
 def mask_aware_upsample(
@@ -24,6 +27,8 @@ def mask_aware_upsample(
 
     Deviation: where no neighbour with a positive weight shares the pixel's label, the original
     outputs 0; we output the plain bilinear value instead (docs/deviations.md).
+
+    The result is a channels-last view (``movedim``), ready to flatten to ``(H W) C``.
 
     Args:
         features: low-resolution features. [..., C, h, w]
@@ -68,19 +73,21 @@ def mask_aware_upsample(
     neighbour_labels = low_labels[:, neighbour.flatten()].view(-1, 4, height, width)
     same = neighbour_labels == masks[:, None]  # [N, 4, H, W]
 
-    plain = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=True)
-    masked_weights = weights * same
-    total = masked_weights.sum(1)  # [N, H, W]
-    # Only pixels that lose a neighbour with positive weight, yet keep one, differ from plain bilinear.
-    fix = ((weights > 0) & ~same).any(1) & (total > 0)
-    image, pixel_row, pixel_column = torch.nonzero(fix, as_tuple=True)
-    if len(image):
-        renormalised = masked_weights[image, :, pixel_row, pixel_column] / total[fix][:, None]  # [P, 4]
-        flat = features.flatten(2).transpose(1, 2)  # [N, h * w, C]
-        gathered = flat[image[:, None], neighbour[:, pixel_row, pixel_column].T]  # [P, 4, C]
-        corrected = (renormalised[..., None] * gathered).sum(1)  # [P, C]
-        plain = plain.permute(0, 2, 3, 1).index_put((image, pixel_row, pixel_column), corrected).permute(0, 3, 1, 2)
-    return plain.reshape(*batch_shape, channels, height, width)
+    masked_weights = weights * same  # [N, 4, H, W]
+    total = masked_weights.sum(1, keepdim=True)
+    # Deviation: no valid neighbour → plain bilinear weights (the original outputs 0).
+    weights = torch.where(total > 0, masked_weights / total.clamp_min(1e-12), weights)
+
+    # One fused weighted gather of the four neighbour rows per pixel, channels last.
+    images = features.shape[0]
+    table = features.flatten(2).transpose(1, 2).reshape(-1, channels)  # [N * h * w, C]
+    offsets = torch.arange(images, device=features.device)[:, None, None, None] * (low_height * low_width)
+    bags = (neighbour + offsets).permute(0, 2, 3, 1).reshape(-1, 4)  # [N * H * W, 4]
+    upsampled = F.embedding_bag(
+        bags, table, per_sample_weights=weights.permute(0, 2, 3, 1).reshape(-1, 4), mode="sum"
+    )  # [N * H * W, C]
+    # Channels-last memory: [..., C, H, W] is a view (the teacher flattens it to b (v h w) c for free).
+    return upsampled.view(*batch_shape, height, width, channels).movedim(-1, -3)
 
 
 def blend_with_mask(
@@ -138,8 +145,12 @@ def blend_with_mask(
         mass = torch.zeros_like(area).scatter_add_(1, segment, weights)
         weighted = flat.new_zeros(batch * views, channels, count).scatter_add_(2, index, flat * weights[:, None, :])
         means = torch.where(mass[:, None, :] > 0, weighted / mass.clamp_min(1e-12)[:, None, :], means)
-    segment_means = torch.gather(means, 2, index)  # [B * V, C, H * W]
-    blended = alpha * flat + (1.0 - alpha) * segment_means
+    if count <= _ONE_HOT_SEGMENTS:
+        # alpha * f + (1 - alpha) * means @ one_hot: one fused pass over the features.
+        one_hot = flat.new_zeros(batch * views, count, height * width).scatter_(1, segment[:, None, :], 1.0)
+        blended = torch.baddbmm(flat, means, one_hot, beta=alpha, alpha=1.0 - alpha)
+    else:
+        blended = torch.lerp(torch.gather(means, 2, index), flat, alpha)
     return blended.reshape(batch, views, channels, height, width)
 
 

@@ -41,6 +41,7 @@ ALPHA_THRESHOLD = 1.0 / 255.0  # splats fainter than this at a pixel are skipped
 MAX_ALPHA = 0.999  # one splat never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4  # a pixel stops before its transmittance reaches this
 MAX_EXTENT = 3.33  # screen-space extent cap, in standard deviations
+SIGMA_CUTOFF = 30.0  # ½ dᵀΣ⁻¹d beyond which exp(-sigma) < 1e-13 (far below 1/255)
 GSPLAT_MAX_CHANNELS = 513  # gsplat rasterises at most this many channels per kernel call
 
 
@@ -114,26 +115,43 @@ def render_features(
             f"{list(background.shape)}."
         )
 
+    views = _Views(
+        world_to_camera=torch.linalg.inv(extrinsics),
+        intrinsics=denormalize_intrinsics(intrinsics, height, width),
+        near=near,
+        far=far,
+        height=height,
+        width=width,
+    )
     if backend == "gsplat":
-        rendered, alpha, depth = _render_features_gsplat(
-            gaussians, extrinsics, intrinsics, near, far, height, width, eps2d, channel_chunk
-        )
+        rendered, alpha, depth = _render_features_gsplat(gaussians, views, eps2d, channel_chunk)
     else:
-        rendered, alpha, depth = _render_features_torch(
-            gaussians, extrinsics, intrinsics, near, far, height, width, eps2d, tile_size, gaussian_chunk
-        )
+        rendered, alpha, depth = _render_features_torch(gaussians, views, eps2d, tile_size, gaussian_chunk)
     rendered = rendered + background.reshape(-1, 1, 1) * (1.0 - alpha)
     return RenderOutput(features=rendered, alpha=alpha, depth=depth)
 
 
+@dataclass
+class _Views:
+    """The target cameras of a render, in the renderer's terms."""
+
+    world_to_camera: torch.Tensor  # [B, V, 4, 4]
+    intrinsics: torch.Tensor  # [B, V, 3, 3] in pixels
+    near: torch.Tensor  # [B, V]
+    far: torch.Tensor  # [B, V]
+    height: int
+    width: int
+
+    def render_each(self, render_view) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stack ``render_view(b, v) -> (features [C, H, W], alpha [1, H, W], depth [1, H, W])`` over all views."""
+        batch, views = self.world_to_camera.shape[:2]
+        outputs = [render_view(b, v) for b in range(batch) for v in range(views)]
+        return tuple(torch.stack([output[i] for output in outputs]).unflatten(0, (batch, views)) for i in range(3))
+
+
 def _render_features_torch(
     gaussians: Gaussians,
-    extrinsics: torch.Tensor,  # [B, V, 4, 4]
-    intrinsics: torch.Tensor,  # [B, V, 3, 3]
-    near: torch.Tensor,  # [B, V]
-    far: torch.Tensor,  # [B, V]
-    height: int,
-    width: int,
+    views: _Views,
     eps2d: float = 0.3,
     tile_size: int = 16,
     gaussian_chunk: int = 4096,
@@ -143,30 +161,24 @@ def _render_features_torch(
     Returns:
         features [B, V, C, H, W], alpha [B, V, 1, H, W], expected depth [B, V, 1, H, W].
     """
-    world_to_camera = torch.linalg.inv(extrinsics)
-    pixel_intrinsics = denormalize_intrinsics(intrinsics, height, width)
-    tiles = _PixelTiles(height, width, tile_size, gaussians.means.device, gaussians.means.dtype)
-    outputs = []
-    for b in range(extrinsics.shape[0]):
-        for v in range(extrinsics.shape[1]):
-            splats = _project(
-                gaussians.means[b],
-                gaussians.covariances[b],
-                gaussians.opacities[b],
-                world_to_camera[b, v],
-                pixel_intrinsics[b, v],
-                float(near[b, v]),
-                float(far[b, v]),
-                height,
-                width,
-                eps2d,
-            )
-            outputs.append(_composite(splats, gaussians.features[b], tiles, gaussian_chunk))
-    batch, views = extrinsics.shape[:2]
-    rendered, alpha, depth = (
-        torch.stack([output[i] for output in outputs]).unflatten(0, (batch, views)) for i in range(3)
-    )
-    return rendered, alpha, depth
+    tiles = _PixelTiles(views.height, views.width, tile_size, gaussians.means.device, gaussians.means.dtype)
+
+    def render_view(b: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        splats = _project(
+            gaussians.means[b],
+            gaussians.covariances[b],
+            gaussians.opacities[b],
+            views.world_to_camera[b, v],
+            views.intrinsics[b, v],
+            float(views.near[b, v]),
+            float(views.far[b, v]),
+            views.height,
+            views.width,
+            eps2d,
+        )
+        return _composite(splats, gaussians.features[b], tiles, gaussian_chunk)
+
+    return views.render_each(render_view)
 
 
 @dataclass
@@ -322,7 +334,8 @@ def _composite(
                 conic[:, 1] * delta[..., 0] * delta[..., 1]
             )
             # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
-            alpha = torch.clamp_max(splats.opacities[chunk] * torch.exp(-sigma.clamp_min(0.0)), MAX_ALPHA)
+            # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
+            alpha = torch.clamp_max(splats.opacities[chunk] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
             kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
             alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
             log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
@@ -343,12 +356,7 @@ def _composite(
 
 def _render_features_gsplat(
     gaussians: Gaussians,
-    extrinsics: torch.Tensor,  # [B, V, 4, 4]
-    intrinsics: torch.Tensor,  # [B, V, 3, 3]
-    near: torch.Tensor,  # [B, V]
-    far: torch.Tensor,  # [B, V]
-    height: int,
-    width: int,
+    views: _Views,
     eps2d: float = 0.3,
     channel_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -363,37 +371,33 @@ def _render_features_gsplat(
     if channel_chunk is None:
         # The expected depth travels as one more channel.
         channel_chunk = channels + 1 if channels + 1 <= GSPLAT_MAX_CHANNELS else GSPLAT_MAX_CHANNELS - 1
-    world_to_camera = torch.linalg.inv(extrinsics).float().contiguous()
-    pixel_intrinsics = denormalize_intrinsics(intrinsics, height, width).float().contiguous()
-    outputs = []
-    for b in range(extrinsics.shape[0]):
-        for v in range(extrinsics.shape[1]):
-            colors, alphas, _ = rasterization(
-                means=gaussians.means[b].float().contiguous(),
-                quats=None,
-                scales=None,
-                opacities=gaussians.opacities[b].float().contiguous(),
-                colors=gaussians.features[b].float().contiguous(),
-                viewmats=world_to_camera[b, v : v + 1],
-                Ks=pixel_intrinsics[b, v : v + 1],
-                width=width,
-                height=height,
-                near_plane=float(near[b, v]),
-                far_plane=float(far[b, v]),
-                eps2d=eps2d,
-                sh_degree=None,
-                render_mode="RGB+ED",
-                channel_chunk=channel_chunk,
-                covars=gaussians.covariances[b].float().contiguous(),
-            )  # [1, H, W, C + 1], [1, H, W, 1]
-            outputs.append((colors[0, ..., :channels], alphas[0], colors[0, ..., channels:]))
-    batch, views = extrinsics.shape[:2]
-    rendered, alpha, depth = (
-        torch.stack([output[i] for output in outputs]).permute(0, 3, 1, 2).unflatten(0, (batch, views))
-        for i in range(3)
-    )
+    world_to_camera = views.world_to_camera.float().contiguous()
+    intrinsics = views.intrinsics.float().contiguous()
     dtype = gaussians.features.dtype
-    return rendered.to(dtype), alpha.to(dtype), depth.to(dtype)
+
+    def render_view(b: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        colors, alphas, _ = rasterization(
+            means=gaussians.means[b].float().contiguous(),
+            quats=None,
+            scales=None,
+            opacities=gaussians.opacities[b].float().contiguous(),
+            colors=gaussians.features[b].float().contiguous(),
+            viewmats=world_to_camera[b, v : v + 1],
+            Ks=intrinsics[b, v : v + 1],
+            width=views.width,
+            height=views.height,
+            near_plane=float(views.near[b, v]),
+            far_plane=float(views.far[b, v]),
+            eps2d=eps2d,
+            sh_degree=None,
+            render_mode="RGB+ED",
+            channel_chunk=channel_chunk,
+            covars=gaussians.covariances[b].float().contiguous(),
+        )  # [1, H, W, C + 1], [1, H, W, 1]
+        colors, alphas = colors[0].permute(2, 0, 1).to(dtype), alphas[0].permute(2, 0, 1).to(dtype)
+        return colors[:channels], alphas, colors[channels:]
+
+    return views.render_each(render_view)
 
 
 def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:

@@ -18,8 +18,8 @@ def distillation_loss(
     ``p = softmax(teacher / teacher_temp)`` (no gradient, no centring, as in SnD) and
     ``q = softmax(student / student_temp)``.
 
-    Deviation: the original zero-fills uncovered tokens on both sides and keeps them in the mean;
-    here they are excluded. With no covered token the loss is 0 (still attached to the graph, so
+    Deviation (docs/deviations.md, loss: holes): the original zero-fills uncovered tokens on both
+    sides and keeps them in the mean; here they are excluded. With no covered token the loss is 0 (still attached to the graph, so
     distributed backward passes stay in step).
 
     Args:

@@ -1,1 +1,10 @@
-"""Multi-view scene data: ScanNet++ layout, generated scenes, Hugging Face datasets."""
+"""Multi-view scene data: ScanNet++ layout, generated scenes, Hugging Face datasets.
+
+- :mod:`snd_hf.data.synthetic`: procedural rooms ray cast to RGB, depth, normals, instances and
+  semantics (``snd synth``; ``generate_scenes`` / ``ensure_synthetic_scenes``).
+- :mod:`snd_hf.data.scannetpp`: the ScanNet++ (SnD/FiT3D) folder reader.
+- :mod:`snd_hf.data.hf`: the same scenes as ``datasets`` (schema, converter, streaming).
+- :mod:`snd_hf.data.scenes`: ``SceneDataset`` (context/target view sampling) and ``collate_scenes``.
+- :mod:`snd_hf.data.correspondence`: ground-truth pixel correspondences with visibility.
+- :mod:`snd_hf.data.frames`: decoding of one frame's files, shared by the readers.
+"""

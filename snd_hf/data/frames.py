@@ -74,7 +74,8 @@ def decode_image(image: Image.Image, size: tuple[int, int] | None, source: str) 
     _check_mode(image, ("RGB",), source)
     if size is not None and (image.height, image.width) != tuple(size):
         image = image.resize((size[1], size[0]), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    # numpy does the layout change: torch's intra-op thread pool makes small copies slow on busy CPUs.
+    return torch.from_numpy(np.ascontiguousarray((np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)))
 
 
 def decode_labels(
@@ -102,10 +103,10 @@ def decode_normals(
     _check_mode(image, ("RGB",), source)
     _check_size(image, expected_size, source)
     encoded = _nearest(np.asarray(image), size)
-    normals = torch.from_numpy(encoded.astype(np.float32) / 127.5 - 1.0)
-    valid = torch.from_numpy(encoded.any(axis=-1))[..., None]
-    normals = torch.nn.functional.normalize(normals, dim=-1) * valid
-    return normals.permute(2, 0, 1).contiguous()
+    normals = encoded.astype(np.float32) / 127.5 - 1.0
+    length = np.linalg.norm(normals, axis=-1, keepdims=True)
+    normals = np.where(encoded.any(axis=-1, keepdims=True), normals / np.maximum(length, 1e-12), 0.0).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normals.transpose(2, 0, 1)))
 
 
 _DECODERS = {"mask": decode_labels, "semantics": decode_labels, "depth": decode_depth, "normals": decode_normals}

@@ -37,16 +37,13 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Literal
-
 import datasets
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from snd_hf.data.frames import FrameReadError, decode_view, open_image
 from snd_hf.data.scannetpp import OPTIONAL_FIELDS, FolderScenes, FrameRecord, SceneRecord, SkipLog, frame_number
-from snd_hf.data.scenes import build_sample, min_frames, sample_views
+from snd_hf.data.scenes import SamplingOptions
 
 def scene_features() -> datasets.Features:
     """The ``datasets.Features`` of the schema in the module docstring."""
@@ -200,7 +197,7 @@ class HFScenes:
         for index, row in enumerate(meta):
             frame = _record(row, index)
             if frame.is_bad and skip_bad:
-                self.skipped.add("is_bad frame", f"{self.where}:{row['scene']}/{row['file_name']}")
+                self.skipped.add("is_bad frame", f"{self.where}:{row['scene']}/{row['file_name']}", warn=False)
                 continue
             by_scene.setdefault(row["scene"], []).append(frame)
             first_rows.setdefault(row["scene"], index)
@@ -238,36 +235,22 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
 
     Rows are read in order; each scene's frames are buffered undecoded (rows of a scene must be
     contiguous, as :func:`scenes_to_hf` writes them) and ``samples_per_scene`` draws are made
-    from it with :func:`~snd_hf.data.scenes.sample_views`. Draw ``k`` of the ``n``-th usable
-    scene is seeded like item ``n * samples_per_scene + k`` of a :class:`SceneDataset` over the
-    same rows, so both give the same samples. Scenes with too few frames are skipped and
-    counted in ``skipped``. With several DataLoader workers, scenes are dealt round-robin.
-    Arguments are those of :class:`~snd_hf.data.scenes.SceneDataset`.
+    from it with :func:`~snd_hf.data.scenes.sample_views`, seeded by ``(seed, epoch, scene id,
+    draw)`` exactly as :class:`SceneDataset` seeds them, so both give the same samples. Scenes
+    with too few frames are skipped and counted in ``skipped``. With several DataLoader
+    workers, ``datasets`` deals whole shards to the workers (a worker without a shard stops), so
+    a scene must not straddle shards. Keyword arguments are those of
+    :class:`~snd_hf.data.scenes.SceneDataset` (but ``on_error``).
     """
 
-    def __init__(
-        self,
-        dataset: datasets.IterableDataset | datasets.Dataset,
-        *,
-        num_context: int = 2,
-        context_gap: int | tuple[int, int] = 8,
-        num_targets: int = 1,
-        target_mode: Literal["between", "novel"] = "between",
-        image_size: tuple[int, int] | None = None,
-        skip_bad: bool = True,
-        seed: int = 0,
-        near: float = 0.1,
-        far: float = 20.0,
-        samples_per_scene: int = 1,
-        fields: tuple[str, ...] = OPTIONAL_FIELDS,
-    ):
+    def __init__(self, dataset: datasets.IterableDataset | datasets.Dataset, **options):
+        self.options = SamplingOptions(**options)
+        if isinstance(dataset, datasets.Dataset):
+            dataset = dataset.to_iterable_dataset()  # one shard: workers never split a scene
         self.dataset = dataset.cast(
             datasets.Features({**scene_features(), **{name: datasets.Image(decode=False) for name in ("image", "mask") + OPTIONAL_FIELDS}})
         )
-        self.context_gap = (context_gap, context_gap) if isinstance(context_gap, int) else tuple(context_gap)
-        self.sampler = {"num_context": num_context, "context_gap": self.context_gap, "num_targets": num_targets, "target_mode": target_mode}
-        self.load = {"image_size": image_size, "fields": tuple(fields), "near": near, "far": far}
-        self.skip_bad, self.seed, self.epoch, self.samples_per_scene = skip_bad, seed, 0, samples_per_scene
+        self.epoch = 0
         self.skipped = SkipLog()
 
     def set_epoch(self, epoch: int) -> None:
@@ -284,21 +267,13 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
             yield rows
 
     def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        needed = min_frames(self.context_gap, self.sampler["target_mode"])
-        usable = -1
         for rows in self._scenes():
-            frames = [_record(row, index) for index, row in enumerate(rows) if not (self.skip_bad and row["is_bad"])]
+            frames = [_record(row, index) for index, row in enumerate(rows) if not (self.options.skip_bad and row["is_bad"])]
             fields = tuple(name for name in OPTIONAL_FIELDS if rows[0][name] is not None)
             scene = _scene_record(rows[0]["scene"], frames, rows[0], fields, f"stream:{rows[0]['scene']}")
-            if len(scene) < needed:
+            if len(scene) < self.options.min_frames:
                 self.skipped.add("too few frames", scene.location)
                 continue
-            usable += 1
-            if worker is not None and usable % worker.num_workers != worker.id:
-                continue
             source = _BufferedScene(scene, rows)
-            for draw in range(self.samples_per_scene):
-                rng = np.random.default_rng([self.seed, self.epoch, usable * self.samples_per_scene + draw])
-                context, targets = sample_views(len(scene), rng, **self.sampler)
-                yield build_sample(source, scene, context, targets, **self.load)
+            for draw in range(self.options.samples_per_scene):
+                yield self.options.sample(source, scene, self.options.rng(self.epoch, scene.scene_id, draw))

@@ -17,7 +17,7 @@ batch dimension::
 View sampling follows SnD's bounded sampler: the context views span ``context_gap`` frames
 (``num_context`` views spread evenly over that span) and targets lie between them
 (``target_mode="between"``, inclusive, as in the original) or outside them within one gap
-(``target_mode="novel"``). The draw depends only on ``(seed, epoch, index)``: call
+(``target_mode="novel"``). The draw depends only on ``(seed, epoch, scene id, draw number)``: call
 :meth:`SceneDataset.set_epoch` each epoch and a resumed run sees the same data order.
 
 Example::
@@ -33,7 +33,8 @@ Example::
 
 from __future__ import annotations
 
-import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -97,6 +98,80 @@ def min_frames(context_gap: tuple[int, int], target_mode: str) -> int:
     return context_gap[0] + 1 + (target_mode == "novel")
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How views are drawn and loaded; the keyword arguments of :class:`SceneDataset` (see there).
+
+    ``context_gap`` is normalised to an inclusive ``(min, max)`` pair.
+    """
+
+    num_context: int = 2
+    context_gap: int | tuple[int, int] = 8
+    num_targets: int = 1
+    target_mode: Literal["between", "novel"] = "between"
+    image_size: tuple[int, int] | None = None
+    skip_bad: bool = True
+    seed: int = 0
+    near: float = 0.1
+    far: float = 20.0
+    samples_per_scene: int = 1
+    fields: tuple[str, ...] = OPTIONAL_FIELDS
+
+    def __post_init__(self) -> None:
+        gap = self.context_gap
+        gap = (gap, gap) if isinstance(gap, int) else tuple(int(g) for g in gap)
+        if len(gap) != 2 or gap[0] < 1 or gap[1] < gap[0]:
+            raise ValueError(f"`context_gap` must be an int >= 1 or a (min, max) range with 1 <= min <= max, got {self.context_gap!r}.")
+        object.__setattr__(self, "context_gap", gap)
+        if self.num_context < 2 or self.num_context - 1 > gap[0]:
+            raise ValueError(f"`num_context` must be in [2, min gap + 1 = {gap[0] + 1}], got {self.num_context}.")
+        if self.num_targets < 1:
+            raise ValueError(f"`num_targets` must be >= 1, got {self.num_targets}.")
+        if self.target_mode not in ("between", "novel"):
+            raise ValueError(f"`target_mode` must be 'between' or 'novel', got {self.target_mode!r}.")
+        if self.samples_per_scene < 1:
+            raise ValueError(f"`samples_per_scene` must be >= 1, got {self.samples_per_scene}.")
+        unknown = set(self.fields) - set(OPTIONAL_FIELDS)
+        if unknown:
+            raise ValueError(f"`fields` must be a subset of {list(OPTIONAL_FIELDS)}, got {sorted(unknown)}.")
+        object.__setattr__(self, "fields", tuple(self.fields))
+        if self.image_size is not None:
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise ValueError(f"`image_size` must be (H, W) with positive sizes or None, got {self.image_size!r}.")
+            object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        # Deviation: near/far default to 0.1/20 (metric indoor scenes); the original used 1/100.
+        if not 0 < self.near < self.far:
+            raise ValueError(f"`near` and `far` must satisfy 0 < near < far, got near={self.near}, far={self.far}.")
+
+    @property
+    def min_frames(self) -> int:
+        """Fewest frames a scene needs for the sampler."""
+        return min_frames(self.context_gap, self.target_mode)
+
+    def rng(self, epoch: int, scene_id: str, draw: int) -> np.random.Generator:
+        """The random stream of draw ``draw`` of a scene in an epoch: independent of the scene's
+        position, so folder, ``datasets`` and streamed readers draw alike."""
+        return np.random.default_rng([self.seed, epoch, zlib.crc32(scene_id.encode()), draw])
+
+    def draw(self, num_frames: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """Context and target positions of one sample (:func:`sample_views`)."""
+        return sample_views(
+            num_frames,
+            rng,
+            num_context=self.num_context,
+            context_gap=self.context_gap,
+            num_targets=self.num_targets,
+            target_mode=self.target_mode,
+        )
+
+    def sample(self, source: SceneSource, scene: SceneRecord, rng: np.random.Generator) -> dict:
+        """Draw views of ``scene`` and load them into one sample."""
+        context, targets = self.draw(len(scene), rng)
+        return build_sample(
+            source, scene, context, targets, image_size=self.image_size, fields=self.fields, near=self.near, far=self.far
+        )
+
+
 class SceneDataset(Dataset):
     """Context/target views of posed multi-view scenes.
 
@@ -118,7 +193,9 @@ class SceneDataset(Dataset):
         samples_per_scene: items per scene per epoch.
         fields: optional maps to load when a scene has them (any of depth, normals, semantics).
         on_error: ``"skip"`` counts unusable scenes, frames and samples in ``skipped`` (with a
-            warning the first time for each reason) and moves on; ``"raise"`` raises.
+            warning the first time for each reason) and moves on; ``"raise"`` raises. A skipped
+            sample is replaced by a draw from the next scene. DataLoader workers each count the
+            skips of their own samples.
     """
 
     def __init__(
@@ -138,44 +215,24 @@ class SceneDataset(Dataset):
         fields: tuple[str, ...] = OPTIONAL_FIELDS,
         on_error: Literal["skip", "raise"] = "skip",
     ):
-        gap = (context_gap, context_gap) if isinstance(context_gap, int) else tuple(int(g) for g in context_gap)
-        if len(gap) != 2 or gap[0] < 1 or gap[1] < gap[0]:
-            raise ValueError(f"`context_gap` must be an int >= 1 or a (min, max) range with 1 <= min <= max, got {context_gap!r}.")
-        if num_context < 2 or num_context - 1 > gap[0]:
-            raise ValueError(f"`num_context` must be in [2, min gap + 1 = {gap[0] + 1}], got {num_context}.")
-        if num_targets < 1:
-            raise ValueError(f"`num_targets` must be >= 1, got {num_targets}.")
-        if target_mode not in ("between", "novel"):
-            raise ValueError(f"`target_mode` must be 'between' or 'novel', got {target_mode!r}.")
+        options = SamplingOptions(
+            num_context, context_gap, num_targets, target_mode, image_size, skip_bad, seed, near, far, samples_per_scene, fields
+        )
         if on_error not in ("skip", "raise"):
             raise ValueError(f"`on_error` must be 'skip' or 'raise', got {on_error!r}.")
-        unknown = set(fields) - set(OPTIONAL_FIELDS)
-        if unknown:
-            raise ValueError(f"`fields` must be a subset of {list(OPTIONAL_FIELDS)}, got {sorted(unknown)}.")
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-            raise ValueError(f"`image_size` must be (H, W) with positive sizes or None, got {image_size!r}.")
-        # Deviation: near/far default to 0.1/20 (metric indoor scenes); the original used 1/100.
-        if not 0 < near < far:
-            raise ValueError(f"`near` and `far` must satisfy 0 < near < far, got near={near}, far={far}.")
-
+        self.options, self.on_error, self.epoch = options, on_error, 0
         self.source = _open_source(root, skip_bad=skip_bad, on_error=on_error)
         self.skipped = self.source.skipped
-        self.num_context, self.context_gap, self.num_targets = num_context, gap, num_targets
-        self.target_mode, self.on_error = target_mode, on_error
-        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
-        self.seed, self.epoch, self.near, self.far = seed, 0, float(near), float(far)
-        self.samples_per_scene, self.fields = samples_per_scene, tuple(fields)
 
-        needed = min_frames(gap, target_mode)
         self.scenes: list[SceneRecord] = []
         for scene in self.source.scenes:
-            if len(scene) >= needed:
+            if len(scene) >= options.min_frames:
                 self.scenes.append(scene)
                 continue
-            message = f"{scene.location or scene.scene_id}: {len(scene)} usable frames, the sampler needs {needed}"
+            message = f"{scene.location or scene.scene_id}: {len(scene)} usable frames, the sampler needs {options.min_frames}"
             if on_error == "raise":
                 raise ValueError(message)
-            self._record_skip("too few frames", message)
+            self.skipped.add("too few frames", message)
         if not self.scenes:
             raise ValueError(f"no usable scene in {root!r} (skipped: {dict(self.skipped.counts)}).")
 
@@ -184,39 +241,24 @@ class SceneDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.scenes) * self.samples_per_scene
+        return len(self.scenes) * self.options.samples_per_scene
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        # A sample with an unreadable file is replaced by the next scene's; at most one full lap.
+        # Deviation: views are positions in the frame list, so numbering gaps never trigger the
+        # original's endless retry; a sample with an unreadable file is replaced by the same draw
+        # of the next scene, at most one full lap.
+        scene_index, draw = divmod(index, self.options.samples_per_scene)
         for attempt in range(len(self.scenes)):
+            scene = self.scenes[(scene_index + attempt) % len(self.scenes)]
             try:
-                return self._sample((index + attempt * self.samples_per_scene) % len(self), index)
+                return self.options.sample(self.source, scene, self.options.rng(self.epoch, scene.scene_id, draw))
             except FrameReadError as error:
                 if self.on_error == "raise":
                     raise
-                self._record_skip(error.reason.split(" (")[0], error.path)
+                self.skipped.add(error.reason.split(" (")[0], error.path)
         raise RuntimeError(f"every scene failed to load a sample (skipped: {dict(self.skipped.counts)}).")
-
-    def _record_skip(self, reason: str, path: str) -> None:
-        if self.skipped.add(reason, path):
-            warnings.warn(f"SceneDataset skipped {path} ({reason}); further skips are counted in `dataset.skipped`.")
-
-    def _sample(self, scene_index: int, index: int) -> dict:
-        scene = self.scenes[scene_index // self.samples_per_scene]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        context, targets = sample_views(
-            len(scene),
-            rng,
-            num_context=self.num_context,
-            context_gap=self.context_gap,
-            num_targets=self.num_targets,
-            target_mode=self.target_mode,
-        )
-        return build_sample(
-            self.source, scene, context, targets, image_size=self.image_size, fields=self.fields, near=self.near, far=self.far
-        )
 
 
 def build_sample(
@@ -234,7 +276,7 @@ def build_sample(
 
     def views(positions: list[int]) -> dict[str, torch.Tensor]:
         loaded = [source.load_view(scene, position, image_size, fields) for position in positions]
-        bundle = {name: torch.stack([view[name] for view in loaded]) for name in loaded[0]}
+        bundle = {name: _stack([view[name] for view in loaded]) for name in loaded[0]}
         bundle["extrinsics"] = torch.stack([scene.frames[p].extrinsics for p in positions])
         bundle["intrinsics"] = torch.stack([scene.frames[p].intrinsics for p in positions])
         bundle["near"] = torch.full((len(positions),), float(near))
@@ -263,11 +305,17 @@ def collate_scenes(samples: list[dict]) -> dict:
                     f"(scene {sample['scene']!r}); pass `fields` to SceneDataset to load the same maps everywhere."
                 )
         try:
-            batch[part] = {key: torch.stack([sample[part][key] for sample in samples]) for key in keys}
-        except RuntimeError as error:
+            batch[part] = {key: _stack([sample[part][key] for sample in samples]) for key in keys}
+        except ValueError as error:
             raise ValueError(f"cannot batch {part} views of different shapes; set `image_size` ({error})") from None
-    batch["index"] = {part: torch.stack([sample["index"][part] for sample in samples]) for part in ("context", "target")}
+    batch["index"] = {part: _stack([sample["index"][part] for sample in samples]) for part in ("context", "target")}
     return batch
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of CPU tensors done by numpy: torch's intra-op thread pool makes these
+    small copies several times slower on a busy CPU (measured in benchmarks/bench_data.py)."""
+    return torch.from_numpy(np.stack([tensor.numpy() for tensor in tensors]))
 
 
 def _open_source(root, *, skip_bad: bool, on_error: str) -> SceneSource:

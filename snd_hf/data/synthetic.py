@@ -21,6 +21,7 @@ Generate from Python with :func:`generate_scenes` / :func:`ensure_synthetic_scen
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import shutil
@@ -118,7 +119,7 @@ def _trajectory(rng: np.random.Generator, room: np.ndarray, num_frames: int) -> 
     """Smooth OpenCV camera-to-world poses circling the room centre and looking into it. [F, 4, 4]"""
     center = np.array([room[0] / 2, room[1] / 2])
     radius = 0.42 * min(room[0], room[1])
-    start, span = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(70.0, 110.0))
+    start, span = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(50.0, 80.0))
     bob, wobble = rng.uniform(0, 2 * math.pi, size=2)
     s = np.linspace(0.0, 1.0, num_frames)
     theta = start + span * (s - 0.5)
@@ -450,18 +451,16 @@ def generate_scenes(
     return out_dir
 
 
-def ensure_synthetic_scenes(
-    out_dir: str | Path,
-    num_scenes: int = 8,
-    num_frames: int = 24,
-    height: int = 96,
-    width: int = 128,
-    seed: int = 0,
-    progress: bool = True,
-    image_format: str = "png",
-) -> Path:
-    """Like :func:`generate_scenes`, but only when ``out_dir`` lacks a complete set made with these parameters."""
-    parameters = _parameters(num_scenes, num_frames, height, width, seed, image_format)
+def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
+    """Like :func:`generate_scenes` (same keyword arguments), but only when ``out_dir`` lacks a
+    complete set made with these parameters."""
+    bound = inspect.signature(generate_scenes).bind(out_dir, **options)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    num_scenes, num_frames, image_format = arguments["num_scenes"], arguments["num_frames"], arguments["image_format"]
+    parameters = _parameters(
+        num_scenes, num_frames, arguments["height"], arguments["width"], arguments["seed"], image_format
+    )
     marker = Path(out_dir) / MARKER_NAME
     if marker.is_file():
         try:
@@ -474,7 +473,7 @@ def ensure_synthetic_scenes(
         )
         if recorded == parameters and complete:
             return Path(out_dir)
-    return generate_scenes(out_dir, num_scenes, num_frames, height, width, seed, progress, image_format)
+    return generate_scenes(**arguments)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from .gaussians import Gaussians
 from .lifters import DepthLifter, Lifter
 from .masks import blend_with_mask, mask_aware_upsample, resize_masks
+from .mvsplat import MVSplatLifter
 from .render import RenderOutput, render_features
 from .teacher import SplatTeacher, TeacherTargets, patch_features
 
@@ -10,6 +11,7 @@ __all__ = [
     "DepthLifter",
     "Gaussians",
     "Lifter",
+    "MVSplatLifter",
     "RenderOutput",
     "SplatTeacher",
     "TeacherTargets",

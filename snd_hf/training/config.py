@@ -55,7 +55,7 @@ class TrainingConfig:
     image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
     context_gap: int = 4
     num_targets: int = 1
-    near: float = 0.1  # Deviation: the original used 1 / 100 (RE10K values) for metric indoor scenes
+    near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
     far: float = 20.0
     batch_size: int = 2
     num_workers: int = 0

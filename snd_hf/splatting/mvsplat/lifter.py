@@ -1,0 +1,263 @@
+"""MVSplat as an SnD lifter: context views → one 3D Gaussian per context pixel.
+
+Usage::
+
+    from snd_hf.splatting import MVSplatLifter
+
+    lifter = MVSplatLifter.from_checkpoint("checkpoints/re10k.ckpt")  # frozen, eval mode
+    gaussians = lifter(batch["context"])  # Gaussians, G = V * H * W, ordered b (v h w)
+
+The encoder is MVSplat's cost-volume encoder as SnD configures it for ScanNet++ (the RealEstate10K
+architecture): UniMatch CNN at 1/4 resolution, 6-block cross-view Swin transformer, 128
+plane-sweep candidates uniform in inverse depth, cost-volume and depth-refinement U-Nets with
+cross-view attention, and the Gaussian adapter, one Gaussian per pixel.
+
+Near and far come from the context dict. Note: SnD's ScanNet++ setting uses near 1, far 100 (the
+trainer's default, not the lifter's), which clips metric indoor depths below 1 m.
+
+Checkpoint keys: a Lightning checkpoint of MVSplat (``re10k.ckpt``) or SnD stores the encoder
+under ``state_dict["encoder.<key>"]``. The conversion keeps the ``encoder.*`` entries and strips
+the prefix; every remaining name is identical to ours (the module tree mirrors the original), so
+the mapping is the identity. Everything else in the checkpoint (decoder, optimiser, loops) is
+ignored. The load is strict: missing, unexpected or misshaped keys raise one error naming them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..gaussians import Gaussians
+from ..lifters import Lifter
+from .backbone import MultiViewBackbone
+from .depth_predictor import CostVolumeDepthPredictor
+from .gaussian_adapter import pixel_gaussians
+
+CHECKPOINT_PREFIX = "encoder."
+
+
+@dataclass
+class MVSplatConfig:
+    """Hyperparameters of the MVSplat encoder (defaults: SnD's ScanNet++ / MVSplat's re10k setting).
+
+    The CNN always works at 1/4 resolution (MVSplat's ``downscale_factor`` 4).
+    """
+
+    feature_channels: int = 128
+    num_depth_candidates: int = 128
+    num_transformer_layers: int = 6
+    ffn_expansion: int = 4
+    attention_splits: int = 2
+    costvolume_unet_channels: int = 128
+    costvolume_unet_channel_mult: tuple[int, ...] = (1, 1, 1)
+    costvolume_unet_attention_resolutions: tuple[int, ...] = (4,)
+    depth_unet_channels: int = 32
+    depth_unet_channel_mult: tuple[int, ...] = (1, 1, 1, 1, 1)
+    depth_unet_attention_resolutions: tuple[int, ...] = (16,)
+    head_channels: int = 32
+    gaussian_scale_min: float = 0.5
+    gaussian_scale_max: float = 15.0
+    # Only sets the width of the checkpoint's Gaussian head: 2 + 7 + 3 (sh_degree + 1)².
+    sh_degree: int = 4
+    downscale_factor: int = field(default=4, init=False)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input heights and widths must be multiples of this."""
+        feature_multiple = max(2 ** (len(self.costvolume_unet_channel_mult) - 1), self.attention_splits)
+        return max(self.downscale_factor * feature_multiple, 2 ** (len(self.depth_unet_channel_mult) - 1))
+
+
+@dataclass
+class MVSplatOutput:
+    """Everything the lifter predicts for the context views.
+
+    Attributes:
+        gaussians: world-space Gaussians, G = V * H * W ordered b (v h w), no features yet.
+        depths: predicted depth of each pixel, along its ray (see module docs). [B, V, H, W]
+        camera_scales: camera-frame standard deviations. [B, G, 3]
+        camera_rotations: camera-frame unit quaternions (x, y, z, w). [B, G, 4]
+    """
+
+    gaussians: Gaussians
+    depths: torch.Tensor
+    camera_scales: torch.Tensor
+    camera_rotations: torch.Tensor
+
+
+class MVSplatLifter(Lifter):
+    """MVSplat cost-volume encoder producing one Gaussian per context pixel.
+
+    Frozen by default (eval mode, no gradients); pass ``frozen=False`` to fine-tune.
+    """
+
+    def __init__(self, config: MVSplatConfig | None = None, frozen: bool = True) -> None:
+        super().__init__()
+        self.config = config = config or MVSplatConfig()
+        self.backbone = MultiViewBackbone(
+            config.feature_channels, config.num_transformer_layers, config.ffn_expansion, config.attention_splits
+        )
+        self.depth_predictor = CostVolumeDepthPredictor(
+            feature_channels=config.feature_channels,
+            num_depth_candidates=config.num_depth_candidates,
+            upscale_factor=config.downscale_factor,
+            costvolume_unet_channels=config.costvolume_unet_channels,
+            costvolume_unet_channel_mult=config.costvolume_unet_channel_mult,
+            costvolume_unet_attention_resolutions=config.costvolume_unet_attention_resolutions,
+            depth_unet_channels=config.depth_unet_channels,
+            depth_unet_channel_mult=config.depth_unet_channel_mult,
+            depth_unet_attention_resolutions=config.depth_unet_attention_resolutions,
+            head_channels=config.head_channels,
+            gaussian_raw_channels=2 + 7 + 3 * (config.sh_degree + 1) ** 2,
+        )
+        if frozen:
+            self.eval().requires_grad_(False)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        config: MVSplatConfig | None = None,
+        frozen: bool = True,
+        map_location: str | torch.device = "cpu",
+    ) -> MVSplatLifter:
+        """Build the lifter and load MVSplat weights strictly.
+
+        Args:
+            path: a Lightning checkpoint (``re10k.ckpt``: ``{"state_dict": {"encoder.<key>": ...}}``),
+                a ``.pth`` holding such a dict or a bare encoder state dict, or a ``.safetensors``
+                file with the same keys (with or without the ``encoder.`` prefix).
+            config: architecture; the default is MVSplat's re10k / SnD's ScanNet++ encoder.
+            frozen: eval mode and ``requires_grad=False``.
+            map_location: device to load the tensors to.
+        """
+        lifter = cls(config, frozen=False)
+        lifter.load_state_dict(convert_checkpoint(load_checkpoint_state_dict(path, map_location)), strict=True)
+        lifter.to(map_location)
+        if frozen:
+            lifter.eval().requires_grad_(False)
+        return lifter
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Like :meth:`torch.nn.Module.load_state_dict`, but a strict load raises one ``ValueError``
+        listing every missing, unexpected and misshaped key."""
+        if strict:
+            expected = self.state_dict()
+            missing = sorted(set(expected) - set(state_dict))
+            unexpected = sorted(set(state_dict) - set(expected))
+            misshaped = sorted(
+                f"{key}: expected {list(expected[key].shape)}, got {list(state_dict[key].shape)}"
+                for key in set(expected) & set(state_dict)
+                if expected[key].shape != state_dict[key].shape
+            )
+            if missing or unexpected or misshaped:
+                raise ValueError(
+                    "MVSplat state dict does not match the architecture: "
+                    f"missing keys {missing}, unexpected keys {unexpected}, misshaped keys {misshaped}."
+                )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, context: dict[str, torch.Tensor]) -> Gaussians:
+        """Lift the context views to Gaussians (see :meth:`predict` for the inputs)."""
+        return self.predict(context).gaussians
+
+    def predict(self, context: dict[str, torch.Tensor]) -> MVSplatOutput:
+        """Run the encoder.
+
+        Args:
+            context: ``image`` [B, V, 3, H, W] in [0, 1] (the encoder normalises it itself),
+                ``extrinsics`` [B, V, 4, 4] camera-to-world OpenCV, ``intrinsics`` [B, V, 3, 3]
+                normalised, ``near`` and ``far`` [B, V]. H and W must be multiples of
+                ``config.size_multiple`` (16 by default); V >= 2.
+
+        Returns:
+            Gaussians plus depths and camera-frame scales/rotations (see :class:`MVSplatOutput`).
+        """
+        images, extrinsics, intrinsics, near, far = self._check_context(context)
+        batch, views, _, height, width = images.shape
+        features, cnn_features = self.backbone(images)
+        prediction = self.depth_predictor(features, cnn_features, images, intrinsics, extrinsics, near, far)
+        pixels = pixel_gaussians(
+            prediction.depths,
+            prediction.gaussian_params,
+            extrinsics,
+            intrinsics,
+            self.config.gaussian_scale_min,
+            self.config.gaussian_scale_max,
+        )
+        count = views * height * width
+        # Deviation: the original maps density d to opacity 0.5 (1 - (1 - d)^e + d^(1/e)) with e
+        # annealed over training steps; SnD's config fixes e = 2^0 = 1, the identity.
+        gaussians = Gaussians(
+            means=pixels.means.reshape(batch, count, 3),
+            covariances=pixels.covariances.reshape(batch, count, 3, 3),
+            opacities=prediction.densities.reshape(batch, count),
+        )
+        return MVSplatOutput(
+            gaussians=gaussians,
+            depths=prediction.depths,
+            camera_scales=pixels.scales.reshape(batch, count, 3),
+            camera_rotations=pixels.rotations.reshape(batch, count, 4),
+        )
+
+    def _check_context(self, context: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if not isinstance(context, dict):
+            raise TypeError(f"`context` must be a dict of tensors, got {type(context).__name__}.")
+        missing = [key for key in ("image", "extrinsics", "intrinsics", "near", "far") if key not in context]
+        if missing:
+            raise ValueError(f"`context` is missing {missing}.")
+        images = context["image"]
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"`context['image']` must have shape [B, V, 3, H, W], got {list(images.shape)}.")
+        batch, views, _, height, width = images.shape
+        if views < 2:
+            raise ValueError(f"MVSplat needs at least 2 context views, got {views}.")
+        multiple = self.config.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"`context['image']` height and width must be multiples of {multiple}, got {height}x{width}."
+            )
+        expected = {"extrinsics": (batch, views, 4, 4), "intrinsics": (batch, views, 3, 3), "near": (batch, views),
+                    "far": (batch, views)}  # fmt: skip
+        for key, shape in expected.items():
+            if tuple(context[key].shape) != shape:
+                raise ValueError(f"`context['{key}']` must have shape {list(shape)}, got {list(context[key].shape)}.")
+        return images, context["extrinsics"], context["intrinsics"], context["near"], context["far"]
+
+
+def load_checkpoint_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file (``.safetensors``, or a torch pickle with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MVSplat checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path, device=str(map_location))
+    try:
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} cannot be loaded with torch.load(weights_only=True) because it pickles non-tensor "
+            f"objects ({error}). snd-hf never unpickles arbitrary objects: extract the state dict once "
+            "in an environment where you trust the file (torch.save({'state_dict': ckpt['state_dict']}, ...) "
+            "or save it as .safetensors) and load that instead."
+        ) from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(loaded).__name__}).")
+    return loaded
+
+
+def convert_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original MVSplat/SnD keys → snd-hf keys: keep ``encoder.*`` and strip the prefix (the rest
+    of each name is identical). A state dict without any ``encoder.`` key is taken as already bare."""
+    if not any(key.startswith(CHECKPOINT_PREFIX) for key in state_dict):
+        return dict(state_dict)
+    return {
+        key[len(CHECKPOINT_PREFIX) :]: value for key, value in state_dict.items() if key.startswith(CHECKPOINT_PREFIX)
+    }

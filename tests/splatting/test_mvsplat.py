@@ -1,0 +1,188 @@
+"""Parity of the MVSplat port with the original encoder (fixtures/mvsplat), and its loading rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from snd_hf.splatting import MVSplatLifter
+from snd_hf.splatting.gaussians import Gaussians
+from snd_hf.splatting.mvsplat import MVSplatConfig, convert_checkpoint, load_checkpoint_state_dict
+from snd_hf.splatting.mvsplat.depth_predictor import build_cost_volume, disparity_candidates
+from snd_hf.splatting.mvsplat.gaussian_adapter import quaternion_xyzw_to_matrix
+
+# Fixture's suggested tolerance: max |port - reference| <= 2e-4 * max |reference| (CPU kernel noise ~7e-5).
+RELATIVE_TOLERANCE = 2e-4
+CASES = ("case0", "case1", "case2")
+HEIGHT, WIDTH = 64, 96
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def mvsplat_dir(fixtures_dir):
+    return fixtures_dir / "mvsplat"
+
+
+@pytest.fixture(scope="module")
+def reference(mvsplat_dir):
+    return {**load_file(mvsplat_dir / "cases.safetensors"), **load_file(mvsplat_dir / "extra_cases.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def intermediates(mvsplat_dir):
+    return load_file(mvsplat_dir / "intermediates.safetensors")
+
+
+@pytest.fixture(scope="module")
+def lifter(mvsplat_dir):
+    return MVSplatLifter.from_checkpoint(mvsplat_dir / "encoder_state_dict.pth")
+
+
+def _context(reference, case):
+    names = {"image": "context_image", "extrinsics": "extrinsics", "intrinsics": "intrinsics"}
+    names |= {"near": "near", "far": "far"}
+    return {key: reference[f"{case}/{name}"] for key, name in names.items()}
+
+
+@pytest.fixture(scope="module")
+def outputs(lifter, reference):
+    with torch.no_grad():
+        return {case: lifter.predict(_context(reference, case)) for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_with_original_encoder(outputs, reference, case):
+    output = outputs[case]
+    batch = reference[f"{case}/means"].shape[0]
+    assert isinstance(output.gaussians, Gaussians)
+    assert output.gaussians.num_gaussians == 2 * HEIGHT * WIDTH
+    pairs = {
+        "depths": (output.depths, reference[f"{case}/depths"].reshape(batch, 2, HEIGHT, WIDTH)),
+        "opacities": (output.gaussians.opacities, reference[f"{case}/opacities"]),
+        "means": (output.gaussians.means, reference[f"{case}/means"]),
+        "covariances": (output.gaussians.covariances, reference[f"{case}/covariances"]),
+        "scales": (output.camera_scales, reference[f"{case}/scales"]),
+        "rotations": (output.camera_rotations, reference[f"{case}/rotations"]),
+    }
+    errors = {name: _relative_error(actual, expected) for name, (actual, expected) in pairs.items()}
+    assert all(error <= RELATIVE_TOLERANCE for error in errors.values()), errors
+    # Depths also elementwise (they span near..far).
+    torch.testing.assert_close(pairs["depths"][0], pairs["depths"][1], rtol=RELATIVE_TOLERANCE, atol=0.0)
+
+
+def test_forward_returns_the_gaussians_of_predict(lifter, reference, outputs, monkeypatch):
+    context = _context(reference, "case0")
+    monkeypatch.setattr(lifter, "predict", lambda given: outputs["case0"] if given is context else None)
+    gaussians = lifter(context)
+    assert gaussians is outputs["case0"].gaussians
+    assert gaussians.features is None
+
+
+@pytest.mark.parametrize("case", ["case0", "case2"])
+def test_backbone_matches_intermediates(lifter, reference, intermediates, case):
+    with torch.no_grad():
+        features, cnn_features = lifter.backbone(reference[f"{case}/context_image"])
+    cnn_expected = intermediates[f"{case}/backbone_cnn_features"]
+    features_expected = intermediates[f"{case}/backbone_trans_features"]
+    assert _relative_error(cnn_features, cnn_expected) <= RELATIVE_TOLERANCE
+    assert _relative_error(features, features_expected) <= RELATIVE_TOLERANCE
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cost_volume_matches_intermediates(reference, intermediates, case):
+    # case1 shares case0's images, so its backbone features are case0's.
+    source = "case0" if case == "case1" else case
+    features = intermediates[f"{source}/backbone_trans_features"]
+    batch, views = features.shape[:2]
+    context = _context(reference, case)
+    disparities = disparity_candidates(context["near"], context["far"], 128)
+    cost = build_cost_volume(features, context["intrinsics"], context["extrinsics"], disparities)
+    # The original's depth-predictor tensors are ordered (v b): [cost, features] per view.
+    expected = intermediates[f"{case}/costvolume_in"][:, :128]
+    expected = expected.reshape(views, batch, *expected.shape[1:]).transpose(0, 1)
+    assert _relative_error(cost, expected) <= RELATIVE_TOLERANCE
+
+
+def test_disparity_candidates_run_far_to_near():
+    candidates = disparity_candidates(torch.tensor([2.0]), torch.tensor([10.0]), 5)
+    torch.testing.assert_close(candidates, torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]]))
+
+
+def test_quaternion_matrix_is_a_rotation():
+    quaternions = torch.randn(16, 4)
+    rotations = quaternion_xyzw_to_matrix(quaternions)
+    identity = torch.eye(3).expand(16, 3, 3)
+    torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), identity, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(16), atol=1e-5, rtol=0)
+    # 90° about z: x → y.
+    quarter = torch.tensor([0.0, 0.0, 2**-0.5, 2**-0.5])
+    expected = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(quaternion_xyzw_to_matrix(quarter), expected, atol=1e-6, rtol=0)
+
+
+def test_state_dict_keys_match_the_checkpoint_layout(mvsplat_dir):
+    listed = json.loads((mvsplat_dir / "keys.json").read_text())
+    lifter = MVSplatLifter()
+    ours = {key: list(value.shape) for key, value in lifter.state_dict().items()}
+    assert ours == {entry["name"]: entry["shape"] for entry in listed["keys"]}
+    assert sum(p.numel() for p in lifter.parameters()) == listed["num_parameters"] == 11_955_734
+
+
+def test_from_checkpoint_is_frozen(lifter):
+    assert not lifter.training
+    assert not any(p.requires_grad for p in lifter.parameters())
+
+
+def test_convert_checkpoint_strips_prefix_and_ignores_other_modules():
+    weight = torch.zeros(1)
+    converted = convert_checkpoint({"encoder.backbone.x": weight, "decoder.background": weight, "step": weight})
+    assert list(converted) == ["backbone.x"]
+    assert list(convert_checkpoint({"backbone.x": weight})) == ["backbone.x"]
+
+
+def test_strict_load_names_every_bad_key(mvsplat_dir):
+    state = convert_checkpoint(load_checkpoint_state_dict(mvsplat_dir / "encoder_state_dict.pth"))
+    state.pop("depth_predictor.to_disparity.2.bias")
+    state["depth_predictor.extra.weight"] = torch.zeros(1)
+    state["backbone.backbone.conv2.bias"] = torch.zeros(64)
+    with pytest.raises(ValueError) as error:
+        MVSplatLifter().load_state_dict(state)
+    message = str(error.value)
+    assert "depth_predictor.to_disparity.2.bias" in message
+    assert "depth_predictor.extra.weight" in message
+    assert "backbone.backbone.conv2.bias: expected [128], got [64]" in message
+
+
+def test_safetensors_checkpoint_round_trip(mvsplat_dir, lifter, tmp_path):
+    path = tmp_path / "mvsplat.safetensors"
+    save_file({f"encoder.{key}": value.contiguous() for key, value in lifter.state_dict().items()}, path)
+    reloaded = MVSplatLifter.from_checkpoint(path)
+    for key, value in lifter.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_non_tensor_checkpoint_gets_a_clear_error(tmp_path):
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": MVSplatConfig()}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        MVSplatLifter.from_checkpoint(path)
+
+
+def test_context_validation(lifter, reference):
+    context = _context(reference, "case0")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        lifter({**context, "image": context["image"][..., :40]})
+    with pytest.raises(ValueError, match="at least 2 context views"):
+        lifter({**context, "image": context["image"][:, :1]})
+    with pytest.raises(ValueError, match=r"context\['near'\]"):
+        lifter({**context, "near": context["near"][:, :1]})
+    with pytest.raises(ValueError, match="missing"):
+        lifter({"image": context["image"]})
+    with pytest.raises(TypeError):
+        lifter(list(context.values()))

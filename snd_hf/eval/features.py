@@ -1,0 +1,165 @@
+"""Frozen features of the compared models, extracted once per model and image.
+
+A model is named on the command line as ``PATH`` or ``NAME=PATH``: an snd-hf checkpoint
+directory or Hub id (``SnDModel.from_pretrained``), or an original-layout DINOv2 / SnD state
+dict ``.pth`` / ``.safetensors`` file (``SnDModel.from_original_checkpoint``). With
+``concat_with`` (FiT3D's probing mode) the features of a second model, usually the original
+DINOv2, are concatenated in front of the compared model's along channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from snd_hf.image_processing_snd import SnDImageProcessor
+from snd_hf.modeling_snd import SnDModel
+
+__all__ = ["DenseFeatures", "FeatureModel", "extract_features", "load_feature_model", "parse_model_spec"]
+
+
+@dataclass
+class DenseFeatures:
+    """The frozen features every probe reads.
+
+    Attributes:
+        patch: last-layer patch tokens after the final norm (depth, segmentation,
+            correspondence). [N, C, h, w]
+        cls: the CLS token after the final norm (depth). [N, C]
+        prenorm: last-layer patch tokens before the final norm (surface normals). [N, C, h, w]
+    """
+
+    patch: torch.Tensor
+    cls: torch.Tensor
+    prenorm: torch.Tensor
+
+    def __getitem__(self, index: torch.Tensor | slice | int) -> DenseFeatures:
+        return DenseFeatures(*(getattr(self, field.name)[index] for field in fields(self)))
+
+    @staticmethod
+    def cat(parts: list[DenseFeatures], dim: int = 0) -> DenseFeatures:
+        """Concatenate along images (``dim=0``) or channels (``dim=1``)."""
+        return DenseFeatures(*(torch.cat([getattr(part, field.name) for part in parts], dim) for field in fields(DenseFeatures)))
+
+
+@dataclass
+class FeatureModel:
+    """A model under comparison.
+
+    Attributes:
+        name: label in tables and pictures.
+        source: where it was loaded from.
+        model: the backbone, eval mode.
+        weights_hash: SHA-256 of its architecture and weights (and the concatenated model's), the cache key.
+        concat_with: model whose features go in front of this one's (FiT3D mode), or None.
+    """
+
+    name: str
+    source: str
+    model: SnDModel
+    weights_hash: str
+    concat_with: FeatureModel | None = None
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """``"NAME=PATH"`` → (NAME, PATH); a bare ``PATH`` is named after its file or folder stem."""
+    name, separator, path = spec.partition("=")
+    if not separator:
+        path = spec
+        name = Path(spec.rstrip("/")).stem or spec
+    if not name or not path:
+        raise ValueError(f"model spec must be PATH or NAME=PATH, got {spec!r}")
+    return name, path
+
+
+def _load_model(source: str) -> SnDModel:
+    path = Path(source)
+    if path.suffix in (".pth", ".pt", ".safetensors") and path.is_file():
+        return SnDModel.from_original_checkpoint(path)
+    return SnDModel.from_pretrained(source).eval()
+
+
+def _weights_hash(model: SnDModel) -> str:
+    """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureModel:
+    """Load a model to compare (see the module docstring for ``spec``).
+
+    Args:
+        spec: ``PATH`` or ``NAME=PATH``.
+        concat_with: ``PATH`` of a model whose features are concatenated in front (FiT3D mode).
+
+    Returns:
+        the loaded model with its cache key.
+    """
+    name, source = parse_model_spec(spec)
+    model = _load_model(source)
+    weights_hash = _weights_hash(model)
+    base = None
+    if concat_with is not None:
+        base = load_feature_model(concat_with)
+        weights_hash = hashlib.sha256(f"{base.weights_hash}+{weights_hash}".encode()).hexdigest()
+    return FeatureModel(name, source, model, weights_hash, base)
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    # Deviation: every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5), e3.
+    mean = images.new_tensor(SnDImageProcessor.image_mean)[:, None, None]
+    std = images.new_tensor(SnDImageProcessor.image_std)[:, None, None]
+    return (images - mean) / std
+
+
+@torch.no_grad()
+def _forward(model: SnDModel, images: torch.Tensor) -> DenseFeatures:
+    output = model(_normalize(images), output_hidden_states=True)
+    height, width = output.feature_map.shape[-2:]
+    prenorm = output.hidden_states[-1][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, height, width)
+    return DenseFeatures(output.feature_map, output.pooler_output, prenorm)
+
+
+def extract_features(
+    feature_model: FeatureModel,
+    images: torch.Tensor,
+    input_size: tuple[int, int],
+    batch_size: int = 8,
+    description: str = "features",
+) -> DenseFeatures:
+    """Features of a set of images, resized (bilinear, antialiased) to ``input_size``.
+
+    Args:
+        feature_model: the model (with its optional concatenated model).
+        images: RGB in [0, 1]. [N, 3, H, W]
+        input_size: model input ``(H', W')``, multiples of the patch size.
+        batch_size: images per forward pass.
+        description: progress-bar label.
+
+    Returns:
+        features of every image, on CPU in float32.
+    """
+    patch = feature_model.model.config.patch_size
+    if input_size[0] % patch or input_size[1] % patch:
+        raise ValueError(f"input_size must be multiples of the patch size {patch}, got {tuple(input_size)}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
+    device = next(feature_model.model.parameters()).device
+    parts = []
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False):
+        batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
+        if tuple(batch.shape[-2:]) != tuple(input_size):
+            batch = F.interpolate(batch, size=input_size, mode="bilinear", align_corners=False, antialias=True)
+        features = _forward(feature_model.model, batch)
+        if feature_model.concat_with is not None:
+            features = DenseFeatures.cat([_forward(feature_model.concat_with.model, batch), features], dim=1)
+        parts.append(DenseFeatures(*(getattr(features, f.name).float().cpu() for f in fields(DenseFeatures))))
+    return DenseFeatures.cat(parts)

@@ -1,0 +1,243 @@
+"""Evaluation metrics of the frozen-feature probes, as the SnD paper computed them.
+
+- depth (FiT3D / Monocular-Depth-Estimation-Toolbox protocol): per image over valid ground truth,
+  then averaged over images;
+- surface normals (Probe3D): angular RMSE and recalls per image, then averaged;
+- segmentation (mmseg): one confusion matrix accumulated over the whole dataset;
+- correspondence (Probe3D): recall of matches below pixel thresholds, binned by viewpoint change.
+
+Units: depth errors in the depth unit (metres), δ and correspondence recalls as fractions in
+[0, 1], angles in degrees, normal recalls and segmentation scores in percent (as published).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "DEPTH_METRICS",
+    "NORMAL_METRICS",
+    "ROTATION_BINS",
+    "SegmentationMeter",
+    "average_metrics",
+    "depth_eval_mask",
+    "depth_metrics",
+    "normal_metrics",
+    "recall_by_rotation",
+    "recall_at",
+]
+
+DEPTH_METRICS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+NORMAL_METRICS = ("rmse", "recall_11.25", "recall_22.5", "recall_30")
+# Relative-rotation bins (degrees, [low, high)) of Probe3D's ScanNet pair evaluation; the last is closed.
+ROTATION_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0, 60.0), (60.0, 180.0))
+
+
+def depth_eval_mask(
+    depth: torch.Tensor,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop: Literal["eigen", "garg"] | None = None,
+) -> torch.Tensor:
+    """Pixels where a depth prediction is scored.
+
+    Valid ground truth is ``min_depth < depth < max_depth``; ``crop="eigen"`` keeps rows 45:471 and
+    columns 41:601 (NYUv2, defined on 480x640 images), ``crop="garg"`` keeps rows
+    0.40810811 H : 0.99189189 H and columns 0.03594771 W : 0.96405229 W (KITTI).
+
+    Args:
+        depth: ground-truth depth, 0 where missing. [..., H, W]
+        min_depth: exclusive lower bound of valid depth.
+        max_depth: exclusive upper bound of valid depth (the dataset's max depth).
+        crop: evaluation crop, or None for the whole image.
+
+    Returns:
+        boolean mask. [..., H, W]
+    """
+    valid = (depth > min_depth) & (depth < max_depth)
+    if crop is None:
+        return valid
+    height, width = depth.shape[-2:]
+    region = torch.zeros_like(valid)
+    if crop == "eigen":
+        if (height, width) != (480, 640):
+            raise ValueError(f"the Eigen crop is defined on 480x640 depth maps, got {height}x{width}")
+        region[..., 45:471, 41:601] = True
+    elif crop == "garg":
+        rows = slice(int(0.40810811 * height), int(0.99189189 * height))
+        cols = slice(int(0.03594771 * width), int(0.96405229 * width))
+        region[..., rows, cols] = True
+    else:
+        raise ValueError(f"crop must be 'eigen', 'garg' or None, got {crop!r}")
+    return valid & region
+
+
+def depth_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Depth errors of one image over its valid pixels.
+
+    δk is the fraction of pixels with ``max(p / t, t / p) < 1.25**k``; SILog is
+    ``100 * sqrt(mean(e²) - mean(e)²)`` with ``e = log p - log t``. Predictions are clamped to at
+    least 1e-6 so that logarithms stay finite.
+
+    Args:
+        prediction: predicted depth. [H, W]
+        target: ground-truth depth. [H, W]
+        valid: pixels to score (see ``depth_eval_mask``). [H, W]
+
+    Returns:
+        ``DEPTH_METRICS`` → value; every value is NaN when no pixel is valid.
+    """
+    if prediction.shape != target.shape or valid.shape != target.shape:
+        raise ValueError(
+            f"prediction, target and valid must share one shape, got {tuple(prediction.shape)}, "
+            f"{tuple(target.shape)} and {tuple(valid.shape)}"
+        )
+    if not bool(valid.any()):
+        return {name: math.nan for name in DEPTH_METRICS}
+    pred = prediction[valid].double().clamp_min(1e-6)
+    gt = target[valid].double()
+    ratio = torch.maximum(gt / pred, pred / gt)
+    log_error = pred.log() - gt.log()
+    values = {
+        "d1": (ratio < 1.25).double().mean(),
+        "d2": (ratio < 1.25**2).double().mean(),
+        "d3": (ratio < 1.25**3).double().mean(),
+        "abs_rel": ((gt - pred).abs() / gt).mean(),
+        "sq_rel": ((gt - pred) ** 2 / gt).mean(),
+        "rmse": ((gt - pred) ** 2).mean().sqrt(),
+        "rmse_log": (log_error**2).mean().sqrt(),
+        "log10": (gt.log10() - pred.log10()).abs().mean(),
+        "silog": 100.0 * ((log_error**2).mean() - log_error.mean() ** 2).clamp_min(0.0).sqrt(),
+    }
+    return {name: float(value) for name, value in values.items()}
+
+
+def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Angular errors of one image's surface normals over its valid pixels.
+
+    Args:
+        prediction: predicted normals (any length; normalised here). [3, H, W]
+        target: ground-truth unit normals. [3, H, W]
+        valid: pixels to score. [H, W]
+
+    Returns:
+        ``rmse`` (degrees) and ``recall_<t>`` (percent of pixels with error below t degrees);
+        NaN when no pixel is valid.
+    """
+    if prediction.shape != target.shape or prediction.shape[0] != 3 or valid.shape != target.shape[1:]:
+        raise ValueError(
+            f"prediction and target must be [3, H, W] and valid [H, W], got {tuple(prediction.shape)}, "
+            f"{tuple(target.shape)} and {tuple(valid.shape)}"
+        )
+    if not bool(valid.any()):
+        return {name: math.nan for name in NORMAL_METRICS}
+    cosine = torch.nn.functional.cosine_similarity(prediction.double(), target.double(), dim=0)[valid]
+    error = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
+    values = {"rmse": float((error**2).mean().sqrt())}
+    for threshold in (11.25, 22.5, 30):
+        values[f"recall_{threshold}"] = 100.0 * float((error < threshold).double().mean())
+    return values
+
+
+def average_metrics(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over images, ignoring NaN (images without valid pixels)."""
+    totals: dict[str, list[float]] = {}
+    for metrics in per_image:
+        for name, value in metrics.items():
+            totals.setdefault(name, []).append(value)
+    averaged = {}
+    for name, values in totals.items():
+        finite = [value for value in values if not math.isnan(value)]
+        averaged[name] = sum(finite) / len(finite) if finite else math.nan
+    return averaged
+
+
+class SegmentationMeter:
+    """Confusion matrix accumulated over a dataset; mIoU, mAcc and aAcc as mmseg reports them.
+
+    Classes absent from both ground truth and predictions have no IoU and are left out of the
+    means (mmseg's NaN-mean); pixels labelled ``ignore_index`` are skipped.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [target, prediction]
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch of label maps.
+
+        Args:
+            prediction: predicted class ids. [...]
+            target: ground-truth class ids, ``ignore_index`` where unlabelled. [...]
+        """
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction and target must share one shape, got {tuple(prediction.shape)} and {tuple(target.shape)}")
+        keep = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        index = target[keep].long() * self.num_classes + prediction[keep].long().clamp(0, self.num_classes - 1)
+        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+
+    def compute(self) -> dict[str, float]:
+        """``miou``, ``macc`` and ``aacc`` in percent."""
+        confusion = self.confusion.double()
+        intersection = confusion.diag()
+        area_target = confusion.sum(dim=1)
+        area_prediction = confusion.sum(dim=0)
+        union = area_target + area_prediction - intersection
+        iou = intersection / union  # NaN where a class never occurs
+        accuracy = intersection / area_target
+        return {
+            "miou": 100.0 * float(iou.nanmean()),
+            "macc": 100.0 * float(accuracy.nanmean()),
+            "aacc": 100.0 * float(intersection.sum() / area_target.sum().clamp_min(1)),
+        }
+
+
+def recall_at(errors: torch.Tensor, thresholds: Sequence[float] = (5.0, 10.0, 20.0)) -> dict[str, float]:
+    """Fraction of matches whose reprojection error is below each threshold.
+
+    Args:
+        errors: per-match error in pixels. [M]
+        thresholds: pixel thresholds.
+
+    Returns:
+        ``recall@<t>px`` → fraction in [0, 1] (NaN without matches).
+    """
+    if errors.numel() == 0:
+        return {f"recall@{threshold:g}px": math.nan for threshold in thresholds}
+    return {f"recall@{threshold:g}px": float((errors < threshold).double().mean()) for threshold in thresholds}
+
+
+def recall_by_rotation(
+    recalls: Sequence[float],
+    rotations_deg: Sequence[float],
+    bins: Sequence[tuple[float, float]] = ROTATION_BINS,
+) -> dict[str, float]:
+    """Mean per-pair recall within each relative-rotation bin.
+
+    Args:
+        recalls: one recall per image pair. [P]
+        rotations_deg: the pair's relative rotation in degrees. [P]
+        bins: ``[low, high)`` intervals; the last one includes its upper end.
+
+    Returns:
+        ``"<low>-<high>"`` → mean recall of the pairs in that bin (NaN for an empty bin).
+    """
+    if len(recalls) != len(rotations_deg):
+        raise ValueError(f"recalls and rotations_deg must have one entry per pair, got {len(recalls)} and {len(rotations_deg)}")
+    binned = {}
+    for position, (low, high) in enumerate(bins):
+        last = position == len(bins) - 1
+        members = [
+            recall
+            for recall, angle in zip(recalls, rotations_deg)
+            if low <= angle < high or (last and angle == high)
+        ]
+        binned[f"{low:g}-{high:g}"] = sum(members) / len(members) if members else math.nan
+    return binned

@@ -1,0 +1,432 @@
+"""`snd eval`: compare models on frozen-feature probes; write JSON, a markdown table and pictures.
+
+Run it as::
+
+    snd eval all --model dinov2=dinov2_vits14.pth --model snd=./snd-vits14 --data synthetic --out eval_out
+    snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
+    snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 \\
+        --concat-with dinov2_vits14.pth          # FiT3D mode: original ⊕ fine-tuned features
+
+or from Python with ``evaluate(["snd=./snd-vits14"], "synthetic", tasks=("depth",), out_dir=...)``.
+
+``--data`` is ``synthetic`` (generated scenes, cached; every task, CPU-friendly) or ``KIND=ROOT``
+with KIND one of ``nyuv2`` (depth, normals), ``scannetpp`` (depth), ``kitti`` (depth),
+``ade20k`` / ``voc`` (segmentation), ``scannet1500`` (correspondence). Features are extracted
+once per model and image set and shared by the probes; each (weights, task, data, config)
+result is cached as JSON under ``--cache-dir`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from snd_hf.eval.datasets import (
+    DenseDataset,
+    NYUv2Probe3D,
+    PascalVOC,
+    ScanNetPairs,
+    SplitFileDepth,
+    ade20k,
+    kitti_eigen,
+    scannetpp_depth,
+)
+from snd_hf.eval.features import DenseFeatures, FeatureModel, extract_features, load_feature_model
+from snd_hf.eval.figures import colorize_depth, colorize_labels, colorize_normals, plot_grouped_bars
+from snd_hf.eval.metrics import ROTATION_BINS
+from snd_hf.eval.probe import ProbeConfig
+from snd_hf.eval.tasks import DenseArrays, TaskResult, run_correspondence, run_depth, run_normals, run_segmentation
+from snd_hf.loading import atomic_write
+from snd_hf.visualization import pca_rgb, save_panel
+
+__all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
+
+TASKS = ("depth", "normals", "segmentation", "correspondence")
+
+
+@dataclass(frozen=True)
+class EvalPreset:
+    """Lengths and sizes of one evaluation setting.
+
+    Attributes:
+        name: preset name.
+        input_short_side: images are resized so their shorter side is this (then snapped to 14).
+        depth, normals, segmentation: probe training settings.
+        num_matches: correspondence matches kept per pair.
+        correspondence_scale: evaluation grid of the correspondence task relative to the image.
+        synthetic: ``(num_scenes, num_frames, height, width)`` of the generated benchmark.
+        num_panels: test images drawn in the qualitative panels.
+    """
+
+    name: str
+    input_short_side: int
+    depth: ProbeConfig
+    normals: ProbeConfig
+    segmentation: ProbeConfig
+    num_matches: int = 1000
+    correspondence_scale: float = 0.25
+    synthetic: tuple[int, int, int, int] = (8, 6, 96, 128)
+    num_panels: int = 3
+
+
+PRESETS: dict[str, EvalPreset] = {
+    # Short probes for CPU: linear heads on cached features converge in a few hundred steps.
+    "cpu": EvalPreset(
+        name="cpu",
+        input_short_side=98,
+        depth=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
+        normals=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
+        segmentation=ProbeConfig(steps=150, batch_size=8, lr=2e-2, weight_decay=0.0),
+        num_matches=1000,
+        synthetic=(8, 6, 96, 128),
+    ),
+    # The published lengths: FiT3D/mmseg depth (307.2k it, batch 2, lr 1e-4, 12.8k warm-up,
+    # SigLoss warm-up 100 it) and segmentation (320k it, batch 2, lr 1e-3), Probe3D normals
+    # (10 epochs, lr 5e-4).
+    "paper": EvalPreset(
+        name="paper",
+        input_short_side=476,
+        depth=ProbeConfig(steps=307_200, batch_size=2, lr=1e-4, weight_decay=0.01, warmup_fraction=12_800 / 307_200, loss_warmup_steps=100),
+        normals=ProbeConfig(epochs=10, batch_size=8, lr=5e-4, weight_decay=0.01),
+        segmentation=ProbeConfig(steps=320_000, batch_size=2, lr=1e-3, weight_decay=1e-4, warmup_fraction=1_500 / 320_000),
+        num_matches=1000,
+        synthetic=(64, 8, 240, 320),
+    ),
+}
+
+
+@dataclass
+class EvalData:
+    """What one ``--data`` entry offers: dense splits per task and/or view pairs.
+
+    Attributes:
+        name: label used in file names and the cache key.
+        dense: task → (train, test) readers of ``DenseSample``.
+        pairs: readers of ``ViewPair`` for correspondence, or None.
+        min_depth, max_depth, crop: depth evaluation settings.
+        num_classes: number of segmentation classes.
+    """
+
+    name: str
+    dense: dict[str, tuple[DenseDataset, DenseDataset]] = field(default_factory=dict)
+    pairs: Sequence | None = None
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    crop: str | None = None
+    num_classes: int | None = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(task for task in TASKS if task in self.dense or (task == "correspondence" and self.pairs is not None))
+
+
+def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
+    """Open ``synthetic`` or ``KIND=ROOT`` (see the module docstring)."""
+    if spec == "synthetic":
+        from snd_hf.eval.synthetic import synthetic_eval_data
+
+        return synthetic_eval_data(Path(cache_dir) / "synthetic", preset.synthetic)
+    kind, separator, root = spec.partition("=")
+    if not separator or not root:
+        raise ValueError(f"--data must be 'synthetic' or KIND=ROOT, got {spec!r}")
+    if kind == "nyuv2":
+        train, test = NYUv2Probe3D(root, "train"), NYUv2Probe3D(root, "test")
+        return EvalData("nyuv2", {"depth": (train, test), "normals": (train, test)}, crop="eigen")
+    if kind == "scannetpp":
+        return EvalData("scannetpp", {"depth": (scannetpp_depth(root, "train"), scannetpp_depth(root, "val"))}, max_depth=20.0)
+    if kind == "kitti":
+        train = SplitFileDepth(root, "kitti_eigen_train.txt", depth_scale=256.0, max_depth=80.0, name="kitti")
+        return EvalData("kitti", {"depth": (train, kitti_eigen(root))}, max_depth=80.0, crop="garg")
+    if kind == "ade20k":
+        return EvalData("ade20k", {"segmentation": (ade20k(root, "training"), ade20k(root, "validation"))}, num_classes=150)
+    if kind == "voc":
+        return EvalData("voc2012", {"segmentation": (PascalVOC(root, "train"), PascalVOC(root, "val"))}, num_classes=21)
+    if kind == "scannet1500":
+        return EvalData("scannet1500", pairs=ScanNetPairs(root))
+    raise ValueError(f"unknown data kind {kind!r}: expected synthetic, nyuv2, scannetpp, kitti, ade20k, voc or scannet1500")
+
+
+def _input_size(height: int, width: int, short_side: int, patch: int = 14) -> tuple[int, int]:
+    scale = short_side / min(height, width)
+    return max(patch, round(height * scale / patch) * patch), max(patch, round(width * scale / patch) * patch)
+
+
+def _materialize(dataset: DenseDataset, key: str) -> DenseArrays:
+    """Stack a dense reader into tensors at the first sample's size (others resized; labels nearest)."""
+    samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"reading {key}", leave=False)]
+    if not samples:
+        raise ValueError(f"dataset {key} is empty")
+    size = tuple(samples[0].image.shape[-2:])
+
+    def stack(name: str, mode: str) -> torch.Tensor | None:
+        values = [getattr(sample, name) for sample in samples]
+        if any(value is None for value in values):
+            return None
+        resized = []
+        for value in values:
+            if tuple(value.shape[-2:]) != size:
+                batch = value[None] if value.dim() == 3 else value[None, None]
+                batch = F.interpolate(batch.float(), size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+                value = (batch[0] if value.dim() == 3 else batch[0, 0]).to(value.dtype)
+            resized.append(value)
+        return torch.stack(resized)
+
+    return DenseArrays(stack("image", "bilinear"), stack("depth", "nearest"), stack("normals", "nearest"), stack("labels", "nearest"), key)
+
+
+class _FeatureStore:
+    """Features per (model weights, image set, input size), extracted once and shared by the probes."""
+
+    def __init__(self, short_side: int):
+        self.short_side = short_side
+        self._cache: dict[tuple[str, str], DenseFeatures] = {}
+
+    def __call__(self, feature_model: FeatureModel, arrays: DenseArrays) -> DenseFeatures:
+        key = (feature_model.weights_hash, arrays.key)
+        if key not in self._cache:
+            size = _input_size(*arrays.images.shape[-2:], self.short_side, feature_model.model.config.patch_size)
+            self._cache[key] = extract_features(feature_model, arrays.images, size, description=f"{feature_model.name} {arrays.key}")
+        return self._cache[key]
+
+
+def _cache_path(cache_dir: Path, feature_model: FeatureModel, task: str, data: EvalData, config: dict) -> Path:
+    payload = json.dumps({"weights": feature_model.weights_hash, "task": task, "data": data.name, "config": config}, sort_keys=True)
+    return cache_dir / "results" / f"{data.name}_{task}_{hashlib.sha256(payload.encode()).hexdigest()[:20]}.json"
+
+
+def _write_json(path: Path, payload: object) -> None:
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=True)))
+
+
+def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
+    lines = [f"# Probe results on {data_name} (preset {preset})", ""]
+    for task, per_model in results.items():
+        if not per_model:
+            continue
+        columns = list(next(iter(per_model.values())))
+        lines += [f"## {task}", "", "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for model, metrics in per_model.items():
+            cells = ["—" if math.isnan(metrics[c]) else f"{metrics[c]:.4f}" for c in columns]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pair_inputs(pairs: Sequence, scale: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]]:
+    """Each pair's images, depths on the evaluation grid (nearest), cameras and rotation."""
+    prepared = []
+    for pair in (pairs[i] for i in range(len(pairs))):
+        height, width = pair.images.shape[-2:]
+        grid = (max(1, round(height * scale)), max(1, round(width * scale)))
+        depths = F.interpolate(pair.depths[:, None].float(), size=grid, mode="nearest")[:, 0]
+        prepared.append((pair.images, depths, pair.extrinsics, pair.intrinsics, pair.rotation_deg))
+    return prepared
+
+
+def evaluate(
+    models: Sequence[str],
+    data: str,
+    tasks: Sequence[str] = TASKS,
+    out_dir: str | Path = "eval_out",
+    preset: str | EvalPreset = "cpu",
+    concat_with: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict:
+    """Compare models on probing tasks and write ``results.json``, ``results.md`` and pictures.
+
+    Args:
+        models: ``PATH`` or ``NAME=PATH`` per model.
+        data: ``synthetic`` or ``KIND=ROOT``.
+        tasks: subset of ``TASKS``; tasks the data cannot serve are skipped.
+        out_dir: output folder.
+        preset: ``"cpu"``, ``"paper"`` or an ``EvalPreset``.
+        concat_with: FiT3D mode, the model whose features are concatenated in front of each model's.
+        cache_dir: result / generated-data cache; ``<out_dir>/cache`` when None.
+
+    Returns:
+        the JSON payload written to ``results.json``.
+    """
+    if not models:
+        raise ValueError("models must name at least one model")
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise ValueError(f"tasks must be among {TASKS}, got {unknown}")
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    out_dir = Path(out_dir)
+    cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
+    eval_data = open_data(data, preset, cache_dir)
+    tasks = [task for task in tasks if task in eval_data.tasks]
+    feature_models = [load_feature_model(spec, concat_with) for spec in models]
+    names = [feature_model.name for feature_model in feature_models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
+    store = _FeatureStore(preset.input_short_side)
+    # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
+    # featurised once: arrays are keyed by reader, so the feature store sees one image set.
+    loaded: dict[int, DenseArrays] = {}
+
+    def load(reader: DenseDataset, split: str) -> DenseArrays:
+        if id(reader) not in loaded:
+            loaded[id(reader)] = _materialize(reader, f"{eval_data.name}-{split}{len(loaded)}")
+        return loaded[id(reader)]
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    losses: dict[str, dict[str, list[float]]] = {}
+
+    for task in tasks:
+        results[task], losses[task] = {}, {}
+        if task == "correspondence":
+            _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results)
+            continue
+        train_reader, test_reader = eval_data.dense[task]
+        train, test = load(train_reader, "train"), load(test_reader, "test")
+        config = getattr(preset, task)
+        predictions: dict[str, list[torch.Tensor]] = {}
+        for feature_model in feature_models:
+            cache = _cache_path(cache_dir, feature_model, task, eval_data, {**asdict(config), "size": preset.input_short_side})
+            if cache.is_file():
+                results[task][feature_model.name] = json.loads(cache.read_text())["metrics"]
+                continue
+            result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset.num_panels)
+            _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": task, "data": eval_data.name})
+            results[task][feature_model.name] = result.metrics
+            losses[task][feature_model.name] = result.losses
+            predictions[feature_model.name] = result.predictions
+        _dense_panels(task, test, predictions, eval_data, out_dir / task)
+        _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task)
+
+    payload = {
+        "data": data,
+        "preset": preset.name,
+        "concat_with": concat_with,
+        "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
+        "results": results,
+        "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "results.json", payload)
+    markdown = _markdown(results, eval_data.name, preset.name)
+    atomic_write(out_dir / "results.md", lambda temporary: Path(temporary).write_text(markdown))
+    return payload
+
+
+def _run_dense(
+    task: str,
+    train: DenseArrays,
+    test: DenseArrays,
+    feature_model: FeatureModel,
+    store: _FeatureStore,
+    config: ProbeConfig,
+    eval_data: EvalData,
+    num_panels: int,
+) -> TaskResult:
+    train_features, test_features = store(feature_model, train), store(feature_model, test)
+    if task == "depth":
+        return run_depth(train, train_features, test, test_features, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, num_panels)
+    if task == "normals":
+        return run_normals(train, train_features, test, test_features, config, num_panels)
+    return run_segmentation(train, train_features, test, test_features, config, eval_data.num_classes, num_panels)
+
+
+def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> None:
+    pairs = _pair_inputs(eval_data.pairs, preset.correspondence_scale)
+    images = DenseArrays(torch.cat([pair[0] for pair in pairs]), key=f"{eval_data.name}-pairs")
+    for feature_model in feature_models:
+        config = {"num_matches": preset.num_matches, "scale": preset.correspondence_scale, "size": preset.input_short_side}
+        cache = _cache_path(cache_dir, feature_model, "correspondence", eval_data, config)
+        if cache.is_file():
+            results["correspondence"][feature_model.name] = json.loads(cache.read_text())["metrics"]
+            continue
+        patch = store(feature_model, images).patch
+        result = run_correspondence(
+            [patch[2 * i : 2 * i + 2] for i in range(len(pairs))],
+            [pair[1] for pair in pairs],
+            [pair[2] for pair in pairs],
+            [pair[3] for pair in pairs],
+            [pair[4] for pair in pairs],
+            preset.num_matches,
+        )
+        _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": "correspondence", "data": eval_data.name})
+        results["correspondence"][feature_model.name] = result.metrics
+    bins = [f"{low:g}-{high:g}" for low, high in ROTATION_BINS]
+    plot_grouped_bars(
+        {name: [metrics[f"recall@10px_{b}deg"] for b in bins] for name, metrics in results["correspondence"].items()},
+        [f"{b}°" for b in bins],
+        out_dir / "correspondence_recall.png",
+        f"Correspondence recall@10px by viewpoint change ({eval_data.name})",
+        "recall",
+    )
+
+
+def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torch.Tensor]], eval_data: EvalData, folder: Path) -> None:
+    """image | ground truth | one prediction per model, for the first test images."""
+    if not predictions:
+        return
+    colorize = {
+        "depth": lambda value: colorize_depth(value, eval_data.max_depth),
+        "normals": colorize_normals,
+        "segmentation": colorize_labels,
+    }[task]
+    truth = {"depth": test.depth, "normals": test.normals, "segmentation": test.labels}[task]
+    for index in range(min(len(p) for p in predictions.values())):
+        pictures = [test.images[index], colorize(truth[index])] + [colorize(p[index]) for p in predictions.values()]
+        save_panel(pictures, folder / f"panel_{index:02d}.png")
+
+
+def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path) -> None:
+    """image | PCA colours of each model's patch features, for the first test images."""
+    for index in range(min(count, len(test))):
+        maps = [pca_rgb(store(fm, test).patch[index]) for fm in feature_models]
+        save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=(*TASKS, "all"), help="probe to run, or all")
+    parser.add_argument("--model", action="append", required=True, help="PATH or NAME=PATH (repeat to compare)")
+    parser.add_argument("--data", required=True, help="synthetic, or KIND=ROOT (nyuv2, scannetpp, kitti, ade20k, voc, scannet1500)")
+    parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
+    parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
+    parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
+    parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps")
+    parser.add_argument(
+        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width"
+    )
+
+
+def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | None) -> EvalPreset:
+    """The preset with the command line's overrides applied."""
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        preset = replace(
+            preset,
+            **{task: replace(getattr(preset, task), steps=steps, epochs=None) for task in ("depth", "normals", "segmentation")},
+        )
+    if synthetic_size is not None:
+        try:
+            size = tuple(int(part) for part in synthetic_size.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 4 or min(size) < 1:
+            raise ValueError(f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64), got {synthetic_size!r}")
+        preset = replace(preset, synthetic=size)
+    return preset
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = TASKS if args.task == "all" else (args.task,)
+    preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
+    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir)
+    print(_markdown(payload["results"], args.data, args.preset))
+    print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and pictures")
+    return 0

@@ -1,0 +1,118 @@
+"""The built-in benchmark: generated scenes (``snd_hf.data.synthetic``) as probing data.
+
+Scenes are rendered from a held-out seed (never the training scenes' seed 0); the first three
+quarters of the scenes train the probes and the rest test them, so test rooms are unseen. Every
+frame brings RGB, exact z-depth, camera-frame normals and semantic classes; all frame pairs of
+each test scene form the correspondence set. The rendered arrays are cached as one
+``.pt`` file per parameter set.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
+from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, ViewPair, relative_rotation_deg
+from snd_hf.loading import atomic_write
+from snd_hf.splatting.cameras import normalize_intrinsics
+
+__all__ = ["HELD_OUT_SEED", "SyntheticFrames", "synthetic_eval_data"]
+
+HELD_OUT_SEED = 1000
+
+
+class SyntheticFrames(torch.utils.data.Dataset):
+    """Frames of generated scenes as ``DenseSample``.
+
+    Args:
+        scenes: rendered scenes (``render_synthetic_scene`` arrays as tensors).
+    """
+
+    def __init__(self, scenes: list[dict[str, torch.Tensor]]):
+        self.frames = [(scene, index) for scene in scenes for index in range(scene["image"].shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> DenseSample:
+        scene, frame = self.frames[index]
+        labels = scene["semantic"][frame].clone()
+        labels[labels == 0] = IGNORE_INDEX  # class 0 is "unlabelled"
+        return DenseSample(
+            image=scene["image"][frame].permute(2, 0, 1).float(),
+            depth=scene["depth"][frame].float(),
+            normals=scene["normals"][frame].permute(2, 0, 1).float(),
+            labels=labels,
+        )
+
+
+class SyntheticPairs(torch.utils.data.Dataset):
+    """Every frame pair of each scene as ``ViewPair``."""
+
+    def __init__(self, scenes: list[dict[str, torch.Tensor]]):
+        self.pairs = [
+            (scene, first, second)
+            for scene in scenes
+            for first, second in itertools.combinations(range(scene["image"].shape[0]), 2)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> ViewPair:
+        scene, first, second = self.pairs[index]
+        frames = [first, second]
+        height, width = scene["depth"].shape[-2:]
+        extrinsics = scene["extrinsics"][frames].float()
+        intrinsics = normalize_intrinsics(scene["intrinsics"].float(), height, width).expand(2, 3, 3).clone()
+        return ViewPair(
+            images=scene["image"][frames].permute(0, 3, 1, 2).float(),
+            depths=scene["depth"][frames].float(),
+            extrinsics=extrinsics,
+            intrinsics=intrinsics,
+            rotation_deg=float(relative_rotation_deg(extrinsics[0], extrinsics[1])),
+        )
+
+
+def _render_scenes(cache_dir: Path, size: tuple[int, int, int, int], seed: int) -> list[dict[str, torch.Tensor]]:
+    num_scenes, num_frames, height, width = size
+    path = cache_dir / f"scenes_{num_scenes}x{num_frames}_{height}x{width}_seed{seed}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    scenes = []
+    for index in tqdm(range(num_scenes), desc="rendering evaluation scenes", leave=False):
+        rendered = render_synthetic_scene(index, num_frames, height, width, seed)
+        scenes.append({key: torch.from_numpy(np.asarray(value)) for key, value in rendered.items()})
+        for key in ("image", "depth", "normals", "extrinsics", "intrinsics"):
+            scenes[-1][key] = scenes[-1][key].float()
+    atomic_write(path, lambda temporary: torch.save(scenes, temporary))
+    return scenes
+
+
+def synthetic_eval_data(cache_dir: str | Path, size: tuple[int, int, int, int], seed: int = HELD_OUT_SEED):
+    """The generated benchmark as ``EvalData`` (every task).
+
+    Args:
+        cache_dir: where rendered scenes are cached.
+        size: ``(num_scenes, num_frames, height, width)``; at least 2 scenes.
+        seed: scene seed (held out from training by default).
+    """
+    from snd_hf.eval.suite import EvalData
+
+    if size[0] < 2:
+        raise ValueError(f"the synthetic benchmark needs at least 2 scenes (train and test), got {size[0]}")
+    scenes = _render_scenes(Path(cache_dir), size, seed)
+    split = max(1, (3 * len(scenes)) // 4)
+    train, test = SyntheticFrames(scenes[:split]), SyntheticFrames(scenes[split:])
+    return EvalData(
+        name=f"synthetic{size[0]}x{size[1]}",
+        dense={"depth": (train, test), "normals": (train, test), "segmentation": (train, test)},
+        pairs=SyntheticPairs(scenes[split:]),
+        max_depth=10.0,
+        num_classes=len(SEMANTIC_CLASSES),
+    )

@@ -1,0 +1,95 @@
+"""`snd eval all --data synthetic` end to end with two tiny random checkpoints, and the result cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from snd_hf import SnDConfig, SnDModel
+from snd_hf.cli import main
+from snd_hf.eval.features import load_feature_model, parse_model_spec
+from snd_hf.eval.suite import evaluate
+from snd_hf.loading import save_original_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SnDModel(SnDConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)).eval()
+        model.save_pretrained(root / f"tiny{seed}")
+        paths.append(root / f"tiny{seed}")
+    save_original_checkpoint(SnDModel.from_pretrained(paths[0]), root / "tiny0.pth")
+    return paths, root / "tiny0.pth"
+
+
+def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkeypatch):
+    (first, second), _ = checkpoints
+    import snd_hf.eval.suite as suite
+
+    calls = []
+    extract = suite.extract_features
+    monkeypatch.setattr(suite, "extract_features", lambda model, images, *a, **k: calls.append(model.name) or extract(model, images, *a, **k))
+    out = tmp_path / "out"
+    arguments = ["eval", "all", "--model", f"a={first}", "--model", f"b={second}", "--data", "synthetic"]
+    arguments += ["--out", str(out), "--preset", "cpu", "--steps", "15", "--synthetic-size", "4x3x42x56"]
+    assert main(arguments) == 0
+    # Features once per model and image set (train frames, test frames, pair frames), shared by the probes.
+    assert sorted(calls) == ["a"] * 3 + ["b"] * 3
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["results"]) == {"depth", "normals", "segmentation", "correspondence"}
+    for task, per_model in payload["results"].items():
+        assert set(per_model) == {"a", "b"}, task
+    depth = payload["results"]["depth"]["a"]
+    assert 0 <= depth["d1"] <= 1 and depth["rmse"] > 0
+    assert 0 <= payload["results"]["correspondence"]["b"]["recall@10px"] <= 1
+    table = (out / "results.md").read_text()
+    assert "## depth" in table and "| a |" in table and "| b |" in table
+    assert "recall@10px" in capsys.readouterr().out
+    for picture in ("correspondence_recall.png", "depth/panel_00.png", "normals/panel_00.png", "segmentation/panel_00.png", "pca/depth/pca_00.png"):
+        with Image.open(out / picture) as image:
+            assert image.width > image.height > 0
+    # A second run is served from the result cache: same numbers, no panels to redraw.
+    cached = evaluate([f"a={first}"], "synthetic", ("depth",), tmp_path / "again", _small_preset(), cache_dir=out / "cache")
+    assert cached["results"]["depth"]["a"] == pytest.approx(depth, nan_ok=True)
+
+
+def _small_preset():
+    from snd_hf.eval.suite import PRESETS, _customized
+
+    return _customized(PRESETS["cpu"], 15, "4x3x42x56")
+
+
+def test_models_from_original_checkpoints_and_concat_mode(checkpoints):
+    (first, _), original = checkpoints
+    native = load_feature_model(f"native={first}")
+    from_pth = load_feature_model(str(original))
+    assert from_pth.name == "tiny0"  # heads are 64 wide, so the .pth architecture is inferred exactly
+    concat = load_feature_model(f"c={first}", concat_with=str(original))
+    assert concat.concat_with is not None and concat.weights_hash != native.weights_hash
+    from snd_hf.eval.features import extract_features
+
+    images = torch.rand(2, 3, 28, 42)
+    single = extract_features(native, images, (28, 42))
+    double = extract_features(concat, images, (28, 42))
+    assert single.patch.shape == (2, 64, 2, 3) and double.patch.shape == (2, 128, 2, 3)
+    torch.testing.assert_close(double.patch[:, 64:], single.patch)
+    torch.testing.assert_close(double.cls[:, :64], single.cls, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(extract_features(from_pth, images, (28, 42)).patch, single.patch, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(single.prenorm, single.patch)
+
+
+def test_model_spec_and_argument_errors(tmp_path):
+    assert parse_model_spec("snd=./x/y") == ("snd", "./x/y")
+    assert parse_model_spec("/a/b/dinov2.pth") == ("dinov2", "/a/b/dinov2.pth")
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_model_spec("=x")
+    with pytest.raises(ValueError, match="KIND=ROOT"):
+        evaluate(["x"], "nyuv2", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="tasks must be among"):
+        evaluate(["x"], "synthetic", tasks=("depthh",), out_dir=tmp_path)

@@ -141,12 +141,12 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
 
 
 @torch.no_grad()
-def correspondence_recall(model: torch.nn.Module, scenes: Path, pairs: int, gap: int, image_size: list[int]) -> dict[str, float]:
-    """Recall of nearest-neighbour feature matches between two views of held-out scenes."""
+def correspondence_recall(model: torch.nn.Module, scenes: Path, pairs: int, gap: int) -> dict[str, float]:
+    """Recall of nearest-neighbour feature matches between two views of held-out scenes (native size)."""
     from snd_hf.data.correspondence import relative_rotation_deg
     from snd_hf.eval.correspondence import correspondence_errors, summarize_correspondence
 
-    dataset = SceneDataset(scenes, num_context=2, context_gap=gap, image_size=tuple(image_size), seed=123)
+    dataset = SceneDataset(scenes, num_context=2, context_gap=gap, image_size=None, seed=123)
     errors, rotations = [], []
     for index in range(pairs):
         sample = collate_scenes([dataset[index % len(dataset)]])["context"]
@@ -178,11 +178,11 @@ def compare_recall(trained_dir: Path, pairs: int) -> None:
             progress=False,
         )
         results = {
-            name: correspondence_recall(model.eval(), held_out, pairs, config.context_gap, config.image_size)
+            name: correspondence_recall(model.eval(), held_out, pairs, config.context_gap)
             for name, model in (("initialisation", initial), ("trained", trained))
         }
     keys = [k for k in results["trained"] if k.startswith("recall@") and k.endswith("px")]
-    print(f"\ncorrespondence on {pairs} held-out pairs (gap {config.context_gap}, {config.image_size}):")
+    print(f"\ncorrespondence on {pairs} held-out pairs (gap {config.context_gap}, {config.synthetic_size} pixels):")
     print(f"{'model':<16}" + "".join(f"{k:>14}" for k in keys))
     for name, summary in results.items():
         print(f"{name:<16}" + "".join(f"{summary[k]:>14.3f}" for k in keys))

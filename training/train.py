@@ -21,6 +21,11 @@ Outputs in ``output_dir``: the final student as a native SnD directory (``SnDMod
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
 ``losses.jsonl`` (one line per optimizer step), ``config.yaml``, and ``checkpoints/step_{n}``
 (full accelerate state: resumable).
+
+The embedded default checkpoint of ``snd demo`` (``snd_hf/assets/default/``) is the default run's
+final student:
+
+    python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
 """
 
 from __future__ import annotations

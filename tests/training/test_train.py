@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from snd_hf import SnDModel
-from snd_hf.data.synthetic import ensure_synthetic_scenes
 from snd_hf.training import TrainingConfig, list_checkpoints
+from snd_hf.training.builders import prepare_scenes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "training" / "train.py"
@@ -33,15 +33,8 @@ QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[28,42]"]
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    return ensure_synthetic_scenes(
-        tmp_path_factory.mktemp("scenes") / "synthetic",
-        num_scenes=DEFAULTS.synthetic_scenes,
-        num_frames=DEFAULTS.synthetic_frames,
-        height=DEFAULTS.synthetic_size[0],
-        width=DEFAULTS.synthetic_size[1],
-        seed=DEFAULTS.seed,
-        progress=False,
-    )
+    """The default run's scenes, generated once for the module."""
+    return prepare_scenes(TrainingConfig(dataset_path=str(tmp_path_factory.mktemp("scenes") / "synthetic")), progress=False)
 
 
 def _env(**extra: str) -> dict[str, str]:

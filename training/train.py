@@ -307,7 +307,7 @@ def push_to_hub(config: TrainingConfig, output_dir: Path, step: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = TrainingConfig.from_args(sys.argv[1:] if argv is None else argv)
+    config = TrainingConfig.from_args(sys.argv[1:] if argv is None else argv, config_dir=Path(__file__).parent / "configs")
     config.validate()  # paths and combinations, before any compute
     training_function(config)
     return 0

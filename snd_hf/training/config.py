@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+# Shipped configs, in a source checkout (train.py passes its own folder's configs/ explicitly).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
 DEFAULT_CONFIG = "synthetic_tiny"
 
@@ -120,8 +121,10 @@ class TrainingConfig:
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-        path = resolve_config_path(path)
+    def from_yaml(
+        cls, path: str | Path, overrides: dict[str, Any] | None = None, config_dir: Path = CONFIG_DIR
+    ) -> TrainingConfig:
+        path = resolve_config_path(path, config_dir)
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
@@ -131,10 +134,13 @@ class TrainingConfig:
         return cls.from_dict({**values, **(overrides or {})}, source=f"{path} or the command line")
 
     @classmethod
-    def from_args(cls, argv: list[str]) -> TrainingConfig:
-        """Parse ``[--config NAME_OR_PATH] [--key value ...]``; a bare boolean flag means true."""
+    def from_args(cls, argv: list[str], config_dir: Path = CONFIG_DIR) -> TrainingConfig:
+        """Parse ``[--config NAME_OR_PATH] [--key value ...]``; a bare boolean flag means true.
+
+        A config name (``scannetpp_vits14``) is looked up in ``config_dir``.
+        """
         config_path, overrides = parse_overrides(argv)
-        return cls.from_yaml(config_path or DEFAULT_CONFIG, overrides)
+        return cls.from_yaml(config_path or DEFAULT_CONFIG, overrides, config_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,15 +183,16 @@ class TrainingConfig:
             raise ValueError(f"near must be smaller than far, got near={self.near}, far={self.far}.")
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A config file path, or the name of one in ``training/configs/`` (with or without .yaml)."""
+def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Path:
+    """A config file path, or the name of one in ``config_dir`` (with or without .yaml)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+    for candidate in (config_dir / path, config_dir / f"{path}.yaml"):
         if candidate.is_file():
             return candidate
-    raise ValueError(f"config {str(name_or_path)!r} not found (a YAML path or one of {_config_names()}).")
+    names = sorted(p.stem for p in config_dir.glob("*.yaml"))
+    raise ValueError(f"config {str(name_or_path)!r} not found (a YAML path or one of {names} in {config_dir}).")
 
 
 def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
@@ -251,7 +258,3 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__}).")
     return value
-
-
-def _config_names() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

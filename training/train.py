@@ -110,7 +110,7 @@ def training_function(config: TrainingConfig) -> None:
     accelerator.print(f"trainable parameters: {num_trainable:,} of {sum(p.numel() for p in student.parameters()):,}")
 
     # ---------------------------------------------------------------------------------------------
-    # Optimizer and one-cycle cosine schedule (Adam, as the original)
+    # Optimizer (AdamW; with weight_decay 0 it is the original's Adam) and one-cycle cosine schedule
     # ---------------------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(
         [p for p in student.parameters() if p.requires_grad],

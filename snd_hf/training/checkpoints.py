@@ -67,14 +67,11 @@ def finalize_checkpoint(tmp: Path, total_limit: int | None = None) -> Path:
     if not tmp.name.startswith(_TMP_PREFIX):
         raise ValueError(f"tmp must be a folder from temporary_checkpoint_dir, got {str(tmp)!r}.")
     final = tmp.with_name(tmp.name[len(_TMP_PREFIX):])
-    if final.exists():  # the same step saved again (e.g. after resuming from it): replace it
-        stale = final.with_name(f"{_TMP_PREFIX}stale-{final.name}")
-        shutil.rmtree(stale, ignore_errors=True)
-        final.rename(stale)
-        tmp.rename(final)
-        shutil.rmtree(stale)
-    else:
-        tmp.rename(final)
+    if final.exists():
+        # The same step saved again (resumed from an older checkpoint): the older complete
+        # checkpoints stay in place meanwhile, so "latest" always finds one.
+        shutil.rmtree(final)
+    tmp.rename(final)
     if total_limit is not None:
         for old in list_checkpoints(final.parent.parent)[:-total_limit]:
             shutil.rmtree(old)

@@ -137,6 +137,10 @@ def test_latest_ignores_interrupted_saves_and_limit_prunes(tmp_path):
         tmp = temporary_checkpoint_dir(tmp_path, step)
         (tmp / "state.bin").write_bytes(b"x")
         finalize_checkpoint(tmp, total_limit=2)
+    again = temporary_checkpoint_dir(tmp_path, 30)  # the same step saved again replaces it
+    (again / "state.bin").write_bytes(b"y")
+    finalize_checkpoint(again, total_limit=2)
+    assert (tmp_path / "checkpoints" / "step_30" / "state.bin").read_bytes() == b"y"
     temporary_checkpoint_dir(tmp_path, 40)  # a save killed before its rename
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_20", "step_30"]
     assert resolve_checkpoint(tmp_path, "latest").name == "step_30"

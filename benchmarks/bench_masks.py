@@ -3,7 +3,8 @@
 Run:  python benchmarks/bench_masks.py            (1x384x576x880 features, 40 segments)
       python benchmarks/bench_masks.py --small    (a quick smoke run)
 
-Prints each reference/vectorised time ratio; the goal is >= 10x for both operations. The loop
+Prints each reference/vectorised time ratio (the goal is >= 10x for both operations) and, for
+scale, the time of one copy of the features (blending must read them twice and write once). The loop
 references below follow the original SnD code (src/model/vit/utils.py): blending loops over
 views and segments; upsampling handles the four bilinear neighbours one at a time, each
 gathered at full resolution.
@@ -86,6 +87,9 @@ def main() -> None:
     print(f"features 1x{channels}x{height}x{width}, {args.segments} segments, {torch.get_num_threads()} threads")
 
     features = torch.randn(1, 1, channels, height, width, generator=generator)
+    # The memory-bandwidth floor: one read and one write of the features.
+    copy_time, _ = timed(torch.clone, features, repeats=args.repeats)
+    print(f"floor: one copy of the features {copy_time:.3f} s")
     reference_time, expected = timed(blend_reference, features, mask[None, None], 0.5, repeats=args.repeats)
     vectorised_time, actual = timed(blend_with_mask, features, mask[None, None], 0.5, repeats=args.repeats)
     error = (actual - expected).abs().max().item()

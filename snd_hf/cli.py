@@ -14,8 +14,8 @@ import sys
 # Register a command with one line: name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
-    "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
     "demo": ("snd_hf.demo", "feature extraction demo on packaged images (offline: embedded checkpoint)"),
+    "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
     "eval": ("snd_hf.eval.suite", "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)"),
 }

@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_same_weights(expected: SnDModel, actual: SnDModel, what: str) -> None:
     expected_state, actual_state = expected.state_dict(), actual.state_dict()
-    differing = [key for key in expected_state if not torch.equal(expected_state[key], actual_state.get(key))]
-    if expected_state.keys() != actual_state.keys() or differing:
+    if expected_state.keys() != actual_state.keys():
+        raise CheckpointError(f"{what} has other weights than the source: {sorted(expected_state.keys() ^ actual_state.keys())}")
+    differing = [key for key in expected_state if not torch.equal(expected_state[key], actual_state[key])]
+    if differing:
         raise CheckpointError(f"{what} does not reproduce the source weights (differs at {differing[:5]})")
 
 

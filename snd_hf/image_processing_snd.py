@@ -8,7 +8,14 @@ from typing import Literal
 import numpy as np
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.image_transforms import get_resize_output_image_size
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 
@@ -29,9 +36,11 @@ class SnDImageProcessorKwargs(ImagesKwargs, total=False):
 class SnDImageProcessor(PilBackend):
     """Prepares images for `SnDModel`: `pixel_values` [B, 3, H, W] with H and W multiples of 14.
 
-    Default pipeline: convert to RGB, resize the shortest edge to 448 keeping the aspect ratio (bicubic),
-    snap to multiples of 14 (`snap="resize"`: round down; `"pad"`: centre-pad), rescale to [0, 1],
-    normalise with the ImageNet mean and std. `do_resize=False` keeps the input size and only snaps.
+    Default pipeline: convert to RGB, resize (bicubic) so the shortest edge is 448 keeping the aspect ratio,
+    with both sides rounded down to multiples of 14 in the same resize (`snap="resize"`; `"pad"` instead
+    centre-pads after normalisation), rescale to [0, 1], normalise with the ImageNet mean and std.
+    `do_resize=False` keeps the input size and only snaps (576x880 -> 574x868, as SnD extracts features);
+    `size={"height": H, "width": W}` resizes to a fixed size.
     """
 
     valid_kwargs = SnDImageProcessorKwargs
@@ -60,15 +69,22 @@ class SnDImageProcessor(PilBackend):
         if not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
 
-    def _snap_down(self, image: np.ndarray, patch_size: int, resample: PILImageResampling) -> np.ndarray:
-        """Resize a [3, H, W] image to the largest multiples of `patch_size` not above H and W."""
+    def _output_size(
+        self, image: np.ndarray, do_resize: bool, size: SizeDict, snap: str | None, patch_size: int
+    ) -> tuple[int, int]:
+        """(height, width) after the optional resize and the `snap="resize"` rounding, for a [3, H, W] image."""
         height, width = image.shape[-2:]
-        if height < patch_size or width < patch_size:
-            raise ValueError(f"image of {height}x{width} is smaller than one {patch_size}x{patch_size} patch")
-        target = SizeDict(height=height // patch_size * patch_size, width=width // patch_size * patch_size)
-        if (target.height, target.width) == (height, width):
-            return image
-        return self.resize(image, size=target, resample=resample)
+        if do_resize and size.shortest_edge:
+            height, width = get_resize_output_image_size(
+                image, size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+            )
+        elif do_resize:
+            height, width = size.height, size.width
+        if snap == "resize":
+            if height < patch_size or width < patch_size:
+                raise ValueError(f"image of {height}x{width} is smaller than one {patch_size}x{patch_size} patch")
+            height, width = height // patch_size * patch_size, width // patch_size * patch_size
+        return height, width
 
     @staticmethod
     def _pad_centre(image: np.ndarray, patch_size: int) -> np.ndarray:
@@ -98,10 +114,10 @@ class SnDImageProcessor(PilBackend):
         self._check_snap(snap, patch_size)
         processed = []
         for image in images:
-            if do_resize:
-                image = self.resize(image, size=size, resample=resample)
-            if snap == "resize":
-                image = self._snap_down(image, patch_size, resample)
+            # Deviation: one resize straight to the snapped size (SnD resized with PIL, then bilinearly in torch).
+            height, width = self._output_size(image, do_resize, size, snap, patch_size)
+            if (height, width) != image.shape[-2:]:
+                image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:

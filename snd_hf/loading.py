@@ -258,7 +258,10 @@ def load_original_checkpoint(
         checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(checkpoint).__name__}")
-    state_dict = {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
+    not_tensors = sorted(key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{path}: state dict entries that are not tensors: {not_tensors[:10]}")
+    state_dict = dict(checkpoint)
     for prefix in (PEFT_PREFIX, *WRAPPER_PREFIXES):
         if state_dict and all(key.startswith(prefix) for key in state_dict):
             state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}

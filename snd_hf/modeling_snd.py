@@ -461,6 +461,7 @@ class SnDModel(SnDPreTrainedModel):
             output_attentions: also return attention probabilities; needs eager attention (default: config).
             return_dict: return an `SnDModelOutput` (default) or a plain tuple.
             bool_masked_pos: patches to replace by the mask token (DINOv2/iBOT pre-training). # [B, h*w]
+            kwargs: ignored; accepted because transformers' pipelines and task models forward extra options.
         Returns:
             `SnDModelOutput` with `last_hidden_state` [B, 1 + h*w, C], `pooler_output` [B, C],
             `feature_map` [B, C, h, w] and optionally `hidden_states` / `attentions`.
@@ -547,6 +548,7 @@ class SnDBackbone(BackboneMixin, SnDPreTrainedModel):
             output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
             output_attentions: also return attention probabilities; needs eager attention (default: config).
             return_dict: return a `BackboneOutput` (default) or a plain tuple.
+            kwargs: ignored; accepted because transformers' task models forward extra options.
         Returns:
             `BackboneOutput.feature_maps`: per stage [B, C, h, w] when `reshape_hidden_states`, else the
             tokens [B, 1 + h*w, C]; final layer norm applied when `apply_layernorm`.

@@ -141,6 +141,9 @@ def test_known_wrappers_are_unwrapped(tmp_path, fixtures_dir):
         loaded = load_original_checkpoint(tmp_path / name)
         assert loaded.keys() == original.keys(), name
         assert all(torch.equal(loaded[key], original[key]) for key in original)
+    torch.save({**original, "note": "not a tensor"}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match=r"mixed.pth: state dict entries that are not tensors: \['note'\]"):
+        load_original_checkpoint(tmp_path / "mixed.pth")
     torch.save({"weights": original}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match=r"odd.pth: unrecognised checkpoint layout.*\['weights'\]"):
         load_original_checkpoint(tmp_path / "odd.pth")
@@ -208,3 +211,12 @@ def test_failed_convert_leaves_nothing(tmp_path, fixtures_dir):
     with pytest.raises(CheckpointError, match=r"misshaped \(1\): layernorm.weight"):
         snd(["convert", str(bad), str(tmp_path / "out"), "--num-attention-heads", "4"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]
+
+
+def test_swiglu_architecture_round_trips():
+    config = SnDConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=28, use_swiglu_ffn=True)
+    original = to_original_state_dict(SnDModel(config).state_dict(), config)
+    assert tuple(original["blocks.1.mlp.w12.weight"].shape) == (2 * 128, 48)  # (int(192 * 2 / 3) + 7) // 8 * 8
+    inferred = infer_config_from_original(original, num_attention_heads=3)
+    assert inferred.use_swiglu_ffn and inferred.to_diff_dict() == config.to_diff_dict()
+    assert convert_original_state_dict(original, inferred).keys() == SnDModel(config).state_dict().keys()

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from snd_hf.data.correspondence import correspondences
 from snd_hf.eval.metrics import ROTATION_BINS, average_metrics, recall_at, recall_by_rotation
-from snd_hf.splatting.cameras import pixel_centers, project_points, unproject_depth
+from snd_hf.splatting.cameras import pixel_centers
 
 __all__ = ["correspondence_errors", "ratio_test_matches", "summarize_correspondence"]
 
@@ -86,11 +87,11 @@ def correspondence_errors(
     rows0 = valid[0].nonzero().squeeze(1)
     rows1 = valid[1].nonzero().squeeze(1)
     index0, index1, _ = ratio_test_matches(grid[0, rows0], grid[1, rows1], num_matches)
-    points = unproject_depth(depths[0], extrinsics[0], intrinsics[0]).flatten(0, 1)[rows0[index0]]  # [M, 3]
-    projected, _ = project_points(points, extrinsics[1], intrinsics[1])  # [M, 2] normalised
-    scale = projected.new_tensor([width, height])
-    matched = pixel_centers(height, width, dtype=projected.dtype).flatten(0, 1)[rows1[index1]]
-    return ((projected - matched) * scale).norm(dim=-1)
+    # Ground truth for every valid pixel of view 0, in the same raster order as rows0. Like
+    # Probe3D, a match is scored against the true projection even where view 1 sees an occluder.
+    truth = correspondences(depths[0], depths[1], extrinsics[0], extrinsics[1], intrinsics[0], intrinsics[1])
+    pixels = pixel_centers(height, width, dtype=truth["xy_b"].dtype) * truth["xy_b"].new_tensor([width, height])
+    return (truth["xy_b"][index0] - pixels.flatten(0, 1)[rows1[index1]]).norm(dim=-1)
 
 
 def summarize_correspondence(

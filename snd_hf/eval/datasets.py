@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from snd_hf.data.correspondence import relative_rotation_deg
 from snd_hf.splatting.cameras import normalize_intrinsics
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
     "ViewPair",
     "ade20k",
     "kitti_eigen",
-    "relative_rotation_deg",
     "scannetpp_depth",
 ]
 
@@ -102,21 +102,6 @@ class DenseDataset(Dataset):
     max_depth: float = 10.0
     crop: Literal["eigen", "garg"] | None = None
     num_classes: int | None = None
-
-
-def relative_rotation_deg(extrinsics0: torch.Tensor, extrinsics1: torch.Tensor) -> torch.Tensor:
-    """Angle of the rotation between two camera orientations, in degrees.
-
-    Args:
-        extrinsics0: camera-to-world. [..., 4, 4]
-        extrinsics1: camera-to-world. [..., 4, 4]
-
-    Returns:
-        angles in [0, 180]. [...]
-    """
-    relative = extrinsics0[..., :3, :3].transpose(-1, -2) @ extrinsics1[..., :3, :3]
-    cosine = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    return torch.rad2deg(torch.acos(cosine))
 
 
 def _read_rgb(path: str | os.PathLike) -> torch.Tensor:
@@ -174,7 +159,7 @@ class NYUv2Probe3D(DenseDataset):
             self._packed = packed
         elif split in ("train", "valid", "trainval"):
             # Deviation: Probe3D also deletes listing positions 21181 and 6919 (broken files); we keep
-            # the listing as is and expect broken files to be removed from the folder (e4).
+            # the listing as is and expect broken files to be removed from the folder (docs/deviations.md, 16).
             files = sorted(os.listdir(self.root / train_folder))
             if split != "trainval":
                 files = [name for i, name in enumerate(files) if (i % 20 == 0) == (split == "valid")]

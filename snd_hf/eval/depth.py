@@ -96,7 +96,7 @@ def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, valid: torch.T
     valid pixels at that stride.
 
     Deviation: the original slices a squeezed [B, H, W] batch as [::s, ::s], i.e. along batch and
-    rows; we subsample the rows and columns of every image (docs/deviations.md, e1).
+    rows; we subsample the rows and columns of every image (docs/deviations.md, 13).
 
     Args:
         prediction: predicted depth. [B, H, W]

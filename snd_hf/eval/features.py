@@ -10,6 +10,7 @@ DINOv2, are concatenated in front of the compared model's along channels.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -84,9 +85,14 @@ def _load_model(source: str) -> SnDModel:
     return SnDModel.from_pretrained(source).eval()
 
 
+_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "training_info", "architectures", "dtype")
+
+
 def _weights_hash(model: SnDModel) -> str:
     """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    # Fields that name or annotate the checkpoint without changing its features stay out.
+    architecture = {key: value for key, value in model.config.to_dict().items() if key not in _NOT_ARCHITECTURE}
+    digest = hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode())
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -114,7 +120,7 @@ def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureMode
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
-    # Deviation: every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5), e3.
+    # Deviation: every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5), docs/deviations.md 15.
     mean = images.new_tensor(SnDImageProcessor.image_mean)[:, None, None]
     std = images.new_tensor(SnDImageProcessor.image_std)[:, None, None]
     return (images - mean) / std

@@ -44,7 +44,7 @@ from snd_hf.eval.features import DenseFeatures, FeatureModel, extract_features, 
 from snd_hf.eval.figures import colorize_depth, colorize_labels, colorize_normals, plot_grouped_bars
 from snd_hf.eval.metrics import ROTATION_BINS
 from snd_hf.eval.probe import ProbeConfig
-from snd_hf.eval.tasks import DenseArrays, TaskResult, run_correspondence, run_depth, run_normals, run_segmentation
+from snd_hf.eval.tasks import DenseArrays, ProbeData, TaskResult, run_correspondence, run_depth, run_normals, run_segmentation
 from snd_hf.loading import atomic_write
 from snd_hf.visualization import pca_rgb, save_panel
 
@@ -329,12 +329,12 @@ def _run_dense(
     eval_data: EvalData,
     num_panels: int,
 ) -> TaskResult:
-    train_features, test_features = store(feature_model, train), store(feature_model, test)
+    data = ProbeData(train, store(feature_model, train), test, store(feature_model, test))
     if task == "depth":
-        return run_depth(train, train_features, test, test_features, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, num_panels)
+        return run_depth(data, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, num_panels)
     if task == "normals":
-        return run_normals(train, train_features, test, test_features, config, num_panels)
-    return run_segmentation(train, train_features, test, test_features, config, eval_data.num_classes, num_panels)
+        return run_normals(data, config, num_panels)
+    return run_segmentation(data, config, eval_data.num_classes, num_panels)
 
 
 def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> None:

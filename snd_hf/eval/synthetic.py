@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
-from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, ViewPair, relative_rotation_deg
+from snd_hf.data.correspondence import relative_rotation_deg
+from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, ViewPair
 from snd_hf.loading import atomic_write
 from snd_hf.splatting.cameras import normalize_intrinsics
 

@@ -1,7 +1,7 @@
 """One probing task on in-memory data: train the head on frozen features, score it on the test set.
 
 Deviation: the heads train on features of whole images extracted once, without the mmseg
-augmentations or slide inference of the original probes (docs/deviations.md, e2).
+augmentations or slide inference of the original probes (docs/deviations.md, 14).
 
 Each ``run_*`` function takes the train / test ground truth as tensors and the features of one
 model (``DenseFeatures``), and returns the dataset-level metrics plus the predictions of the
@@ -24,7 +24,7 @@ from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
 from snd_hf.eval.probe import ProbeConfig, train_probe
 from snd_hf.eval.segmentation import SegmentationProbe, segmentation_loss
 
-__all__ = ["DenseArrays", "TaskResult", "run_correspondence", "run_depth", "run_normals", "run_segmentation"]
+__all__ = ["DenseArrays", "ProbeData", "TaskResult", "run_correspondence", "run_depth", "run_normals", "run_segmentation"]
 
 
 @dataclass
@@ -50,6 +50,16 @@ class DenseArrays:
 
 
 @dataclass
+class ProbeData:
+    """Train and test splits of one probing task with one model's features of their images."""
+
+    train: DenseArrays
+    train_features: DenseFeatures
+    test: DenseArrays
+    test_features: DenseFeatures
+
+
+@dataclass
 class TaskResult:
     """Metrics of one model on one task, the training-loss curve and the first predictions."""
 
@@ -68,92 +78,83 @@ def _seeded(config: ProbeConfig) -> None:
 
 
 def run_depth(
-    train: DenseArrays,
-    train_features: DenseFeatures,
-    test: DenseArrays,
-    test_features: DenseFeatures,
+    data: ProbeData,
     config: ProbeConfig,
     min_depth: float,
     max_depth: float,
     crop: str | None = None,
     num_predictions: int = 3,
 ) -> TaskResult:
-    """Depth probe: train on ``train``, per-image metrics on ``test`` averaged (see ``depth_metrics``)."""
+    """Depth probe: train on ``data.train``, per-image metrics on ``data.test`` averaged (see ``depth_metrics``)."""
     _seeded(config)
-    probe = DepthProbe(train_features.patch.shape[1], train_features.cls.shape[1], min_depth, max_depth)
+    probe = DepthProbe(data.train_features.patch.shape[1], data.train_features.cls.shape[1], min_depth, max_depth)
 
     def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        prediction = probe(train_features.patch[indices], train_features.cls[indices])
-        return depth_probe_loss(prediction, train.depth[indices], max_depth, warm_up=step < config.loss_warmup_steps)
+        prediction = probe(data.train_features.patch[indices], data.train_features.cls[indices])
+        return depth_probe_loss(prediction, data.train.depth[indices], max_depth, warm_up=step < config.loss_warmup_steps)
 
-    losses = train_probe(probe, batch_loss, len(train), config, "depth probe")
+    losses = train_probe(probe, batch_loss, len(data.train), config, "depth probe")
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        prediction = probe(test_features.patch[indices], test_features.cls[indices])
-        return F.interpolate(prediction[:, None], size=test.depth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        prediction = probe(data.test_features.patch[indices], data.test_features.cls[indices])
+        return F.interpolate(prediction[:, None], size=data.test.depth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
-    predictions = torch.cat(_predict_in_batches(predict, len(test), config.batch_size))
-    valid = depth_eval_mask(test.depth, min_depth, max_depth, crop)
-    per_image = [depth_metrics(predictions[i], test.depth[i], valid[i]) for i in range(len(test))]
+    predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
+    valid = depth_eval_mask(data.test.depth, min_depth, max_depth, crop)
+    per_image = [depth_metrics(predictions[i], data.test.depth[i], valid[i]) for i in range(len(data.test))]
     return TaskResult(average_metrics(per_image), losses, list(predictions[:num_predictions]))
 
 
 def run_normals(
-    train: DenseArrays,
-    train_features: DenseFeatures,
-    test: DenseArrays,
-    test_features: DenseFeatures,
+    data: ProbeData,
     config: ProbeConfig,
     num_predictions: int = 3,
 ) -> TaskResult:
     """Surface-normal probe on pre-norm tokens; per-image angular metrics averaged."""
     _seeded(config)
-    probe = NormalProbe(train_features.prenorm.shape[1])
+    probe = NormalProbe(data.train_features.prenorm.shape[1])
 
     def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        normals, kappa = probe(train_features.prenorm[indices])
-        target = train.normals[indices]
+        normals, kappa = probe(data.train_features.prenorm[indices])
+        target = data.train.normals[indices]
         return normal_uncertainty_loss(normals, kappa, target, target.norm(dim=1) > 0.5)
 
-    losses = train_probe(probe, batch_loss, len(train), config, "normal probe")
+    losses = train_probe(probe, batch_loss, len(data.train), config, "normal probe")
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        normals, _ = probe(test_features.prenorm[indices])
-        normals = F.interpolate(normals, size=test.normals.shape[-2:], mode="bilinear", align_corners=False)
+        normals, _ = probe(data.test_features.prenorm[indices])
+        normals = F.interpolate(normals, size=data.test.normals.shape[-2:], mode="bilinear", align_corners=False)
         return F.normalize(normals, dim=1)
 
-    predictions = torch.cat(_predict_in_batches(predict, len(test), config.batch_size))
-    valid = test.normals.norm(dim=1) > 0.5
-    per_image = [normal_metrics(predictions[i], test.normals[i], valid[i]) for i in range(len(test))]
+    predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
+    valid = data.test.normals.norm(dim=1) > 0.5
+    per_image = [normal_metrics(predictions[i], data.test.normals[i], valid[i]) for i in range(len(data.test))]
     return TaskResult(average_metrics(per_image), losses, list(predictions[:num_predictions]))
 
 
 def run_segmentation(
-    train: DenseArrays,
-    train_features: DenseFeatures,
-    test: DenseArrays,
-    test_features: DenseFeatures,
+    data: ProbeData,
     config: ProbeConfig,
     num_classes: int,
     num_predictions: int = 3,
 ) -> TaskResult:
     """Linear segmentation probe; mIoU / mAcc / aAcc over the whole test set."""
     _seeded(config)
-    probe = SegmentationProbe(train_features.patch.shape[1], num_classes)
-    size = tuple(train.labels.shape[-2:])
+    probe = SegmentationProbe(data.train_features.patch.shape[1], num_classes)
+    size = tuple(data.train.labels.shape[-2:])
 
     def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        return segmentation_loss(probe(train_features.patch[indices], size), train.labels[indices], IGNORE_INDEX)
+        return segmentation_loss(probe(data.train_features.patch[indices], size), data.train.labels[indices], IGNORE_INDEX)
 
-    losses = train_probe(probe, batch_loss, len(train), config, "segmentation probe")
+    losses = train_probe(probe, batch_loss, len(data.train), config, "segmentation probe")
     meter = SegmentationMeter(num_classes, IGNORE_INDEX)
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        prediction = probe(test_features.patch[indices], tuple(test.labels.shape[-2:])).argmax(dim=1)
-        meter.update(prediction, test.labels[indices])
+        prediction = probe(data.test_features.patch[indices], tuple(data.test.labels.shape[-2:])).argmax(dim=1)
+        meter.update(prediction, data.test.labels[indices])
         return prediction
 
-    predictions = torch.cat(_predict_in_batches(predict, len(test), config.batch_size))
+    predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
     return TaskResult(meter.compute(), losses, list(predictions[:num_predictions]))
 
 

@@ -8,7 +8,7 @@ share the mathematics of gsplat's 3DGS rasteriser (v1.5.3, ``rasterization`` wit
 - ``"gsplat"``: gsplat's fused CUDA kernels (imported lazily, CUDA tensors only);
 - ``"torch"``: :func:`_render_features_torch`, a pure-torch twin for CPU, tests and CI. It is
   differentiable w.r.t. the features, means, covariances and opacities, and memory-bounded:
-  pixels are processed in square tiles and each tile's Gaussians in chunks.
+  (pixel, Gaussian) pairs are composited in bands of pixel rows under a pair budget.
 
 The mathematics (per camera):
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .cameras import denormalize_intrinsics
 from .gaussians import Gaussians
@@ -71,8 +72,7 @@ def render_features(
     backend: Backend = "auto",
     background: float | torch.Tensor = 0.0,
     eps2d: float = 0.3,
-    tile_size: int = 16,
-    gaussian_chunk: int = 4096,
+    max_pairs: int = 1 << 21,
     channel_chunk: int | None = None,
 ) -> RenderOutput:
     """Render the features of a batch of Gaussians into V cameras per batch element, all channels at once.
@@ -88,9 +88,9 @@ def render_features(
             for CUDA tensors, torch otherwise).
         background: value of uncovered pixels, a float or one value per channel. [C]
         eps2d: low-pass added to the projected covariances, in px².
-        tile_size: torch backend: side of the square pixel tiles processed together.
-        gaussian_chunk: torch backend: Gaussians composited per step within a tile (bounds memory
-            to about ``tile_size² · gaussian_chunk`` floats per intermediate).
+        max_pairs: torch backend: most (pixel, Gaussian) pairs composited at once; rows of pixels
+            are grouped into bands under this budget, bounding the intermediates to about
+            150 bytes per pair (300 MB by default) plus the output.
         channel_chunk: gsplat backend: channels per kernel call; by default all channels and the
             depth in one call when gsplat supports that many (513), else 512 per call.
 
@@ -126,7 +126,7 @@ def render_features(
     if backend == "gsplat":
         rendered, alpha, depth = _render_features_gsplat(gaussians, views, eps2d, channel_chunk)
     else:
-        rendered, alpha, depth = _render_features_torch(gaussians, views, eps2d, tile_size, gaussian_chunk)
+        rendered, alpha, depth = _render_features_torch(gaussians, views, eps2d, max_pairs)
     rendered = rendered + background.reshape(-1, 1, 1) * (1.0 - alpha)
     return RenderOutput(features=rendered, alpha=alpha, depth=depth)
 
@@ -153,15 +153,15 @@ def _render_features_torch(
     gaussians: Gaussians,
     views: _Views,
     eps2d: float = 0.3,
-    tile_size: int = 16,
-    gaussian_chunk: int = 4096,
+    max_pairs: int = 1 << 21,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-torch twin of :func:`_render_features_gsplat` (no background).
 
     Returns:
         features [B, V, C, H, W], alpha [B, V, 1, H, W], expected depth [B, V, 1, H, W].
     """
-    tiles = _PixelTiles(views.height, views.width, tile_size, gaussians.means.device, gaussians.means.dtype)
+    if max_pairs < 1:
+        raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
 
     def render_view(b: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         splats = _project(
@@ -176,7 +176,7 @@ def _render_features_torch(
             views.width,
             eps2d,
         )
-        return _composite(splats, gaussians.features[b], tiles, gaussian_chunk)
+        return _composite(splats, gaussians.features[b], views.height, views.width, max_pairs)
 
     return views.render_each(render_view)
 
@@ -249,109 +249,104 @@ def _project(
     return _Splats(means2d=means2d, conics=conics, opacities=opacities, depths=z, radii=radii)
 
 
-class _PixelTiles:
-    """Square pixel tiles of an image: which pixels each tile holds, in tile order."""
-
-    def __init__(self, height: int, width: int, tile_size: int, device: torch.device, dtype: torch.dtype):
-        if tile_size < 1:
-            raise ValueError(f"`tile_size` must be a positive integer, got {tile_size}.")
-        self.size = tile_size
-        self.rows, self.columns = math.ceil(height / tile_size), math.ceil(width / tile_size)
-        row, column = torch.meshgrid(
-            torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-        )
-        tile_of_pixel = ((row // tile_size) * self.columns + column // tile_size).flatten()  # [H * W]
-        # Pixels ordered tile by tile; `restore` puts tile-ordered results back in raster order.
-        self.order = torch.argsort(tile_of_pixel, stable=True)
-        self.restore = torch.argsort(self.order)
-        counts = torch.bincount(tile_of_pixel, minlength=self.rows * self.columns)
-        self.bounds = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
-        centres = torch.stack([column, row], dim=-1).flatten(0, 1).to(dtype) + 0.5  # [H * W, 2]
-        self.centres = centres[self.order]
-        self.height, self.width = height, width
-
-    def __len__(self) -> int:
-        return self.rows * self.columns
-
-    def assign(self, splats: _Splats) -> tuple[torch.Tensor, list[int]]:
-        """Splat indices per tile, front to back within each tile.
-
-        Returns:
-            ids: visible splat indices grouped by tile, depth-sorted within a tile. [M]
-            bounds: tile t owns ``ids[bounds[t]:bounds[t + 1]]``.
-        """
-        visible = torch.nonzero(splats.radii.any(-1)).squeeze(1)
-        visible = visible[torch.argsort(splats.depths.detach()[visible], stable=True)]
-        centre = splats.means2d.detach()[visible]
-        radius = splats.radii[visible]
-        low = torch.floor((centre - radius) / self.size).long()
-        high = torch.floor((centre + radius) / self.size).long()
-        limit = torch.tensor([self.columns - 1, self.rows - 1], device=low.device)
-        low = torch.minimum(low.clamp_min(0), limit)
-        high = torch.minimum(high.clamp_min(0), limit)
-        span = (high - low + 1).clamp_min(0)  # [N, 2] tiles covered along x and y
-        counts = span[:, 0] * span[:, 1]
-        owner = torch.repeat_interleave(torch.arange(len(visible), device=low.device), counts)
-        first = torch.cumsum(counts, 0) - counts
-        local = torch.arange(len(owner), device=low.device) - first[owner]
-        tile_x = low[owner, 0] + local % span[owner, 0]
-        tile_y = low[owner, 1] + local // span[owner, 0]
-        tile = tile_y * self.columns + tile_x
-        # Stable sort by tile keeps the depth order within a tile.
-        by_tile = torch.argsort(tile, stable=True)
-        ids = visible[owner[by_tile]]
-        per_tile = torch.bincount(tile, minlength=len(self))
-        return ids, torch.cat([per_tile.new_zeros(1), per_tile.cumsum(0)]).tolist()
-
-
 def _composite(
     splats: _Splats,
     features: torch.Tensor,  # [G, C]
-    tiles: _PixelTiles,
-    gaussian_chunk: int,
+    height: int,
+    width: int,
+    max_pairs: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Front-to-back alpha compositing of one camera, tile by tile.
+    """Front-to-back alpha compositing of one camera over (pixel, splat) pairs, in bands of rows.
+
+    Every visible splat pairs with the pixels of its extent box. Pairs are sorted by pixel, front
+    to back within a pixel; the transmittance is a segmented cumulative sum of ``log(1 - α)`` and
+    the features are one weighted ``embedding_bag`` per pixel (no [pairs, C] intermediate).
 
     Returns:
         features [C, H, W], alpha [1, H, W], expected depth [1, H, W] (no background).
     """
-    if gaussian_chunk < 1:
-        raise ValueError(f"`gaussian_chunk` must be a positive integer, got {gaussian_chunk}.")
-    ids, splat_bounds = tiles.assign(splats)
-    log_stop = math.log(TRANSMITTANCE_THRESHOLD)
-    channels = features.shape[-1]
+    visible = torch.nonzero(splats.radii.any(-1)).squeeze(1)
+    visible = visible[torch.argsort(splats.depths.detach()[visible], stable=True)]  # front to back
+    centre, radius = splats.means2d.detach()[visible], splats.radii[visible]
+    # Pixel boxes (inclusive) whose centres the extent can reach, clipped to the image.
+    low = torch.floor(centre - radius).long().clamp_min(0)
+    high = torch.minimum(torch.ceil(centre + radius).long(), torch.tensor([width - 1, height - 1], device=low.device))
+    span = (high - low + 1).clamp_min(0)  # [N, 2]
+
+    # Group rows into bands of at most `max_pairs` pairs (a single row may exceed it).
+    pairs_per_row = torch.zeros(height + 1, dtype=torch.long, device=low.device)
+    pairs_per_row.index_add_(0, low[:, 1], span[:, 0])
+    pairs_per_row.index_add_(0, (high[:, 1] + 1).clamp_max(height), -span[:, 0])
+    pairs_per_row = torch.cumsum(pairs_per_row, 0)[:height].tolist()
+    bands, start, total = [], 0, 0
+    for row, count in enumerate(pairs_per_row):
+        if total + count > max_pairs and row > start:
+            bands.append((start, row))
+            start, total = row, 0
+        total += count
+    bands.append((start, height))
+
     values = torch.cat([features, splats.depths[:, None].to(features.dtype)], dim=-1)  # [G, C + 1]
-    tile_outputs = []
-    for tile in range(len(tiles)):
-        centres = tiles.centres[tiles.bounds[tile] : tiles.bounds[tile + 1]]  # [P, 2]
-        accumulated = values.new_zeros(len(centres), channels + 2)  # features, depth, alpha
-        log_transmittance = values.new_zeros(len(centres))
-        tile_ids = ids[splat_bounds[tile] : splat_bounds[tile + 1]]
-        for chunk in torch.split(tile_ids, gaussian_chunk) if len(tile_ids) else ():
-            delta = centres[:, None, :] - splats.means2d[chunk]  # [P, K, 2]
-            conic = splats.conics[chunk]  # [K, 3]
-            sigma = 0.5 * (conic[:, 0] * delta[..., 0] ** 2 + conic[:, 2] * delta[..., 1] ** 2) + (
-                conic[:, 1] * delta[..., 0] * delta[..., 1]
-            )
-            # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
-            # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
-            alpha = torch.clamp_max(splats.opacities[chunk] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
-            kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-            alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
-            log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
-            log_after = log_transmittance[:, None] + torch.cumsum(log_pass, dim=1)
-            # A splat counts only if the pixel's transmittance stays above the threshold after it.
-            counted = kept & (log_after > log_stop)
-            weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
-            accumulated = accumulated + torch.cat([weights @ values[chunk], weights.sum(1, keepdim=True)], dim=-1)
-            log_transmittance = log_after[:, -1]
-            if bool((log_transmittance <= log_stop).all()):
-                break
-        tile_outputs.append(accumulated)
-    raster = torch.cat(tile_outputs)[tiles.restore]  # [H * W, C + 2]
-    raster = raster.T.unflatten(-1, (tiles.height, tiles.width))  # [C + 2, H, W]
+    outputs = [
+        _composite_band(splats, values, visible, low, high, width, first, last) for first, last in bands
+    ]
+    raster = torch.cat(outputs).T.unflatten(-1, (height, width))  # [C + 2, H, W]
+    channels = features.shape[-1]
     rendered, depth_sum, alpha = raster[:channels], raster[channels : channels + 1], raster[channels + 1 :]
     return rendered, alpha, depth_sum / alpha.clamp_min(1e-10)
+
+
+def _composite_band(
+    splats: _Splats,
+    values: torch.Tensor,  # [G, C + 1] features and depth
+    visible: torch.Tensor,  # [N] depth-sorted splat ids
+    low: torch.Tensor,  # [N, 2] first pixel (x, y) of each extent box
+    high: torch.Tensor,  # [N, 2] last pixel (x, y)
+    width: int,
+    first: int,
+    last: int,
+) -> torch.Tensor:
+    """Composite pixel rows ``first:last``. Returns features, depth sum and alpha per pixel. [P, C + 2]"""
+    top = low[:, 1].clamp_min(first)
+    bottom = high[:, 1].clamp_max(last - 1)
+    columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
+    counts = columns * (bottom - top + 1).clamp_min(0)  # pairs per splat in this band
+    owner = torch.repeat_interleave(torch.arange(len(visible), device=low.device), counts)
+    local = torch.arange(len(owner), device=low.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    pixel_x = low[owner, 0] + local % columns[owner]
+    pixel_y = top[owner] + local // columns[owner]
+    pixel = (pixel_y - first) * width + pixel_x
+    # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
+    order = torch.argsort(pixel, stable=True)
+    pixel, splat = pixel[order], visible[owner[order]]
+    pixels = (last - first) * width
+    if len(pixel) == 0:
+        return values.new_zeros(pixels, values.shape[-1] + 1)
+
+    centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(values.dtype) + 0.5
+    delta = centres - splats.means2d[splat]  # [M, 2]
+    conic = splats.conics[splat]  # [M, 3]
+    sigma = 0.5 * (conic[:, 0] * delta[:, 0] ** 2 + conic[:, 2] * delta[:, 1] ** 2) + conic[:, 1] * delta[:, 0] * delta[:, 1]
+    # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
+    # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
+    alpha = torch.clamp_max(splats.opacities[splat] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
+    kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
+    log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
+
+    # Segmented cumulative sum per pixel (float64: the running sum spans the whole band).
+    per_pixel = torch.bincount(pixel, minlength=pixels)
+    offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
+    running = torch.cumsum(log_pass.double(), 0)
+    before_pixel = (running - log_pass.double())[offsets.clamp_max(len(pixel) - 1)]  # empty pixels: unused
+    log_after = (running - torch.repeat_interleave(before_pixel, per_pixel)).to(values.dtype)
+    # A splat counts only if the pixel's transmittance stays above the threshold after it.
+    counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
+    weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
+
+    accumulated = F.embedding_bag(splat, values, offsets, mode="sum", per_sample_weights=weights)  # [P, C + 1]
+    coverage = torch.zeros(pixels, dtype=values.dtype, device=values.device).index_add(0, pixel, weights)
+    return torch.cat([accumulated, coverage[:, None]], dim=-1)
 
 
 def _render_features_gsplat(

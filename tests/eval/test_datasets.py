@@ -15,7 +15,6 @@ from snd_hf.eval.datasets import (
     ScanNetPairs,
     ade20k,
     kitti_eigen,
-    relative_rotation_deg,
     scannetpp_depth,
 )
 
@@ -123,10 +122,3 @@ def test_scannet_pairs_bundle(tmp_path):
     assert pair.rotation_deg == pytest.approx(30.0, abs=1e-4)
     torch.testing.assert_close(pair.intrinsics[0], torch.tensor([[0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 1]]))
     torch.testing.assert_close(pair.extrinsics[1, :3, 3], torch.tensor([1.0, 2.0, 3.0]))
-
-
-def test_relative_rotation_is_symmetric():
-    first, second = torch.eye(4), torch.eye(4)
-    second[:2, :2] = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
-    assert float(relative_rotation_deg(first, second)) == pytest.approx(90.0)
-    assert float(relative_rotation_deg(second, first)) == pytest.approx(90.0)

@@ -16,7 +16,7 @@ from snd_hf.eval.metrics import SegmentationMeter, average_metrics, depth_eval_m
 from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.synthetic import SyntheticFrames, _render_scenes
-from snd_hf.eval.tasks import DenseArrays, run_depth, run_normals, run_segmentation
+from snd_hf.eval.tasks import DenseArrays, ProbeData, run_depth, run_normals, run_segmentation
 
 PATCH = 8
 NUM_CLASSES = 7
@@ -52,9 +52,13 @@ def _ground_truth_features(arrays: DenseArrays) -> DenseFeatures:
     return DenseFeatures(patch=patch, cls=patch.mean(dim=(2, 3)), prenorm=patch)
 
 
+def _probe_data(train: DenseArrays, test: DenseArrays) -> ProbeData:
+    return ProbeData(train, _ground_truth_features(train), test, _ground_truth_features(test))
+
+
 def test_depth_probe_beats_mean_depth(splits):
     train, test = splits
-    result = run_depth(train, _ground_truth_features(train), test, _ground_truth_features(test), CONFIG, 1e-3, 10.0)
+    result = run_depth(_probe_data(train, test), CONFIG, 1e-3, 10.0)
     assert sum(result.losses[-10:]) < 0.8 * sum(result.losses[:10])
     mean_depth = float(train.depth[train.depth > 0].mean())
     valid = depth_eval_mask(test.depth, 1e-3, 10.0)
@@ -68,7 +72,7 @@ def test_depth_probe_beats_mean_depth(splits):
 
 def test_normal_probe_beats_mean_normal(splits):
     train, test = splits
-    result = run_normals(train, _ground_truth_features(train), test, _ground_truth_features(test), CONFIG)
+    result = run_normals(_probe_data(train, test), CONFIG)
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
     mean_normal = F.normalize(train.normals.mean(dim=(0, 2, 3)), dim=0)
     valid = test.normals.norm(dim=1) > 0.5
@@ -84,7 +88,7 @@ def test_normal_probe_beats_mean_normal(splits):
 
 def test_segmentation_probe_beats_majority_class(splits):
     train, test = splits
-    result = run_segmentation(train, _ground_truth_features(train), test, _ground_truth_features(test), CONFIG, NUM_CLASSES)
+    result = run_segmentation(_probe_data(train, test), CONFIG, NUM_CLASSES)
     assert sum(result.losses[-10:]) < 0.5 * sum(result.losses[:10])
     labelled = train.labels[train.labels != 255]
     majority = int(torch.bincount(labelled).argmax())
@@ -127,7 +131,8 @@ def test_normal_loss_prefers_confident_correct_predictions():
     confident, unsure = torch.full((1, 4, 4), 20.0), torch.full((1, 4, 4), 1.0)
     assert normal_uncertainty_loss(near, confident, target, valid) < normal_uncertainty_loss(near, unsure, target, valid)
     assert normal_uncertainty_loss(far, unsure, target, valid) < normal_uncertainty_loss(far, confident, target, valid)
-    normals, kappa = NormalProbe(8)(torch.randn(2, 8, 3, 5))
+    with torch.no_grad():
+        normals, kappa = NormalProbe(8)(torch.randn(2, 8, 3, 5))
     assert normals.shape == (2, 3, 12, 20) and kappa.shape == (2, 12, 20)
     torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, 12, 20))
     assert float(kappa.min()) > 0

@@ -25,7 +25,7 @@ Outputs in ``output_dir``: the final student as a native SnD directory (``SnDMod
 The embedded default checkpoint of ``snd demo`` (``snd_hf/assets/default/``) is the default run's
 final student:
 
-    python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
+    OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
 """
 
 from __future__ import annotations

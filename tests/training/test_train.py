@@ -38,7 +38,9 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # One thread per process: the tiny model gains nothing from more, and on a busy machine
+    # contended OpenMP threads slow every small op down by orders of magnitude.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("SND_TRAIN_TEST_KILL", None)
     env.update(extra)
     return env

@@ -1,0 +1,108 @@
+"""Build a run's parts from its :class:`TrainingConfig` (shared by train.py and the benchmark)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..configuration_snd import SnDConfig
+from ..data.scenes import SceneDataset
+from ..data.synthetic import ensure_synthetic_scenes
+from ..modeling_snd import SnDModel
+from ..splatting.lifters import DepthLifter, Lifter
+from ..splatting.teacher import SplatTeacher
+from .config import TrainingConfig
+from .heads import DINOHead
+from .student import BackboneWithHead
+
+
+def build_backbone(config: TrainingConfig) -> torch.nn.Module:
+    """Starting weights (original torch.hub DINOv2, an SnD checkpoint or random), LoRA-wrapped if asked."""
+    if config.init == "original":
+        backbone = SnDModel.from_original_checkpoint(config.model_path, size=config.size)
+    elif config.init == "pretrained":
+        backbone = SnDModel.from_pretrained(config.model_path)
+    else:
+        backbone = SnDModel(
+            SnDConfig(
+                hidden_size=config.hidden_size,
+                num_hidden_layers=config.num_hidden_layers,
+                num_attention_heads=config.num_attention_heads,
+                image_size=224,
+            )
+        )
+    if config.finetune == "full":
+        return backbone.train()
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+    )
+    return get_peft_model(backbone, lora).train()
+
+
+def build_student(config: TrainingConfig) -> BackboneWithHead:
+    """The trained module: backbone (+ LoRA) and its DINO head; the teacher is its EMA copy."""
+    backbone = build_backbone(config)
+    head = DINOHead(
+        backbone.config.hidden_size,
+        hidden_dim=config.head_hidden_dim,
+        bottleneck_dim=config.head_bottleneck_dim,
+        num_prototypes=config.head_prototypes,
+    )
+    return BackboneWithHead(backbone, head)
+
+
+def build_lifter(config: TrainingConfig) -> Lifter:
+    """The frozen lifter: MVSplat from its checkpoint, or lifting with the scenes' depth."""
+    if config.lifter == "mvsplat":
+        from ..splatting.mvsplat import MVSplatLifter
+
+        lifter = MVSplatLifter.from_checkpoint(config.mvsplat_checkpoint)
+    else:
+        lifter = DepthLifter()
+    return lifter.requires_grad_(False).eval()
+
+
+def build_splat_teacher(config: TrainingConfig) -> SplatTeacher:
+    """Lifting, splatting, blending and resampling of the teacher's context features."""
+    return SplatTeacher(
+        build_lifter(config),
+        blending=config.blending,
+        resample=config.resample,
+        coverage_threshold=config.coverage_threshold,
+        mask_aware=config.mask_aware,
+    )
+
+
+def prepare_scenes(config: TrainingConfig, *, progress: bool = True) -> Path:
+    """The scene root: ``dataset_path`` for ScanNet++, generated on first use for synthetic data."""
+    if config.dataset == "scannetpp":
+        return Path(config.dataset_path)
+    return ensure_synthetic_scenes(
+        config.dataset_path or Path(config.output_dir) / "scenes",
+        num_scenes=config.synthetic_scenes,
+        num_frames=config.synthetic_frames,
+        height=config.synthetic_size[0],
+        width=config.synthetic_size[1],
+        seed=config.seed,
+        progress=progress,
+    )
+
+
+def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
+    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``."""
+    return SceneDataset(
+        root,
+        num_context=2,
+        context_gap=config.context_gap,
+        num_targets=config.num_targets,
+        image_size=tuple(config.image_size),
+        near=config.near,
+        far=config.far,
+        seed=config.seed,
+    )

@@ -1,0 +1,260 @@
+"""The training configuration: one typed, flat dataclass, read from YAML and ``--key value`` flags.
+
+Like nanoGPT's configurator, a run is ``defaults ← config file ← command line``; unlike it, every
+key is checked against :class:`TrainingConfig` and an unknown key, a value of the wrong type or a
+missing required path is rejected *before* any data is generated or any model is built.
+
+Example::
+
+    config = TrainingConfig.from_args(["--config", "training/configs/synthetic_tiny.yaml", "--max_steps", "20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# Shipped configs, in a source checkout (train.py passes its own folder's configs/ explicitly).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
+DEFAULT_CONFIG = "synthetic_tiny"
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of an SnD training run (the defaults are the tiny synthetic run's).
+
+    Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
+    """
+
+    # --- run ---------------------------------------------------------------------------------
+    output_dir: str = "outputs/snd-synthetic-tiny"
+    seed: int = 0
+    max_steps: int = 40  # optimizer steps
+    save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
+    log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
+    resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
+    checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
+    report_to: str = "none"  # "none", "tensorboard", "all" (accelerate trackers)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_accumulation_steps: int = 1
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+    # --- data --------------------------------------------------------------------------------
+    dataset: Literal["synthetic", "scannetpp"] = "synthetic"
+    dataset_path: str | None = None  # scannetpp: root holding scenes/ (required); synthetic: cache dir
+    synthetic_scenes: int = 4
+    synthetic_frames: int = 12
+    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # generated (H, W)
+    image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
+    context_gap: int = 4
+    num_targets: int = 1
+    near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
+    far: float = 20.0
+    batch_size: int = 2
+    num_workers: int = 0
+
+    # --- model -------------------------------------------------------------------------------
+    init: Literal["random", "original", "pretrained"] = "random"
+    model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
+    size: Literal["small", "base"] | None = None  # records the published variant in the config
+    hidden_size: int = 48  # architecture of a random init (ignored otherwise)
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 3
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.1
+    # The original's suffix match on "qkv"/"proj" also caught patch_embed.proj, named "projection" here.
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
+
+    # --- DINO heads ----------------------------------------------------------------------------
+    head_hidden_dim: int = 128
+    head_bottleneck_dim: int = 64
+    head_prototypes: int = 512
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+
+    # --- teacher: lifter, rendering, blending --------------------------------------------------
+    lifter: Literal["depth", "mvsplat"] = "depth"
+    mvsplat_checkpoint: str | None = None  # required with lifter "mvsplat" (MVSplat's re10k.ckpt)
+    blending: float = 0.5  # 1.0 = the "no blending" variant
+    resample: Literal["area", "bilinear"] = "area"
+    coverage_threshold: float = 0.5
+    mask_aware: bool = True
+
+    # --- optimisation ------------------------------------------------------------------------
+    learning_rate: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.01  # one-cycle cosine schedule (OneCycleLR pct_start)
+    max_grad_norm: float | None = None  # the original does not clip
+    ema_momentum: float = 0.99
+    ema_every: int = 1  # EMA update every N optimizer steps
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainingConfig:
+        """Build from a mapping, rejecting keys that are not fields (``source`` names the origin)."""
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ValueError(
+                f"Unknown training config key(s) in {source}: {unknown}. Valid keys: {', '.join(cls.keys())}."
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path, overrides: dict[str, Any] | None = None, config_dir: Path = CONFIG_DIR
+    ) -> TrainingConfig:
+        path = resolve_config_path(path, config_dir)
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"Unknown training config key(s) in {path}: {unknown}.")
+        return cls.from_dict({**values, **(overrides or {})}, source=f"{path} or the command line")
+
+    @classmethod
+    def from_args(cls, argv: list[str], config_dir: Path = CONFIG_DIR) -> TrainingConfig:
+        """Parse ``[--config NAME_OR_PATH] [--key value ...]``; a bare boolean flag means true.
+
+        A config name (``scannetpp_vits14``) is looked up in ``config_dir``.
+        """
+        config_path, overrides = parse_overrides(argv)
+        return cls.from_yaml(config_path or DEFAULT_CONFIG, overrides, config_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> None:
+        """Check paths and combinations before any compute; raises ValueError naming the key."""
+        if self.dataset == "scannetpp":
+            if not self.dataset_path:
+                raise ValueError("dataset_path is required with dataset 'scannetpp' (the folder holding scenes/).")
+            if not (Path(self.dataset_path) / "scenes").is_dir():
+                raise ValueError(f"dataset_path {self.dataset_path!r} has no scenes/ folder (expected the ScanNet++ layout).")
+        if self.lifter == "mvsplat":
+            if not self.mvsplat_checkpoint:
+                raise ValueError("mvsplat_checkpoint is required with lifter 'mvsplat' (MVSplat's re10k.ckpt).")
+            if not Path(self.mvsplat_checkpoint).is_file():
+                raise ValueError(f"mvsplat_checkpoint {self.mvsplat_checkpoint!r} does not exist.")
+        if self.init != "random":
+            if not self.model_path:
+                raise ValueError(f"model_path is required with init {self.init!r}.")
+            if not Path(self.model_path).exists():
+                raise ValueError(f"model_path {self.model_path!r} does not exist.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("hub_model_id is required with push_to_hub (e.g. --hub_model_id user/snd-tiny).")
+        if self.report_to not in ("none", "tensorboard", "all"):
+            raise ValueError(f"report_to must be 'none', 'tensorboard' or 'all', got {self.report_to!r}.")
+        for name in ("synthetic_size", "image_size"):
+            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 14:
+                raise ValueError(f"{name} must be [H, W] with both >= 14, got {getattr(self, name)}.")
+        for name in ("max_steps", "save_steps", "log_steps", "batch_size", "gradient_accumulation_steps", "ema_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.blending <= 1.0:
+            raise ValueError(f"blending must be in [0, 1] (1 = no blending), got {self.blending}.")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}.")
+        if not self.near < self.far:
+            raise ValueError(f"near must be smaller than far, got near={self.near}, far={self.far}.")
+
+
+def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Path:
+    """A config file path, or the name of one in ``config_dir`` (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (config_dir / path, config_dir / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in config_dir.glob("*.yaml"))
+    raise ValueError(f"config {str(name_or_path)!r} not found (a YAML path or one of {names} in {config_dir}).")
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Split ``--config X --key value --flag`` into the config path and a dict of YAML-parsed values."""
+    bool_keys = {name for name, kind in typing.get_type_hints(TrainingConfig).items() if kind is bool}
+    config_path, overrides, i = None, {}, 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"expected a --key, got {token!r} (arguments are --key value pairs).")
+        key, has_value, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not has_value:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            elif key in bool_keys:
+                value = "true"
+            else:
+                raise ValueError(f"--{key} needs a value.")
+        if key == "config":
+            config_path = value
+        else:
+            overrides[key] = _parse_value(value)
+        i += 1
+    return config_path, overrides
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalars and flow lists (``1e-4``, ``true``, ``null``, ``[56,84]``); bare words stay strings."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """Check ``value`` against the annotation ``kind``; ints widen to floats. Raises TypeError."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{name} must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise TypeError(f"{name} must be a list, got {value!r}.")
+        return [_coerce(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__}).")
+    return value

@@ -5,10 +5,13 @@
 
 With no ``--model`` the published ``david-shavin/SnD`` (``--size``/``--blending``, default small with
 blending) is used when the Hub answers within ``--timeout`` seconds or the weights are already
-cached; otherwise (offline, unreachable) the tiny checkpoint embedded in ``snd_hf/assets/default/``
-is used (see ``snd_hf/assets/make_assets.py``). Writes, per view, ``{stem}.safetensors`` and
-``{stem}_pca.png`` (as ``snd extract``), and ``panel.png``: every view beside its features, coloured
-with ONE PCA fitted on all views so that the same colour means the same feature across views.
+cached; otherwise (offline, unreachable) the checkpoint embedded in ``snd_hf/assets/default/`` is
+used: a tiny ViT trained for a few dozen steps on generated scenes by the default run of
+``training/train.py`` (it shows the pipeline, not SnD's feature quality). The packaged views are
+frames of one generated room (see ``snd_hf/assets/make_assets.py``). Writes, per view,
+``{stem}.safetensors`` and ``{stem}_pca.png`` (as ``snd extract``), and ``panel.png``: every view
+beside its features, coloured with ONE PCA fitted on all views so that the same colour means the
+same feature across views.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def mask_aware_upsample(
         image, y, x = fix.nonzero(as_tuple=True)
         renormalised = masked_weights[image, :, y, x] / total[image, y, x, None]  # [P, 4]
         bags = neighbour[:, y, x].T + (image * (low_height * low_width))[:, None]  # [P, 4]
-        table = features.flatten(2).transpose(1, 2).reshape(-1, channels)  # [N * h * w, C]
+        table = features.flatten(2).transpose(1, 2).reshape(-1, channels).contiguous()  # [N * h * w, C], rows contiguous
         values = F.embedding_bag(bags, table, per_sample_weights=renormalised, mode="sum")  # [P, C]
         pixels = upsampled.permute(0, 2, 3, 1)  # [N, H, W, C], a view of the channels-last memory
         pixels[image, y, x] = values

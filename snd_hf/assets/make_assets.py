@@ -15,14 +15,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from snd_hf.data.synthetic import render_synthetic_scene
+from snd_hf.loading import atomic_write
 
 ASSETS = Path(__file__).resolve().parent
 DEMO_SIZE = (168, 224)  # height, width: 12 x 16 patches of 14 pixels
@@ -35,14 +34,11 @@ def make_demo_images(folder: Path) -> list[Path]:
     """Write ``view{i}.png`` (uint8 RGB [H, W, 3]) for the demo frames; returns the paths."""
     height, width = DEMO_SIZE
     rendered = render_synthetic_scene(DEMO_SCENE, num_frames=DEMO_VIEWS, height=height, width=width, seed=DEMO_SEED)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(rendered["image"]):  # [H, W, 3] in [0, 1]
         path = folder / f"view{index}.png"
-        descriptor, temporary = tempfile.mkstemp(suffix=".png", dir=folder)
-        os.close(descriptor)
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(temporary, optimize=True)
-        os.replace(temporary, path)
+        picture = Image.fromarray(np.round(image * 255).astype(np.uint8))
+        atomic_write(path, lambda temporary: picture.save(temporary, format="PNG", optimize=True))
         paths.append(path)
     return paths
 

@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     paths = list(args.images) if args.images else sorted(DEMO_IMAGES.glob("*.png"))
     images = load_images(paths)
     model, name = demo_model(args.model, args.size, args.blending, args.revision, args.timeout)
-    source = DEFAULT_CHECKPOINT if name == EMBEDDED else (args.model or SND_HUB_REPO)
-    processor = load_processor(source, args.shortest_edge)
+    processor = load_processor(DEFAULT_CHECKPOINT if name == EMBEDDED else name, args.shortest_edge)
     written = extract_to_folder(model, processor, paths, images, args.out, name, args.pca_scale)
 
     # One projection for all views: [C, sum of h*w, 1] holds every patch of every view.

@@ -39,8 +39,6 @@ def opengl_to_opencv(c2w: torch.Tensor) -> torch.Tensor:
     return c2w @ _GL_TO_CV.to(device=c2w.device, dtype=c2w.dtype)
 
 
-opencv_to_opengl = opengl_to_opencv
-
 
 def normalize_intrinsics(intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel intrinsics ``[..., 3, 3]`` of an ``height x width`` image → normalised intrinsics."""

@@ -93,11 +93,11 @@ class DepthLifter(Lifter):
         focal = denormalize_intrinsics(intrinsics, height, width).diagonal(dim1=-2, dim2=-1)[..., :2]  # [B, V, 2]
 
         means = unproject_depth(depth, extrinsics, intrinsics)  # [B, V, H, W, 3]
+        sigma = self.scale * depth / focal.prod(-1).sqrt()[..., None, None]  # [B, V, H, W]
         if self.footprint == "isotropic":
-            sigma = self.scale * depth / focal.prod(-1).sqrt()[..., None, None]  # [B, V, H, W]
             covariances = sigma[..., None, None] ** 2 * torch.eye(3, dtype=depth.dtype, device=depth.device)
         else:
-            covariances = self._surface_covariances(depth, valid, focal, intrinsics)
+            covariances = self._surface_covariances(depth, valid, focal, intrinsics, sigma)
             rotation = extrinsics[..., None, None, :3, :3]
             covariances = rotation @ covariances @ rotation.transpose(-1, -2)
         opacities = valid.to(depth.dtype) * self.opacity
@@ -113,6 +113,7 @@ class DepthLifter(Lifter):
         valid: torch.Tensor,  # [B, V, H, W]
         focal: torch.Tensor,  # [B, V, 2] in pixels
         intrinsics: torch.Tensor,  # [B, V, 3, 3]
+        sigma: torch.Tensor,  # [B, V, H, W] isotropic footprint, scale · depth / focal
     ) -> torch.Tensor:
         """Camera-frame disc covariances from the depth gradients. [B, V, H, W, 3, 3]"""
         height, width = depth.shape[-2:]
@@ -127,7 +128,7 @@ class DepthLifter(Lifter):
         tangent_x = tangent_x * (self.max_stretch * step_x / tangent_x.norm(dim=-1).clamp_min(1e-12)).clamp_max(1.0)[..., None]
         tangent_y = tangent_y * (self.max_stretch * step_y / tangent_y.norm(dim=-1).clamp_min(1e-12)).clamp_max(1.0)[..., None]
         normal = F.normalize(torch.cross(tangent_x, tangent_y, dim=-1), dim=-1)
-        sigma_normal = self.thickness * self.scale * depth / focal.prod(-1).sqrt()[..., None, None]
+        sigma_normal = self.thickness * sigma
         return self.scale**2 * (_outer(tangent_x) + _outer(tangent_y)) + sigma_normal[..., None, None] ** 2 * _outer(normal)
 
 

@@ -17,9 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Additive attention bias between tokens from different regions of a shifted window.
 SHIFTED_WINDOW_MASK_VALUE = -100.0
 
@@ -282,8 +281,8 @@ class MultiViewBackbone(nn.Module):
         self.attention_splits = attention_splits
         self.backbone = CNNEncoder(feature_channels)
         self.transformer = MultiViewTransformer(num_transformer_layers, feature_channels, ffn_expansion)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the context views.

@@ -184,14 +184,19 @@ def infer_config_from_original(state_dict: Mapping[str, torch.Tensor], **overrid
     return SnDConfig(**{**fields, **overrides})
 
 
-def _read_file(path: Path) -> object:
-    """Load a .safetensors file, or a torch file with weights_only=True; errors name the file."""
+def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> object:
+    """Load a .safetensors file, or a torch file with weights_only=True; errors name the file.
+
+    A pickle that needs more than tensors and containers is refused (`CheckpointError`) and nothing
+    in it runs; a truncated or corrupt file raises `CheckpointError` too.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            return load_safetensors(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+            return load_safetensors(str(path), device=str(map_location))
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refused to load {path}: it is not a plain tensor checkpoint (weights_only=True rejected it,"
@@ -247,7 +252,7 @@ def load_original_checkpoint(
         lora_rank: LoRA rank r, if it differs from the adapters' row count.
     """
     path = Path(path)
-    checkpoint = _read_file(path)
+    checkpoint = read_checkpoint_file(path)
     while isinstance(checkpoint, Mapping) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         wrapper = next((key for key in WRAPPER_KEYS if key in checkpoint), None)
         if wrapper is None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ...loading import CheckpointError, read_checkpoint_file
 from ..gaussians import Gaussians
 from ..lifters import Lifter
 from .backbone import MultiViewBackbone
@@ -230,21 +231,15 @@ class MVSplatLifter(Lifter):
 
 def load_checkpoint_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file (``.safetensors``, or a torch pickle with ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MVSplat checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path, device=str(map_location))
     try:
-        loaded = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} cannot be loaded with torch.load(weights_only=True) because it pickles non-tensor "
-            f"objects ({error}). snd-hf never unpickles arbitrary objects: extract the state dict once "
-            "in an environment where you trust the file (torch.save({'state_dict': ckpt['state_dict']}, ...) "
-            "or save it as .safetensors) and load that instead."
+        loaded = read_checkpoint_file(path, map_location)
+    except CheckpointError as error:
+        if not isinstance(error.__cause__, pickle.UnpicklingError):
+            raise
+        raise CheckpointError(
+            f"{error} snd-hf never unpickles arbitrary objects: extract the state dict of a Lightning "
+            "checkpoint once, in an environment where you trust the file (torch.save({'state_dict': "
+            "ckpt['state_dict']}, ...) or save it as .safetensors), and load that instead."
         ) from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]

@@ -77,7 +77,7 @@ def correspondences(
     grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
     depth_sampled = depth_a[grid_rows, grid_cols].reshape(-1)
     keep = depth_sampled > 0
-    grid_rows, grid_cols = grid_rows.reshape(-1)[keep], grid_cols.reshape(-1)[keep]
+    depth_sampled, grid_rows, grid_cols = depth_sampled[keep], grid_rows.reshape(-1)[keep], grid_cols.reshape(-1)[keep]
     points = points[grid_rows, grid_cols]  # [N, 3]
 
     xy_normalised, z_b = project_points(points, extrinsics_b.to(dtype), intrinsics_b.to(dtype))
@@ -93,7 +93,7 @@ def correspondences(
         "xy_a": xy_a.to(depth_a.dtype),
         "xy_b": xy_b.to(depth_a.dtype),
         "valid": inside & visible,
-        "depth_a": depth_a[grid_rows, grid_cols],
+        "depth_a": depth_sampled,
         "depth_b": z_b.to(depth_a.dtype),
         "pixel_b": pixel_b,
     }

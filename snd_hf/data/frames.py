@@ -32,6 +32,11 @@ class FrameReadError(ValueError):
         self.path = str(path)
         self.reason = reason
 
+    @property
+    def kind(self) -> str:
+        """The reason without its parenthesised detail (e.g. ``"unreadable image"``): how skips are counted."""
+        return self.reason.split(" (")[0]
+
 
 def open_image(path, source: str | None = None) -> Image.Image:
     """Open and fully read an image (a path or a file object; ``source`` names it in errors),

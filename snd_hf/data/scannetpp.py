@@ -153,7 +153,7 @@ class FolderScenes:
     def _skip(self, error: FrameReadError) -> None:
         if self.on_error == "raise":
             raise error
-        self.skipped.add(error.reason.split(" (")[0], error.path)
+        self.skipped.add(error.kind, error.path)
 
     def _read_scene(self, scene_dir: Path, skip_bad: bool) -> SceneRecord | None:
         transforms_path = scene_dir / "transforms_train.json"

@@ -257,7 +257,7 @@ class SceneDataset(Dataset):
             except FrameReadError as error:
                 if self.on_error == "raise":
                     raise
-                self.skipped.add(error.reason.split(" (")[0], error.path)
+                self.skipped.add(error.kind, error.path)
         raise RuntimeError(f"every scene failed to load a sample (skipped: {dict(self.skipped.counts)}).")
 
 

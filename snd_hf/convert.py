@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .image_processing_snd import SnDImageProcessor
-from .loading import CheckpointError, default_permissions, save_original_checkpoint
+from .loading import CheckpointError, replace_path, save_original_checkpoint
 from .modeling_snd import SnDModel
 
 
@@ -49,18 +49,6 @@ def _check_same_weights(expected: SnDModel, actual: SnDModel, what: str) -> None
         raise CheckpointError(f"{what} does not reproduce the source weights (differs at {differing[:5]})")
 
 
-def _replace(temporary: Path, destination: Path) -> None:
-    """Move a finished `temporary` output onto `destination`, removing an older one only once done."""
-    default_permissions(temporary)
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old")
-        destination.rename(old)
-        temporary.rename(destination)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        temporary.rename(destination)
-
-
 def original_to_native(
     source: Path,
     destination: Path,
@@ -79,7 +67,7 @@ def original_to_native(
         model.save_pretrained(temporary)
         SnDImageProcessor().save_pretrained(temporary)
         _check_same_weights(model, SnDModel.from_pretrained(temporary), f"the converted directory for {source}")
-        _replace(temporary, destination)
+        replace_path(temporary, destination)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return destination
@@ -96,7 +84,7 @@ def native_to_original(source: Path, destination: Path, overwrite: bool = False)
         written = save_original_checkpoint(model, temporary / destination.name)
         reloaded = SnDModel.from_original_checkpoint(written, num_attention_heads=model.config.num_attention_heads)
         _check_same_weights(model, reloaded, f"the converted file for {source}")
-        _replace(written, destination)
+        replace_path(written, destination)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return destination

@@ -9,6 +9,7 @@ run code. Hub resolution of the published variants lives in `snd_hf.hub`.
 from __future__ import annotations
 
 import os
+import shutil
 import pickle
 import re
 import tempfile
@@ -307,6 +308,21 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def replace_path(temporary: Path, destination: Path) -> None:
+    """Move a finished `temporary` file or folder onto `destination`; an older `destination` is moved
+    aside first and removed only once the new one is in place (a leftover from a crash is cleared)."""
+    default_permissions(temporary)
+    if not destination.exists():
+        temporary.rename(destination)
+        return
+    old = destination.with_name(f".{destination.name}.old")
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    destination.rename(old)
+    temporary.rename(destination)
+    shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def load_backbone_weights(task_model: nn.Module, source: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike) -> nn.Module:

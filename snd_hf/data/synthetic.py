@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..loading import replace_path
+
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")
 _CLASS_ID = {name: index for index, name in enumerate(SEMANTIC_CLASSES)}
@@ -437,14 +439,7 @@ def generate_scenes(
             rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed)
             _write_scene(rendered, staging / "scenes" / f"synth_{scene_index:04d}", image_format)
         (staging / MARKER_NAME).write_text(json.dumps(parameters, indent=1))
-        if out_dir.exists():
-            retired = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            out_dir.rename(retired)
-            staging.rename(out_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out_dir)
+        replace_path(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

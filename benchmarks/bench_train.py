@@ -33,6 +33,7 @@ from snd_hf.data.scenes import SceneDataset, collate_scenes
 from snd_hf.data.synthetic import ensure_synthetic_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
 from snd_hf.training.builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training.export import merged_backbone
 from snd_hf.training.step import student_loss, teacher_logits
 
 
@@ -162,8 +163,7 @@ def compare_recall(trained_dir: Path, pairs: int) -> None:
         raise ValueError(f"{trained_dir} has no training_info: pass a directory written by training/train.py.")
     config = TrainingConfig.from_dict(info["config"])
     torch.manual_seed(config.seed)  # the initialisation of the run, rebuilt from its config and seed
-    initial = build_student(config).backbone
-    initial = initial.merge_and_unload() if hasattr(initial, "merge_and_unload") else initial
+    initial = merged_backbone(build_student(config).backbone)
     with tempfile.TemporaryDirectory() as tmp:
         held_out = ensure_synthetic_scenes(
             Path(tmp) / "held_out",

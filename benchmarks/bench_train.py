@@ -1,11 +1,12 @@
 """Benchmark the SnD training step of a config (default: the tiny synthetic one) on CPU.
 
-A cut-down training/train.py (as nanoGPT's bench.py): it builds the same student, EMA teacher and
-splatting teacher, then times training steps stage by stage (lifter, teacher forward, mask
-operations, rendering, student forward + backward, heads, EMA) and reports steps/s and peak
-memory. With ``--trained DIR`` it also compares the multi-view correspondence recall of a trained
-student (e.g. ``outputs/snd-synthetic-tiny``) against its initialisation on held-out generated
-scenes (ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).
+A cut-down training/train.py (as nanoGPT's bench.py): it builds the same student, EMA teacher,
+optimizer and splatting teacher and runs the same step functions (snd_hf.training.step), timing
+them stage by stage (lifter, teacher forward, mask operations, rendering, student forward +
+backward, heads, EMA) and reports steps/s and peak memory. With ``--trained DIR`` it also
+compares the multi-view correspondence recall of a trained student (e.g.
+``outputs/snd-synthetic-tiny``) against its initialisation on held-out generated scenes
+(ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).
 
     python benchmarks/bench_train.py
     python benchmarks/bench_train.py --steps 10 --trained outputs/snd-synthetic-tiny
@@ -30,8 +31,10 @@ import snd_hf.splatting.teacher as teacher_module
 from snd_hf import SnDModel
 from snd_hf.data.scenes import SceneDataset, collate_scenes
 from snd_hf.data.synthetic import ensure_synthetic_scenes
-from snd_hf.training import TrainingConfig, distillation_loss, ema_update, make_ema_teacher
-from snd_hf.training.builders import build_dataset, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
+from snd_hf.training.builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training.export import merged_backbone
+from snd_hf.training.step import student_loss, teacher_logits
 
 
 class StageTimer:
@@ -81,7 +84,7 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     student = build_student(config)
     teacher = make_ema_teacher(student)
     splat_teacher = build_splat_teacher(config)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.learning_rate)
+    optimizer = build_optimizer(config, student)
 
     timer = StageTimer()
     # Time the teacher's internals by wrapping the functions it calls (restored at the end).
@@ -90,6 +93,10 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     for name, function in patched.items():
         setattr(teacher_module, name, timer.wrap(stage_of[name], function))
     splat_teacher.lifter.forward = timer.wrap("lifter", splat_teacher.lifter.forward)
+    # The shared step functions call these methods; instance attributes shadow them with timed ones.
+    teacher.features = timer.wrap("teacher forward (ViT)", teacher.features)
+    for module in (teacher, student):
+        module.logits = timer.wrap("heads", module.logits)
 
     step_times, batches = [], iter(())
     rss_before = peak_rss_mib()
@@ -101,19 +108,10 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
                 batches = iter(loader)
                 batch = next(batches)
             start = time.perf_counter()
-            with torch.no_grad():
-                with timer.stage("teacher forward (ViT)"):
-                    context_features = teacher.features(batch["context"]["image"])
-                with timer.stage("teacher splatting (other)"):
-                    targets = splat_teacher(context_features, batch)
-                with timer.stage("heads"):
-                    teacher_logits = teacher.logits(targets.features)
+            with timer.stage("teacher splatting (other)"):
+                logits, coverage = teacher_logits(teacher, splat_teacher, batch)
             with timer.stage("student forward + backward"):
-                features = student.features(batch["target"]["image"])
-                with timer.stage("heads"):
-                    student_logits = student.logits(features)
-                loss = distillation_loss(student_logits, teacher_logits, targets.coverage)
-                loss.backward()
+                student_loss(student, batch, logits, coverage, config).backward()
             with timer.stage("optimizer"):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -165,8 +163,7 @@ def compare_recall(trained_dir: Path, pairs: int) -> None:
         raise ValueError(f"{trained_dir} has no training_info: pass a directory written by training/train.py.")
     config = TrainingConfig.from_dict(info["config"])
     torch.manual_seed(config.seed)  # the initialisation of the run, rebuilt from its config and seed
-    initial = build_student(config).backbone
-    initial = initial.merge_and_unload() if hasattr(initial, "merge_and_unload") else initial
+    initial = merged_backbone(build_student(config).backbone)
     with tempfile.TemporaryDirectory() as tmp:
         held_out = ensure_synthetic_scenes(
             Path(tmp) / "held_out",

@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from snd_hf import SnDConfig
 from snd_hf.data.scenes import collate_scenes
-from snd_hf.training import TrainingConfig, distillation_loss, ema_update, make_ema_teacher
-from snd_hf.training.builders import build_dataset, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
+from snd_hf.training.builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
 from snd_hf.training.checkpoints import (
     checkpoint_step,
     finalize_checkpoint,
@@ -55,6 +55,7 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_path,
 )
 from snd_hf.training.export import save_native, save_original
+from snd_hf.training.step import student_loss, teacher_logits
 
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
 # after the checkpoint of step N is written but before it is renamed into place.
@@ -112,12 +113,7 @@ def training_function(config: TrainingConfig) -> None:
     # ---------------------------------------------------------------------------------------------
     # Optimizer (AdamW; with weight_decay 0 it is the original's Adam) and one-cycle cosine schedule
     # ---------------------------------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(
-        [p for p in student.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(config, student)
     # accelerate steps a prepared scheduler once per process per optimizer step; the 10 spare
     # steps are the original's (OneCycleLR over max_steps + 10).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -213,21 +209,12 @@ def training_function(config: TrainingConfig) -> None:
             micro_step += 1
 
             # Teacher: EMA backbone on the context views → lift, splat, blend into the target views.
-            with torch.no_grad(), accelerator.autocast():
-                context_features = teacher.features(batch["context"]["image"])  # [B, Vc, C, hc, wc]
-                targets = splat_teacher(context_features, batch)  # features [B, Vt, C, h, w]
-                teacher_logits = teacher.logits(targets.features.float())  # [B, Vt, h, w, K]
+            with accelerator.autocast():
+                logits, coverage = teacher_logits(teacher, splat_teacher, batch)  # [B, Vt, h, w, K], [B, Vt, h, w]
 
             with accelerator.accumulate(student):
-                # Student: its own features of the target views, through its head.
-                student_logits = student(batch["target"]["image"])  # [B, Vt, h, w, K]
-                loss = distillation_loss(
-                    student_logits,
-                    teacher_logits,
-                    targets.coverage,
-                    student_temp=config.student_temp,
-                    teacher_temp=config.teacher_temp,
-                )
+                # Student: its own logits of the target views against the teacher's.
+                loss = student_loss(student, batch, logits, coverage, config)
                 # Backward, clipping, optimizer and schedule (accelerate skips them between
                 # accumulation boundaries).
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
@@ -253,12 +240,12 @@ def training_function(config: TrainingConfig) -> None:
                 images_per_s = accelerator.num_processes * config.batch_size * accumulation * micro_step / (
                     time.perf_counter() - tick
                 )
-                coverage = targets.coverage.float().mean().item()
+                coverage_fraction = coverage.float().mean().item()
                 if loss_log is not None:
-                    loss_log.write(json.dumps({"step": global_step, "loss": mean_loss, "lr": lr, "coverage": coverage}) + "\n")
+                    loss_log.write(json.dumps({"step": global_step, "loss": mean_loss, "lr": lr, "coverage": coverage_fraction}) + "\n")
                     loss_log.flush()
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-                accelerator.log({"loss": mean_loss, "lr": lr, "coverage": coverage, "images_per_s": images_per_s}, step=global_step)
+                accelerator.log({"loss": mean_loss, "lr": lr, "coverage": coverage_fraction, "images_per_s": images_per_s}, step=global_step)
             progress.update(1)
 
             if global_step % config.save_steps == 0 or global_step == config.max_steps:

@@ -57,6 +57,16 @@ def build_student(config: TrainingConfig) -> BackboneWithHead:
     return BackboneWithHead(backbone, head)
 
 
+def build_optimizer(config: TrainingConfig, student: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW over the student's trained parameters (with weight_decay 0 it is the original's Adam)."""
+    return torch.optim.AdamW(
+        [p for p in student.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.weight_decay,
+    )
+
+
 def build_lifter(config: TrainingConfig) -> Lifter:
     """The frozen lifter: MVSplat from its checkpoint, or lifting with the scenes' depth."""
     if config.lifter == "mvsplat":

@@ -32,7 +32,13 @@ from snd_hf import SnDModel
 from snd_hf.data.scenes import SceneDataset, collate_scenes
 from snd_hf.data.synthetic import ensure_synthetic_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
-from snd_hf.training.builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training.builders import (
+    build_dataset,
+    build_optimizer,
+    build_splat_teacher,
+    build_student,
+    prepare_scenes,
+)
 from snd_hf.training.export import merged_backbone
 from snd_hf.training.step import student_loss, teacher_logits
 
@@ -142,7 +148,10 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
 def correspondence_recall(model: torch.nn.Module, scenes: Path, pairs: int, gap: int) -> dict[str, float]:
     """Recall of nearest-neighbour feature matches between two views of held-out scenes (native size)."""
     from snd_hf.data.correspondence import relative_rotation_deg
-    from snd_hf.eval.correspondence import correspondence_errors, summarize_correspondence
+    from snd_hf.eval.correspondence import (
+        correspondence_errors,
+        summarize_correspondence,
+    )
 
     dataset = SceneDataset(scenes, num_context=2, context_gap=gap, image_size=None, seed=123)
     errors, rotations = [], []

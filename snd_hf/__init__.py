@@ -14,12 +14,18 @@ from .loading import (
     CheckpointError,
     convert_original_state_dict,
     infer_config_from_original,
-    load_backbone_weights,
     load_original_checkpoint,
+    original_shapes,
     save_original_checkpoint,
     to_original_state_dict,
 )
-from .modeling_snd import SnDBackbone, SnDModel, SnDModelOutput, SnDPreTrainedModel
+from .modeling_snd import (
+    SnDBackbone,
+    SnDModel,
+    SnDModelOutput,
+    SnDPreTrainedModel,
+    load_backbone_weights,
+)
 
 __version__ = "0.1.0"
 
@@ -41,6 +47,7 @@ __all__ = [
     "infer_config_from_original",
     "load_backbone_weights",
     "load_original_checkpoint",
+    "original_shapes",
     "save_original_checkpoint",
     "to_original_state_dict",
 ]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from .files import replace_path
 from .image_processing_snd import SnDImageProcessor
-from .loading import CheckpointError, replace_path, save_original_checkpoint
+from .loading import CheckpointError, save_original_checkpoint
 from .modeling_snd import SnDModel
 
 

@@ -25,7 +25,13 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx
 
-from .extract import add_model_arguments, extract_to_folder, load_images, load_model, load_processor
+from .extract import (
+    add_model_arguments,
+    extract_to_folder,
+    load_images,
+    load_model,
+    load_processor,
+)
 from .hub import SND_HUB_REPO
 from .modeling_snd import SnDModel
 from .visualization import fit_pca, save_panel

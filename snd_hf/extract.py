@@ -23,8 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .image_processing_snd import SnDImageProcessor
-from .loading import atomic_write
 from .modeling_snd import SnDModel
 from .visualization import pca_rgb, save_png
 

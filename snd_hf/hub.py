@@ -23,18 +23,16 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import httpx
+from transformers import PreTrainedModel
 
 from .configuration_snd import SND_VARIANTS, SnDConfig
-
-if TYPE_CHECKING:
-    from .modeling_snd import SnDPreTrainedModel
 
 Size = Literal["small", "base"]
 
@@ -151,12 +149,12 @@ def _check_original_options(options: dict[str, Any]) -> None:
 
 
 def _load_original(
-    cls: type[SnDPreTrainedModel],
+    cls: type[PreTrainedModel],
     checkpoint: str,
     size: str,
     blending: bool,
     options: dict[str, Any],
-) -> SnDPreTrainedModel:
+) -> PreTrainedModel:
     """Load an original-layout variant file strictly into ``cls``, with the variant's config."""
     options = dict(options)
     dtype = options.pop("dtype", None) or options.pop("torch_dtype", None)
@@ -179,14 +177,14 @@ def _load_original(
 
 
 def from_pretrained(
-    cls: type[SnDPreTrainedModel],
-    native_from_pretrained: Callable[..., SnDPreTrainedModel],
+    cls: type[PreTrainedModel],
+    native_from_pretrained: Callable[..., PreTrainedModel],
     pretrained_model_name_or_path: str | os.PathLike,
     *model_args,
     size: Size | None = None,
     blending: bool | None = None,
     **kwargs,
-) -> SnDPreTrainedModel:
+) -> PreTrainedModel:
     """Load ``cls`` from a Hub repo id or local folder in any of the three layouts (module docstring).
 
     Args:

@@ -9,10 +9,8 @@ run code. Hub resolution of the published variants lives in `snd_hf.hub`.
 from __future__ import annotations
 
 import os
-import shutil
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
-from torch import nn
 
 from .configuration_snd import SnDConfig
+from .files import atomic_write
 
 if TYPE_CHECKING:
-    from .modeling_snd import SnDModel
+    from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -89,7 +87,7 @@ def _rename(state_dict: Mapping[str, torch.Tensor], rules) -> tuple[dict[str, to
     return renamed, unknown
 
 
-def _check_against(
+def check_state_dict(
     state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], unknown: list[str], what: str
 ) -> None:
     """Raise one CheckpointError listing every missing, unexpected and misshaped key."""
@@ -109,13 +107,51 @@ def _check_against(
         raise CheckpointError(f"{what} does not match the expected weights; " + "; ".join(problems))
 
 
-def _expected_shapes(config: SnDConfig) -> dict[str, torch.Size]:
-    """Every parameter name and shape of an `SnDModel` with `config`, without allocating it."""
-    from .modeling_snd import SnDModel
+def original_shapes(config: SnDConfig) -> dict[str, tuple[int, ...]]:
+    """Every key and shape of the torch.hub DINOv2 state dict of architecture `config` (the file format).
 
-    with torch.device("meta"):
-        model = SnDModel(config)
-    return {key: tensor.shape for key, tensor in model.state_dict().items()}
+    The format is fixed by facebookresearch/dinov2 (`DinoVisionTransformer`); `SnDModel`'s parameters
+    map onto it one to one through `ORIGINAL_TO_HF` (tests/test_loading.py checks both against the
+    real ViT-S/B manifests and the model).
+    """
+    width, grid = config.hidden_size, config.grid_size
+    hidden = int(width * config.mlp_ratio)
+    shapes: dict[str, tuple[int, ...]] = {
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, 1 + grid * grid, width),
+        "mask_token": (1, width),
+        "patch_embed.proj.weight": (width, config.num_channels, config.patch_size, config.patch_size),
+        "patch_embed.proj.bias": (width,),
+    }
+    if config.use_swiglu_ffn:  # dinov2's SwiGLUFFNFused: 2/3 of the MLP width, rounded up to a multiple of 8
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        mlp = {"w12.weight": (2 * hidden, width), "w12.bias": (2 * hidden,), "w3.weight": (width, hidden), "w3.bias": (width,)}
+    else:
+        mlp = {"fc1.weight": (hidden, width), "fc1.bias": (hidden,), "fc2.weight": (width, hidden), "fc2.bias": (width,)}
+    for i in range(config.num_hidden_layers):
+        block = {
+            "norm1.weight": (width,),
+            "norm1.bias": (width,),
+            "attn.qkv.weight": (3 * width, width),
+            **({"attn.qkv.bias": (3 * width,)} if config.qkv_bias else {}),
+            "attn.proj.weight": (width, width),
+            "attn.proj.bias": (width,),
+            "ls1.gamma": (width,),
+            "norm2.weight": (width,),
+            "norm2.bias": (width,),
+            **{f"mlp.{name}": shape for name, shape in mlp.items()},
+            "ls2.gamma": (width,),
+        }
+        shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
+    shapes.update({"norm.weight": (width,), "norm.bias": (width,)})
+    return shapes
+
+
+def _expected_shapes(config: SnDConfig) -> dict[str, tuple[int, ...]]:
+    """`original_shapes` under snd-hf `SnDModel` names."""
+    renamed, unknown = _rename(original_shapes(config), _FORWARD)
+    assert not unknown, f"original keys without an snd-hf name: {unknown}"
+    return renamed
 
 
 def convert_original_state_dict(
@@ -133,14 +169,14 @@ def convert_original_state_dict(
     """
     config = infer_config_from_original(state_dict) if config is None else config
     renamed, unknown = _rename(state_dict, _FORWARD)
-    _check_against(renamed, _expected_shapes(config), unknown, "original state dict")
+    check_state_dict(renamed, _expected_shapes(config), unknown, "original state dict")
     return renamed
 
 
 def to_original_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: SnDConfig) -> dict[str, torch.Tensor]:
     """Rename snd-hf `SnDModel` weights to the original torch.hub DINOv2 layout, strictly (the inverse
     of `convert_original_state_dict`). Raises CheckpointError listing every mismatching key."""
-    _check_against(hf_state_dict, _expected_shapes(config), [], "SnD state dict")
+    check_state_dict(hf_state_dict, _expected_shapes(config), [], "SnD state dict")
     renamed, unknown = _rename(hf_state_dict, _BACKWARD)
     assert not unknown, f"keys without an original name: {unknown}"
     return renamed
@@ -277,7 +313,7 @@ def load_original_checkpoint(
         raise CheckpointError(f"{path}: {error}") from None
 
 
-def save_original_checkpoint(model: SnDModel, path: str | os.PathLike) -> Path:
+def save_original_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write `model`'s weights as an original-layout state dict (.pth) that torch.hub DINOv2 loads
     with strict=True. Written to a temporary file then renamed, so no half-written output remains."""
     path = Path(path)
@@ -287,90 +323,15 @@ def save_original_checkpoint(model: SnDModel, path: str | os.PathLike) -> Path:
     return path
 
 
-def default_permissions(path: Path) -> None:
-    """Give `path` (and, for a directory, everything in it) the permissions a plain create would, not
-    the private 0600/0700 of temporary files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(temporary_path)` for a file beside `path`, then rename it to `path`; cleans up on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        default_permissions(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def replace_path(temporary: Path, destination: Path) -> None:
-    """Move a finished `temporary` file or folder onto `destination`; an older `destination` is moved
-    aside first and removed only once the new one is in place (a leftover from a crash is cleared)."""
-    default_permissions(temporary)
-    if not destination.exists():
-        temporary.rename(destination)
-        return
-    old = destination.with_name(f".{destination.name}.old")
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    destination.rename(old)
-    temporary.rename(destination)
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def load_backbone_weights(task_model: nn.Module, source: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike) -> nn.Module:
-    """Put SnD weights into the `SnDBackbone` of a transformers task model, strictly.
-
-    transformers builds backbones from `backbone_config` with random weights; this is the one call that
-    fills them, e.g. `DPTForDepthEstimation(DPTConfig(backbone_config=SnDConfig.from_variant("small"), ...))`.
-
-    Args:
-        task_model: a model with an `SnDBackbone` at `.backbone` (DPT, Depth Anything, UperNet), or the
-            `SnDBackbone` itself.
-        source: an `SnDModel`/`SnDBackbone`, an snd-hf state dict, a native checkpoint directory, or an
-            original-layout .pth/.safetensors file.
-    Returns:
-        the backbone, now holding the weights.
-    Raises:
-        CheckpointError: naming every missing, unexpected or misshaped weight.
-    """
-    from .modeling_snd import SnDBackbone, SnDModel
-
-    backbone = task_model if isinstance(task_model, SnDBackbone) else getattr(task_model, "backbone", None)
-    if not isinstance(backbone, SnDBackbone):
-        raise TypeError(
-            f"task_model must be an SnDBackbone or hold one at .backbone, got {type(task_model).__name__}"
-            f" with backbone {type(backbone).__name__}"
-        )
-    if isinstance(source, nn.Module):
-        state_dict = source.state_dict()
-    elif isinstance(source, Mapping):
-        state_dict = dict(source)
-    elif Path(source).is_dir():
-        state_dict = SnDModel.from_pretrained(source).state_dict()
-    else:
-        state_dict = convert_original_state_dict(load_original_checkpoint(source), backbone.config)
-    _check_against(state_dict, {k: v.shape for k, v in backbone.state_dict().items()}, [], "SnD weights for the backbone")
-    backbone.load_state_dict(state_dict, strict=True)
-    return backbone
-
-
 __all__ = [
     "CheckpointError",
     "ORIGINAL_TO_HF",
-    "atomic_write",
+    "check_state_dict",
     "convert_original_state_dict",
-    "default_permissions",
     "infer_config_from_original",
-    "load_backbone_weights",
     "load_original_checkpoint",
+    "original_shapes",
+    "read_checkpoint_file",
     "save_original_checkpoint",
     "to_original_state_dict",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,6 +26,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_snd import SnDConfig
+from .hub import from_pretrained as hub_from_pretrained
+from .loading import (
+    check_state_dict,
+    convert_original_state_dict,
+    infer_config_from_original,
+    load_original_checkpoint,
+)
 
 
 @dataclass
@@ -347,9 +355,7 @@ class SnDPreTrainedModel(PreTrainedModel):
         See `snd_hf.hub`."""
         if pretrained_model_name_or_path is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        from .hub import from_pretrained
-
-        return from_pretrained(
+        return hub_from_pretrained(
             cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
         )
 
@@ -368,8 +374,6 @@ class SnDPreTrainedModel(PreTrainedModel):
         `size`, `blending`, ...). Weights load strictly; unmerged LoRA needs `lora_alpha` (see
         `snd_hf.loading.load_original_checkpoint`).
         """
-        from .loading import convert_original_state_dict, infer_config_from_original, load_original_checkpoint
-
         state_dict = load_original_checkpoint(path, lora_alpha=lora_alpha, lora_rank=lora_rank)
         config = infer_config_from_original(state_dict, **config_overrides)
         hf_state_dict = convert_original_state_dict(state_dict, config)
@@ -574,4 +578,39 @@ class SnDBackbone(BackboneMixin, SnDPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SnDBackbone", "SnDModel", "SnDModelOutput", "SnDPreTrainedModel"]
+def load_backbone_weights(task_model: nn.Module, source: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike) -> nn.Module:
+    """Put SnD weights into the `SnDBackbone` of a transformers task model, strictly.
+
+    transformers builds backbones from `backbone_config` with random weights; this is the one call that
+    fills them, e.g. `DPTForDepthEstimation(DPTConfig(backbone_config=SnDConfig.from_variant("small"), ...))`.
+
+    Args:
+        task_model: a model with an `SnDBackbone` at `.backbone` (DPT, Depth Anything, UperNet), or the
+            `SnDBackbone` itself.
+        source: an `SnDModel`/`SnDBackbone`, an snd-hf state dict, a native checkpoint directory, or an
+            original-layout .pth/.safetensors file.
+    Returns:
+        the backbone, now holding the weights.
+    Raises:
+        CheckpointError: naming every missing, unexpected or misshaped weight.
+    """
+    backbone = task_model if isinstance(task_model, SnDBackbone) else getattr(task_model, "backbone", None)
+    if not isinstance(backbone, SnDBackbone):
+        raise TypeError(
+            f"task_model must be an SnDBackbone or hold one at .backbone, got {type(task_model).__name__}"
+            f" with backbone {type(backbone).__name__}"
+        )
+    if isinstance(source, nn.Module):
+        state_dict = source.state_dict()
+    elif isinstance(source, Mapping):
+        state_dict = dict(source)
+    elif Path(source).is_dir():
+        state_dict = SnDModel.from_pretrained(source).state_dict()
+    else:
+        state_dict = convert_original_state_dict(load_original_checkpoint(source), backbone.config)
+    check_state_dict(state_dict, {k: v.shape for k, v in backbone.state_dict().items()}, [], "SnD weights for the backbone")
+    backbone.load_state_dict(state_dict, strict=True)
+    return backbone
+
+
+__all__ = ["SnDBackbone", "SnDModel", "SnDModelOutput", "SnDPreTrainedModel", "load_backbone_weights"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .loading import atomic_write
+from .files import atomic_write
 
 __all__ = ["PCAProjection", "fit_pca", "pca_rgb", "save_png", "save_panel", "to_uint8_image"]
 

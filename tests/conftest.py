@@ -39,9 +39,8 @@ def hub(tmp_path_factory, monkeypatch):
     clients to offline mode with ``hub.set_offline(True)`` (sets ``HF_HUB_OFFLINE`` and the constant).
     """
     import huggingface_hub
-    from huggingface_hub import constants
-
     from hub_emulator import HubEmulator  # tests/ is on sys.path (rootdir conftest)
+    from huggingface_hub import constants
 
     root = tmp_path_factory.mktemp("hub")
     emulator = HubEmulator(root / "server").start()

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from snd_hf.splatting.cameras import (
+from snd_hf.cameras import (
     camera_rays,
     denormalize_intrinsics,
     normalize_intrinsics,

@@ -9,7 +9,11 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import HfApi
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from transformers import AutoModel
 
 from snd_hf import SND_VARIANTS, SnDBackbone, SnDConfig, SnDModel

@@ -19,6 +19,7 @@ from snd_hf import (
     convert_original_state_dict,
     infer_config_from_original,
     load_original_checkpoint,
+    original_shapes,
     save_original_checkpoint,
     to_original_state_dict,
 )
@@ -53,6 +54,23 @@ def test_full_size_key_sets_convert_strictly_both_ways(fixtures_dir, name):
     back = to_original_state_dict(converted, config)
     assert list(back) == list(shapes)  # same keys, in the original order
     assert all(back[key] is original[key] for key in original)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"use_swiglu_ffn": True}, {"qkv_bias": False}, {"mlp_ratio": 2.5, "image_size": 224, "patch_size": 16}],
+)
+def test_original_format_manifest_matches_the_model(overrides, fixtures_dir):
+    """`original_shapes` describes the torch.hub file format from a config; it must name every SnDModel
+    parameter under its original key, with the model's shape, and equal the real ViT-S manifest."""
+    config = SnDConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, **overrides)
+    with torch.device("meta"):
+        model = SnDModel(config)
+    original = {key: torch.empty(shape, device="meta") for key, shape in original_shapes(config).items()}
+    converted = convert_original_state_dict(original, config)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    small = original_shapes(SnDConfig.from_variant("small"))
+    assert {k: list(v) for k, v in small.items()} == manifest(fixtures_dir, "vits14")
 
 
 def test_saved_original_checkpoint_matches_the_torch_hub_manifest(tmp_path, fixtures_dir):

@@ -6,13 +6,12 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from huggingface_hub import HfApi, ModelCard
 
 from snd_hf import SnDConfig
 from snd_hf.hub import VARIANT_FILES
 from snd_hf.model_card import build_model_card
-
-from conftest import REPO_ROOT
 
 SYNTHETIC_RUN = {  # the shape of TrainingConfig.to_dict() for the tiny synthetic run
     "dataset": "synthetic",

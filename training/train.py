@@ -46,7 +46,13 @@ from tqdm.auto import tqdm
 from snd_hf import SnDConfig
 from snd_hf.data.scenes import collate_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
-from snd_hf.training.builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
+from snd_hf.training.builders import (
+    build_dataset,
+    build_optimizer,
+    build_splat_teacher,
+    build_student,
+    prepare_scenes,
+)
 from snd_hf.training.checkpoints import (
     checkpoint_step,
     finalize_checkpoint,

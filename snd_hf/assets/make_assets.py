@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from snd_hf.data.synthetic import render_synthetic_scene
-from snd_hf.loading import atomic_write
+from snd_hf.files import atomic_write
 
 ASSETS = Path(__file__).resolve().parent
 DEMO_SIZE = (168, 224)  # height, width: 12 x 16 patches of 14 pixels

@@ -7,7 +7,7 @@ points occluded in B are rejected). The relative rotation between the views bins
 viewpoint change, as Probe3D's correspondence benchmark does.
 
 Pixel coordinates here are in pixels (not normalised): the centre of pixel ``(row i, column
-j)`` is ``(x, y) = (j + 0.5, i + 0.5)``, i.e. :func:`~snd_hf.splatting.cameras.pixel_centers`
+j)`` is ``(x, y) = (j + 0.5, i + 0.5)``, i.e. :func:`~snd_hf.cameras.pixel_centers`
 times ``(W, H)``.
 """
 
@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from snd_hf.splatting.cameras import project_points, unproject_depth
+from snd_hf.cameras import project_points, unproject_depth
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:

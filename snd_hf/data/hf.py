@@ -37,13 +37,22 @@ import hashlib
 import io
 import os
 from pathlib import Path
+
 import datasets
 import torch
 from tqdm.auto import tqdm
 
 from snd_hf.data.frames import FrameReadError, decode_view, open_image
-from snd_hf.data.scannetpp import OPTIONAL_FIELDS, FolderScenes, FrameRecord, SceneRecord, SkipLog, frame_number
-from snd_hf.data.scenes import SamplingOptions
+from snd_hf.data.sampling import SamplingOptions
+from snd_hf.data.scannetpp import (
+    OPTIONAL_FIELDS,
+    FolderScenes,
+    FrameRecord,
+    SceneRecord,
+    SkipLog,
+    frame_number,
+)
+
 
 def scene_features() -> datasets.Features:
     """The ``datasets.Features`` of the schema in the module docstring."""
@@ -235,7 +244,7 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
 
     Rows are read in order; each scene's frames are buffered undecoded (rows of a scene must be
     contiguous, as :func:`scenes_to_hf` writes them) and ``samples_per_scene`` draws are made
-    from it with :func:`~snd_hf.data.scenes.sample_views`, seeded by ``(seed, epoch, scene id,
+    from it with :func:`~snd_hf.data.sampling.sample_views`, seeded by ``(seed, epoch, scene id,
     draw)`` exactly as :class:`SceneDataset` seeds them, so both give the same samples. Scenes
     with too few frames are skipped and counted in ``skipped``. With several DataLoader
     workers, ``datasets`` deals whole shards to the workers (a worker without a shard stops), so

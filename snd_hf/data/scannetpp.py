@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from snd_hf.cameras import normalize_intrinsics, opengl_to_opencv
 from snd_hf.data.frames import FrameReadError, decode_view, open_image
-from snd_hf.splatting.cameras import normalize_intrinsics, opengl_to_opencv
 
 OPTIONAL_FIELDS: tuple[str, ...] = ("depth", "normals", "semantics")
 

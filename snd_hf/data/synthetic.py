@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..loading import replace_path
+from ..files import replace_path
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")

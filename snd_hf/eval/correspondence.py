@@ -15,9 +15,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from snd_hf.cameras import pixel_centers
 from snd_hf.data.correspondence import correspondences
-from snd_hf.eval.metrics import ROTATION_BINS, average_metrics, recall_at, recall_by_rotation
-from snd_hf.splatting.cameras import pixel_centers
+from snd_hf.eval.metrics import (
+    ROTATION_BINS,
+    average_metrics,
+    recall_at,
+    recall_by_rotation,
+)
 
 __all__ = ["correspondence_errors", "ratio_test_matches", "summarize_correspondence"]
 

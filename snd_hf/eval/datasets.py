@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,11 +39,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.correspondence import relative_rotation_deg
-from snd_hf.splatting.cameras import normalize_intrinsics
 
 __all__ = [
+    "TASKS",
     "DenseSample",
+    "EvalData",
     "DenseDataset",
     "MMSegFolders",
     "NYUv2Probe3D",
@@ -353,3 +356,31 @@ class ScanNetPairs(Dataset):
         if not math.isfinite(rotation):
             raise ValueError(f"pair {index} ({scene} {frames}) has non-finite poses")
         return ViewPair(images, depths, extrinsics, intrinsics, rotation)
+
+
+TASKS = ("depth", "normals", "segmentation", "correspondence")
+
+
+@dataclass
+class EvalData:
+    """What one ``--data`` entry offers: dense splits per task and/or view pairs.
+
+    Attributes:
+        name: label used in file names and the cache key.
+        dense: task → (train, test) readers of ``DenseSample``.
+        pairs: readers of ``ViewPair`` for correspondence, or None.
+        min_depth, max_depth, crop: depth evaluation settings.
+        num_classes: number of segmentation classes.
+    """
+
+    name: str
+    dense: dict[str, tuple[DenseDataset, DenseDataset]] = field(default_factory=dict)
+    pairs: Sequence | None = None
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    crop: str | None = None
+    num_classes: int | None = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(task for task in TASKS if task in self.dense or (task == "correspondence" and self.pairs is not None))

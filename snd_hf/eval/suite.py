@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from snd_hf.eval.datasets import (
+    TASKS,
     DenseDataset,
+    EvalData,
     NYUv2Probe3D,
     PascalVOC,
     ScanNetPairs,
@@ -40,18 +42,34 @@ from snd_hf.eval.datasets import (
     kitti_eigen,
     scannetpp_depth,
 )
-from snd_hf.eval.features import DenseFeatures, FeatureModel, extract_features, load_feature_model
-from snd_hf.eval.figures import colorize_depth, colorize_labels, colorize_normals, plot_grouped_bars
+from snd_hf.eval.features import (
+    DenseFeatures,
+    FeatureModel,
+    extract_features,
+    load_feature_model,
+)
+from snd_hf.eval.figures import (
+    colorize_depth,
+    colorize_labels,
+    colorize_normals,
+    plot_grouped_bars,
+)
 from snd_hf.eval.metrics import ROTATION_BINS
 from snd_hf.eval.probe import ProbeConfig
-from snd_hf.eval.tasks import DenseArrays, ProbeData, TaskResult, run_correspondence, run_depth, run_normals, run_segmentation
-from snd_hf.loading import atomic_write
+from snd_hf.eval.synthetic import synthetic_eval_data
+from snd_hf.eval.tasks import (
+    DenseArrays,
+    ProbeData,
+    TaskResult,
+    run_correspondence,
+    run_depth,
+    run_normals,
+    run_segmentation,
+)
+from snd_hf.files import atomic_write
 from snd_hf.visualization import pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
-
-TASKS = ("depth", "normals", "segmentation", "correspondence")
-
 
 @dataclass(frozen=True)
 class EvalPreset:
@@ -104,35 +122,9 @@ PRESETS: dict[str, EvalPreset] = {
 }
 
 
-@dataclass
-class EvalData:
-    """What one ``--data`` entry offers: dense splits per task and/or view pairs.
-
-    Attributes:
-        name: label used in file names and the cache key.
-        dense: task → (train, test) readers of ``DenseSample``.
-        pairs: readers of ``ViewPair`` for correspondence, or None.
-        min_depth, max_depth, crop: depth evaluation settings.
-        num_classes: number of segmentation classes.
-    """
-
-    name: str
-    dense: dict[str, tuple[DenseDataset, DenseDataset]] = field(default_factory=dict)
-    pairs: Sequence | None = None
-    min_depth: float = 1e-3
-    max_depth: float = 10.0
-    crop: str | None = None
-    num_classes: int | None = None
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return tuple(task for task in TASKS if task in self.dense or (task == "correspondence" and self.pairs is not None))
-
-
 def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
     """Open ``synthetic`` or ``KIND=ROOT`` (see the module docstring)."""
     if spec == "synthetic":
-        from snd_hf.eval.synthetic import synthetic_eval_data
 
         return synthetic_eval_data(Path(cache_dir) / "synthetic", preset.synthetic)
     kind, separator, root = spec.partition("=")

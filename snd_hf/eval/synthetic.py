@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
+from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.correspondence import relative_rotation_deg
-from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, ViewPair
-from snd_hf.loading import atomic_write
-from snd_hf.splatting.cameras import normalize_intrinsics
+from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
+from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, EvalData, ViewPair
+from snd_hf.files import atomic_write
 
 __all__ = ["HELD_OUT_SEED", "SyntheticFrames", "synthetic_eval_data"]
 
@@ -103,8 +103,6 @@ def synthetic_eval_data(cache_dir: str | Path, size: tuple[int, int, int, int], 
         size: ``(num_scenes, num_frames, height, width)``; at least 2 scenes.
         seed: scene seed (held out from training by default).
     """
-    from snd_hf.eval.suite import EvalData
-
     if size[0] < 2:
         raise ValueError(f"the synthetic benchmark needs at least 2 scenes (train and test), got {size[0]}")
     scenes = _render_scenes(Path(cache_dir), size, seed)

@@ -19,7 +19,13 @@ from snd_hf.eval.correspondence import correspondence_errors, summarize_correspo
 from snd_hf.eval.datasets import IGNORE_INDEX
 from snd_hf.eval.depth import DepthProbe, depth_probe_loss
 from snd_hf.eval.features import DenseFeatures
-from snd_hf.eval.metrics import SegmentationMeter, average_metrics, depth_eval_mask, depth_metrics, normal_metrics
+from snd_hf.eval.metrics import (
+    SegmentationMeter,
+    average_metrics,
+    depth_eval_mask,
+    depth_metrics,
+    normal_metrics,
+)
 from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
 from snd_hf.eval.probe import ProbeConfig, train_probe
 from snd_hf.eval.segmentation import SegmentationProbe, segmentation_loss

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cameras import camera_rays, denormalize_intrinsics, unproject_depth
+from ..cameras import camera_rays, denormalize_intrinsics, unproject_depth
 from .gaussians import Gaussians
 
 

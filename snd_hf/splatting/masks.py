@@ -84,7 +84,6 @@ def mask_aware_upsample(
     # result is plain bilinear, which torch computes at memory speed. Only the other pixels
     # are gathered again with renormalised weights.
     # Deviation: no valid neighbour → plain bilinear as well (the original outputs 0).
-    images = features.shape[0]
     upsampled = F.interpolate(
         features.contiguous(memory_format=torch.channels_last), size=(height, width), mode="bilinear", align_corners=True
     )  # [N, C, H, W], channels-last memory

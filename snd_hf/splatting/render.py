@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .cameras import denormalize_intrinsics
+from ..cameras import denormalize_intrinsics
 from .gaussians import Gaussians
 
 Backend = Literal["auto", "gsplat", "torch"]
@@ -80,7 +80,7 @@ def render_features(
     Args:
         gaussians: Gaussians with features attached (``gaussians.features`` [B, G, C]).
         extrinsics: camera-to-world matrices, OpenCV axes. [B, V, 4, 4]
-        intrinsics: normalised intrinsics (see :mod:`snd_hf.splatting.cameras`). [B, V, 3, 3]
+        intrinsics: normalised intrinsics (see :mod:`snd_hf.cameras`). [B, V, 3, 3]
         near: near clipping z-depth per view. [B, V]
         far: far clipping z-depth per view. [B, V]
         image_size: ``(H, W)`` of the rendered images.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..splatting.teacher import SplatTeacher
 from .config import TrainingConfig
 from .loss import distillation_loss
 from .student import BackboneWithHead
-from ..splatting.teacher import SplatTeacher
 
 
 @torch.no_grad()

@@ -6,7 +6,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from snd_hf.data.hf import HFScenes, StreamingSceneDataset, load_scene_dataset, scene_features, scenes_to_hf
+from snd_hf.data.hf import (
+    HFScenes,
+    StreamingSceneDataset,
+    load_scene_dataset,
+    scene_features,
+    scenes_to_hf,
+)
 from snd_hf.data.scenes import SceneDataset, collate_scenes
 
 from .conftest import TINY

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.frames import FrameReadError
 from snd_hf.data.scannetpp import FolderScenes, frame_number
 from snd_hf.data.scenes import SceneDataset
 from snd_hf.data.synthetic import render_synthetic_scene
-from snd_hf.splatting.cameras import normalize_intrinsics
 
 from .conftest import TINY
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from snd_hf.data.scenes import SceneDataset, collate_scenes, sample_views
+from snd_hf.data.sampling import sample_views
+from snd_hf.data.scenes import SceneDataset, collate_scenes
 
 
 def _draws(**kwargs):

@@ -6,11 +6,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from snd_hf.cameras import unproject_depth
 from snd_hf.cli import main as snd_main
 from snd_hf.data.correspondence import correspondences
 from snd_hf.data.scannetpp import FolderScenes
-from snd_hf.data.synthetic import MARKER_NAME, SEMANTIC_CLASSES, ensure_synthetic_scenes, generate_scenes
-from snd_hf.splatting.cameras import unproject_depth
+from snd_hf.data.synthetic import (
+    MARKER_NAME,
+    SEMANTIC_CLASSES,
+    ensure_synthetic_scenes,
+    generate_scenes,
+)
 
 from .conftest import TINY
 

@@ -6,8 +6,12 @@ import math
 
 import torch
 
-from snd_hf.eval.correspondence import correspondence_errors, ratio_test_matches, summarize_correspondence
-from snd_hf.splatting.cameras import camera_rays, unproject_depth
+from snd_hf.cameras import camera_rays, unproject_depth
+from snd_hf.eval.correspondence import (
+    correspondence_errors,
+    ratio_test_matches,
+    summarize_correspondence,
+)
 
 HEIGHT, WIDTH = 60, 80
 

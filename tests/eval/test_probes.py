@@ -12,11 +12,23 @@ import torch.nn.functional as F
 
 from snd_hf.eval.depth import DepthProbe, depth_probe_loss, gradient_loss, sig_loss
 from snd_hf.eval.features import DenseFeatures
-from snd_hf.eval.metrics import SegmentationMeter, average_metrics, depth_eval_mask, depth_metrics, normal_metrics
+from snd_hf.eval.metrics import (
+    SegmentationMeter,
+    average_metrics,
+    depth_eval_mask,
+    depth_metrics,
+    normal_metrics,
+)
 from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.synthetic import SyntheticFrames, _render_scenes
-from snd_hf.eval.tasks import DenseArrays, ProbeData, run_depth, run_normals, run_segmentation
+from snd_hf.eval.tasks import (
+    DenseArrays,
+    ProbeData,
+    run_depth,
+    run_normals,
+    run_segmentation,
+)
 
 PATCH = 8
 NUM_CLASSES = 7

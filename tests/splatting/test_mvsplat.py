@@ -10,8 +10,15 @@ from safetensors.torch import load_file, save_file
 
 from snd_hf.splatting import MVSplatLifter
 from snd_hf.splatting.gaussians import Gaussians
-from snd_hf.splatting.mvsplat import MVSplatConfig, convert_checkpoint, load_checkpoint_state_dict
-from snd_hf.splatting.mvsplat.depth_predictor import build_cost_volume, disparity_candidates
+from snd_hf.splatting.mvsplat import (
+    MVSplatConfig,
+    convert_checkpoint,
+    load_checkpoint_state_dict,
+)
+from snd_hf.splatting.mvsplat.depth_predictor import (
+    build_cost_volume,
+    disparity_candidates,
+)
 from snd_hf.splatting.mvsplat.gaussian_adapter import quaternion_xyzw_to_matrix
 
 # Fixture's suggested tolerance: max |port - reference| <= 2e-4 * max |reference| (CPU kernel noise ~7e-5).

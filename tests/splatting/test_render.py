@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from snd_hf.splatting.cameras import unproject_depth
+from snd_hf.cameras import unproject_depth
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.render import render_features
 

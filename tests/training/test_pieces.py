@@ -8,8 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from snd_hf.training import DINOHead, TrainingConfig, distillation_loss, ema_update, make_ema_teacher
-from snd_hf.training.checkpoints import finalize_checkpoint, list_checkpoints, resolve_checkpoint, temporary_checkpoint_dir
+from snd_hf.training import (
+    DINOHead,
+    TrainingConfig,
+    distillation_loss,
+    ema_update,
+    make_ema_teacher,
+)
+from snd_hf.training.checkpoints import (
+    finalize_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+    temporary_checkpoint_dir,
+)
 from snd_hf.training.config import parse_overrides
 
 

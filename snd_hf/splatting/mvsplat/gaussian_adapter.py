@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cameras import pixel_centers
+from ...cameras import pixel_centers
 
 # Multiplier of the pixel footprint in the Gaussian scale (the original's default).
 PIXEL_SCALE_MULTIPLIER = 0.1

@@ -192,12 +192,16 @@ def _report_skips(dataset: datasets.Dataset, skipped: SkipLog | None, root: Path
     if skipped is not None:
         counts, paths = dict(skipped.counts), skipped.paths
         if record is not None:
-            atomic_write(record, lambda temporary: Path(temporary).write_text(json.dumps({"counts": counts, "paths": paths})))
-    elif record is not None and record.is_file():
-        recorded = json.loads(record.read_text())
-        counts, paths = recorded["counts"], recorded["paths"]
+            try:
+                atomic_write(record, lambda temporary: Path(temporary).write_text(json.dumps({"counts": counts, "paths": paths})))
+            except OSError:
+                pass  # a read-only cache: this conversion still warns, a reuse of it cannot
     else:
-        return
+        try:
+            recorded = json.loads(record.read_text()) if record is not None else {}
+            counts, paths = recorded["counts"], recorded["paths"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # converted before skips were recorded, or the record is unreadable
     if counts:
         reasons = "; ".join(f"{reason}: {count} (first: {paths[reason][0]})" for reason, count in counts.items())
         warnings.warn(f"scenes_to_hf left out {sum(counts.values())} frames or scenes of {root}: {reasons}", stacklevel=3)

@@ -35,23 +35,35 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import warnings
 from pathlib import Path
 
 import datasets
 import torch
 from tqdm.auto import tqdm
 
-from snd_hf.data.frames import FrameReadError, decode_view, open_image
+from snd_hf.cameras import denormalize_intrinsics
+from snd_hf.data.frames import FrameReadError, open_image
 from snd_hf.data.sampling import SamplingOptions
 from snd_hf.data.scannetpp import (
     OPTIONAL_FIELDS,
+    CameraModelError,
     FolderScenes,
     FrameRecord,
     SceneRecord,
     SkipLog,
+    camera_problem,
+    decode_frame,
     frame_number,
 )
+from snd_hf.files import atomic_write
+
+# Bumped whenever the rows written for the same folder change: a cached conversion made by an
+# older converter (one that embedded frames without validating them) is then not reused.
+_CONVERTER_VERSION = "2"
+_SKIP_REPORT = "snd_skipped.json"
 
 
 def scene_features() -> datasets.Features:
@@ -72,60 +84,127 @@ def scene_features() -> datasets.Features:
     )
 
 
-def _frame_rows(root: str, progress: bool):
-    folder = FolderScenes(root, skip_bad=False)
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise FrameReadError(str(path), "file not found") from None
+    except OSError as error:
+        raise FrameReadError(str(path), f"unreadable file ({error.strerror or error})") from None
+
+
+def _frame_rows(root: str, progress: bool, on_error: str, allow_outside_root: bool, report: dict):
+    # Silent per skip: scenes_to_hf warns once with the summary.
+    folder = FolderScenes(root, skip_bad=False, on_error=on_error, allow_outside_root=allow_outside_root, warn=False)
     for scene in tqdm(folder.scenes, desc="scenes to datasets", disable=not progress):
-        scene_dir = Path(scene.location)
-        for frame in scene.frames:
-            stem = Path(frame.name).stem
-            files = {"image": scene_dir / "images" / frame.name, "mask": scene_dir / "instance_segmentation" / f"{frame.name}.png"}
-            files.update({name: scene_dir / name / f"{stem}.png" for name in scene.fields})
-            row = {
+        for position, frame in enumerate(scene.frames):
+            try:
+                paths = folder.frame_paths(scene, position, scene.fields)
+                blobs = {name: _read_bytes(path) for name, path in paths.items()}
+                # Decoded once, exactly as the readers will: what is embedded is what was checked.
+                decode_frame(frame, {name: (open_image(io.BytesIO(blobs[name]), str(path)), str(path)) for name, path in paths.items()}, None)
+            except FrameReadError as error:
+                folder.skip(error)
+                continue
+            yield {
                 "scene": scene.scene_id,
                 "file_name": frame.name,
                 "extrinsics": frame.extrinsics.reshape(-1).tolist(),
                 "intrinsics": frame.intrinsics.reshape(-1).tolist(),
-                "height": scene.height,
-                "width": scene.width,
+                "height": frame.height,
+                "width": frame.width,
                 "is_bad": frame.is_bad,
                 **{name: None for name in OPTIONAL_FIELDS},
+                **{name: {"bytes": blobs[name], "path": path.name} for name, path in paths.items()},
             }
-            for name, path in files.items():
-                if not path.is_file():
-                    raise FrameReadError(str(path), "file not found")
-                row[name] = {"bytes": path.read_bytes(), "path": path.name}
-            yield row
+    report["skipped"] = folder.skipped
 
 
-def _folder_fingerprint(root: Path) -> str:
-    """A hash of every file's path, size and modification time: a changed folder is re-converted."""
-    digest = hashlib.sha256(str(root.resolve()).encode())
+def _folder_fingerprint(root: Path, options: str) -> str:
+    """A hash of every file's path, size and modification time (of the link target where it
+    resolves), the converter version and ``options``: a changed folder is re-converted."""
+    digest = hashlib.sha256(f"{root.resolve()}|{_CONVERTER_VERSION}|{options}".encode())
     for directory, _, files in sorted(os.walk(root)):
         for name in sorted(files):
-            stat = os.stat(os.path.join(directory, name))
-            digest.update(f"{directory}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            path = os.path.join(directory, name)
+            stat = os.stat(path) if os.path.exists(path) else os.lstat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 
 
-def scenes_to_hf(root: str | Path, *, progress: bool = True, cache_dir: str | None = None) -> datasets.Dataset:
+def scenes_to_hf(
+    root: str | Path,
+    *,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    on_error: str = "skip",
+    allow_outside_root: bool = False,
+) -> datasets.Dataset:
     """Convert a ScanNet++-layout folder (a real export or :mod:`snd_hf.data.synthetic` output).
 
-    All frames are kept with their ``is_bad`` flag; frames missing their image or mask are
-    left out, as by :class:`~snd_hf.data.scannetpp.FolderScenes`. A missing optional map of a
-    scene that has the folder raises :class:`FrameReadError` naming it.
+    Frames are listed by :class:`~snd_hf.data.scannetpp.FolderScenes` (same checks: camera values,
+    ``file_path``, files outside the root) and every file embedded is first decoded as the readers
+    decode it, so a converted dataset never holds a frame the folder reader would refuse. All
+    frames are kept with their ``is_bad`` flag.
+
+    Args:
+        root: the dataset folder.
+        progress: show a progress bar.
+        cache_dir: the ``datasets`` cache (its default when None); an unchanged folder is
+            converted once.
+        on_error: ``"skip"`` leaves unusable frames (and scenes) out, with a warning that counts
+            them by reason and names the first files, repeated when a cached conversion is
+            reused; ``"raise"`` raises :class:`FrameReadError` naming the file.
+        allow_outside_root: embed files whose real path lies outside ``root`` (symbolic links);
+            refused by default.
 
     Returns:
         a ``datasets.Dataset`` of the module schema (write it with ``save_to_disk`` or
         ``to_parquet``; push it with ``push_to_hub``).
+
+    Raises:
+        CameraModelError: a scene's camera is distorted or not a pinhole.
     """
     root = Path(root)
-    return datasets.Dataset.from_generator(
-        _frame_rows,
-        features=scene_features(),
-        gen_kwargs={"root": str(root), "progress": progress},
-        cache_dir=cache_dir,
-        fingerprint=_folder_fingerprint(root),
-    )
+    report: dict = {}
+    try:
+        dataset = datasets.Dataset.from_generator(
+            _frame_rows,
+            features=scene_features(),
+            gen_kwargs={"root": str(root), "progress": progress, "on_error": on_error, "allow_outside_root": allow_outside_root, "report": report},
+            cache_dir=cache_dir,
+            fingerprint=_folder_fingerprint(root, f"{on_error}|{allow_outside_root}"),
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        # datasets wraps what the generator raised; ours name the file, theirs do not.
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, (FrameReadError, CameraModelError)):
+            raise cause from None
+        raise
+    _report_skips(dataset, report.get("skipped"), root)
+    return dataset
+
+
+def _report_skips(dataset: datasets.Dataset, skipped: SkipLog | None, root: Path) -> None:
+    """Warn about the frames a conversion left out; the record lives beside the cached rows so
+    that reusing them warns again."""
+    record = Path(dataset.cache_files[0]["filename"]).parent / _SKIP_REPORT if dataset.cache_files else None
+    if skipped is not None:
+        counts, paths = dict(skipped.counts), skipped.paths
+        if record is not None:
+            try:
+                atomic_write(record, lambda temporary: Path(temporary).write_text(json.dumps({"counts": counts, "paths": paths})))
+            except OSError:
+                pass  # a read-only cache: this conversion still warns, a reuse of it cannot
+    else:
+        try:
+            recorded = json.loads(record.read_text()) if record is not None else {}
+            counts, paths = recorded["counts"], recorded["paths"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # converted before skips were recorded, or the record is unreadable
+    if counts:
+        reasons = "; ".join(f"{reason}: {count} (first: {paths[reason][0]})" for reason, count in counts.items())
+        warnings.warn(f"scenes_to_hf left out {sum(counts.values())} frames or scenes of {root}: {reasons}", stacklevel=3)
 
 
 def load_scene_dataset(
@@ -153,46 +232,77 @@ def load_scene_dataset(
     return datasets.load_dataset(str(source), split=split, streaming=streaming)
 
 
-def _record(row: dict, key: object) -> FrameRecord:
-    return FrameRecord(
-        name=row["file_name"],
-        extrinsics=torch.tensor(row["extrinsics"], dtype=torch.float32).reshape(4, 4),
-        intrinsics=torch.tensor(row["intrinsics"], dtype=torch.float32).reshape(3, 3),
-        is_bad=bool(row["is_bad"]),
-        key=key,
-    )
+def _record(row: dict, key: object, where: str) -> FrameRecord:
+    """The frame of a row; :class:`FrameReadError` naming it when its camera is unusable."""
+    source = f"{where}:{row['scene']}/{row['file_name']}"
+    try:
+        frame = FrameRecord(
+            name=row["file_name"],
+            extrinsics=torch.tensor(row["extrinsics"], dtype=torch.float32).reshape(4, 4),
+            intrinsics=torch.tensor(row["intrinsics"], dtype=torch.float32).reshape(3, 3),
+            is_bad=bool(row["is_bad"]),
+            key=key,
+            height=row["height"],
+            width=row["width"],
+        )
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise FrameReadError(source, f"malformed row ({type(error).__name__}: {error})") from None
+    problem = camera_problem(frame.extrinsics, _pixel_intrinsics(frame), frame.height, frame.width)
+    if problem is not None:
+        raise FrameReadError(source, f"invalid camera ({problem})")
+    return frame
 
 
-def _scene_record(scene_id: str, frames: list[FrameRecord], first_row: dict, fields: tuple[str, ...], location: str) -> SceneRecord:
+def _pixel_intrinsics(frame: FrameRecord) -> torch.Tensor:
+    if not (isinstance(frame.height, int) and isinstance(frame.width, int)):
+        return frame.intrinsics  # camera_problem reports the size
+    return denormalize_intrinsics(frame.intrinsics.double(), frame.height, frame.width)
+
+
+def _scene_record(scene_id: str, frames: list[FrameRecord], fields: tuple[str, ...], location: str) -> SceneRecord:
     frames = sorted(frames, key=lambda frame: (frame_number(frame.name), frame.name))
-    return SceneRecord(scene_id, frames, int(first_row["height"]), int(first_row["width"]), fields, location)
+    return SceneRecord(scene_id, frames, fields, location)
 
 
 def _decode_row(row: dict, frame: FrameRecord, scene: SceneRecord, size, fields, where: str) -> dict[str, torch.Tensor]:
+    """Decode the undecoded image columns (``{"bytes", "path"}``) of one row, as the folder reader
+    decodes files: every failure is a :class:`FrameReadError` naming the scene, frame and column."""
     files = {}
     for name in ("image", "mask") + tuple(f for f in fields if f in scene.fields):
         source = f"{where}:{scene.scene_id}/{frame.name}[{name}]"
-        if row[name] is None:
+        value = row[name]
+        if value is None:
             raise FrameReadError(source, "file not found")
-        # Undecoded columns ({"bytes", "path"}) are opened here, only for the frames drawn.
-        files[name] = (open_image(io.BytesIO(row[name]["bytes"]), source) if isinstance(row[name], dict) else row[name], source)
-    return decode_view(files, size)
+        # Only embedded bytes are read: a row's "path" could name any file of this machine.
+        if not isinstance(value, dict) or not isinstance(value.get("bytes"), bytes):
+            raise FrameReadError(source, "unreadable image (no embedded bytes; convert the files with scenes_to_hf)")
+        files[name] = (open_image(io.BytesIO(value["bytes"]), source), source)
+    return decode_frame(frame, files, size)
 
 
 class HFScenes:
     """A :class:`~snd_hf.data.scenes.SceneSource` over a ``datasets.Dataset`` of the module schema.
 
+    Images are decoded here from their embedded bytes (never by ``datasets``), so an unreadable
+    frame is a :class:`FrameReadError` naming it, counted as a skip by
+    :class:`~snd_hf.data.scenes.SceneDataset` like a bad file of a folder.
+
     Args:
         dataset: the rows (random access).
         skip_bad: drop frames flagged ``is_bad``.
+        on_error: ``"skip"`` drops rows whose camera is unusable (the checks of
+            :func:`~snd_hf.data.scannetpp.camera_problem`), counting them in ``skipped``;
+            ``"raise"`` raises :class:`FrameReadError`.
     """
 
-    def __init__(self, dataset: datasets.Dataset, *, skip_bad: bool = True):
+    def __init__(self, dataset: datasets.Dataset, *, skip_bad: bool = True, on_error: str = "skip"):
         if not isinstance(dataset, datasets.Dataset):
             raise TypeError(
                 f"`dataset` must be a datasets.Dataset (random access), got {type(dataset).__name__}; "
                 "use StreamingSceneDataset for an IterableDataset."
             )
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"`on_error` must be 'skip' or 'raise', got {on_error!r}.")
         missing = set(scene_features()) - set(dataset.column_names)
         if missing:
             raise ValueError(f"`dataset` lacks the columns {sorted(missing)} of the snd-hf scene schema.")
@@ -204,7 +314,13 @@ class HFScenes:
         by_scene: dict[str, list[FrameRecord]] = {}
         first_rows: dict[str, int] = {}
         for index, row in enumerate(meta):
-            frame = _record(row, index)
+            try:
+                frame = _record(row, index, self.where)
+            except FrameReadError as error:
+                if on_error == "raise":
+                    raise
+                self.skipped.add(error.kind, error.path)
+                continue
             if frame.is_bad and skip_bad:
                 self.skipped.add("is_bad frame", f"{self.where}:{row['scene']}/{row['file_name']}", warn=False)
                 continue
@@ -214,7 +330,7 @@ class HFScenes:
         for scene_id, frames in by_scene.items():
             first = presence[first_rows[scene_id]]
             fields = tuple(name for name in OPTIONAL_FIELDS if first.column(name)[0].is_valid)
-            self.scenes.append(_scene_record(scene_id, frames, meta[first_rows[scene_id]], fields, f"{self.where}:{scene_id}"))
+            self.scenes.append(_scene_record(scene_id, frames, fields, f"{self.where}:{scene_id}"))
         self._views: dict[tuple[str, ...], datasets.Dataset] = {}
 
     def load_view(
@@ -223,9 +339,11 @@ class HFScenes:
         """Same contract as :meth:`snd_hf.data.scannetpp.FolderScenes.load_view`."""
         columns = ("image", "mask") + tuple(name for name in fields if name in scene.fields)
         if columns not in self._views:
-            self._views[columns] = self.dataset.select_columns(list(columns))
+            self._views[columns] = self.dataset.select_columns(list(columns)).with_format("arrow")  # undecoded
         frame = scene.frames[position]
-        return _decode_row(self._views[columns][frame.key], frame, scene, size, fields, self.where)
+        table = self._views[columns][frame.key]
+        row = {name: table.column(name)[0].as_py() for name in columns}
+        return _decode_row(row, frame, scene, size, fields, self.where)
 
 
 class _BufferedScene:
@@ -245,15 +363,20 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
     Rows are read in order; each scene's frames are buffered undecoded (rows of a scene must be
     contiguous, as :func:`scenes_to_hf` writes them) and ``samples_per_scene`` draws are made
     from it with :func:`~snd_hf.data.sampling.sample_views`, seeded by ``(seed, epoch, scene id,
-    draw)`` exactly as :class:`SceneDataset` seeds them, so both give the same samples. Scenes
-    with too few frames are skipped and counted in ``skipped``. With several DataLoader
-    workers, ``datasets`` deals whole shards to the workers (a worker without a shard stops), so
-    a scene must not straddle shards. Keyword arguments are those of
-    :class:`~snd_hf.data.scenes.SceneDataset` (but ``on_error``).
+    draw)`` exactly as :class:`SceneDataset` seeds them, so both give the same samples. With
+    ``on_error="skip"`` (the default) rows with an unusable camera, scenes with too few frames and
+    samples with an unreadable frame are left out and counted in ``skipped`` (a skipped sample
+    is not replaced); ``"raise"`` raises. With several DataLoader workers, ``datasets`` deals
+    whole shards to the workers (a worker without a shard stops; each counts its own skips), so
+    a scene must not straddle shards. Other keyword arguments are those of
+    :class:`~snd_hf.data.scenes.SceneDataset`.
     """
 
-    def __init__(self, dataset: datasets.IterableDataset | datasets.Dataset, **options):
+    def __init__(self, dataset: datasets.IterableDataset | datasets.Dataset, *, on_error: str = "skip", **options):
         self.options = SamplingOptions(**options)
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"`on_error` must be 'skip' or 'raise', got {on_error!r}.")
+        self.on_error = on_error
         if isinstance(dataset, datasets.Dataset):
             dataset = dataset.to_iterable_dataset()  # one shard: workers never split a scene
         self.dataset = dataset.cast(
@@ -264,6 +387,11 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def _skip(self, error: FrameReadError) -> None:
+        if self.on_error == "raise":
+            raise error
+        self.skipped.add(error.kind, error.path)
 
     def _scenes(self):
         rows: list[dict] = []
@@ -277,12 +405,25 @@ class StreamingSceneDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         for rows in self._scenes():
-            frames = [_record(row, index) for index, row in enumerate(rows) if not (self.options.skip_bad and row["is_bad"])]
+            frames = []
+            for index, row in enumerate(rows):
+                try:
+                    frame = _record(row, index, "stream")
+                except FrameReadError as error:
+                    self._skip(error)
+                    continue
+                if not (self.options.skip_bad and frame.is_bad):
+                    frames.append(frame)
             fields = tuple(name for name in OPTIONAL_FIELDS if rows[0][name] is not None)
-            scene = _scene_record(rows[0]["scene"], frames, rows[0], fields, f"stream:{rows[0]['scene']}")
+            scene = _scene_record(rows[0]["scene"], frames, fields, f"stream:{rows[0]['scene']}")
             if len(scene) < self.options.min_frames:
                 self.skipped.add("too few frames", scene.location)
                 continue
             source = _BufferedScene(scene, rows)
             for draw in range(self.options.samples_per_scene):
-                yield self.options.sample(source, scene, self.options.rng(self.epoch, scene.scene_id, draw))
+                try:
+                    sample = self.options.sample(source, scene, self.options.rng(self.epoch, scene.scene_id, draw))
+                except FrameReadError as error:
+                    self._skip(error)
+                    continue
+                yield sample

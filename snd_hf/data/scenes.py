@@ -64,9 +64,16 @@ class SceneDataset(Dataset):
         samples_per_scene: items per scene per epoch.
         fields: optional maps to load when a scene has them (any of depth, normals, semantics).
         on_error: ``"skip"`` counts unusable scenes, frames and samples in ``skipped`` (with a
-            warning the first time for each reason) and moves on; ``"raise"`` raises. A skipped
-            sample is replaced by a draw from the next scene. DataLoader workers each count the
-            skips of their own samples.
+            warning the first time for each reason) and moves on; ``"raise"`` raises. The same
+            problems are skipped from a folder and from ``datasets`` rows: unusable cameras and
+            frame paths when the scenes are listed, unreadable files when a sample is loaded. A
+            skipped sample is replaced by a draw from the next scene. DataLoader workers each
+            count the skips of their own samples.
+        allow_outside_root: let a folder's scene folders and files resolve (through symbolic
+            links) outside ``root``; refused by default.
+
+    Raises:
+        CameraModelError: a scene's camera is distorted or not a pinhole (whatever ``on_error``).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class SceneDataset(Dataset):
         samples_per_scene: int = 1,
         fields: tuple[str, ...] = OPTIONAL_FIELDS,
         on_error: Literal["skip", "raise"] = "skip",
+        allow_outside_root: bool = False,
     ):
         options = SamplingOptions(
             num_context, context_gap, num_targets, target_mode, image_size, skip_bad, seed, near, far, samples_per_scene, fields
@@ -92,7 +100,7 @@ class SceneDataset(Dataset):
         if on_error not in ("skip", "raise"):
             raise ValueError(f"`on_error` must be 'skip' or 'raise', got {on_error!r}.")
         self.options, self.on_error, self.epoch = options, on_error, 0
-        self.source = _open_source(root, skip_bad=skip_bad, on_error=on_error)
+        self.source = _open_source(root, skip_bad=skip_bad, on_error=on_error, allow_outside_root=allow_outside_root)
         self.skipped = self.source.skipped
 
         self.scenes: list[SceneRecord] = []
@@ -153,16 +161,16 @@ def collate_scenes(samples: list[dict]) -> dict:
     return batch
 
 
-def _open_source(root, *, skip_bad: bool, on_error: str) -> SceneSource:
+def _open_source(root, *, skip_bad: bool, on_error: str, allow_outside_root: bool) -> SceneSource:
     if hasattr(root, "load_view") and hasattr(root, "scenes"):
         return root
     if not isinstance(root, (str, Path)):
         from snd_hf.data.hf import HFScenes  # datasets is imported only when used
 
-        return HFScenes(root, skip_bad=skip_bad)
+        return HFScenes(root, skip_bad=skip_bad, on_error=on_error)
     path = Path(root)
     if (path / "scenes").is_dir() or any(path.glob("*/instance_segmentation")):
-        return FolderScenes(path, skip_bad=skip_bad, on_error=on_error)
+        return FolderScenes(path, skip_bad=skip_bad, on_error=on_error, allow_outside_root=allow_outside_root)
     from snd_hf.data.hf import HFScenes, load_scene_dataset
 
-    return HFScenes(load_scene_dataset(path), skip_bad=skip_bad)
+    return HFScenes(load_scene_dataset(path), skip_bad=skip_bad, on_error=on_error)

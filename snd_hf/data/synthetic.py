@@ -24,6 +24,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -419,26 +420,39 @@ def generate_scenes(
     seed: int = 0,
     progress: bool = True,
     image_format: str = "png",
+    overwrite: bool = False,
 ) -> Path:
     """Generate ``num_scenes`` rooms of ``num_frames`` frames into ``out_dir/scenes/``.
 
     Deterministic in ``seed`` (scene ``i`` depends only on ``(seed, i)``). The scenes are
     written into a temporary sibling folder that replaces ``out_dir`` once complete, so an
     interrupted run never leaves a half-written dataset; ``out_dir/snd_synthetic.json``
-    records the parameters.
+    records the parameters and every file written.
+
+    An existing ``out_dir`` is replaced only when it is empty or holds nothing but the files its
+    ``snd_synthetic.json`` records (a set this function wrote), or with ``overwrite=True``.
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds anything else (named in the message), or is a file
+            or a symbolic link, and ``overwrite`` is False.
     """
     parameters = _parameters(num_scenes, num_frames, height, width, seed, image_format)
     out_dir = Path(out_dir)
+    if not overwrite:
+        _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for scene_index in tqdm(range(num_scenes), desc="synthetic scenes", disable=not progress):
             rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed)
             _write_scene(rendered, staging / "scenes" / f"synth_{scene_index:04d}", image_format)
-        (staging / MARKER_NAME).write_text(json.dumps(parameters, indent=1))
+        files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+        (staging / MARKER_NAME).write_text(json.dumps({**parameters, "files": files}, indent=1))
+        if not overwrite:
+            _check_replaceable(out_dir)  # again: the user may have added files meanwhile
         replace_path(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -446,28 +460,68 @@ def generate_scenes(
     return out_dir
 
 
+def _recorded_files(out_dir: Path) -> list[str] | None:
+    """The files ``out_dir``'s marker says the generator wrote, or None without a readable marker."""
+    try:
+        files = json.loads((out_dir / MARKER_NAME).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return files if isinstance(files, list) else None
+
+
+def _foreign_entries(out_dir: Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` entries of ``out_dir`` the generator did not write (files missing from the
+    marker's list, symbolic links), as paths relative to ``out_dir``."""
+    written = set(_recorded_files(out_dir) or ()) | {MARKER_NAME}
+    foreign = []
+    for directory, folders, files in os.walk(out_dir):
+        base = Path(directory).relative_to(out_dir)
+        entries = [name for name in folders if (Path(directory) / name).is_symlink()] + files
+        foreign += [(base / name).as_posix() for name in sorted(entries) if (base / name).as_posix() not in written]
+        if len(foreign) >= limit:
+            break
+        folders.sort()
+    return foreign[:limit]
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds anything the generator did not write (issue: a user's
+    data deleted by ``snd synth --out``)."""
+    hint = "pass overwrite=True (snd synth --overwrite) to replace it, or choose another folder"
+    if out_dir.is_symlink():
+        raise FileExistsError(f"{out_dir} is a symbolic link; give the folder it points to, or {hint}")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder of generated scenes; {hint}")
+    foreign = _foreign_entries(out_dir)
+    if foreign:
+        origin = "not recorded in its " + MARKER_NAME if (out_dir / MARKER_NAME).is_file() else "that snd did not write"
+        raise FileExistsError(f"{out_dir} holds files {origin} ({', '.join(foreign)}, ...); {hint}")
+
+
 def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
     """Like :func:`generate_scenes` (same keyword arguments), but only when ``out_dir`` lacks a
-    complete set made with these parameters."""
+    complete set made with these parameters.
+
+    Raises:
+        FileExistsError: ``out_dir`` must be (re)generated but holds files the generator did not
+            write (a real dataset, say), and ``overwrite`` is not True.
+    """
     bound = inspect.signature(generate_scenes).bind(out_dir, **options)
     bound.apply_defaults()
     arguments = bound.arguments
-    num_scenes, num_frames, image_format = arguments["num_scenes"], arguments["num_frames"], arguments["image_format"]
     parameters = _parameters(
-        num_scenes, num_frames, arguments["height"], arguments["width"], arguments["seed"], image_format
-    )
-    marker = Path(out_dir) / MARKER_NAME
-    if marker.is_file():
-        try:
-            recorded = json.loads(marker.read_text())
-        except json.JSONDecodeError:
-            recorded = None
-        complete = all(
-            len(list((Path(out_dir) / "scenes" / f"synth_{index:04d}" / "images").glob(f"*.{image_format}"))) == num_frames
-            for index in range(num_scenes)
-        )
-        if recorded == parameters and complete:
-            return Path(out_dir)
+        arguments["num_scenes"], arguments["num_frames"], arguments["height"], arguments["width"], arguments["seed"],
+        arguments["image_format"],
+    )  # fmt: skip
+    out_dir = Path(out_dir)
+    marker = out_dir / MARKER_NAME
+    files = _recorded_files(out_dir)
+    if files is not None and not out_dir.is_symlink():
+        recorded = {key: value for key, value in json.loads(marker.read_text()).items() if key != "files"}
+        if recorded == parameters and all((out_dir / name).is_file() for name in files):
+            return out_dir
     return generate_scenes(**arguments)
 
 
@@ -486,10 +540,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     parser.add_argument("--out", type=Path, required=True, help="output folder (gets scenes/<id>/...)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it holds files snd synth did not write (they are deleted)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     height, width = args.size
-    out = generate_scenes(args.out, args.scenes, args.frames, height, width, args.seed, image_format=args.format)
+    out = generate_scenes(
+        args.out, args.scenes, args.frames, height, width, args.seed, image_format=args.format, overwrite=args.overwrite
+    )
     print(f"wrote {args.scenes} scenes x {args.frames} frames ({height}x{width}) to {out}")
     return 0

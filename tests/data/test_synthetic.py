@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -139,3 +141,88 @@ def test_snd_synth_command(tmp_path, capsys):
     assert [p.name for p in images] == ["frame_000000.jpg", "frame_000001.jpg"]
     assert np.asarray(Image.open(images[0])).shape == (16, 24, 3)
     assert "wrote 1 scenes" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder rules (issue #11 item 1): never delete or replace a folder the generator did not write.
+# ---------------------------------------------------------------------------------------------
+
+SMALL = {"num_scenes": 1, "num_frames": 2, "height": 16, "width": 24, "progress": False}
+
+
+def _snapshot(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_user_files_survive_snd_synth(tmp_path, capsys):
+    mydata = tmp_path / "mydata"
+    mydata.mkdir()
+    (mydata / "keep.txt").write_bytes(b"precious\n")
+    argv = ["synth", "--scenes", "1", "--frames", "2", "--size", "16x24", "--out", str(mydata)]
+    try:
+        code = snd_main(argv)
+    except FileExistsError as error:
+        message = str(error)
+    else:
+        assert code != 0
+        message = capsys.readouterr().err
+    assert f"{mydata} holds files that snd did not write (keep.txt, ...)" in message and "--overwrite" in message
+    assert _snapshot(mydata) == {"keep.txt": b"precious\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no staging folder left behind
+    with pytest.raises(FileExistsError, match="keep.txt"):
+        generate_scenes(mydata, **SMALL)
+    assert snd_main([*argv, "--overwrite"]) == 0  # the explicit flag replaces it
+    assert not (mydata / "keep.txt").exists() and (mydata / MARKER_NAME).is_file()
+
+
+@pytest.mark.parametrize(
+    "plant, named",
+    [
+        (lambda root: (root / "notes.md").write_text("mine"), "notes.md"),
+        (lambda root: (root / "scenes" / "synth_0000" / "images" / "extra.png").write_bytes(b"x"), "scenes/synth_0000/images/extra.png"),
+        (lambda root: (root / "scenes" / "mine").mkdir() or (root / "scenes" / "mine" / "a.txt").write_text("a"), "scenes/mine/a.txt"),
+        (lambda root: (root / "link").symlink_to(root.parent), "link"),
+        (lambda root: (root / MARKER_NAME).write_text("{broken"), "scenes/synth_0000/transforms_train.json"),
+    ],
+)
+def test_a_generated_folder_with_foreign_content_is_not_replaced(tmp_path, plant, named):
+    root = generate_scenes(tmp_path / "set", **SMALL)
+    plant(root)
+    before = _snapshot(root)
+    with pytest.raises(FileExistsError, match=re.escape(named)):
+        generate_scenes(root, seed=1, **SMALL)
+    # ensure_synthetic_scenes must regenerate (other parameters) and refuses in the same way.
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(root))} holds files .*{re.escape(named)}.*overwrite=True"):
+        ensure_synthetic_scenes(root, **{**SMALL, "num_frames": 3})
+    assert _snapshot(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    ensure_synthetic_scenes(root, overwrite=True, **{**SMALL, "num_frames": 3})
+    assert len(list((root / "scenes" / "synth_0000" / "images").iterdir())) == 3
+    assert sorted(_snapshot(root)) == sorted([MARKER_NAME, *json.loads((root / MARKER_NAME).read_text())["files"]])
+
+
+def test_ensure_refuses_a_real_dataset_and_keeps_it_intact(tiny_scenes, tmp_path):
+    # The trainer's `dataset: synthetic` pointed at real data: no marker, so nothing is replaced.
+    real = tmp_path / "scannetpp"
+    shutil.copytree(tiny_scenes / "scenes", real / "scenes")
+    before = _snapshot(real)
+    with pytest.raises(FileExistsError, match=f"{re.escape(str(real))} holds files that snd did not write \\(scenes/synth_0000/"):
+        ensure_synthetic_scenes(real, **SMALL)
+    assert _snapshot(real) == before
+
+
+def test_empty_folders_files_and_links_as_out(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert generate_scenes(empty, **SMALL) == empty and (empty / MARKER_NAME).is_file()
+    regenerated = generate_scenes(empty, seed=5, **SMALL)  # a set it wrote itself is replaced
+    assert json.loads((regenerated / MARKER_NAME).read_text())["seed"] == 5
+    a_file = tmp_path / "a_file"
+    a_file.write_text("data")
+    with pytest.raises(FileExistsError, match="is a file"):
+        generate_scenes(a_file, **SMALL)
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    with pytest.raises(FileExistsError, match="is a symbolic link"):
+        generate_scenes(link, **SMALL)
+    assert a_file.read_text() == "data" and link.is_symlink()

@@ -15,6 +15,7 @@ from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.cli import main
 from snd_hf.demo import DEFAULT_CHECKPOINT, DEMO_IMAGES, EMBEDDED
 from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES
+from snd_hf.images import ImageDecodeError
 
 
 @pytest.fixture
@@ -199,3 +200,16 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     ]  # second.* went with the first model
     with safe_open(out / "first.safetensors", "pt") as handle:
         assert handle.metadata()["weights_sha256"] == weights_sha256(other)
+
+
+def test_extract_names_a_decompression_bomb_before_loading_the_model(tmp_path):
+    from image_files import png_bytes  # tests/ is on sys.path (rootdir conftest)
+
+    good = write_image(tmp_path / "good.png", 30, 30)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bytes(30000, 30000, 1, 0, [b"\0" * 3750]))  # 30000 x 30000 declared in ~100 bytes
+    with pytest.raises(ImageDecodeError, match="bomb.png: too many pixels"):
+        main(["extract", str(good), str(bomb), "--model", "not/loaded", "--out", str(tmp_path / "out")])
+    with pytest.raises(ImageDecodeError, match=r"good.png: too many pixels \(30x30 = 900 is over max_pixels = 899"):
+        main(["extract", str(good), "--model", "not/loaded", "--out", str(tmp_path / "out"), "--max-pixels", "899"])
+    assert not (tmp_path / "out").exists()

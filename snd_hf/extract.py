@@ -117,7 +117,7 @@ def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXEL
 
     Raises:
         FileNotFoundError: naming the first missing file.
-        ValueError: two images that would write the same output name.
+        ValueError: two images that would write the same output name, or a folder among them.
         snd_hf.images.ImageDecodeError: naming a file that is not an image or declares more than
             ``max_pixels`` pixels.
     """
@@ -127,6 +127,8 @@ def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXEL
             raise ValueError(f"images {stems[path.stem]} and {path} would both write {path.stem}.safetensors")
         stems[path.stem] = path
     for path in stems.values():
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image: pass its files (e.g. {path / '*.jpg'})")
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
         probe_image(path, max_pixels=max_pixels)

@@ -69,6 +69,8 @@ def test_extract_names_missing_and_unreadable_images(tmp_path, tiny_checkpoint):
     write_image(other / "good.png", 30, 30)
     with pytest.raises(ValueError, match="good.safetensors"):
         main(["extract", str(good), str(other / "good.png"), "--model", str(folder), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="other is a folder, not an image"):
+        main(["extract", str(other), "--model", "not/loaded", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
 
 

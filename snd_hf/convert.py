@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from .files import replace_path
-from .image_processing_snd import SnDImageProcessor
 from .loading import CheckpointError, save_original_checkpoint
 from .modeling_snd import SnDModel
 
@@ -65,8 +64,7 @@ def original_to_native(
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
-        model.save_pretrained(temporary)
-        SnDImageProcessor().save_pretrained(temporary)
+        model.save_pretrained(temporary)  # config, weights and preprocessor_config.json
         _check_same_weights(model, SnDModel.from_pretrained(temporary), f"the converted directory for {source}")
         replace_path(temporary, destination)
     finally:

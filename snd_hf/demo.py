@@ -11,7 +11,8 @@ used: a tiny ViT trained for a few dozen steps on generated scenes by the defaul
 frames of one generated room (see ``snd_hf/assets/make_assets.py``). Writes, per view,
 ``{stem}.safetensors`` and ``{stem}_pca.png`` (as ``snd extract``), and ``panel.png``: every view
 beside its features, coloured with ONE PCA fitted on all views so that the same colour means the
-same feature across views.
+same feature across views. The folder records its model in ``snd_run.json``
+(:class:`snd_hf.run_folder.RunFolder`): a demo with another model replaces the earlier demo's files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
@@ -27,12 +27,14 @@ from huggingface_hub.utils import httpx
 
 from .extract import (
     add_model_arguments,
+    check_images,
     extract_to_folder,
-    load_images,
     load_model,
     load_processor,
+    open_run_folder,
 )
 from .hub import SND_HUB_REPO
+from .images import load_rgb
 from .modeling_snd import SnDModel
 from .visualization import fit_pca, save_panel
 
@@ -40,6 +42,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default"
 DEMO_IMAGES = ASSETS / "demo"
 EMBEDDED = "embedded default checkpoint"
+PANEL = "panel.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,19 +70,24 @@ def demo_model(
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = list(args.images) if args.images else sorted(DEMO_IMAGES.glob("*.png"))
-    images = load_images(paths)
+    paths = check_images(list(args.images) if args.images else sorted(DEMO_IMAGES.glob("*.png")), args.max_pixels)
     model, name = demo_model(args.model, args.size, args.blending, args.revision, args.timeout)
-    processor = load_processor(DEFAULT_CHECKPOINT if name == EMBEDDED else name, args.shortest_edge)
-    written = extract_to_folder(model, processor, paths, images, args.out, name, args.pca_scale)
+    processor = load_processor(DEFAULT_CHECKPOINT if name == EMBEDDED else name, args.shortest_edge, args.max_pixels)
+    # A demo folder follows the model of its latest run: another model's files are replaced, not mixed.
+    folder, metadata = open_run_folder(
+        args.out, "snd demo", model, processor, paths, name, args.overwrite, replace_other_run=True, extra_outputs=[PANEL]
+    )
+    with folder:
+        written = list(extract_to_folder(model, processor, paths, args.out, metadata, args.pca_scale, args.batch_size))
 
-    # One projection for all views: [C, sum of h*w, 1] holds every patch of every view.
-    maps = [features.feature_map for _, _, features in written]
-    projection = fit_pca(torch.cat([feature_map.flatten(1) for feature_map in maps], dim=1)[..., None])
-    columns = []
-    for image, feature_map in zip(images, maps):
-        columns += [np.asarray(image), projection(feature_map)]
-    panel = save_panel(columns, args.out / "panel.png", height=maps[0].shape[1] * model.config.patch_size)
+        # One projection for all views: [C, sum of h*w, 1] holds every patch of every view.
+        maps = [features.feature_map for _, _, features in written]
+        projection = fit_pca(torch.cat([feature_map.flatten(1) for feature_map in maps], dim=1)[..., None])
+        columns = []
+        for path, feature_map in zip(paths, maps):
+            columns += [load_rgb(path, max_pixels=args.max_pixels), projection(feature_map)]  # decoded again: a few views
+        height = maps[0].shape[1] * model.config.patch_size
+        panel = save_panel(columns, args.out / PANEL, height=height)
 
     print(f"model: {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
     for feature_path, picture, features in written:

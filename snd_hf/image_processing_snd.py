@@ -1,11 +1,16 @@
 """SnD image processor: aspect-preserving resize, sizes snapped to the 14-pixel patch grid, ImageNet
-normalisation. PIL/NumPy backend only (no torchvision needed)."""
+normalisation. PIL/NumPy backend only (no torchvision needed); decoding by :mod:`snd_hf.images`."""
 
 from __future__ import annotations
 
-from typing import Literal
+import io
+import os
+from typing import Any, Literal
 
 import numpy as np
+import torch
+from huggingface_hub.utils import httpx
+from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import get_resize_output_image_size
@@ -18,6 +23,8 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .images import MAX_PIXELS, open_image, to_rgb, upright
+
 
 class SnDImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
@@ -28,20 +35,38 @@ class SnDImageProcessorKwargs(ImagesKwargs, total=False):
         (`None`, as for every image-processor option, means "use the processor's setting".)
     patch_size (`int`, *optional*, defaults to 14):
         The multiple to snap to.
+    max_pixels (`int`, *optional*, defaults to 2**27):
+        Image files (paths or URLs given to the processor) declaring more pixels are refused before decoding
+        (`snd_hf.images.ImageDecodeError`).
     """
 
     snap: Literal["resize", "pad", "none"]
     patch_size: int
+    max_pixels: int
 
 
 class SnDImageProcessor(PilBackend):
     """Prepares images for `SnDModel`: `pixel_values` [B, 3, H, W] with H and W multiples of 14.
 
-    Default pipeline: convert to RGB, resize (bicubic) so the shortest edge is 448 keeping the aspect ratio,
-    with both sides rounded down to multiples of 14 in the same resize (`snap="resize"`; `"pad"` instead
-    centre-pads after normalisation), rescale to [0, 1], normalise with the ImageNet mean and std.
-    `do_resize=False` keeps the input size and only snaps (576x880 -> 574x868, as SnD extracts features);
-    `size={"height": H, "width": W}` resizes to a fixed size.
+    Default pipeline: decode to RGB with `snd_hf.images` (EXIF orientation applied, 16-bit and float data at
+    their true scale, transparency composited over white; every input is RGB, whatever `do_convert_rgb`),
+    resize (bicubic) so the shortest edge is 448 keeping the aspect ratio, with both sides rounded down to
+    multiples of 14 in the same resize (`snap="resize"`; `"pad"` instead centre-pads after normalisation),
+    bring values to [0, 1], normalise with the ImageNet mean and std. `do_resize=False` keeps the input size
+    and only snaps (576x880 -> 574x868, as SnD extracts features); `size={"height": H, "width": W}` resizes
+    to a fixed size.
+
+    Inputs: paths (str or `os.PathLike`), http(s) URLs, PIL images of any mode, arrays or tensors [H, W],
+    [H, W, C] or [C, H, W] (C = 1-4). The scale of values follows their type: uint8 / 255, uint16 / 65535;
+    float arrays follow transformers' convention, 0-255 units with `do_rescale=True` (then
+    `rescale_factor` converts them) and [0, 1] with `do_rescale=False`. Float arrays whose values all lie
+    in [0, 1] with `do_rescale=True`, and values outside their range, are an error rather than a dark or
+    saturated image. Resizing is 8-bit, as SnD's PIL pipeline (deeper images are rounded to 8 bits for it);
+    without resizing, deeper values keep their precision.
+
+    Note: transformers' `pipeline("image-feature-extraction")` decodes files and PIL images itself
+    (`load_image`: EXIF applied, but converted to 8-bit RGB by plain `convert("RGB")`, which clips 16-bit
+    data and drops alpha); give it 8-bit images, or use this processor directly for other kinds.
     """
 
     valid_kwargs = SnDImageProcessorKwargs
@@ -58,6 +83,7 @@ class SnDImageProcessor(PilBackend):
     do_convert_rgb = True
     snap = "resize"
     patch_size = 14
+    max_pixels = MAX_PIXELS
 
     def __init__(self, **kwargs: Unpack[SnDImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
@@ -95,6 +121,38 @@ class SnDImageProcessor(PilBackend):
         padding = ((0, 0), (pad_height // 2, pad_height - pad_height // 2), (pad_width // 2, pad_width - pad_width // 2))
         return np.pad(image, padding, mode="constant", constant_values=0)
 
+    def _preprocess_image_like_inputs(self, images: Any, *args, **kwargs) -> BatchFeature:
+        """Decode paths and URLs with `snd_hf.images` (pixel cap, EXIF) before transformers sees them."""
+        max_pixels = self.max_pixels if kwargs.get("max_pixels") is None else kwargs["max_pixels"]
+        return super()._preprocess_image_like_inputs(_open_files(images, max_pixels), *args, **kwargs)
+
+    def process_image(
+        self,
+        image: Image.Image | np.ndarray | torch.Tensor,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """One input -> [3, H, W]: uint8 for 8-bit sources, float32 in [0, 1] otherwise (`snd_hf.images.to_rgb`)."""
+        do_rescale = self.do_rescale if kwargs.get("do_rescale") is None else kwargs["do_rescale"]
+        rescale_factor = self.rescale_factor if kwargs.get("rescale_factor") is None else kwargs["rescale_factor"]
+        channels = None
+        if input_data_format is not None:
+            channels = "first" if ChannelDimension(input_data_format) == ChannelDimension.FIRST else "last"
+        image = upright(image) if isinstance(image, Image.Image) else image
+        rgb = to_rgb(image, float_range=1 / rescale_factor if do_rescale else 1.0, channels=channels)
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+    def resize(
+        self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | None = None, **kwargs
+    ) -> np.ndarray:
+        """Resize a [3, H, W] image in 8 bits with PIL, as SnD did; float32 images in [0, 1] are rounded to
+        8 bits first (transformers would truncate them), so a 16-bit image resizes exactly as its 8-bit
+        conversion. Returns uint8 [3, h, w]."""
+        if image.dtype != np.uint8:
+            image = np.round(image * 255).astype(np.uint8)
+        return super().resize(image, size=size, resample=resample, **kwargs)
+
     def _preprocess(
         self,
         images: list[np.ndarray],
@@ -111,7 +169,7 @@ class SnDImageProcessor(PilBackend):
         patch_size: int | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Resize, snap, rescale, normalise (and pad) each [3, H, W] image; see the class docstring."""
+        """Resize, snap, bring to [0, 1], normalise (and pad) each [3, H, W] image; see the class docstring."""
         snap = self.snap if snap is None else snap
         patch_size = self.patch_size if patch_size is None else patch_size
         self._check_snap(snap, patch_size)
@@ -121,8 +179,8 @@ class SnDImageProcessor(PilBackend):
             height, width = self._output_size(image, do_resize, size, snap, patch_size)
             if (height, width) != image.shape[-2:]:
                 image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
+            if image.dtype == np.uint8:  # float images are in [0, 1] already (process_image)
+                image = self.rescale(image, 1 / 255)
             if do_normalize:
                 image = self.normalize(image, image_mean, image_std)
             if snap == "pad":
@@ -135,6 +193,20 @@ class SnDImageProcessor(PilBackend):
                 " or use size={'height': H, 'width': W} to give them one size"
             )
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+
+
+def _open_files(images: Any, max_pixels: int) -> Any:
+    """The same nesting of images with every path (str or os.PathLike) and http(s) URL decoded by
+    `snd_hf.images.open_image`."""
+    if isinstance(images, (list, tuple)):
+        return [_open_files(image, max_pixels) for image in images]
+    if isinstance(images, str) and images.startswith(("http://", "https://")):
+        response = httpx.get(images, follow_redirects=True, timeout=30)
+        response.raise_for_status()
+        return open_image(io.BytesIO(response.content), source=images, max_pixels=max_pixels)
+    if isinstance(images, (str, os.PathLike)):
+        return open_image(images, max_pixels=max_pixels)
+    return images
 
 
 __all__ = ["SnDImageProcessor"]

@@ -23,10 +23,11 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput
 
 from .configuration_snd import SnDConfig
 from .hub import from_pretrained as hub_from_pretrained
+from .image_processing_snd import SnDImageProcessor
 from .loading import (
     check_state_dict,
     convert_original_state_dict,
@@ -358,6 +359,22 @@ class SnDPreTrainedModel(PreTrainedModel):
         return hub_from_pretrained(
             cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
         )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
+        """transformers' `save_pretrained`, plus the default `SnDImageProcessor`'s `preprocessor_config.json`
+        when the folder has none, so that `AutoImageProcessor` and `pipeline("image-feature-extraction")`
+        work on every checkpoint saved or pushed (`push_to_hub` saves through here). A processor config
+        already in the folder is kept. With `push_to_hub=True` the folder is saved first, then pushed with
+        `push_to_hub` (transformers would upload only the files it wrote itself)."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
+        super().save_pretrained(save_directory, is_main_process, **kwargs)
+        if self.should_save_on_this_rank(is_main_process):
+            if not (Path(save_directory) / IMAGE_PROCESSOR_NAME).exists():
+                SnDImageProcessor().save_pretrained(save_directory)
+            if push_to_hub:
+                repo_id = hub_options.pop("repo_id", Path(save_directory).name)
+                self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)
 
     @classmethod
     def from_original_checkpoint(

@@ -15,6 +15,7 @@ from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.cli import main
 from snd_hf.demo import DEFAULT_CHECKPOINT, DEMO_IMAGES, EMBEDDED
 from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES
+from snd_hf.images import ImageDecodeError
 
 
 @pytest.fixture
@@ -68,6 +69,8 @@ def test_extract_names_missing_and_unreadable_images(tmp_path, tiny_checkpoint):
     write_image(other / "good.png", 30, 30)
     with pytest.raises(ValueError, match="good.safetensors"):
         main(["extract", str(good), str(other / "good.png"), "--model", str(folder), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="other is a folder, not an image"):
+        main(["extract", str(other), "--model", "not/loaded", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
 
 
@@ -109,3 +112,106 @@ def test_demo_prefers_the_published_weights_when_the_hub_answers(hub, tmp_path, 
     assert main(["demo", "--out", str(out), "--size", "base"]) == 0
     printed = capsys.readouterr().out
     assert "dinov2_base_snd.pth" in printed and f"model: {EMBEDDED}" in printed
+
+
+def test_extract_streams_one_batch_at_a_time(tmp_path, tiny_checkpoint, monkeypatch):
+    """Memory does not grow with the number of images: when an image is decoded, no earlier decoded image
+    is alive and at most one batch waits for the model."""
+    import weakref
+
+    import snd_hf.extract as extract
+
+    folder, model = tiny_checkpoint
+    # 7 images, two aspect ratios (a change of size also ends a batch), batches of 2
+    shapes = [(40, 60), (40, 60), (40, 60), (60, 40), (40, 60), (40, 60), (40, 60)]
+    paths = [write_image(tmp_path / f"im{i}.png", *shape, seed=i) for i, shape in enumerate(shapes)]
+    decoded, events = [], []  # weak references to every decoded image; (event, decoded images alive)
+
+    def alive():
+        return sum(reference() is not None for reference in decoded)
+
+    decode, save = extract.open_image, extract.save_features
+
+    def tracked_decode(path, **options):
+        events.append(("decode", alive()))
+        image = decode(path, **options)
+        decoded.append(weakref.ref(image))
+        return image
+
+    def tracked_save(*args, **kwargs):
+        events.append(("write", alive()))
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "open_image", tracked_decode)
+    monkeypatch.setattr(extract, "save_features", tracked_save)
+    out = tmp_path / "out"
+    args = ["extract", *map(str, paths), "--model", str(folder), "--out", str(out), "--shortest-edge", "28", "--batch-size", "2"]
+    assert main(args) == 0
+
+    assert [kind for kind, _ in events].count("decode") == 7 and all(count == 0 for _, count in events)
+    waiting = 0  # decoded, not yet written
+    for kind, _ in events:
+        waiting += 1 if kind == "decode" else -1
+        assert waiting <= 3  # one full batch of 2 plus the image that closes it
+    assert [kind for kind, _ in events][:4] == ["decode", "decode", "decode", "write"]
+    processor = SnDImageProcessor(size={"shortest_edge": 28})
+    for path in paths:  # batching changes nothing: each file holds its own image's features
+        with safe_open(out / f"{path.stem}.safetensors", "pt") as handle:
+            feature_map = handle.get_tensor("feature_map")
+        with torch.no_grad():
+            expected = model(processor(str(path), return_tensors="pt").pixel_values).feature_map[0]
+        torch.testing.assert_close(feature_map, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, capsys):
+    from snd_hf.extract import weights_sha256
+
+    folder, model = tiny_checkpoint
+    torch.manual_seed(1)
+    other = SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=224)).eval()
+    other.save_pretrained(tmp_path / "other")
+    first, second = write_image(tmp_path / "first.png", 40, 60), write_image(tmp_path / "second.png", 40, 60, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+
+    def extract(*arguments):
+        return main(["extract", *arguments, "--out", str(out), "--shortest-edge", "28"])
+
+    assert extract(str(first), "--model", str(folder)) == 0
+    record = json.loads((out / "snd_run.json").read_text())
+    assert record["identity"]["weights_sha256"] == weights_sha256(model) and record["status"] == "complete"
+    assert record["identity"]["processor"]["size"] == {"shortest_edge": 28}
+    assert record["outputs"] == ["first.safetensors", "first_pca.png"] and record["info"]["model"] == str(folder)
+    with safe_open(out / "first.safetensors", "pt") as handle:
+        assert handle.metadata()["weights_sha256"] == weights_sha256(model)
+    assert extract(str(second), "--model", str(folder)) == 0  # same model: the folder grows
+    assert json.loads((out / "snd_run.json").read_text())["outputs"][:2] == ["first.safetensors", "first_pca.png"]
+
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(FileExistsError, match="another model or preprocessing.*--overwrite"):
+        extract(str(first), "--model", str(tmp_path / "other"))
+    with pytest.raises(FileExistsError, match="another model or preprocessing"):  # other preprocessing, same weights
+        main(["extract", str(first), "--model", str(folder), "--out", str(out), "--shortest-edge", "42"])
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    assert extract(str(first), "--model", str(tmp_path / "other"), "--overwrite") == 0
+    assert "removed the 4 files of the earlier run" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+        "first.safetensors", "first_pca.png", "notes.txt", "snd_run.json"
+    ]  # second.* went with the first model
+    with safe_open(out / "first.safetensors", "pt") as handle:
+        assert handle.metadata()["weights_sha256"] == weights_sha256(other)
+
+
+def test_extract_names_a_decompression_bomb_before_loading_the_model(tmp_path):
+    from image_files import png_bytes  # tests/ is on sys.path (rootdir conftest)
+
+    good = write_image(tmp_path / "good.png", 30, 30)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bytes(30000, 30000, 1, 0, [b"\0" * 3750]))  # 30000 x 30000 declared in ~100 bytes
+    with pytest.raises(ImageDecodeError, match="bomb.png: too many pixels"):
+        main(["extract", str(good), str(bomb), "--model", "not/loaded", "--out", str(tmp_path / "out")])
+    with pytest.raises(ImageDecodeError, match=r"good.png: too many pixels \(30x30 = 900 is over max_pixels = 899"):
+        main(["extract", str(good), "--model", "not/loaded", "--out", str(tmp_path / "out"), "--max-pixels", "899"])
+    assert not (tmp_path / "out").exists()

@@ -87,3 +87,50 @@ def test_image_feature_extraction_pipeline(checkpoint):
     with torch.no_grad():
         expected = model(pixel_values).last_hidden_state
     torch.testing.assert_close(features, expected)
+
+
+def _check_processor_and_pipeline(location, model: SnDModel) -> None:
+    """AutoImageProcessor and pipeline() work on `location` and give SnDModel + SnDImageProcessor's features."""
+    processor = AutoImageProcessor.from_pretrained(location)
+    assert isinstance(processor, SnDImageProcessor) and processor.to_dict() == SnDImageProcessor().to_dict()
+    image = random_image(60, 90)
+    with torch.no_grad():
+        expected = model(SnDImageProcessor()(image, return_tensors="pt").pixel_values).last_hidden_state
+    assert expected.shape[1] == 1 + 32 * 48  # 448 x 672: the default shortest edge of 448
+    features = pipeline("image-feature-extraction", model=str(location))(image, return_tensors=True)
+    torch.testing.assert_close(features, expected)
+
+
+def _tiny_model(seed: int = 0) -> SnDModel:
+    torch.manual_seed(seed)
+    return SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56)).eval()
+
+
+def test_every_checkpoint_the_package_writes_carries_its_processor_config(tmp_path):
+    from snd_hf.convert import original_to_native
+    from snd_hf.demo import DEFAULT_CHECKPOINT
+    from snd_hf.loading import save_original_checkpoint
+    from snd_hf.training.export import save_native
+
+    model = _tiny_model()
+    model.save_pretrained(tmp_path / "saved")  # our API
+    save_native(model, tmp_path / "trained", training_info={"step": 1})  # the trainer's export
+    save_original_checkpoint(model, tmp_path / "original.pth")
+    original_to_native(tmp_path / "original.pth", tmp_path / "converted", num_attention_heads=2)  # snd convert
+    for name in ("saved", "trained", "converted"):
+        _check_processor_and_pipeline(tmp_path / name, model)
+    _check_processor_and_pipeline(DEFAULT_CHECKPOINT, SnDModel.from_pretrained(DEFAULT_CHECKPOINT))  # shipped
+
+    # A processor config already in the folder is the user's: saving the model again keeps it.
+    SnDImageProcessor(size={"shortest_edge": 56}).save_pretrained(tmp_path / "saved")
+    model.save_pretrained(tmp_path / "saved")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "saved").size.shortest_edge == 56
+
+
+def test_pushed_checkpoints_carry_their_processor_config(hub, tmp_path):
+    model = _tiny_model()
+    model.push_to_hub("user/pushed")
+    model.save_pretrained(tmp_path / "user-saved", push_to_hub=True, repo_id="user/saved-and-pushed")
+    for repo in ("user/pushed", "user/saved-and-pushed"):
+        assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(hub.files(repo))
+        _check_processor_and_pipeline(repo, model)

@@ -8,9 +8,10 @@
   offline, the final student of the default training run, a tiny ViT trained for a few dozen steps
   on generated scenes (it shows the pipeline, not SnD's feature quality)::
 
-      OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
+      OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors,preprocessor_config.json} snd_hf/assets/default/
 
-  Any native SnD directory (same file names) can replace it.
+  Any native SnD directory (same file names) can replace it; ``preprocessor_config.json`` is what
+  ``AutoImageProcessor`` and ``pipeline("image-feature-extraction")`` read.
 """
 
 from __future__ import annotations

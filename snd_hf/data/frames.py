@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from snd_hf import images
+
 _LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
 _DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
 
@@ -38,18 +40,18 @@ class FrameReadError(ValueError):
         return self.reason.split(" (")[0]
 
 
-def open_image(path, source: str | None = None) -> Image.Image:
-    """Open and fully read an image (a path or a file object; ``source`` names it in errors),
-    turning every failure into :class:`FrameReadError`."""
+def open_image(path, source: str | None = None, max_pixels: int = images.MAX_PIXELS) -> Image.Image:
+    """Open and fully read an image (a path or a file object; ``source`` names it in errors) with
+    :func:`snd_hf.images.open_image`, turning every failure into :class:`FrameReadError` (kinds such as
+    ``"unreadable image"`` or ``"too many pixels"``, refused before decoding)."""
     source = str(path) if source is None else source
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
+        # orient=False: a frame's intrinsics and maps refer to the stored pixel grid (COLMAP, nerfstudio).
+        return images.open_image(path, source=source, max_pixels=max_pixels, orient=False)
     except FileNotFoundError:
         raise FrameReadError(source, "file not found") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise FrameReadError(source, f"unreadable image ({error})") from None
+    except images.ImageDecodeError as error:
+        raise FrameReadError(source, error.reason) from None
 
 
 def _check_mode(image: Image.Image, modes: tuple[str, ...], source: str) -> None:

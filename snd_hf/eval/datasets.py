@@ -36,11 +36,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.correspondence import relative_rotation_deg
+from snd_hf.images import load_rgb, open_image, rgb_to_float
 
 __all__ = [
     "TASKS",
@@ -108,15 +108,15 @@ class DenseDataset(Dataset):
 
 
 def _read_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """RGB image file → float [3, H, W] in [0, 1]."""
-    with Image.open(path) as picture:
-        array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+    """Image file → RGB float [3, H, W] in [0, 1] (:mod:`snd_hf.images`; not EXIF-rotated: the
+    labels refer to the stored pixel grid)."""
+    array = rgb_to_float(load_rgb(path, orient=False))
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _read_png(path: str | os.PathLike) -> np.ndarray:
-    with Image.open(path) as picture:
-        return np.asarray(picture)
+    """A label or depth map as stored (its own mode and bit depth), decoded within the pixel cap."""
+    return np.asarray(open_image(path, orient=False))
 
 
 def _read_depth_png(path: str | os.PathLike, depth_scale: float) -> torch.Tensor:

@@ -10,7 +10,6 @@ from typing import Any
 
 from torch import nn
 
-from ..image_processing_snd import SnDImageProcessor
 from ..loading import save_original_checkpoint
 from ..modeling_snd import SnDModel
 
@@ -54,8 +53,7 @@ def save_native(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-native"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    SnDImageProcessor().save_pretrained(tmp)  # so AutoImageProcessor and pipeline() work on the folder
+    model.save_pretrained(tmp)  # with preprocessor_config.json, so AutoImageProcessor and pipeline() work on it
     directory.mkdir(exist_ok=True)
     for item in tmp.iterdir():
         os.replace(item, directory / item.name)

@@ -1,0 +1,115 @@
+"""snd_hf/run_folder.py: one identity per output folder, a manifest of what wrote it, a lock against a second writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from snd_hf.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder
+
+A = {"weights_sha256": "a" * 64, "processor": {"size": {"shortest_edge": 448}}}
+B = {"weights_sha256": "b" * 64, "processor": {"size": {"shortest_edge": 448}}}
+
+
+def write_run(folder, identity, names, **options):
+    with RunFolder(folder, "test", identity, names, **options):
+        for name in names:
+            (folder / name).write_text(f"{identity['weights_sha256'][0]} {name}")
+
+
+def manifest(folder):
+    return json.loads((folder / MANIFEST_NAME).read_text())
+
+
+def test_same_identity_shares_the_folder_and_the_manifest_lists_every_output(tmp_path):
+    write_run(tmp_path, A, ["x.safetensors"])
+    write_run(tmp_path, A, ["y.safetensors"])
+    record = manifest(tmp_path)
+    assert record["identity"] == A and record["status"] == "complete" and record["pid"] == os.getpid()
+    assert record["outputs"] == ["x.safetensors", "y.safetensors"]
+
+
+def test_another_identity_is_refused_unless_replaced_and_never_touches_foreign_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    write_run(tmp_path, A, ["x.safetensors", "y.safetensors"])
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError, match="another model.*--overwrite"):
+        write_run(tmp_path, B, ["x.safetensors"])
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing changed
+
+    write_run(tmp_path, B, ["x.safetensors"], overwrite=True)
+    assert (tmp_path / "x.safetensors").read_text() == "b x.safetensors"
+    assert not (tmp_path / "y.safetensors").exists()  # A's other output went with A: no mixing
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert manifest(tmp_path)["identity"] == B and manifest(tmp_path)["outputs"] == ["x.safetensors"]
+
+    write_run(tmp_path, A, ["z.safetensors"], replace_other_run=True)  # the demo's mode
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "snd_run"))) == ["notes.txt", "z.safetensors"]
+
+
+def test_files_no_recorded_run_wrote_are_not_replaced_without_overwrite(tmp_path):
+    (tmp_path / "x.safetensors").write_text("from an older tool")
+    with pytest.raises(FileExistsError, match="already holds x.safetensors, not written by a recorded run"):
+        write_run(tmp_path, A, ["x.safetensors"])
+    with pytest.raises(FileExistsError, match="not written by a recorded run"):
+        write_run(tmp_path, A, ["x.safetensors"], replace_other_run=True)
+    assert (tmp_path / "x.safetensors").read_text() == "from an older tool"
+    write_run(tmp_path, A, ["x.safetensors"], overwrite=True)
+    assert (tmp_path / "x.safetensors").read_text() == "a x.safetensors"
+
+
+def test_a_manifest_cannot_make_a_run_delete_outside_its_folder(tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text(json.dumps({"identity": A, "outputs": ["../precious.txt"]}))
+    with pytest.raises(ValueError, match="lists outputs outside"):
+        write_run(folder, B, ["x.safetensors"], overwrite=True)
+    assert outside.read_text() == "keep"
+
+
+def test_a_failed_run_is_recorded(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunFolder(tmp_path, "test", A, ["x.safetensors"]):
+            raise RuntimeError("disk on fire")
+    assert manifest(tmp_path)["status"] == "failed" and "disk on fire" in manifest(tmp_path)["error"]
+    write_run(tmp_path, A, ["x.safetensors"])  # and the lock was released
+
+
+HOLDER = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    from filelock import FileLock
+    folder = sys.argv[1]
+    lock = FileLock(os.path.join(folder, {lock!r}))
+    lock.acquire()
+    record = {{"identity": {identity!r}, "outputs": [], "status": "running", "pid": os.getpid(),
+              "host": socket.gethostname(), "command": "snd extract"}}
+    with open(os.path.join(folder, {manifest!r}), "w") as handle:
+        json.dump(record, handle)
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+).format(lock=LOCK_NAME, manifest=MANIFEST_NAME, identity=A)
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_cleared(tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(BlockingIOError, match=f"being written by PID {holder.pid} on .*snd extract"):
+            write_run(tmp_path, A, ["x.safetensors"])
+        assert not (tmp_path / "x.safetensors").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: the manifest still says "running"
+        holder.wait()
+    write_run(tmp_path, A, ["x.safetensors"])
+    assert f"previous run (PID {holder.pid}" in capsys.readouterr().err
+    assert manifest(tmp_path)["status"] == "complete" and (tmp_path / "x.safetensors").exists()

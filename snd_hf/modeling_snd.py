@@ -46,8 +46,8 @@ class SnDModelOutput(ModelOutput):
             distils and evaluates. # [B, C, h, w]
         hidden_states: on request, the embeddings then each layer's output, before the final norm
             (`hidden_states[-1]` is the original's `x_prenorm`). tuple of L+1 # [B, 1 + h*w, C]
-        attentions: on request (eager attention only), each layer's attention probabilities.
-            tuple of L # [B, heads, 1 + h*w, 1 + h*w]
+        attentions: on request, each layer's attention probabilities (computed with eager attention
+            for that call whatever the attention implementation). tuple of L # [B, heads, 1 + h*w, 1 + h*w]
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -176,14 +176,19 @@ class SnDAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states [B, N, C] -> (output [B, N, C], attention probs [B, heads, N, N] or None)."""
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (output [B, N, C], attention probs [B, heads, N, N] or None).
+
+        `output_attentions` runs eager attention for this call: the fused kernels (SDPA, flash) never
+        materialise the probabilities, and transformers' convention is that a model returns them when asked.
+        """
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -271,9 +276,11 @@ class SnDLayer(GradientCheckpointingLayer):
         self.mlp = SnDSwiGLUFFN(config) if config.use_swiglu_ffn else SnDMLP(config)
         self.layer_scale2 = SnDLayerScale(config)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states [B, N, C] -> (hidden_states [B, N, C], attention probs or None)."""
-        attn_output, attn_weights = self.attention(self.norm1(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (hidden_states [B, N, C], attention probs [B, heads, N, N] or None)."""
+        attn_output, attn_weights = self.attention(self.norm1(hidden_states), output_attentions)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, attn_weights
@@ -293,7 +300,7 @@ class SnDEncoder(nn.Module):
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states, attn_weights = layer(hidden_states)
+            hidden_states, attn_weights = layer(hidden_states, output_attentions)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -419,11 +426,6 @@ class SnDPreTrainedModel(PreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """Validated embeddings then encoder: (pre-norm tokens [B, 1 + h*w, C], hidden states, attentions)."""
         self._check_pixel_values(pixel_values)
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions needs eager attention, the model uses {self.config._attn_implementation!r}:"
-                " load or build it with attn_implementation='eager'"
-            )
         embeddings = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         return self.encoder(embeddings, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
@@ -462,7 +464,8 @@ class SnDModel(SnDPreTrainedModel):
         Args:
             pixel_values: ImageNet-normalised images, H and W multiples of 14. # [B, 3, H, W]
             output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
-            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            output_attentions: also return each layer's attention probabilities, computed with eager attention
+                for this call under any attention implementation (default: config).
             return_dict: return an `SnDModelOutput` (default) or a plain tuple.
             bool_masked_pos: patches to replace by the mask token (DINOv2/iBOT pre-training). # [B, h*w]
             kwargs: ignored; accepted because transformers' pipelines and task models forward extra options.
@@ -550,7 +553,8 @@ class SnDBackbone(BackboneMixin, SnDPreTrainedModel):
         Args:
             pixel_values: normalised images, H and W multiples of 14. # [B, 3, H, W]
             output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
-            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            output_attentions: also return each layer's attention probabilities, computed with eager attention
+                for this call under any attention implementation (default: config).
             return_dict: return a `BackboneOutput` (default) or a plain tuple.
             kwargs: ignored; accepted because transformers' task models forward extra options.
         Returns:

@@ -120,6 +120,21 @@ def test_jit_trace_generalises_to_other_sizes(fixture_model):
             assert (traced(pixel_values) - model(pixel_values).feature_map).abs().max() <= 1e-5, (height, width)
 
 
+def test_antialiased_resize_without_offset_exports_with_the_kernel():
+    """DINOv2-with-registers style (antialias, offset 0): `size=` is symbolic-friendly, the kernel is kept."""
+    config = SnDConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=70, interpolate_offset=0.0, interpolate_antialias=True
+    )
+    model = SnDModel(config).eval()
+    with torch.no_grad():
+        model.embeddings.position_embeddings.normal_()
+    exported = _dynamic_export(model, 42, 56).module()
+    for height, width in [(98, 28), (70, 70), (140, 42)]:
+        pixel_values = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(height))
+        with torch.no_grad():
+            assert torch.equal(exported(pixel_values), model(pixel_values).feature_map), (height, width)
+
+
 def test_antialiased_resize_with_an_offset_refuses_dynamic_export():
     config = SnDConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, image_size=56, interpolate_antialias=True)
     with pytest.raises(Exception, match="interpolate_antialias=True with a non-zero interpolate_offset"):

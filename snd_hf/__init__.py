@@ -2,8 +2,14 @@
 
 Importing the package registers `SnDConfig` / `SnDModel` / `SnDBackbone` / `SnDImageProcessor` with
 transformers' Auto classes (model type "snd"), so `AutoModel.from_pretrained(dir)`,
-`AutoBackbone`, `AutoImageProcessor` and `pipeline("image-feature-extraction", model=dir)` work on an
-SnD checkpoint directory without `trust_remote_code`.
+`AutoImageProcessor.from_pretrained(dir)` and `pipeline("image-feature-extraction", model=dir)` work on
+an SnD checkpoint directory or Hub repo without `trust_remote_code`, and task models build an SnD
+backbone from `backbone_config=SnDConfig(...)` (`AutoBackbone.from_config`).
+
+For a backbone from a local folder use `SnDBackbone.from_pretrained(dir, out_indices=[...])`:
+`AutoBackbone.from_pretrained` works with Hub repo ids only, because transformers (5.24) first asks
+the Hub whether the argument is a repo and refuses a local path (HFValidationError) before reading
+it; its own Dinov2 folders fail the same way.
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel

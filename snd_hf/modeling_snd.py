@@ -47,8 +47,8 @@ class SnDModelOutput(ModelOutput):
             distils and evaluates. # [B, C, h, w]
         hidden_states: on request, the embeddings then each layer's output, before the final norm
             (`hidden_states[-1]` is the original's `x_prenorm`). tuple of L+1 # [B, 1 + h*w, C]
-        attentions: on request (eager attention only), each layer's attention probabilities.
-            tuple of L # [B, heads, 1 + h*w, 1 + h*w]
+        attentions: on request, each layer's attention probabilities (computed with eager attention
+            for that call whatever the attention implementation). tuple of L # [B, heads, 1 + h*w, 1 + h*w]
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -75,6 +75,89 @@ class SnDPatchEmbeddings(nn.Module):
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
 
 
+_CUBIC_A = -0.75  # torch's bicubic coefficient without antialiasing (OpenCV's)
+
+
+def _cubic_near(distance: torch.Tensor) -> torch.Tensor:
+    """Cubic convolution weight at distance <= 1 (aten `cubic_convolution1`)."""
+    return ((_CUBIC_A + 2) * distance - (_CUBIC_A + 3)) * distance * distance + 1
+
+
+def _cubic_far(distance: torch.Tensor) -> torch.Tensor:
+    """Cubic convolution weight at distance in (1, 2) (aten `cubic_convolution2`)."""
+    return ((_CUBIC_A * distance - 5 * _CUBIC_A) * distance + 8 * _CUBIC_A) * distance - 4 * _CUBIC_A
+
+
+def _cubic_taps(
+    size: int | torch.SymInt | torch.Tensor, grid: int, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows and weights of torch's bicubic kernel (align_corners=False, A = -0.75, border clamped).
+
+    Output index i samples `scale * (i + 0.5) - 0.5` of the `grid`-long input, in float32 as the kernel
+    (aten `HelperInterpCubic.compute_indices_weights` with `upsample_bicubic2d`'s cubic convolution).
+
+    Args:
+        size: number of outputs (an int, or a symbolic/traced size).
+        grid: number of inputs.
+        scale: input step per output step, float32. # []
+    Returns:
+        (indices [size, 4] int64 in [0, grid), weights [size, 4] float32).
+    """
+    source = scale * (torch.arange(size, dtype=torch.float32, device=scale.device) + 0.5) - 0.5
+    floor = source.floor().clamp_max(grid - 1)
+    t = (source - floor).clamp(0.0, 1.0)
+    weights = torch.stack([_cubic_far(t + 1.0), _cubic_near(t), _cubic_near(1.0 - t), _cubic_far((1.0 - t) + 1.0)], -1)
+    indices = (floor.long()[:, None] + torch.arange(-1, 3, device=scale.device)).clamp(0, grid - 1)
+    return indices, weights
+
+
+def _bicubic_resize_traceable(
+    patch_position: torch.Tensor,
+    new_height: int | torch.SymInt | torch.Tensor,
+    new_width: int | torch.SymInt | torch.Tensor,
+    offset: float,
+) -> torch.Tensor:
+    """The original position-embedding resize from tensor ops only, for symbolic sizes.
+
+    Same sampling grid as `F.interpolate(scale_factor=(n + offset) / grid, mode="bicubic")` (offset 0:
+    `size=(n_h, n_w)`), and the same 4x4 taps summed in the kernel's order (4 along W, then along H), but
+    every size-dependent number is a tensor, so `torch.export` keeps H and W dynamic and `torch.jit.trace`
+    generalises. A square `grid` x `grid` request keeps the grid unchanged, as the eager shortcut does
+    (scale 1 makes the weights exactly (0, 1, 0, 0)). Float32 rounding differs from the compiled kernel's
+    (which fuses some multiply-adds): measured max |difference| 1e-5 on unit-variance grids.
+
+    Args:
+        patch_position: the square position-embedding grid, float32. # [1, C, grid, grid]
+        new_height, new_width: the patch grid to resize to (ints, SymInts or 0-dim traced tensors).
+        offset: `interpolate_offset`.
+    Returns:
+        the resized grid. # [1, C, new_height, new_width]
+    """
+    grid = patch_position.shape[-1]
+    device = patch_position.device
+    # The sizes as float64 tensors (n = last index + 1): exact, and traced rather than frozen.
+    sizes = [torch.arange(size, dtype=torch.float64, device=device)[-1] + 1 for size in (new_height, new_width)]
+    if offset:
+        # The kernel receives the Python scale factor (n + offset) / grid and samples with float32(1 / factor).
+        scales = [(1.0 / ((size + offset) / grid)).float() for size in sizes]
+    else:
+        scales = [torch.tensor(float(grid), dtype=torch.float32, device=device) / size.float() for size in sizes]
+    unchanged = (sizes[0] == grid) & (sizes[1] == grid)
+    scales = [torch.where(unchanged, torch.ones_like(scale), scale) for scale in scales]
+    (rows, row_weights), (columns, column_weights) = (
+        _cubic_taps(size, grid, scale) for size, scale in zip((new_height, new_width), scales)
+    )
+    gathered = patch_position[..., columns]  # [1, C, grid, n_w, 4]
+    along_width = gathered[..., 0] * column_weights[:, 0]
+    for tap in range(1, 4):
+        along_width = along_width + gathered[..., tap] * column_weights[:, tap]
+    gathered = along_width[:, :, rows]  # [1, C, n_h, 4, n_w]
+    resized = gathered[:, :, :, 0] * row_weights[:, 0, None]
+    for tap in range(1, 4):
+        resized = resized + gathered[:, :, :, tap] * row_weights[:, tap, None]
+    return resized
+
+
 class SnDEmbeddings(nn.Module):
     """CLS token, optional mask tokens, patch embeddings and resized position embeddings."""
 
@@ -90,11 +173,22 @@ class SnDEmbeddings(nn.Module):
         self.interpolate_offset = config.interpolate_offset
         self.interpolate_antialias = config.interpolate_antialias
 
-    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def interpolate_pos_encoding(
+        self,
+        embeddings: torch.Tensor,
+        height: int | torch.SymInt | torch.Tensor,
+        width: int | torch.SymInt | torch.Tensor,
+    ) -> torch.Tensor:
         """Position embeddings for an input of `height` x `width` pixels, exactly as torch.hub DINOv2.
 
         The 37x37 grid is resized bicubically with `scale_factor = (grid + offset) / 37` (offset 0.1 by
-        default; see facebookresearch/dinov2 issue #136 on why), in float32, then cast to the tokens' dtype.
+        default; see facebookresearch/dinov2 issue #136 on why), in float32, then cast to the tokens' dtype;
+        at the training size (a square `grid` x `grid` patch input) the grid is used as it is.
+
+        With concrete sizes this calls torch's bicubic kernel as the original does (bit-identical). With
+        symbolic sizes (`torch.export`/`torch.compile` with dynamic H, W, or `torch.jit.trace`) the kernel's
+        float scale would be frozen into the graph at the example's size, so the resize is built from tensor
+        ops instead (`_bicubic_resize_traceable`, equal to the kernel up to float32 rounding).
 
         Args:
             embeddings: the tokens the embeddings are added to. # [B, 1 + h*w, C]
@@ -102,30 +196,39 @@ class SnDEmbeddings(nn.Module):
         Returns:
             position embeddings. # [1, 1 + h*w, C]
         """
-        num_patches = embeddings.shape[1] - 1
         num_positions = self.position_embeddings.shape[1] - 1
-        if num_patches == num_positions and height == width:
-            return self.position_embeddings.to(embeddings.dtype)
         grid = math.isqrt(num_positions)
         assert grid * grid == num_positions, "position embeddings must form a square grid"
         new_height, new_width = height // self.patch_size, width // self.patch_size
         dim = embeddings.shape[-1]
+        symbolic = torch.jit.is_tracing() or not (isinstance(height, int) and isinstance(width, int))
+        if not symbolic and new_height == new_width == grid:
+            return self.position_embeddings.to(embeddings.dtype)
         position_embeddings = self.position_embeddings.float()
         class_position = position_embeddings[:, :1]
         patch_position = position_embeddings[:, 1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
-        if self.interpolate_offset:
-            scale = ((new_height + self.interpolate_offset) / grid, (new_width + self.interpolate_offset) / grid)
-            resize = {"scale_factor": scale}
-        else:
-            resize = {"size": (new_height, new_width)}
-        patch_position = nn.functional.interpolate(
-            patch_position, mode="bicubic", antialias=self.interpolate_antialias, **resize
-        )
-        if tuple(patch_position.shape[-2:]) != (new_height, new_width):
+        if symbolic and not self.interpolate_antialias:
+            patch_position = _bicubic_resize_traceable(patch_position, new_height, new_width, self.interpolate_offset)
+        elif symbolic and self.interpolate_offset:
             raise ValueError(
-                f"position embeddings resized to {tuple(patch_position.shape[-2:])}, expected {(new_height, new_width)}"
-                f" (interpolate_offset={self.interpolate_offset} is too small for this grid)"
+                "interpolate_antialias=True with a non-zero interpolate_offset cannot be traced or exported with"
+                " dynamic sizes (torch's antialiased kernel would freeze the example's scale); export at a fixed size"
             )
+        else:
+            if self.interpolate_offset:
+                scale = ((new_height + self.interpolate_offset) / grid, (new_width + self.interpolate_offset) / grid)
+                resize = {"scale_factor": scale}
+            else:
+                resize = {"size": (new_height, new_width)}
+            patch_position = nn.functional.interpolate(
+                patch_position, mode="bicubic", antialias=self.interpolate_antialias, **resize
+            )
+            if not symbolic and tuple(patch_position.shape[-2:]) != (new_height, new_width):
+                raise ValueError(
+                    f"position embeddings resized to {tuple(patch_position.shape[-2:])}, expected"
+                    f" {(new_height, new_width)} (interpolate_offset={self.interpolate_offset} is too small for"
+                    " this grid)"
+                )
         patch_position = patch_position.permute(0, 2, 3, 1).reshape(1, -1, dim)
         return torch.cat((class_position, patch_position), dim=1).to(embeddings.dtype)
 
@@ -177,14 +280,19 @@ class SnDAttention(nn.Module):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states [B, N, C] -> (output [B, N, C], attention probs [B, heads, N, N] or None)."""
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (output [B, N, C], attention probs [B, heads, N, N] or None).
+
+        `output_attentions` runs eager attention for this call: the fused kernels (SDPA, flash) never
+        materialise the probabilities, and transformers' convention is that a model returns them when asked.
+        """
         batch_size, seq_len, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_attention_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -272,9 +380,11 @@ class SnDLayer(GradientCheckpointingLayer):
         self.mlp = SnDSwiGLUFFN(config) if config.use_swiglu_ffn else SnDMLP(config)
         self.layer_scale2 = SnDLayerScale(config)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states [B, N, C] -> (hidden_states [B, N, C], attention probs or None)."""
-        attn_output, attn_weights = self.attention(self.norm1(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, N, C] -> (hidden_states [B, N, C], attention probs [B, heads, N, N] or None)."""
+        attn_output, attn_weights = self.attention(self.norm1(hidden_states), output_attentions)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, attn_weights
@@ -294,7 +404,7 @@ class SnDEncoder(nn.Module):
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states, attn_weights = layer(hidden_states)
+            hidden_states, attn_weights = layer(hidden_states, output_attentions)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -436,11 +546,6 @@ class SnDPreTrainedModel(PreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """Validated embeddings then encoder: (pre-norm tokens [B, 1 + h*w, C], hidden states, attentions)."""
         self._check_pixel_values(pixel_values)
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions needs eager attention, the model uses {self.config._attn_implementation!r}:"
-                " load or build it with attn_implementation='eager'"
-            )
         embeddings = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         return self.encoder(embeddings, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
@@ -479,7 +584,8 @@ class SnDModel(SnDPreTrainedModel):
         Args:
             pixel_values: ImageNet-normalised images, H and W multiples of 14. # [B, 3, H, W]
             output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
-            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            output_attentions: also return each layer's attention probabilities, computed with eager attention
+                for this call under any attention implementation (default: config).
             return_dict: return an `SnDModelOutput` (default) or a plain tuple.
             bool_masked_pos: patches to replace by the mask token (DINOv2/iBOT pre-training). # [B, h*w]
             kwargs: ignored; accepted because transformers' pipelines and task models forward extra options.
@@ -567,7 +673,8 @@ class SnDBackbone(BackboneMixin, SnDPreTrainedModel):
         Args:
             pixel_values: normalised images, H and W multiples of 14. # [B, 3, H, W]
             output_hidden_states: also return the L+1 pre-norm hidden states (default: config).
-            output_attentions: also return attention probabilities; needs eager attention (default: config).
+            output_attentions: also return each layer's attention probabilities, computed with eager attention
+                for this call under any attention implementation (default: config).
             return_dict: return a `BackboneOutput` (default) or a plain tuple.
             kwargs: ignored; accepted because transformers' task models forward extra options.
         Returns:

@@ -147,3 +147,45 @@ def test_mismatched_weights_are_named(source):
         load_backbone_weights(task_model, state_dict)
     with pytest.raises(TypeError, match="SnDBackbone"):
         load_backbone_weights(torch.nn.Linear(2, 2), source)
+
+
+def _saved_model(folder) -> SnDModel:
+    torch.manual_seed(1)
+    model = SnDModel(SnDConfig(**TINY)).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def _expected_stages(model: SnDModel, pixel_values: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        hidden_states = model(pixel_values, output_hidden_states=True).hidden_states
+    height, width = pixel_values.shape[-2] // 14, pixel_values.shape[-1] // 14
+    return [
+        model.layernorm(hidden_states[index])[:, 1:].reshape(1, height, width, -1).permute(0, 3, 1, 2)
+        for index in indices
+    ]
+
+
+def test_snd_backbone_from_pretrained_reads_an_snd_checkpoint_directory_with_out_indices(tmp_path):
+    """The documented way to a backbone from a local folder (transformers' AutoBackbone takes Hub ids only)."""
+    model = _saved_model(tmp_path)
+    backbone = SnDBackbone.from_pretrained(tmp_path, out_indices=[1, 3]).eval()
+    assert backbone.out_features == ["stage1", "stage3"] and backbone.config.out_indices == [1, 3]
+    pixel_values = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        feature_maps = backbone(pixel_values).feature_maps
+    for actual, expected in zip(feature_maps, _expected_stages(model, pixel_values, [1, 3]), strict=True):
+        torch.testing.assert_close(actual, expected)
+
+
+def test_auto_backbone_from_a_hub_repo_id(hub, tmp_path):
+    model = _saved_model(tmp_path)
+    for path in tmp_path.iterdir():
+        hub.add_file("lab/snd-tiny", path.name, path.read_bytes())
+    backbone = AutoBackbone.from_pretrained("lab/snd-tiny", out_indices=[1, 3]).eval()
+    assert isinstance(backbone, SnDBackbone) and backbone.out_features == ["stage1", "stage3"]
+    pixel_values = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        feature_maps = backbone(pixel_values).feature_maps
+    for actual, expected in zip(feature_maps, _expected_stages(model, pixel_values, [1, 3]), strict=True):
+        torch.testing.assert_close(actual, expected)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 import snd_hf  # noqa: F401  (registers the Auto classes)
-from snd_hf import SnDConfig, SnDModel
+from snd_hf import SnDBackbone, SnDConfig, SnDModel
 
 TOLERANCE = 1e-4
 
@@ -94,9 +94,29 @@ def test_sdpa_and_eager_agree(reference):
     torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, model.config.num_attention_heads, tokens))
 
 
-def test_output_attentions_needs_eager():
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        tiny_model()(torch.randn(1, 3, 28, 28), output_attentions=True)
+@pytest.mark.parametrize("model_class", [SnDModel, SnDBackbone])
+def test_output_attentions_under_sdpa_are_the_eager_probabilities(model_class):
+    """transformers' convention: asked for attentions, a model returns them, whatever its attention kernel."""
+    reference = tiny_model()
+    sdpa = model_class(tiny_config(out_indices=[1, 3]) if model_class is SnDBackbone else tiny_config()).eval()
+    sdpa.load_state_dict(reference.state_dict())
+    eager = model_class(SnDConfig(**{**sdpa.config.to_dict(), "attn_implementation": "eager"})).eval()
+    eager.load_state_dict(reference.state_dict())
+    assert sdpa.config._attn_implementation == "sdpa"
+    pixel_values = torch.randn(2, 3, 42, 56)
+    with torch.no_grad():
+        asked = sdpa(pixel_values, output_attentions=True, output_hidden_states=True)
+        expected = eager(pixel_values, output_attentions=True, output_hidden_states=True)
+        plain = sdpa(pixel_values, output_hidden_states=True)
+    assert sdpa.config._attn_implementation == "sdpa"  # eager for that call only
+    assert plain.attentions is None and len(asked.attentions) == 3
+    tokens = 1 + 3 * 4
+    for mine, theirs in zip(asked.attentions, expected.attentions):
+        assert mine.shape == (2, 2, tokens, tokens)
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
+        torch.testing.assert_close(mine.sum(-1), torch.ones(2, 2, tokens))
+    for mine, theirs in zip(asked.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)
 
 
 def test_outputs_shapes_and_tuple_form():

@@ -1,9 +1,15 @@
-"""Evaluation metrics of the frozen-feature probes, as the SnD paper computed them.
+"""Evaluation metrics of the frozen-feature probes, each following a named reference protocol.
 
-- depth (FiT3D / Monocular-Depth-Estimation-Toolbox protocol): per image over valid ground truth,
-  then averaged over images;
-- surface normals (Probe3D): angular RMSE and recalls per image, then averaged;
-- segmentation (mmseg): one confusion matrix accumulated over the whole dataset;
+- depth: per image over the scored pixels, then averaged over images. ``protocol="fit3d"`` (default)
+  is FiT3D's, i.e. the Monocular-Depth-Estimation-Toolbox's ``calculate`` in
+  ``depth/core/evaluation/metrics.py`` as FiT3D's ``evaluation/depth/datasets/nyu.py`` calls it
+  (images without a scored pixel are dropped from the average); ``protocol="probe3d"`` is Probe3D's
+  ``evaluate_depth`` in ``evals/utils/metrics.py`` (such images count as zeros). Probe3D's
+  ``scale_invariant=True`` is ``align_scale_and_shift`` (its ``match_scale_and_shift``);
+- surface normals: Probe3D's ``evaluate_surface_norm`` (``evals/utils/metrics.py``): angular RMSE and
+  recalls per image, images without a valid pixel count as zeros, then averaged;
+- segmentation: mmseg's ``intersect_and_union``/``eval_metrics`` (``mmseg/core/evaluation/metrics.py``):
+  areas accumulated over the whole dataset;
 - correspondence (Probe3D): recall of matches below pixel thresholds, binned by viewpoint change.
 
 Units: depth errors in the depth unit (metres), δ and correspondence recalls as fractions in
@@ -20,9 +26,12 @@ import torch
 
 __all__ = [
     "DEPTH_METRICS",
+    "DepthProtocol",
+    "METRICS_REVISION",
     "NORMAL_METRICS",
     "ROTATION_BINS",
     "SegmentationMeter",
+    "align_scale_and_shift",
     "average_metrics",
     "depth_eval_mask",
     "depth_metrics",
@@ -35,6 +44,10 @@ DEPTH_METRICS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log
 NORMAL_METRICS = ("rmse", "recall_11.25", "recall_22.5", "recall_30")
 # Relative-rotation bins (degrees, [low, high)) of Probe3D's ScanNet pair evaluation; the last is closed.
 ROTATION_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0, 60.0), (60.0, 180.0))
+# Whose per-image depth protocol to follow; they differ only for images without a scored pixel.
+DepthProtocol = Literal["fit3d", "probe3d"]
+# Bumped whenever a metric's definition changes, so that cached probe results are recomputed.
+METRICS_REVISION = 2
 
 
 def depth_eval_mask(
@@ -76,31 +89,55 @@ def depth_eval_mask(
     return valid & region
 
 
-def depth_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-    """Depth errors of one image over its valid pixels.
+def depth_metrics(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    protocol: DepthProtocol = "fit3d",
+    scale_invariant: bool = False,
+) -> dict[str, float]:
+    """Depth errors of one image over its scored pixels, on the raw prediction.
 
-    δk is the fraction of pixels with ``max(p / t, t / p) < 1.25**k``; SILog is
-    ``100 * sqrt(mean(e²) - mean(e)²)`` with ``e = log p - log t``. Predictions are clamped to at
-    least 1e-6 so that logarithms stay finite.
+    Follows the Monocular-Depth-Estimation-Toolbox ``calculate`` (FiT3D) and Probe3D ``evaluate_depth``:
+    ``abs_rel``, ``sq_rel`` and ``rmse`` use the prediction as it is (a non-positive depth is simply a
+    large error). δk is the fraction of pixels with ``max(t / p, p / t) < 1.25**k``, with Probe3D's
+    ``p.clamp(min=1e-9)`` in ``t / p`` so that non-positive predictions are misses. The log metrics
+    (``rmse_log``, ``log10``, SILog ``100 * sqrt(mean(e²) - mean(e)²)`` with ``e = log p - log t``) take
+    the logarithm of the raw prediction as the toolbox does: infinite for a zero, NaN for a negative
+    depth on a scored pixel, and NaN values are dropped by ``average_metrics`` as the toolbox's
+    ``np.nanmean`` drops them.
+    Deviation: the toolbox counts a negative prediction as a δ hit (both of its ratios are negative)
+    and replaces a NaN SILog by 0 (a perfect score); here the first is a miss (Probe3D) and the
+    second stays NaN (docs/deviations.md).
 
     Args:
         prediction: predicted depth. [H, W]
         target: ground-truth depth. [H, W]
         valid: pixels to score (see ``depth_eval_mask``). [H, W]
+        protocol: ``"fit3d"``: an image without a scored pixel gets NaN metrics, dropped by
+            ``average_metrics``; ``"probe3d"``: it gets zeros, averaged in.
+        scale_invariant: first fit the prediction to the target by least-squares scale and shift
+            over the scored pixels (Probe3D's ``scale_invariant=True``; ``align_scale_and_shift``).
 
     Returns:
-        ``DEPTH_METRICS`` → value; every value is NaN when no pixel is valid.
+        ``DEPTH_METRICS`` → value.
+
+    Raises:
+        ValueError: the shapes differ or ``protocol`` is unknown.
     """
     if prediction.shape != target.shape or valid.shape != target.shape:
         raise ValueError(
             f"prediction, target and valid must share one shape, got {tuple(prediction.shape)}, "
             f"{tuple(target.shape)} and {tuple(valid.shape)}"
         )
+    empty = _empty_image_value(protocol)
     if not bool(valid.any()):
-        return {name: math.nan for name in DEPTH_METRICS}
-    pred = prediction[valid].double().clamp_min(1e-6)
+        return {name: empty for name in DEPTH_METRICS}
+    pred = prediction[valid].double()
     gt = target[valid].double()
-    ratio = torch.maximum(gt / pred, pred / gt)
+    if scale_invariant:
+        pred = align_scale_and_shift(pred, gt)
+    ratio = torch.maximum(gt / pred.clamp_min(1e-9), pred / gt)
     log_error = pred.log() - gt.log()
     values = {
         "d1": (ratio < 1.25).double().mean(),
@@ -111,13 +148,38 @@ def depth_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.T
         "rmse": ((gt - pred) ** 2).mean().sqrt(),
         "rmse_log": (log_error**2).mean().sqrt(),
         "log10": (gt.log10() - pred.log10()).abs().mean(),
+        # clamp: a perfect prediction can round to a tiny negative variance (the toolbox's NaN -> 0).
         "silog": 100.0 * ((log_error**2).mean() - log_error.mean() ** 2).clamp_min(0.0).sqrt(),
     }
     return {name: float(value) for name, value in values.items()}
 
 
+def align_scale_and_shift(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``s * prediction + t`` with the least-squares scale s and shift t against ``target``.
+
+    Probe3D's ``match_scale_and_shift`` (``evals/utils/metrics.py``, after MiDaS), for one image's
+    scored pixels; a constant prediction (a singular system) is returned unchanged, as there.
+
+    Args:
+        prediction: predicted depth at the scored pixels. [P]
+        target: ground-truth depth at the same pixels. [P]
+
+    Returns:
+        the aligned prediction. [P]
+    """
+    if prediction.numel() == 0 or bool(prediction.max() == prediction.min()):
+        return prediction
+    centred = prediction - prediction.mean()
+    scale = (centred * (target - target.mean())).sum() / (centred * centred).sum()
+    return scale * prediction + (target.mean() - scale * prediction.mean())
+
+
 def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-    """Angular errors of one image's surface normals over its valid pixels.
+    """Angular errors of one image's surface normals over its valid pixels (Probe3D protocol).
+
+    Probe3D's ``evaluate_surface_norm`` (``evals/utils/metrics.py``): the angle between prediction and
+    target (cosine clamped to [-1, 1]), its RMSE and the recalls below 11.25°, 22.5° and 30°. An image
+    without a valid pixel scores zeros, which ``average_metrics`` averages in, as Probe3D does.
 
     Args:
         prediction: predicted normals (any length; normalised here). [3, H, W]
@@ -125,8 +187,7 @@ def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.
         valid: pixels to score. [H, W]
 
     Returns:
-        ``rmse`` (degrees) and ``recall_<t>`` (percent of pixels with error below t degrees);
-        NaN when no pixel is valid.
+        ``rmse`` (degrees) and ``recall_<t>`` (percent of valid pixels with error below t degrees).
     """
     if prediction.shape != target.shape or prediction.shape[0] != 3 or valid.shape != target.shape[1:]:
         raise ValueError(
@@ -134,7 +195,7 @@ def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.
             f"{tuple(target.shape)} and {tuple(valid.shape)}"
         )
     if not bool(valid.any()):
-        return {name: math.nan for name in NORMAL_METRICS}
+        return {name: 0.0 for name in NORMAL_METRICS}
     cosine = torch.nn.functional.cosine_similarity(prediction.double(), target.double(), dim=0)[valid]
     error = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
     values = {"rmse": float((error**2).mean().sqrt())}
@@ -143,8 +204,18 @@ def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.
     return values
 
 
+def _empty_image_value(protocol: DepthProtocol) -> float:
+    """The score of an image without a scored pixel: NaN (dropped, FiT3D) or 0 (averaged in, Probe3D)."""
+    if protocol == "fit3d":
+        return math.nan
+    if protocol == "probe3d":
+        return 0.0
+    raise ValueError(f"protocol must be 'fit3d' or 'probe3d', got {protocol!r}")
+
+
 def average_metrics(per_image: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric over images, ignoring NaN (images without valid pixels)."""
+    """Mean of each metric over images, ignoring NaN (the toolbox's ``np.nanmean``): images without a
+    scored pixel under the FiT3D protocol, undefined log metrics, pairs without matches."""
     totals: dict[str, list[float]] = {}
     for metrics in per_image:
         for name, value in metrics.items():
@@ -157,10 +228,14 @@ def average_metrics(per_image: Iterable[Mapping[str, float]]) -> dict[str, float
 
 
 class SegmentationMeter:
-    """Confusion matrix accumulated over a dataset; mIoU, mAcc and aAcc as mmseg reports them.
+    """mIoU, mAcc and aAcc as mmseg computes them, accumulated over a dataset.
 
-    Classes absent from both ground truth and predictions have no IoU and are left out of the
-    means (mmseg's NaN-mean); pixels labelled ``ignore_index`` are skipped.
+    mmseg's ``intersect_and_union`` (``mmseg/core/evaluation/metrics.py``): pixels labelled
+    ``ignore_index`` are skipped; the per-class areas count only ids in ``[0, num_classes)``, so a
+    prediction outside the classes (e.g. 255) is a miss for its pixel's class, and a pixel whose
+    ground truth is outside the classes (and not ``ignore_index``) is no class's target but its
+    prediction still counts in that class's predicted area. Classes absent from both ground truth and
+    predictions have no IoU and are left out of the means (mmseg's NaN-mean).
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
@@ -168,27 +243,33 @@ class SegmentationMeter:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [target, prediction]
+        # [target, prediction]; the extra last row / column collects ids outside the classes.
+        self.confusion = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.int64)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch of label maps.
 
         Args:
-            prediction: predicted class ids. [...]
+            prediction: predicted class ids (any integer; outside ``[0, num_classes)`` is a miss). [...]
             target: ground-truth class ids, ``ignore_index`` where unlabelled. [...]
         """
         if prediction.shape != target.shape:
             raise ValueError(f"prediction and target must share one shape, got {tuple(prediction.shape)} and {tuple(target.shape)}")
-        keep = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
-        index = target[keep].long() * self.num_classes + prediction[keep].long().clamp(0, self.num_classes - 1)
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
+        keep = target != self.ignore_index
+        target, prediction = target[keep].long(), prediction[keep].long()
+        outside = self.num_classes
+        target = torch.where((target >= 0) & (target < outside), target, outside)
+        prediction = torch.where((prediction >= 0) & (prediction < outside), prediction, outside)
+        size = self.num_classes + 1
+        self.confusion += torch.bincount(target * size + prediction, minlength=size**2).view(size, size)
 
     def compute(self) -> dict[str, float]:
         """``miou``, ``macc`` and ``aacc`` in percent."""
+        classes = self.num_classes
         confusion = self.confusion.double()
-        intersection = confusion.diag()
-        area_target = confusion.sum(dim=1)
-        area_prediction = confusion.sum(dim=0)
+        intersection = confusion.diag()[:classes]
+        area_target = confusion[:classes].sum(dim=1)
+        area_prediction = confusion[:, :classes].sum(dim=0)
         union = area_target + area_prediction - intersection
         iou = intersection / union  # NaN where a class never occurs
         accuracy = intersection / area_target

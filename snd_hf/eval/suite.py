@@ -54,7 +54,7 @@ from snd_hf.eval.figures import (
     colorize_normals,
     plot_grouped_bars,
 )
-from snd_hf.eval.metrics import ROTATION_BINS
+from snd_hf.eval.metrics import METRICS_REVISION, ROTATION_BINS, DepthProtocol
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.synthetic import synthetic_eval_data
 from snd_hf.eval.tasks import (
@@ -83,6 +83,10 @@ class EvalPreset:
         correspondence_scale: evaluation grid of the correspondence task relative to the image.
         synthetic: ``(num_scenes, num_frames, height, width)`` of the generated benchmark.
         num_panels: test images drawn in the qualitative panels.
+        depth_protocol: per-image depth protocol (``depth_metrics``): ``"fit3d"`` drops test images
+            without a scored pixel from the averages (the paper's), ``"probe3d"`` counts them as zeros.
+        scale_invariant_depth: Probe3D's least-squares scale-and-shift alignment of each depth
+            prediction before its metrics.
     """
 
     name: str
@@ -94,6 +98,8 @@ class EvalPreset:
     correspondence_scale: float = 0.25
     synthetic: tuple[int, int, int, int] = (8, 6, 96, 128)
     num_panels: int = 3
+    depth_protocol: DepthProtocol = "fit3d"
+    scale_invariant_depth: bool = False
 
 
 PRESETS: dict[str, EvalPreset] = {
@@ -284,11 +290,14 @@ def evaluate(
         config = getattr(preset, task)
         predictions: dict[str, list[torch.Tensor]] = {}
         for feature_model in feature_models:
-            cache = _cache_path(cache_dir, feature_model, task, eval_data, {**asdict(config), "size": preset.input_short_side})
+            scoring = {"metrics": METRICS_REVISION, "size": preset.input_short_side}
+            if task == "depth":
+                scoring.update(protocol=preset.depth_protocol, scale_invariant=preset.scale_invariant_depth)
+            cache = _cache_path(cache_dir, feature_model, task, eval_data, {**asdict(config), **scoring})
             if cache.is_file():
                 results[task][feature_model.name] = json.loads(cache.read_text())["metrics"]
                 continue
-            result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset.num_panels)
+            result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset)
             _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": task, "data": eval_data.name})
             results[task][feature_model.name] = result.metrics
             losses[task][feature_model.name] = result.losses
@@ -319,14 +328,17 @@ def _run_dense(
     store: _FeatureStore,
     config: ProbeConfig,
     eval_data: EvalData,
-    num_panels: int,
+    preset: EvalPreset,
 ) -> TaskResult:
     data = ProbeData(train, store(feature_model, train), test, store(feature_model, test))
     if task == "depth":
-        return run_depth(data, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, num_panels)
+        return run_depth(
+            data, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, preset.num_panels,
+            preset.depth_protocol, preset.scale_invariant_depth,
+        )
     if task == "normals":
-        return run_normals(data, config, num_panels)
-    return run_segmentation(data, config, eval_data.num_classes, num_panels)
+        return run_normals(data, config, preset.num_panels)
+    return run_segmentation(data, config, eval_data.num_classes, preset.num_panels)
 
 
 def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> None:

@@ -20,6 +20,7 @@ from snd_hf.eval.datasets import IGNORE_INDEX
 from snd_hf.eval.depth import DepthProbe, depth_probe_loss
 from snd_hf.eval.features import DenseFeatures
 from snd_hf.eval.metrics import (
+    DepthProtocol,
     SegmentationMeter,
     average_metrics,
     depth_eval_mask,
@@ -90,8 +91,15 @@ def run_depth(
     max_depth: float,
     crop: str | None = None,
     num_predictions: int = 3,
+    protocol: DepthProtocol = "fit3d",
+    scale_invariant: bool = False,
 ) -> TaskResult:
-    """Depth probe: train on ``data.train``, per-image metrics on ``data.test`` averaged (see ``depth_metrics``)."""
+    """Depth probe: train on ``data.train``, per-image metrics on ``data.test`` averaged.
+
+    ``protocol`` ("fit3d" drops test images without a scored pixel, "probe3d" counts them as zeros) and
+    ``scale_invariant`` (Probe3D's least-squares scale-and-shift alignment per image before the
+    metrics) are passed to ``depth_metrics``.
+    """
     _seeded(config)
     probe = DepthProbe(data.train_features.patch.shape[1], data.train_features.cls.shape[1], min_depth, max_depth)
 
@@ -107,7 +115,9 @@ def run_depth(
 
     predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
     valid = depth_eval_mask(data.test.depth, min_depth, max_depth, crop)
-    per_image = [depth_metrics(predictions[i], data.test.depth[i], valid[i]) for i in range(len(data.test))]
+    per_image = [
+        depth_metrics(predictions[i], data.test.depth[i], valid[i], protocol, scale_invariant) for i in range(len(data.test))
+    ]
     return TaskResult(average_metrics(per_image), losses, list(predictions[:num_predictions]))
 
 

@@ -36,10 +36,13 @@ def mask_aware_upsample(
 
     Args:
         features: low-resolution features. [..., C, h, w]
-        masks: high-resolution instance ids, integer. [..., H, W]
+        masks: high-resolution instance ids, any integer dtype (uint8 ... int64). [..., H, W]
 
     Returns:
         upsampled features. [..., C, H, W]
+
+    Raises:
+        TypeError: ``masks`` is a float, bool or complex tensor.
     """
     if features.ndim < 3:
         raise ValueError(f"`features` must have shape [..., C, h, w], got {list(features.shape)}.")
@@ -48,8 +51,7 @@ def mask_aware_upsample(
             f"`masks` must have shape {list(features.shape[:-3])} + [H, W] to match `features` "
             f"{list(features.shape)}, got {list(masks.shape)}."
         )
-    if masks.dtype.is_floating_point or masks.dtype == torch.bool:
-        raise TypeError(f"`masks` must hold integer instance ids, got dtype {masks.dtype}.")
+    _check_integer_masks(masks)
     channels, low_height, low_width = features.shape[-3:]
     height, width = masks.shape[-2:]
     batch_shape = features.shape[:-3]
@@ -114,7 +116,8 @@ def blend_with_mask(
 
     Args:
         features: features to blend. [B, V, C, H, W]
-        masks: instance ids, integer. [B, V, Hm, Wm]
+        masks: instance ids, any integer dtype (uint8 ... int64; the same ids give the same
+            result whatever the dtype). [B, V, Hm, Wm]
         alpha: weight of the pixel's own features (1 = no blending, the original uses 0.5).
         weights: optional per-pixel weights of the segment means, e.g. the rendered alpha, so
             that uncovered pixels do not pull the means towards zero. None reproduces the original
@@ -125,6 +128,9 @@ def blend_with_mask(
 
     Returns:
         blended features. [B, V, C, H, W]
+
+    Raises:
+        TypeError: ``masks`` is a float, bool or complex tensor.
     """
     if features.ndim != 5:
         raise ValueError(f"`features` must have shape [B, V, C, H, W], got {list(features.shape)}.")
@@ -132,8 +138,7 @@ def blend_with_mask(
         raise ValueError(
             f"`masks` must have shape [{features.shape[0]}, {features.shape[1]}, Hm, Wm], got {list(masks.shape)}."
         )
-    if masks.dtype.is_floating_point or masks.dtype == torch.bool:
-        raise TypeError(f"`masks` must hold integer instance ids, got dtype {masks.dtype}.")
+    _check_integer_masks(masks)
     batch, views, channels, height, width = features.shape
     if weights is not None:
         weights = weights.reshape(batch, views, -1)
@@ -146,7 +151,8 @@ def blend_with_mask(
         )
     if alpha == 1.0:
         return features if out is None else out.copy_(features)
-    masks = resize_masks(masks, (height, width))
+    # int64 once, after the resize: gather/scatter index with int64, and torch has no min/max for uint16-64.
+    masks = resize_masks(masks, (height, width)).long()
 
     segment, count = _segment_ids(masks.reshape(batch * views, height * width))
     flat = features.reshape(batch * views, channels, height * width)
@@ -167,6 +173,17 @@ def blend_with_mask(
         target.copy_(flat)
     target.lerp_(segment_means, 1.0 - alpha)
     return out
+
+
+def _check_integer_masks(masks: torch.Tensor) -> None:
+    """Raise a TypeError unless ``masks`` holds integer ids (any signed or unsigned width)."""
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"`masks` must be a tensor of integer instance ids, got {type(masks).__name__}.")
+    if masks.dtype.is_floating_point or masks.dtype.is_complex or masks.dtype == torch.bool:
+        raise TypeError(
+            f"`masks` must hold integer instance ids (uint8 ... int64), got dtype {masks.dtype}: a float or bool "
+            "mask is not a segmentation; convert ids with .long()."
+        )
 
 
 def _lane_segments(segment: torch.Tensor, count: int) -> torch.Tensor:

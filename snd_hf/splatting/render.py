@@ -10,6 +10,10 @@ share the mathematics of gsplat's 3DGS rasteriser (v1.5.3, ``rasterization`` wit
   differentiable w.r.t. the features, means, covariances and opacities, and memory-bounded:
   (pixel, Gaussian) pairs are composited in bands of pixel rows under a pair budget.
 
+Both stay in the autograd graph for every input, including renders where nothing is visible (no
+Gaussians, all culled, zero opacity): the outputs then hold the background and backpropagate
+zero gradients (gsplat's kernels skip empty launches; its autograd functions keep the graph).
+
 The mathematics (per camera):
 
 1. EWA projection: ``Σ₂ = J W Σ Wᵀ Jᵀ + eps2d·I`` with the perspective Jacobian ``J`` at the
@@ -320,9 +324,8 @@ def _composite_band(
     order = torch.argsort(pixel, stable=True)
     pixel, splat = pixel[order], visible[owner[order]]
     pixels = (last - first) * width
-    if len(pixel) == 0:
-        return values.new_zeros(pixels, values.shape[-1] + 1)
-
+    # No early return for bands without pairs (nothing visible, zero opacity, no Gaussians): the empty
+    # gathers below keep the zeros in the autograd graph, so a loss on them backpropagates zero gradients.
     centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(values.dtype) + 0.5
     delta = centres - splats.means2d[splat]  # [M, 2]
     conic = splats.conics[splat]  # [M, 3]
@@ -338,8 +341,8 @@ def _composite_band(
     per_pixel = torch.bincount(pixel, minlength=pixels)
     offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
     running = torch.cumsum(log_pass.double(), 0)
-    before_pixel = (running - log_pass.double())[offsets.clamp_max(len(pixel) - 1)]  # empty pixels: unused
-    log_after = (running - torch.repeat_interleave(before_pixel, per_pixel)).to(values.dtype)
+    first_pair = torch.repeat_interleave(offsets, per_pixel)  # [M] first pair of each pair's pixel
+    log_after = (running - (running - log_pass.double())[first_pair]).to(values.dtype)
     # A splat counts only if the pixel's transmittance stays above the threshold after it.
     counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))

@@ -145,3 +145,41 @@ def test_blend_with_large_sparse_ids_matches_a_per_segment_loop():
             region = labels[0, view] == label
             mean = features[0, view][:, region].mean(1, keepdim=True)
             torch.testing.assert_close(blended[0, view][:, region], 0.3 * features[0, view][:, region] + 0.7 * mean)
+
+
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_every_integer_mask_dtype_blends_and_upsamples_like_int64(dtype):
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 2, 3, 12, 10, generator=generator)
+    labels = torch.randint(0, 5, (1, 2, 3, 5), generator=generator) * 20  # ids 0..80 fit every dtype
+    masks = resize_masks(labels, (6, 5))  # masks at half the feature size: resized inside the blend
+    blended = blend_with_mask(features, masks.to(dtype), 0.25)
+    full = resize_masks(masks, (12, 10))
+    for view in range(2):
+        for label in full[0, view].unique():
+            region = full[0, view] == label
+            mean = features[0, view][:, region].mean(1, keepdim=True)
+            torch.testing.assert_close(blended[0, view][:, region], 0.25 * features[0, view][:, region] + 0.75 * mean)
+    low = torch.randn(2, 3, 4, 4, generator=generator)
+    upsampled = mask_aware_upsample(low, resize_masks(labels[0], (13, 11)).to(dtype))
+    assert torch.equal(upsampled, mask_aware_upsample(low, resize_masks(labels[0], (13, 11))))
+
+
+def test_negative_small_integer_ids_are_segments_like_int64():
+    features = torch.randn(1, 1, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    masks = torch.tensor([[-1, -1, 5, 5], [-1, -1, 5, 5], [0, 0, -128, -128], [0, 0, -128, -128]])[None, None]
+    expected = blend_with_mask(features, masks.long(), 0.0)
+    torch.testing.assert_close(blend_with_mask(features, masks.to(torch.int8), 0.0), expected)
+    torch.testing.assert_close(expected[0, 0, :, 0, 0], features[0, 0, :, :2, :2].mean((1, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bool, torch.complex64], ids=str)
+def test_float_and_bool_masks_are_refused_with_a_type_error_naming_masks(dtype):
+    masks = torch.zeros(1, 1, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match="`masks` must hold integer instance ids"):
+        blend_with_mask(torch.zeros(1, 1, 2, 4, 4), masks, 0.5)
+    with pytest.raises(TypeError, match="`masks` must hold integer instance ids"):
+        mask_aware_upsample(torch.zeros(1, 2, 2, 2), masks[0])

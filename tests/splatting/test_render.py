@@ -183,6 +183,41 @@ def test_zero_opacity_and_empty_scenes_render_the_background():
         torch.testing.assert_close(out.features[0, 0, :, 3, 4], torch.tensor([0.25, -1.0]))
 
 
+_NOTHING_VISIBLE = {
+    "behind the camera": ([0.0, 0.0, -2.0], 0.5, 1.0),
+    "beyond far": ([0.0, 0.0, 12.0], 0.5, 1.0),
+    "off screen": ([50.0, 0.0, 2.0], 0.01, 1.0),
+    "zero opacity": ([0.0, 0.0, 2.0], 0.01, 0.0),
+    "below 1/255": ([0.0, 0.0, 2.0], 0.01, 0.003),
+    "no Gaussians": (None, 0.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(_NOTHING_VISIBLE), ids=list(_NOTHING_VISIBLE))
+def test_nothing_visible_stays_differentiable_with_zero_gradients(case):
+    mean, variance, opacity = _NOTHING_VISIBLE[case]
+    count = 0 if mean is None else 1
+    means = torch.tensor([mean] if count else [], dtype=torch.float32).reshape(1, count, 3).requires_grad_()
+    covariances = (torch.eye(3) * variance).expand(1, count, 3, 3).clone().requires_grad_()
+    opacities = torch.full((1, count), opacity, requires_grad=True)
+    features = torch.ones(1, count, 2, requires_grad=True)
+    out = _render(Gaussians(means, covariances, opacities, features), background=torch.tensor([0.25, -1.0]))
+    assert out.features.requires_grad and out.alpha.requires_grad and out.depth.requires_grad
+    torch.testing.assert_close(out.features, torch.tensor([0.25, -1.0]).view(1, 1, 2, 1, 1).expand_as(out.features))
+    assert out.alpha.abs().max() == 0 and out.depth.abs().max() == 0
+    (out.features.square().sum() + out.alpha.sum() + out.depth.sum()).backward()
+    for tensor in (means, covariances, opacities, features):
+        assert tensor.grad is not None and tensor.grad.shape == tensor.shape
+        assert tensor.grad.abs().sum() == 0
+
+
+def test_only_the_means_requiring_grad_still_backpropagate_through_an_empty_render():
+    means = torch.tensor([[[0.0, 0.0, -1.0]]], requires_grad=True)
+    out = _render(Gaussians(means, (torch.eye(3) * 0.1)[None, None], torch.ones(1, 1), torch.ones(1, 1, 3)))
+    out.features.sum().backward()
+    assert torch.equal(means.grad, torch.zeros_like(means))
+
+
 def test_background_fills_the_uncovered_part_of_each_pixel():
     gaussians = Gaussians(torch.tensor([[[0.0, 0.0, 2.0]]]), (torch.eye(3) * 0.01)[None, None], torch.tensor([[0.7]]), torch.ones(1, 1, 1))
     plain, filled = _render(gaussians), _render(gaussians, background=3.0)

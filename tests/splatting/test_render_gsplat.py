@@ -60,3 +60,22 @@ def test_gsplat_gradients_match_the_torch_twin():
         (out.features * cotangent.to(device)).sum().backward()
         gradients.append(features.grad.cpu())
     torch.testing.assert_close(gradients[1], gradients[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("z, opacity, count", [(-2.0, 1.0, 1), (2.0, 0.0, 1), (2.0, 1.0, 0)], ids=["behind", "transparent", "empty"])
+def test_gsplat_renders_nothing_visible_in_the_graph_like_the_twin(z, opacity, count):
+    device = torch.device("cuda")
+    means = torch.tensor([[0.0, 0.0, z]] * count, device=device).reshape(1, count, 3).requires_grad_()
+    covariances = (0.01 * torch.eye(3, device=device)).expand(1, count, 3, 3).clone().requires_grad_()
+    opacities = torch.full((1, count), opacity, device=device, requires_grad=True)
+    features = torch.ones(1, count, 4, device=device, requires_grad=True)
+    cameras = [torch.eye(4).expand(1, 1, 4, 4), torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]).expand(1, 1, 3, 3)]
+    cameras += [torch.full((1, 1), 0.1), torch.full((1, 1), 10.0)]
+    out = render_features(
+        Gaussians(means, covariances, opacities, features), *[c.to(device) for c in cameras], (16, 24), backend="gsplat", background=0.5
+    )
+    assert out.features.requires_grad and out.alpha.requires_grad
+    torch.testing.assert_close(out.features, torch.full_like(out.features, 0.5))
+    (out.features.sum() + out.alpha.sum()).backward()
+    for tensor in (means, covariances, opacities, features):
+        assert tensor.grad is None or tensor.grad.abs().sum() == 0

@@ -126,3 +126,16 @@ def test_invalid_teacher_arguments_raise_errors_naming_them():
         SplatTeacher(DepthLifter(), blending=2.0)
     with pytest.raises(ValueError, match="context_features"):
         SplatTeacher(DepthLifter(), backend="torch")(torch.zeros(1, 2, 8, 4, 6), _scene())
+
+
+def test_uint8_masks_give_the_int64_targets(tiny_model):
+    mask = torch.zeros(1, 1, HEIGHT, WIDTH, dtype=torch.long)
+    mask[..., WIDTH // 2 :] = 7
+    context_features = torch.randn(1, 1, 32, 4, 6, generator=torch.Generator().manual_seed(0))
+    teacher = SplatTeacher(DepthLifter(), blending=0.5, backend="torch")
+    expected = teacher(context_features, _scene(mask=mask))
+    small = _scene(mask=mask.to(torch.uint8))
+    assert small["target"]["mask"].dtype == torch.uint8
+    targets = teacher(context_features, small)
+    torch.testing.assert_close(targets.features, expected.features, atol=0, rtol=0)
+    assert torch.equal(targets.coverage, expected.coverage)

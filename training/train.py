@@ -172,7 +172,8 @@ def training_function(config: TrainingConfig) -> None:
                 checkpoint, modules=modules, optimizer=optimizer, scheduler=scheduler,
                 scaler=accelerator.scaler, process_index=accelerator.process_index,
             )  # fmt: skip
-            global_step, accelerator.step, guard.skipped_steps = state["step"], state["accelerator_step"], state["skipped_steps"]
+            global_step = state["step"]
+            accelerator.step, guard.skipped_steps = state.get("accelerator_step", 0), state.get("skipped_steps", [])
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
 
     # ---------------------------------------------------------------------------------------------

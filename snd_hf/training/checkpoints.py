@@ -297,6 +297,8 @@ def load_training_state(
         raise ValueError(f"{directory / STATE_FILE} is not a snd-hf training state (no format {FORMAT!r}).")
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / STATE_FILE} has format_version {state.get('format_version')!r}; expected {FORMAT_VERSION}.")
+    if not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise ValueError(f"{directory / STATE_FILE} has no valid step ({state.get('step')!r}).")
 
     for role, module in modules.items():
         path = directory / f"{role}.safetensors"
@@ -322,7 +324,10 @@ def load_training_state(
 
     rng_path = directory / f"rng_state_{process_index}.safetensors"
     if rng_path.is_file():
-        _set_rng_state(*_read_tensors(rng_path))
+        try:
+            _set_rng_state(*_read_tensors(rng_path))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{rng_path} does not hold valid RNG states ({type(error).__name__}: {error}).") from None
     else:  # resumed with more processes than saved: the extra ones keep their seeded state
         print(f"warning: {rng_path.name} not in {directory}; process {process_index} keeps its seeded RNG state.")
     return {k: v for k, v in state.items() if k not in ("format", "format_version", "optimizer", "scheduler", "scaler")}

@@ -1,6 +1,6 @@
 """Train SnD: distil splatted, blended EMA-teacher features of context views into a DINOv2 student.
 
-Launch (defaults: the tiny synthetic run, about a minute on 2 CPU cores):
+Launch (defaults: the tiny synthetic run; README.md, "Train", gives its measured time):
 
     python training/train.py
     python training/train.py --max_steps 20 --output_dir outputs/quick
@@ -9,18 +9,28 @@ Launch (defaults: the tiny synthetic run, about a minute on 2 CPU cores):
         --mvsplat_checkpoint re10k.ckpt
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 training/train.py
     python training/train.py --resume_from_checkpoint latest            # after a crash or kill
-    python training/train.py --push_to_hub --hub_model_id me/snd-tiny
+    python training/train.py --overwrite_output_dir                     # start again in a used output_dir
+    python training/train.py --push_to_hub --hub_model_id me/snd-tiny --output_dir outputs/pushed
+    python training/train.py --help                                     # every key, its default and meaning
 
-Every key of snd_hf.training.TrainingConfig can be set in the YAML file or as ``--key value``;
-unknown keys are rejected before anything runs. Mixed precision, gradient accumulation and
-multi-process training come from accelerate (``accelerate config`` or launch flags;
-``--mixed_precision`` and ``--gradient_accumulation_steps`` here).
+Every key of snd_hf.training.TrainingConfig can be set in the YAML file or as ``--key value``.
+Before anything is generated or built, the run is checked (snd_hf.training.preflight): unknown
+keys, missing paths, a non-empty ``output_dir`` without ``--resume_from_checkpoint`` or
+``--overwrite_output_dir``, a synthetic ``dataset_path`` holding data the package did not
+generate, and, with ``--push_to_hub``, the Hub's reachability, the token and the repository. Mixed
+precision, gradient accumulation and multi-process training come from accelerate (``accelerate
+config`` or launch flags; ``--mixed_precision`` and ``--gradient_accumulation_steps`` here).
+
+A NaN or inf loss or gradient stops the run at that step, naming its samples, before anything of
+it is applied or saved (``--on_nonfinite skip`` drops such steps instead, at most
+``max_skipped_steps``). docs/reliability.md lists what the trainer guarantees.
 
 Outputs in ``output_dir``: the final student as a native SnD directory (``SnDModel.from_pretrained``
 / ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, same format),
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
-``losses.jsonl`` (one line per optimizer step), ``config.yaml``, and ``checkpoints/step_{n}``
-(full accelerate state: resumable).
+``export.json`` (the step and files of that export, which is swapped in as one set),
+``losses.jsonl`` (one line per optimizer step, also after a resume), ``config.yaml``, and
+``checkpoints/step_{n}`` (the full training state as safetensors + JSON, no pickle: resumable).
 
 The embedded default checkpoint of ``snd demo`` (``snd_hf/assets/default/``) is the default run's
 final student:
@@ -30,7 +40,6 @@ final student:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -43,7 +52,6 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from snd_hf import SnDConfig
 from snd_hf.data.scenes import collate_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
 from snd_hf.training.builders import (
@@ -54,17 +62,30 @@ from snd_hf.training.builders import (
     prepare_scenes,
 )
 from snd_hf.training.checkpoints import (
-    checkpoint_step,
     finalize_checkpoint,
+    load_training_state,
     resolve_checkpoint,
+    save_training_state,
     temporary_checkpoint_dir,
     temporary_checkpoint_path,
 )
 from snd_hf.training.export import save_native, save_original
+from snd_hf.training.guards import NonFiniteGuard, check_finite_weights
+from snd_hf.training.outputs import (
+    LOSS_LOG,
+    LossLog,
+    prepare_output_dir,
+    write_final_export,
+)
+from snd_hf.training.preflight import check_before_compute
+from snd_hf.training.push import push_final_model
+from snd_hf.training.schedule import one_cycle_schedule
 from snd_hf.training.step import student_loss, teacher_logits
+from snd_hf.training.usage import training_help
 
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
-# after the checkpoint of step N is written but before it is renamed into place.
+# after the checkpoint of step N is written but before it is renamed into place; "during_export:N"
+# SIGKILLs it once the final export of step N is written but before it is swapped in.
 KILL_ENV = "SND_TRAIN_TEST_KILL"
 # Test-only: every process writes its final student weights to output_dir/rank{i}_state.safetensors.
 DUMP_RANKS_ENV = "SND_TRAIN_TEST_DUMP_RANKS"
@@ -84,9 +105,11 @@ def training_function(config: TrainingConfig) -> None:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     set_seed(config.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:  # a killed run's temporaries; --overwrite_output_dir
+        for note in prepare_output_dir(output_dir, overwrite=config.overwrite_output_dir):
+            accelerator.print(note)
         (output_dir / "config.yaml").write_text(config.to_yaml())
+    accelerator.wait_for_everyone()
     accelerator.print(f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}:\n{config.to_yaml()}")
 
     # ---------------------------------------------------------------------------------------------
@@ -120,24 +143,18 @@ def training_function(config: TrainingConfig) -> None:
     # Optimizer (AdamW; with weight_decay 0 it is the original's Adam) and one-cycle cosine schedule
     # ---------------------------------------------------------------------------------------------
     optimizer = build_optimizer(config, student)
-    # accelerate steps a prepared scheduler once per process per optimizer step; the 10 spare
-    # steps are the original's (OneCycleLR over max_steps + 10).
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.learning_rate,
-        total_steps=(config.max_steps + 10) * accelerator.num_processes,
-        pct_start=config.warmup_ratio,
-        anneal_strategy="cos",
-        cycle_momentum=False,
-    )
+    # The original's OneCycleLR over max_steps + 10, as a function of the optimizer step: not
+    # prepared by accelerate (which would step it once per process), stepped by the loop below.
+    scheduler = one_cycle_schedule(optimizer, config.max_steps, config.warmup_ratio)
+    # NaN/inf: fp16's grad scaler skips overflowing steps itself, so only losses are checked then.
+    guard = NonFiniteGuard(config.on_nonfinite, config.max_skipped_steps, check_gradients=config.mixed_precision != "fp16")
 
     # ---------------------------------------------------------------------------------------------
     # Wrap: one prepare call; the EMA teacher travels in the checkpoints
     # ---------------------------------------------------------------------------------------------
-    student, optimizer, dataloader, scheduler = accelerator.prepare(student, optimizer, dataloader, scheduler)
+    student, optimizer, dataloader = accelerator.prepare(student, optimizer, dataloader)
     teacher.to(accelerator.device)
     splat_teacher.to(accelerator.device)
-    accelerator.register_for_checkpointing(teacher)
     if config.report_to != "none":
         accelerator.init_trackers("snd", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
 
@@ -145,13 +162,18 @@ def training_function(config: TrainingConfig) -> None:
     # Resume: same step, data order, RNG, optimizer, scheduler and EMA state
     # ---------------------------------------------------------------------------------------------
     global_step = 0
+    modules = {"student": accelerator.unwrap_model(student), "teacher": teacher}  # what checkpoints hold
     if config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
         if checkpoint is None:
             accelerator.print(f"no complete checkpoint in {output_dir / 'checkpoints'}: starting from scratch")
-        else:
-            accelerator.load_state(str(checkpoint))
-            global_step = checkpoint_step(checkpoint)
+        else:  # safetensors + JSON only: nothing in a checkpoint folder is unpickled
+            state = load_training_state(
+                checkpoint, modules=modules, optimizer=optimizer, scheduler=scheduler,
+                scaler=accelerator.scaler, process_index=accelerator.process_index,
+            )  # fmt: skip
+            global_step = state["step"]
+            accelerator.step, guard.skipped_steps = state.get("accelerator_step", 0), state.get("skipped_steps", [])
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
 
     # ---------------------------------------------------------------------------------------------
@@ -173,11 +195,17 @@ def training_function(config: TrainingConfig) -> None:
 
     def save_checkpoint(step: int) -> None:
         """Full state into a temporary folder, renamed to checkpoints/step_{step} once complete."""
+        check_finite_weights(modules, step)  # nothing non-finite is ever written
         if accelerator.is_main_process:
             temporary_checkpoint_dir(output_dir, step)  # clears the leftovers of a killed save
         accelerator.wait_for_everyone()
         tmp = temporary_checkpoint_path(output_dir, step)
-        accelerator.save_state(str(tmp))
+        save_training_state(
+            tmp, modules=modules, optimizer=optimizer, scheduler=scheduler, scaler=accelerator.scaler,
+            trainer_state={"step": step, "accelerator_step": accelerator.step, "skipped_steps": guard.skipped_steps},
+            process_index=accelerator.process_index, is_main_process=accelerator.is_main_process,
+        )  # fmt: skip
+        accelerator.wait_for_everyone()  # every process's RNG state is in before the rename
         if accelerator.is_main_process:
             export(tmp / "export", step)
             if kill_event == "during_save" and int(kill_step) == step:
@@ -185,7 +213,8 @@ def training_function(config: TrainingConfig) -> None:
             finalize_checkpoint(tmp, config.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
-    loss_log = open(output_dir / "losses.jsonl", "a") if accelerator.is_main_process else None
+    # One line per step: a resumed run drops the lines its killed predecessor wrote after the checkpoint.
+    loss_log = LossLog(output_dir / LOSS_LOG, start_step=global_step) if accelerator.is_main_process else None
     accumulation = config.gradient_accumulation_steps
     batches_per_epoch = len(dataloader)
     if batches_per_epoch < accumulation:
@@ -221,15 +250,18 @@ def training_function(config: TrainingConfig) -> None:
             with accelerator.accumulate(student):
                 # Student: its own logits of the target views against the teacher's.
                 loss = student_loss(student, batch, logits, coverage, config)
-                # Backward, clipping, optimizer and schedule (accelerate skips them between
-                # accumulation boundaries).
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                guard.observe(loss, batch)
+                # At accumulation boundaries: clipping and the optimizer step, unless a loss or
+                # gradient of this step (on any process) is not finite; the schedule always moves on.
+                if accelerator.sync_gradients:
+                    if guard.update_is_finite(accelerator, student.parameters()):
+                        if config.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
                 continue
@@ -237,7 +269,7 @@ def training_function(config: TrainingConfig) -> None:
 
             # EMA teacher, after the optimizer step. Deviation: the original updates the teacher
             # in on_after_backward, before that step's optimizer step (one step staler).
-            if global_step % config.ema_every == 0:
+            if global_step % config.ema_every == 0 and not guard.step_failed:
                 ema_update(teacher, accelerator.unwrap_model(student), config.ema_momentum)
 
             # Logging: .item() forces a sync, so losses are gathered only every log_steps.
@@ -248,10 +280,10 @@ def training_function(config: TrainingConfig) -> None:
                 )
                 coverage_fraction = coverage.float().mean().item()
                 if loss_log is not None:
-                    loss_log.write(json.dumps({"step": global_step, "loss": mean_loss, "lr": lr, "coverage": coverage_fraction}) + "\n")
-                    loss_log.flush()
+                    loss_log.write(global_step, loss=mean_loss, lr=lr, coverage=coverage_fraction)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
                 accelerator.log({"loss": mean_loss, "lr": lr, "coverage": coverage_fraction, "images_per_s": images_per_s}, step=global_step)
+            guard.end_step(global_step)  # NonFiniteError: stop here, before anything is saved
             progress.update(1)
 
             if global_step % config.save_steps == 0 or global_step == config.max_steps:
@@ -272,36 +304,30 @@ def training_function(config: TrainingConfig) -> None:
         save_file(state, output_dir / f"rank{accelerator.process_index}_state.safetensors")
     if accelerator.is_main_process:
         loss_log.close()
-        export(output_dir, global_step)
+        check_finite_weights(modules, global_step)
+
+        def write_final(folder: Path) -> None:
+            export(folder, global_step)
+            if kill_event == "during_export" and int(kill_step) == global_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        # Written completely beside output_dir's contents, then swapped in as one set.
+        write_final_export(output_dir, write_final, step=global_step)
         if config.push_to_hub:
-            push_to_hub(config, output_dir, global_step)
+            push_final_model(output_dir, config.hub_model_id, training_config=config.to_dict(), step=global_step)
     accelerator.end_training()
     accelerator.print(f"done: {global_step} steps, model in {output_dir}")
 
 
-def push_to_hub(config: TrainingConfig, output_dir: Path, step: int) -> None:
-    """Upload the final native student (config, weights, processor config) with a model card."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    from snd_hf.model_card import build_model_card
-
-    model_config = SnDConfig.from_pretrained(output_dir)
-    card = build_model_card(model_config, training_config=config.to_dict(), steps=step, repo_id=config.hub_model_id)
-    (output_dir / "README.md").write_text(card)
-    # Only the final native student: not the checkpoints, logs or teacher around it.
-    names = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md"]
-    api = HfApi()
-    api.create_repo(config.hub_model_id, private=config.hub_private, exist_ok=True)
-    api.create_commit(
-        repo_id=config.hub_model_id,
-        operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(output_dir / name)) for name in names],
-        commit_message=f"SnD training, step {step}",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    config = TrainingConfig.from_args(sys.argv[1:] if argv is None else argv, config_dir=Path(__file__).parent / "configs")
-    config.validate()  # paths and combinations, before any compute
+    argv = sys.argv[1:] if argv is None else argv
+    config_dir = Path(__file__).parent / "configs"
+    if "-h" in argv or "--help" in argv:
+        print(training_help(description=__doc__.splitlines()[0], config_dir=config_dir), end="")
+        return 0
+    config = TrainingConfig.from_args(argv, config_dir=config_dir)
+    config.validate()  # the config's values and paths
+    check_before_compute(config)  # output_dir, dataset_path, schedule, Hub access: before any compute
     training_function(config)
     return 0
 

@@ -33,71 +33,76 @@ class TrainingConfig:
     """
 
     # --- run ---------------------------------------------------------------------------------
-    output_dir: str = "outputs/snd-synthetic-tiny"
-    seed: int = 0
+    output_dir: str = "outputs/snd-synthetic-tiny"  # checkpoints, losses.jsonl, the final student
+    seed: int = 0  # model init, data order and dropout
     max_steps: int = 40  # optimizer steps
     save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
     checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
     report_to: str = "none"  # "none", "tensorboard", "all" (accelerate trackers)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    gradient_accumulation_steps: int = 1
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate autocast (fp16 adds loss scaling)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    push_to_hub: bool = False  # upload the final student (access is checked before training)
+    hub_model_id: str | None = None  # the Hub repository, user/name (required with push_to_hub)
+    hub_private: bool = False  # create the Hub repository as private
+
+    # --- reliability: reused folders, NaN/inf ---------------------------------------------------
+    overwrite_output_dir: bool = False  # start again in a non-empty output_dir (removes its earlier run's outputs)
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
+    max_skipped_steps: int = 10  # with on_nonfinite "skip": stop once more steps than this were skipped
 
     # --- data --------------------------------------------------------------------------------
-    dataset: Literal["synthetic", "scannetpp"] = "synthetic"
+    dataset: Literal["synthetic", "scannetpp"] = "synthetic"  # generated rooms, or a ScanNet++ folder (dataset_path)
     dataset_path: str | None = None  # scannetpp: root holding scenes/ (required); synthetic: cache dir
-    synthetic_scenes: int = 4
-    synthetic_frames: int = 12
+    synthetic_scenes: int = 4  # rooms to generate
+    synthetic_frames: int = 12  # frames per generated room
     synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # generated (H, W)
     image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
-    context_gap: int = 4
-    num_targets: int = 1
+    context_gap: int = 4  # frames between the two context views
+    num_targets: int = 1  # target views per sample, between the context views
     near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
-    far: float = 20.0
-    batch_size: int = 2
-    num_workers: int = 0
+    far: float = 20.0  # far plane in metres (see near)
+    batch_size: int = 2  # samples per process per micro-batch
+    num_workers: int = 0  # DataLoader worker processes
 
     # --- model -------------------------------------------------------------------------------
-    init: Literal["random", "original", "pretrained"] = "random"
+    init: Literal["random", "original", "pretrained"] = "random"  # starting backbone (see model_path)
     model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
     size: Literal["small", "base"] | None = None  # records the published variant in the config
     hidden_size: int = 48  # architecture of a random init (ignored otherwise)
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 3
-    finetune: Literal["lora", "full"] = "lora"
-    lora_r: int = 8
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.1
+    num_hidden_layers: int = 2  # (random init)
+    num_attention_heads: int = 3  # (random init)
+    finetune: Literal["lora", "full"] = "lora"  # train LoRA adapters (the paper) or every backbone weight
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: float = 8.0  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA input
     # The original's suffix match on "qkv"/"proj" also caught patch_embed.proj, named "projection" here.
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
 
     # --- DINO heads ----------------------------------------------------------------------------
-    head_hidden_dim: int = 128
-    head_bottleneck_dim: int = 64
-    head_prototypes: int = 512
-    teacher_temp: float = 0.04
-    student_temp: float = 0.1
+    head_hidden_dim: int = 128  # DINO head MLP width
+    head_bottleneck_dim: int = 64  # DINO head output before the prototypes
+    head_prototypes: int = 512  # K, the DINO head's prototypes (softmax classes)
+    teacher_temp: float = 0.04  # softmax temperature of the teacher's logits
+    student_temp: float = 0.1  # softmax temperature of the student's logits
 
     # --- teacher: lifter, rendering, blending --------------------------------------------------
-    lifter: Literal["depth", "mvsplat"] = "depth"
+    lifter: Literal["depth", "mvsplat"] = "depth"  # what predicts the Gaussians: the scenes' depth, or frozen MVSplat
     mvsplat_checkpoint: str | None = None  # required with lifter "mvsplat" (MVSplat's re10k.ckpt)
     blending: float = 0.5  # 1.0 = the "no blending" variant
-    resample: Literal["area", "bilinear"] = "area"
-    coverage_threshold: float = 0.5
-    mask_aware: bool = True
+    resample: Literal["area", "bilinear"] = "area"  # to the patch grid; bilinear = the original
+    coverage_threshold: float = 0.5  # smallest area-averaged alpha of a token that counts in the loss
+    mask_aware: bool = True  # instance-mask-aware upsampling of the context features (the original)
 
     # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 1e-3
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
+    learning_rate: float = 1e-3  # peak rate of the schedule
+    adam_beta1: float = 0.9  # AdamW
+    adam_beta2: float = 0.999  # AdamW
+    weight_decay: float = 0.0  # AdamW (0 = the original's Adam)
     warmup_ratio: float = 0.01  # one-cycle cosine schedule (OneCycleLR pct_start)
     max_grad_norm: float | None = None  # the original does not clip
-    ema_momentum: float = 0.99
+    ema_momentum: float = 0.99  # teacher = momentum * teacher + (1 - momentum) * student
     ema_every: int = 1  # EMA update every N optimizer steps
 
     def __post_init__(self) -> None:

@@ -6,10 +6,14 @@ once per module and shared.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import math
 import os
+import pickle
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -23,12 +27,33 @@ from transformers import AutoModel
 from snd_hf import SnDModel
 from snd_hf.training import TrainingConfig, list_checkpoints
 from snd_hf.training.builders import prepare_scenes
+from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "training" / "train.py"
 DEFAULTS = TrainingConfig.from_args([])
-# A shorter run than the default for the resume/DDP/Hub tests.
+# A shorter run than the default for the resume/Hub/reliability tests.
 QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[28,42]"]
+# Runs train.py with one NaN pixel in sample 1 of the POISON_CALL-th batch this process trains on.
+POISON = """
+import os, runpy, sys
+import snd_hf.training.step as step
+
+original, calls = step.teacher_logits, 0
+
+def poisoned(teacher, splat_teacher, batch):
+    global calls
+    calls += 1
+    if calls == int(os.environ["POISON_CALL"]):
+        batch["target"]["image"][1, 0, 0, 3, 4] = float("nan")
+        context, target = (batch["index"][part][1].tolist() for part in ("context", "target"))
+        print(f"POISONED scene {batch['scene'][1]!r} (context frames {context}, target frames {target}", file=sys.stderr)
+    return original(teacher, splat_teacher, batch)
+
+step.teacher_logits = poisoned
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +72,37 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train(args: list[str], *, launcher: list[str] | None = None, expect_rc: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """Run train.py (after ``launcher``, default python) and check its exit code."""
     command = (launcher or [sys.executable]) + [str(TRAIN), *args]
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(**env), capture_output=True, text=True, timeout=600)
     assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 
+def _records(output_dir: Path) -> list[dict]:
+    """losses.jsonl, each line strict JSON (a bare NaN or Infinity fails)."""
+    return [json.loads(line, parse_constant=pytest.fail) for line in (output_dir / "losses.jsonl").read_text().splitlines()]
+
+
 def _losses(output_dir: Path) -> dict[int, float]:
-    """The last logged loss of every step (a resumed run appends the steps it redoes)."""
-    losses = {}
-    for line in (output_dir / "losses.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        losses[record["step"]] = record["loss"]
-    return losses
+    """The loss of every step; each step must be logged exactly once."""
+    records = _records(output_dir)
+    steps = [record["step"] for record in records]
+    assert steps == sorted(set(steps)), f"steps logged more than once or out of order: {steps}"
+    return {record["step"]: record["loss"] for record in records}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _all_weights_finite(folder: Path) -> None:
+    for path in folder.rglob("*.safetensors"):
+        for name, tensor in load_file(path).items():
+            assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), f"{path}: {name}"
 
 
 @pytest.mark.slow
@@ -96,6 +139,7 @@ def test_default_run_learns_and_exports(scenes, tmp_path):
         torch.testing.assert_close(original(pixels).feature_map, student(pixels).feature_map, atol=1e-5, rtol=1e-5)
     steps = [int(p.name.split("_")[1]) for p in list_checkpoints(output_dir)]
     assert steps == list(range(DEFAULTS.save_steps, DEFAULTS.max_steps + 1, DEFAULTS.save_steps))
+    assert json.loads((output_dir / "export.json").read_text())["step"] == DEFAULTS.max_steps
 
 
 @pytest.mark.slow
@@ -107,9 +151,13 @@ def test_kill_during_save_then_resume_matches_uninterrupted_run(scenes, tmp_path
     _train([*common, "--output_dir", str(interrupted)], expect_rc=-9, SND_TRAIN_TEST_KILL="during_save:6")
     assert [p.name for p in list_checkpoints(interrupted)] == ["step_3"]
     assert (interrupted / "checkpoints" / ".tmp-step_6").is_dir()
-    _train([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    assert [r["step"] for r in _records(interrupted)] == [1, 2, 3, 4, 5, 6]  # logged before the kill
+    resumed_run = _train([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    assert "removed temporaries of a killed run: checkpoints/.tmp-step_6" in resumed_run.stdout
 
     expected, resumed = _losses(reference), _losses(interrupted)
+    # One line per step: the resumed run dropped the killed run's lines after step 3, then redid them.
+    assert [r["step"] for r in _records(interrupted)] == list(range(1, 7))
     assert sorted(resumed) == sorted(expected) == list(range(1, 7))
     for step in expected:
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
@@ -119,7 +167,9 @@ def test_kill_during_save_then_resume_matches_uninterrupted_run(scenes, tmp_path
 
 
 @pytest.mark.slow
-def test_two_processes_end_with_identical_weights(scenes, tmp_path):
+def test_two_processes_run_the_default_config_with_the_one_process_schedule(scenes, tmp_path):
+    # The README's command: with the per-process OneCycleLR its warm-up rounded to 0 steps
+    # (ZeroDivisionError). Now the rate is a function of the optimizer step alone.
     output_dir = tmp_path / "ddp"
     launcher = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -127,7 +177,7 @@ def test_two_processes_end_with_identical_weights(scenes, tmp_path):
         "--dynamo_backend", "no", "--main_process_port", "29517",
     ]  # fmt: skip
     _train(
-        [*QUICK, "--dataset_path", str(scenes), "--output_dir", str(output_dir)],
+        ["--dataset_path", str(scenes), "--output_dir", str(output_dir)],
         launcher=launcher,
         ACCELERATE_USE_CPU="true",
         SND_TRAIN_TEST_DUMP_RANKS="1",
@@ -136,7 +186,12 @@ def test_two_processes_end_with_identical_weights(scenes, tmp_path):
     assert rank0.keys() == rank1.keys() and len(rank0) > 0
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    assert len(_losses(output_dir)) == 6
+    records = _records(output_dir)
+    assert [r["step"] for r in records] == list(range(1, DEFAULTS.max_steps + 1))
+    total = DEFAULTS.max_steps + SPARE_STEPS
+    for record in records:
+        expected = DEFAULTS.learning_rate * one_cycle_factor(record["step"] - 1, total, DEFAULTS.warmup_ratio)
+        assert record["lr"] == pytest.approx(expected, rel=1e-9), record
 
 
 def test_push_to_hub_uploads_a_loadable_repo_with_card(scenes, tmp_path, hub):
@@ -149,6 +204,7 @@ def test_push_to_hub_uploads_a_loadable_repo_with_card(scenes, tmp_path, hub):
     assert set(files) >= {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
     assert not any(name.startswith("checkpoints/") for name in files)
     assert b"snd" in files["README.md"].lower()
+    assert not (output_dir / "README.md").exists()  # the card goes to the Hub only
     pushed = SnDModel.from_pretrained("me/snd-tiny")
     local = SnDModel.from_pretrained(output_dir)
     for (name, a), (_, b) in zip(pushed.state_dict().items(), local.state_dict().items()):
@@ -170,13 +226,138 @@ def _load_train_module():
         (["--config", "scannetpp_vits14", "--dataset_path", "/nonexistent/scannetpp"], "has no scenes/ folder"),
         (["--config", "scannetpp_vits14", "--dataset_path", "{scenes_root}"], "mvsplat_checkpoint is required"),
         (["--init", "original", "--model_path", "/nonexistent/dinov2.pth"], "model_path '/nonexistent/dinov2.pth' does not exist"),
+        (["--warmup_ratio", "1.5"], r"warmup_ratio must be in \[0, 1\]"),
+        (["--max_skipped_steps", "-1"], "max_skipped_steps must be >= 0"),
+        (["--on_nonfinite", "ignore"], r"on_nonfinite must be one of \['stop', 'skip'\]"),
+        # A user's dataset is never replaced by generated scenes (the default dataset is synthetic).
+        (["--dataset_path", "{user_data}"], r"holds data the package did not generate \(files it did not generate \(keep.txt\)\)"),
+        (["--dataset_path", "{scenes_root}"], "no snd_synthetic.json"),
     ],
 )
 def test_bad_configs_fail_before_any_compute(argv, message, tmp_path):
     (tmp_path / "root" / "scenes").mkdir(parents=True)
-    argv = [a.replace("{scenes_root}", str(tmp_path / "root")) for a in argv]
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "keep.txt").write_text("precious")
+    argv = [a.replace("{scenes_root}", str(tmp_path / "root")).replace("{user_data}", str(tmp_path / "mydata")) for a in argv]
     output_dir = tmp_path / "never"
     train = _load_train_module()
     with pytest.raises(ValueError, match=message):
         train.main([*argv, "--output_dir", str(output_dir)])
     assert not output_dir.exists()  # nothing was set up, generated or written
+    assert (tmp_path / "mydata" / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["scenes"]
+
+
+@pytest.mark.slow
+def test_used_output_dir_resume_overwrite_and_a_kill_during_the_final_export(scenes, tmp_path):
+    out = tmp_path / "run"
+    # Accumulating 2 micro-batches per step: the schedule still moves once per optimizer step.
+    common = ["--dataset_path", str(scenes), "--output_dir", str(out), "--image_size", "[28,42]", "--save_steps", "2", "--gradient_accumulation_steps", "2"]
+    _train([*common, "--max_steps", "2"])
+    records = _records(out)
+    assert [r["step"] for r in records] == [1, 2]
+    assert [r["lr"] for r in records] == pytest.approx([DEFAULTS.learning_rate * one_cycle_factor(s, 2 + SPARE_STEPS, 0.01) for s in (0, 1)])
+    first_export = {name: digest for name, digest in _digests(out).items() if not name.startswith(("checkpoints", "losses", "config.yaml"))}
+
+    # The same command again: refused before anything, the folder untouched.
+    before = _digests(out)
+    with pytest.raises(ValueError, match="is not empty.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
+        _load_train_module().main([*common, "--max_steps", "2"])
+    assert _digests(out) == before
+
+    # Killed once the step-4 export is written but before it is swapped in: the step-2 export stays whole.
+    resume = [*common, "--max_steps", "4", "--resume_from_checkpoint", "latest"]
+    _train(resume, expect_rc=-9, SND_TRAIN_TEST_KILL="during_export:4")
+    assert {name: _digests(out)[name] for name in first_export} == first_export
+    assert (out / ".tmp-export").is_dir()
+    # The next run removes the leftover and swaps the step-4 export in, identical to its checkpoint's.
+    finished = _train(resume)
+    assert "removed temporaries of a killed run: .tmp-export" in finished.stdout
+    final, checkpoint = _digests(out), _digests(out / "checkpoints" / "step_4" / "export")
+    # (a .pth archive records its temporary file's name, so those compare by their tensors)
+    assert {name: final[name] for name in checkpoint if not name.endswith(".pth")} == {
+        name: digest for name, digest in checkpoint.items() if not name.endswith(".pth")
+    }
+    for name in ("student_original.pth", "teacher_original.pth"):
+        exported, saved = (torch.load(d / name, weights_only=True) for d in (out, out / "checkpoints" / "step_4" / "export"))
+        assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved), name
+    assert json.loads((out / "export.json").read_text())["step"] == 4
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert [r["step"] for r in _records(out)] == [1, 2, 3, 4]
+
+    # A checkpoint folder with a pickle payload is refused; the payload never runs.
+    planted = tmp_path / "planted" / "step_4"
+    shutil.copytree(out / "checkpoints" / "step_4", planted)
+    marker = tmp_path / "payload-ran"
+    (planted / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    refused = _train([*common, "--max_steps", "6", "--resume_from_checkpoint", str(planted)], expect_rc=1)
+    assert "holds files this trainer never writes (custom_checkpoint_0.pkl)" in refused.stderr
+    assert not marker.exists()
+
+    # --overwrite_output_dir starts again: the earlier run's outputs go, a user's file stays.
+    (out / "notes.txt").write_text("mine")
+    _train([*common, "--max_steps", "2", "--overwrite_output_dir"])
+    assert [p.name for p in list_checkpoints(out)] == ["step_2"]
+    assert [r["step"] for r in _records(out)] == [1, 2]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+class _Payload:
+    """Unpickling this object creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.slow
+def test_nan_pixel_stops_the_run_and_leaves_every_saved_file_untouched(scenes, tmp_path):
+    out, script = tmp_path / "run", tmp_path / "poison.py"
+    script.write_text(POISON)
+    common = ["--dataset_path", str(scenes), "--output_dir", str(out), "--image_size", "[28,42]", "--save_steps", "2"]
+    _train([*common, "--max_steps", "2"])
+    good = {name: digest for name, digest in _digests(out).items() if name not in ("losses.jsonl", "config.yaml")}
+
+    # Step 3 (the first after resuming) gets one NaN pixel: the run stops there, naming the sample.
+    poisoned = _train(
+        [*common, "--max_steps", "6", "--resume_from_checkpoint", "latest"],
+        launcher=[sys.executable, str(script)], expect_rc=1, POISON_CALL="1",
+    )  # fmt: skip
+    sample = poisoned.stderr.split("POISONED ", 1)[1].splitlines()[0]
+    assert "NonFiniteError: non-finite loss at step 3; its samples:" in poisoned.stderr
+    assert f"{sample}; non-finite input: target image)" in poisoned.stderr
+    after = _digests(out)
+    assert {name: after[name] for name in good} == good  # the earlier checkpoint and export, byte for byte
+    assert [p.name for p in list_checkpoints(out)] == ["step_2"]
+    records = _records(out)
+    assert [r["step"] for r in records] == [1, 2, 3] and records[2]["loss"] is None
+    _all_weights_finite(out)
+
+    # With --on_nonfinite skip the step is dropped and the run goes on.
+    skipped = _train(
+        [*common, "--max_steps", "4", "--resume_from_checkpoint", "latest", "--on_nonfinite", "skip"],
+        launcher=[sys.executable, str(script)], POISON_CALL="1",
+    )  # fmt: skip
+    assert "warning: skipped step 3: non-finite loss at step 3" in skipped.stdout
+    records = _records(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[2]["loss"] is None and math.isfinite(records[3]["loss"])
+    assert json.loads((out / "checkpoints" / "step_4" / "trainer_state.json").read_text())["skipped_steps"] == [3]
+    _all_weights_finite(out)
+
+
+@pytest.mark.slow
+def test_huge_learning_rate_stops_at_the_first_non_finite_step(scenes, tmp_path):
+    out = tmp_path / "run"
+    result = _train(
+        ["--dataset_path", str(scenes), "--output_dir", str(out), *QUICK, "--save_steps", "1", "--learning_rate", "1e30"],
+        expect_rc=1,
+    )  # fmt: skip
+    records = _records(out)
+    bad = next(r["step"] for r in records if r["loss"] is None)
+    assert f"non-finite loss at step {bad}; its samples: scene " in result.stderr
+    assert [r["step"] for r in records] == list(range(1, bad + 1))
+    assert [p.name for p in list_checkpoints(out)] == [f"step_{s}" for s in range(1, bad)]
+    assert not (out / "model.safetensors").exists()  # no final export of a broken run
+    _all_weights_finite(out)

@@ -151,6 +151,9 @@ def _size_limit() -> str:
 class OutOfRoomError(OSError):
     """A write that ran out of room (disk full, file size limit, quota); the destination is unchanged."""
 
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]" prefix
+        return self.strerror
+
 
 @contextmanager
 def explain_write_errors(destination: Path) -> Iterator[None]:

@@ -342,7 +342,7 @@ def from_pretrained(
             f"{name} is a file, not a checkpoint folder: load an original-layout file with"
             " SnDModel.from_original_checkpoint, or convert it with `snd convert`"
         )
-    if not os.path.isdir(name) and (reason := local_path_reason(name)) is not None and not restore_interrupted(Path(name)):
+    if not os.path.isdir(name) and not restore_interrupted(Path(name)) and (reason := local_path_reason(name)):
         raise FileNotFoundError(f"no such folder: {name} (read as a local path because {reason}; a Hub repo id is namespace/name)")
     download = {key: kwargs[key] for key in DOWNLOAD_KWARGS if key in kwargs}
     from_cache = False

@@ -83,6 +83,7 @@ HEAD_PREFIXES: tuple[str, ...] = ("dino_head.", "ibot_head.")
 PUBLISHED_WIDTHS: tuple[int, ...] = (384, 768, 1024, 1536)
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 MAX_LISTED = 20  # keys named per category in an error message
+EXTRA_LAYERS_LISTED = 2  # layers a native config declares beyond the weights whose keys are named one by one
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -131,7 +132,7 @@ def check_state_dict(
         what: names the checkpoint in the message.
         also_missing: summaries of further missing keys (e.g. layers the weights lack entirely).
     """
-    missing = sorted(set(expected) - set(state_dict)) + list(also_missing or [])
+    missing = list(also_missing or []) + sorted(set(expected) - set(state_dict))  # summaries first: never cut off
     unexpected = sorted(unknown + [key for key in state_dict if key not in expected])
     misshaped = [
         f"{key}: expected {_shape(expected[key])}, got {_shape(value)}"
@@ -864,11 +865,12 @@ def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfi
     """Raise a CheckpointError unless `shapes` (`read_native_shapes`) are exactly the weights of
     `SnDModel(config)`, naming every missing, unexpected and misshaped key.
 
-    Only layers the weights hold are enumerated, so a config claiming far more (e.g. 100000 layers)
-    fails at once with the range it lacks, before any model is built.
+    Keys are listed for the layers the weights hold and up to `EXTRA_LAYERS_LISTED` more; a config
+    claiming far more (e.g. 100000 layers) fails at once with the range it lacks, before any model is
+    built or anything allocated.
     """
     present = {int(match.group(1)) for key in shapes if (match := re.match(r"encoder\.layer\.(\d+)\.", key))}
-    listed = min(config.num_hidden_layers, max(present, default=-1) + 1)
+    listed = min(config.num_hidden_layers, max(present, default=-1) + 1 + EXTRA_LAYERS_LISTED)
     lacking = config.num_hidden_layers - listed
     summary = (
         [f"encoder.layer.{listed}.* to encoder.layer.{config.num_hidden_layers - 1}.* ({lacking} layers in the config,"

@@ -23,6 +23,7 @@ import re
 import struct
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -418,51 +419,51 @@ def _named_tensors(value: object, prefix: str = "") -> Iterator[tuple[str, torch
             yield from _named_tensors(item, f"{prefix}.{index}" if prefix else str(index))
 
 
-def _tensors_stored_in(path: Path, entry: zipfile.ZipInfo) -> list[str]:
-    """Names of the tensors whose storage is archive `entry` (found by their bytes; the CRC is not checked
-    by torch.load, so the loaded tensors hold the same corrupt bytes). Empty when it cannot tell."""
-    if entry.compress_type != zipfile.ZIP_STORED or entry.file_size == 0:
-        return []
-    with open(path, "rb") as handle:
-        handle.seek(entry.header_offset)
-        name_length, extra_length = struct.unpack("<HH", handle.read(30)[26:30])
-        handle.seek(entry.header_offset + 30 + name_length + extra_length)
-        data = torch.frombuffer(bytearray(handle.read(entry.file_size)), dtype=torch.uint8)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return []
-    names = []
-    for name, tensor in _named_tensors(loaded):
-        storage = tensor.untyped_storage()
-        if storage.nbytes() == len(data) and torch.equal(torch.empty(0, dtype=torch.uint8).set_(storage), data):
-            names.append(name)
-    return names
-
-
+_STORAGE_ENTRY = re.compile(r"/data/\d+\Z")  # where torch.save puts each storage's bytes
 _verified: set[tuple] = set()  # archives whose CRCs passed in this process: (path, inode, size, mtime)
 
 
-def _verify_archive(path: Path) -> None:
-    """Check the CRC-32 of every entry of a torch zip archive (torch.load does not). Done once per file
-    version per process: the same unchanged file loaded again is not re-read."""
+def _storage_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw bytes of `tensor`'s whole storage (without a copy when it is in CPU memory)."""
+    storage = tensor.untyped_storage()
+    return memoryview(torch.empty(0, dtype=torch.uint8).set_(storage.cpu() if storage.device.type != "cpu" else storage).numpy())
+
+
+def _verify_archive(path: Path, loaded: object) -> None:
+    """Check the CRC-32 of every entry of a torch zip archive, which torch.load does not.
+
+    Storage entries are checked against the storages just loaded (a storage's bytes match the CRC its
+    entry records unless either was corrupted), so the file is not read a second time and the bad
+    entry is named with the tensors it holds; the small entries (pickle, version) are read by zipfile,
+    which checks them. Done once per file version per process.
+    """
     status = path.stat()
     version = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
     if version in _verified:
         return
+    storages: dict[int, tuple[int, list[str]]] = {}
+    for name, tensor in _named_tensors(loaded):
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer not in storages:
+            storages[pointer] = (zlib.crc32(_storage_bytes(tensor)), [])
+        storages[pointer][1].append(name)
+    loaded_crcs = {crc for crc, _ in storages.values()}
     try:
         with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            entry = archive.getinfo(bad) if bad is not None else None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt ({error})") from error
-    if entry is not None:
-        tensors = _tensors_stored_in(path, entry)
-        holding = f" (holding {', '.join(tensors)})" if tensors else ""
+            recorded = {info.filename: info.CRC for info in archive.infolist() if _STORAGE_ENTRY.search(info.filename)}
+            for info in archive.infolist():
+                # small entries, and any storage no loaded tensor matches: zipfile's read checks the CRC
+                if info.filename not in recorded or info.CRC not in loaded_crcs:
+                    archive.read(info.filename)
+    except zipfile.BadZipFile as error:
+        entry = re.search(r"'([^']*)'", str(error))
+        holding = [names for crc, names in storages.values() if crc not in set(recorded.values())]
+        detail = f"archive entry {entry.group(1)!r}" if entry else str(error)
+        if holding:
+            detail += f" (holding {', '.join(name for names in holding for name in names)})"
         raise CheckpointError(
-            f"{path} is corrupt: archive entry {entry.filename!r}{holding} fails its CRC-32 check; download or copy"
-            " the file again"
-        )
+            f"{path} is corrupt: {detail} fails its CRC-32 check; download or copy the file again"
+        ) from None
     _verified.add(version)
 
 
@@ -481,12 +482,15 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         hint = " (it is a folder: load it with SnDModel.from_pretrained)" if path.is_dir() else ""
         raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
     kind = _checkpoint_kind(path)
-    if kind == "zip":
-        _verify_archive(path)
     try:
         if kind == "safetensors":
             return load_safetensors(str(path), device=str(map_location))
-        return torch.load(path, map_location=map_location, weights_only=True)
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+        if kind == "zip":
+            _verify_archive(path, loaded)
+        return loaded
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refused to load {path}: it is not a plain tensor checkpoint (weights_only=True rejected it,"

@@ -222,7 +222,7 @@ def test_bit_flips_inside_a_tensor_fail_the_archive_crc(tmp_path, fixtures_dir):
     torch.load(path, weights_only=True)  # torch itself reads it without a complaint
     with pytest.raises(
         CheckpointError,
-        match=r"flipped.pth is corrupt: archive entry '[^']*/data/\d+' \(holding blocks\.0\.attn\.qkv\.weight\) fails its CRC-32",
+        match=r"^\S*flipped.pth is corrupt: archive entry '[^']*/data/\d+' \(holding blocks\.0\.attn\.qkv\.weight\) fails its CRC-32",
     ):
         load_original_checkpoint(path)
 

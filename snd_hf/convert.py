@@ -37,6 +37,7 @@ from .files import (
 from .image_processing_snd import SnDImageProcessor
 from .loading import (
     CHECKPOINT_SUFFIXES,
+    SHAPE_FIELDS,
     CheckpointError,
     save_original_checkpoint,
     sidecar_path,
@@ -45,9 +46,7 @@ from .modeling_snd import SnDModel
 
 ORIGINAL_SUFFIXES = (".pth", ".pt")
 # Config fields that must survive a conversion for the features to be the same.
-_ARCHITECTURE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act", "layer_norm_eps",
-                 "image_size", "patch_size", "num_channels", "qkv_bias", "use_swiglu_ffn", "interpolate_offset",
-                 "interpolate_antialias")
+_ARCHITECTURE = (*SHAPE_FIELDS, "num_attention_heads", "hidden_act", "layer_norm_eps", "interpolate_offset", "interpolate_antialias")
 
 
 def _bool_or_none(text: str) -> bool | None:

@@ -44,6 +44,7 @@ from .configuration_snd import SND_VARIANTS, SnDConfig
 from .files import restore_interrupted
 from .loading import (
     CHECKPOINT_SUFFIXES,
+    SHAPE_FIELDS,
     CheckpointError,
     check_finite,
     check_native_weights,
@@ -237,17 +238,16 @@ def _load_original(
 
 
 def _native_config(file: str, kwargs: dict[str, Any]) -> PreTrainedConfig:
-    """The config transformers will build the model with: ``config=`` if given, else ``file`` with
-    the config fields among ``kwargs`` applied. Errors name the file."""
+    """The config transformers will build the model with, as far as the weights' shapes go: ``config=``
+    if given, else ``file`` with the shape fields among ``kwargs`` applied. Errors name the file."""
     if isinstance(kwargs.get("config"), PreTrainedConfig):
         return kwargs["config"]
     try:
         values = json.loads(Path(file).read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {file} ({error}): the checkpoint's config is corrupt") from None
-    fields = {field.name for field in dataclasses.fields(SnDConfig)}
     try:
-        return SnDConfig.from_dict({**values, **{key: value for key, value in kwargs.items() if key in fields}})
+        return SnDConfig.from_dict({**values, **{key: value for key, value in kwargs.items() if key in SHAPE_FIELDS}})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{file} is not a valid SnD config: {error}") from None
 

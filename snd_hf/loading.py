@@ -83,6 +83,10 @@ HEAD_PREFIXES: tuple[str, ...] = ("dino_head.", "ibot_head.")
 # Widths of the published DINOv2 ViTs (S, B, L, g), all with 64-wide heads.
 PUBLISHED_WIDTHS: tuple[int, ...] = (384, 768, 1024, 1536)
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+# The SnDConfig fields that decide the weights' keys and shapes (`original_shapes`).
+SHAPE_FIELDS: tuple[str, ...] = (
+    "hidden_size", "num_hidden_layers", "mlp_ratio", "patch_size", "image_size", "num_channels", "qkv_bias", "use_swiglu_ffn",
+)
 MAX_LISTED = 20  # keys named per category in an error message
 EXTRA_LAYERS_LISTED = 2  # layers a native config declares beyond the weights whose keys are named one by one
 
@@ -238,7 +242,7 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str, source: str | Non
 
 def _shape_fields(state_dict: Mapping[str, torch.Tensor], source: str | None = None) -> dict[str, Any]:
     """The `SnDConfig` fields the tensor shapes determine (everything but the head count and the
-    fields that change no shape)."""
+    fields that change no shape): `SHAPE_FIELDS`."""
     hidden_size = _require(state_dict, "cls_token", source).shape[-1]
     blocks = {int(match.group(1)) for key in state_dict if (match := re.match(r"blocks\.(\d+)\.", key))}
     if not blocks:
@@ -887,6 +891,7 @@ def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfi
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "SHAPE_FIELDS",
     "CheckpointError",
     "ORIGINAL_TO_HF",
     "check_finite",

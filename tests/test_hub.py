@@ -284,6 +284,17 @@ def test_native_weights_must_match_their_config(tmp_path, hub):
         AutoModel.from_pretrained("lab/three-layers")
 
 
+def test_sharded_native_checkpoints_are_checked_and_load(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    loaded = SnDModel.from_pretrained(tmp_path / "sharded")
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
+    _rewrite(tmp_path / "sharded", config={"num_hidden_layers": 3})
+    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json does not match .*missing \(14\)"):
+        SnDModel.from_pretrained(tmp_path / "sharded")
+
+
 def test_absurd_config_fails_before_anything_is_built(tmp_path, monkeypatch):
     tiny_model().save_pretrained(tmp_path / "huge")
     _rewrite(tmp_path / "huge", config={"num_hidden_layers": 100_000})

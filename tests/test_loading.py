@@ -29,7 +29,7 @@ from snd_hf import (
     save_original_checkpoint,
     to_original_state_dict,
 )
-from snd_hf.loading import read_checkpoint_file, sidecar_path
+from snd_hf.loading import SHAPE_FIELDS, read_checkpoint_file, sidecar_path
 
 VARIANTS = {"vits14": ("small", 384, 6), "vitb14": ("base", 768, 12)}
 
@@ -77,6 +77,8 @@ def test_original_format_manifest_matches_the_model(overrides, fixtures_dir):
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
     small = original_shapes(SnDConfig.from_variant("small"))
     assert {k: list(v) for k, v in small.items()} == manifest(fixtures_dir, "vits14")
+    inferred = infer_config_from_original(original, num_attention_heads=4)  # the shapes give back SHAPE_FIELDS
+    assert {name: getattr(inferred, name) for name in SHAPE_FIELDS} == {name: getattr(config, name) for name in SHAPE_FIELDS}
 
 
 def test_saved_original_checkpoint_matches_the_torch_hub_manifest(tmp_path, fixtures_dir):

@@ -378,10 +378,6 @@ def original_checkpoint_config(
     recorded = read_sidecar(path)
     if recorded is None:
         return infer_config_from_original(state_dict, source=str(path), **overrides)
-    shapes = _shape_fields(state_dict, str(path))
-    conflicts = [f"{name}: {recorded.get(name)!r} vs {value!r}" for name, value in shapes.items() if recorded.get(name) != value]
-    if conflicts:
-        raise CheckpointError(f"{sidecar_path(path)} does not describe the tensors of {path} (sidecar vs tensors: {conflicts})")
     conflicts = [
         f"{name}={value!r} (sidecar: {recorded[name]!r})"
         for name, value in overrides.items()
@@ -392,7 +388,17 @@ def original_checkpoint_config(
             f"{path}: {', '.join(conflicts)} contradict its sidecar {sidecar_path(path).name}; drop them, or delete"
             " the sidecar if it is wrong"
         )
-    return SnDConfig(**{**recorded, **{name: value for name, value in overrides.items() if value is not None}})
+    config = SnDConfig(**{**recorded, **{name: value for name, value in overrides.items() if value is not None}})
+    # Compared as shapes, not fields: e.g. a SwiGLU width is reached from several mlp_ratio values.
+    disagreeing = [
+        key for key, shape in original_shapes(config).items() if key not in state_dict or tuple(state_dict[key].shape) != shape
+    ]
+    if disagreeing:
+        raise CheckpointError(
+            f"{sidecar_path(path)} does not describe the tensors of {path} (it implies other or absent"
+            f" {_listing(disagreeing)}); delete the sidecar and pass the architecture instead"
+        )
+    return config
 
 
 # ----------------------------------------------------------------------------- reading files

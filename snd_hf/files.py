@@ -87,11 +87,13 @@ def clean_stale_temporaries(directory: Path) -> list[Path]:
         owner = _owner(entry.name)
         if owner is None or owner[0] != host or _process_alive(owner[1]):
             continue
-        pid = owner[1]
         path = directory / entry.name
-        _remove(path)
+        try:
+            _remove(path)
+        except OSError:  # gone meanwhile, or not ours to remove after all: leave it
+            continue
         removed.append(path)
-        logger.warning("removed %s, a temporary left by an interrupted snd-hf run (process %s)", path, pid)
+        logger.warning("removed %s, a temporary left by an interrupted snd-hf run (process %s)", path, owner[1])
     return removed
 
 

@@ -237,19 +237,19 @@ def _load_original(
     return model
 
 
-def _native_config(file: str, kwargs: dict[str, Any]) -> PreTrainedConfig:
-    """The config transformers will build the model with, as far as the weights' shapes go: ``config=``
-    if given, else ``file`` with the shape fields among ``kwargs`` applied. Errors name the file."""
+def _native_shape_fields(file: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `SHAPE_FIELDS` transformers will build the model with: from ``config=`` if given, else from
+    ``file`` with those among ``kwargs`` applied (raw values: an absurd config is never built). Errors
+    name the file."""
     if isinstance(kwargs.get("config"), PreTrainedConfig):
-        return kwargs["config"]
+        return {name: getattr(kwargs["config"], name) for name in SHAPE_FIELDS if hasattr(kwargs["config"], name)}
     try:
         values = json.loads(Path(file).read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"a JSON {type(values).__name__}, not an object")
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {file} ({error}): the checkpoint's config is corrupt") from None
-    try:
-        return SnDConfig.from_dict({**values, **{key: value for key, value in kwargs.items() if key in SHAPE_FIELDS}})
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{file} is not a valid SnD config: {error}") from None
+    return {name: kwargs.get(name, values[name]) for name in SHAPE_FIELDS if name in values or name in kwargs}
 
 
 def _load_native(
@@ -279,7 +279,7 @@ def _load_native(
             return os.path.join(name, prefix + filename)
         return hf_hub_download(name, filename, subfolder=subfolder or None, **download)
 
-    config = _native_config(fetch(CONFIG_NAME), kwargs)
+    fields = _native_shape_fields(fetch(CONFIG_NAME), kwargs)
     weight_files = [fetch(weights)]
     if weights.endswith(".index.json"):
         try:
@@ -287,7 +287,7 @@ def _load_native(
         except (OSError, ValueError, KeyError, AttributeError) as error:
             raise CheckpointError(f"cannot read the shard index {weight_files[0]} ({error!r})") from None
         weight_files = [fetch(shard) for shard in shards]
-    check_native_weights(read_native_shapes([Path(file) for file in weight_files]), config, f"{name}/{prefix}{weights}")
+    check_native_weights(read_native_shapes([Path(file) for file in weight_files]), fields, f"{name}/{prefix}{weights}")
     if download.get("force_download"):  # fetched just now: transformers takes them from the cache
         kwargs = {**kwargs, "force_download": False}
     loaded = native_from_pretrained(name, *model_args, **({"subfolder": subfolder} if subfolder else {}), **kwargs)

@@ -89,6 +89,7 @@ SHAPE_FIELDS: tuple[str, ...] = (
 )
 MAX_LISTED = 20  # keys named per category in an error message
 EXTRA_LAYERS_LISTED = 2  # layers a native config declares beyond the weights whose keys are named one by one
+_DEFAULT_LAYERS = next(field.default for field in dataclasses.fields(SnDConfig) if field.name == "num_hidden_layers")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -388,7 +389,10 @@ def original_checkpoint_config(
             f"{path}: {', '.join(conflicts)} contradict its sidecar {sidecar_path(path).name}; drop them, or delete"
             " the sidecar if it is wrong"
         )
-    config = SnDConfig(**{**recorded, **{name: value for name, value in overrides.items() if value is not None}})
+    try:
+        config = SnDConfig(**{**recorded, **{name: value for name, value in overrides.items() if value is not None}})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{sidecar_path(path)} holds an invalid config ({error}): delete it, or write it again") from None
     # Compared as shapes, not fields: e.g. a SwiGLU width is reached from several mlp_ratio values.
     disagreeing = [
         key for key, shape in original_shapes(config).items() if key not in state_dict or tuple(state_dict[key].shape) != shape
@@ -875,24 +879,37 @@ def read_native_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfig, what: str) -> None:
+def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfig | Mapping[str, Any], what: str) -> None:
     """Raise a CheckpointError unless `shapes` (`read_native_shapes`) are exactly the weights of
     `SnDModel(config)`, naming every missing, unexpected and misshaped key.
 
+    Args:
+        config: an `SnDConfig`, or a config.json's values: only `SHAPE_FIELDS` are read, and no config
+            of the claimed size is ever built.
     Keys are listed for the layers the weights hold and up to `EXTRA_LAYERS_LISTED` more; a config
-    claiming far more (e.g. 100000 layers) fails at once with the range it lacks, before any model is
-    built or anything allocated.
+    claiming far more (e.g. 100000 layers) fails at once with the range it lacks, before anything is
+    built or allocated.
     """
+    if isinstance(config, SnDConfig):
+        fields = {name: getattr(config, name) for name in SHAPE_FIELDS}
+    else:
+        fields = {name: config[name] for name in SHAPE_FIELDS if name in config}
+    declared = fields.get("num_hidden_layers", _DEFAULT_LAYERS)
+    if not isinstance(declared, int) or declared < 0:
+        raise CheckpointError(f"{what}: num_hidden_layers must be a whole number, the config says {declared!r}")
     present = {int(match.group(1)) for key in shapes if (match := re.match(r"encoder\.layer\.(\d+)\.", key))}
-    listed = min(config.num_hidden_layers, max(present, default=-1) + 1 + EXTRA_LAYERS_LISTED)
-    lacking = config.num_hidden_layers - listed
+    listed = min(declared, max(present, default=-1) + 1 + EXTRA_LAYERS_LISTED)
+    try:  # heads do not change any shape
+        listing = SnDConfig(**{**fields, "num_hidden_layers": listed, "num_attention_heads": 1})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{what}: its config is not a valid SnD config ({error})") from None
+    lacking = declared - listed
     summary = (
-        [f"encoder.layer.{listed}.* to encoder.layer.{config.num_hidden_layers - 1}.* ({lacking} layers in the config,"
-         " none in the weights)"]
+        [f"encoder.layer.{listed}.* to encoder.layer.{declared - 1}.* ({lacking} layers in the config, none in the weights)"]
         if lacking
         else []
     )
-    check_state_dict(shapes, _expected_shapes(config, listed), [], what, also_missing=summary)
+    check_state_dict(shapes, _expected_shapes(listing), [], what, also_missing=summary)
 
 
 __all__ = [

@@ -1,26 +1,51 @@
 """`snd convert`: original torch.hub DINOv2 / SnD checkpoints <-> native snd-hf directories.
 
-    snd convert dinov2_vits14_snd.pth out/snd-small --size small --blending
+    snd convert dinov2_vits14_snd.pth out/snd-small --size small --blending true
     snd convert out/snd-small snd_small_original.pth
+    snd convert eval/training_99/teacher_checkpoint.pth dinov2_teacher.pth
 
-A file source (.pth/.pt/.safetensors, original key layout) becomes a directory with config.json,
-model.safetensors and preprocessor_config.json; a directory source (save_pretrained layout) becomes an
-original-layout .pth that torch.hub DINOv2 loads with strict=True. Each output is written under a
-temporary name, re-read and compared with the source, and only then renamed into place.
+The direction comes from the source and the destination's name:
+
+- a file source (any layout `loading.load_original_checkpoint` recognises) and a destination without a
+  checkpoint suffix: a native directory with config.json, model.safetensors and preprocessor_config.json;
+- a file or directory source and a destination ending in .pth/.pt: an original-layout .pth that
+  torch.hub DINOv2 loads with strict=True, plus its sidecar `<name>.pth.json` (the head count and the
+  other fields the tensors cannot tell), which `from_original_checkpoint` and this command read back;
+- anything else (a directory to a directory, a .safetensors/.bin/.ckpt destination) is refused.
+
+The original layout has no config: the head count comes from the sidecar, or `--num-heads`, or is
+guessed as hidden / 64 (with a warning unless the width is a published ViT's). Each output is written
+under a temporary name, re-read and compared with the source (weights and architecture), and only then
+renamed into place; running out of disk space or over `ulimit -f` leaves the old output untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .files import replace_path
-from .loading import CheckpointError, save_original_checkpoint
+from .configuration_snd import SnDConfig
+from .files import (
+    explain_write_errors,
+    make_temporary,
+    replace_path,
+    restore_interrupted,
+)
+from .loading import (
+    CHECKPOINT_SUFFIXES,
+    SHAPE_FIELDS,
+    CheckpointError,
+    save_original_checkpoint,
+    sidecar_path,
+)
 from .modeling_snd import SnDModel
+
+ORIGINAL_SUFFIXES = (".pth", ".pt")
+# Config fields that must survive a conversion for the features to be the same.
+_ARCHITECTURE = (*SHAPE_FIELDS, "num_attention_heads", "hidden_act", "layer_norm_eps", "interpolate_offset", "interpolate_antialias")
 
 
 def _bool_or_none(text: str) -> bool | None:
@@ -31,22 +56,39 @@ def _bool_or_none(text: str) -> bool | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="original checkpoint file, or a native checkpoint directory")
-    parser.add_argument("destination", type=Path, help="native directory (from a file) or .pth file (from a directory)")
-    parser.add_argument("--size", choices=["small", "base"], help="published variant to record in the config")
-    parser.add_argument("--blending", type=_bool_or_none, default=None, help="record SnD blending: true/false/unknown")
-    parser.add_argument("--num-attention-heads", type=int, help="heads, if not hidden_size / 64")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha, for checkpoints with unmerged PEFT adapters")
+    parser.add_argument("source", type=Path, help="original-layout checkpoint file, or a native checkpoint directory")
+    parser.add_argument(
+        "destination", type=Path, help="a directory name (native output) or a .pth file (original layout + .pth.json sidecar)"
+    )
+    parser.add_argument("--size", choices=["small", "base"], help="published variant to record (file source)")
+    parser.add_argument("--blending", type=_bool_or_none, default=None, help="record SnD blending: true/false/unknown (file source)")
+    parser.add_argument(
+        "--num-heads", "--num-attention-heads", dest="num_attention_heads", type=int,
+        help="attention heads (file source); default: its sidecar, else hidden size / 64",
+    )
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha, for a checkpoint with one unmerged peft adapter")
+    parser.add_argument("--use-rslora", action="store_true", help="that adapter uses rank-stabilised scaling (alpha / sqrt(r))")
+    parser.add_argument("--lora-config", type=Path, help="peft adapter_config.json of the unmerged adapter (instead of --lora-alpha)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
 
 
-def _check_same_weights(expected: SnDModel, actual: SnDModel, what: str) -> None:
+def _check_same(expected: SnDModel, actual: SnDModel, what: str) -> None:
+    """Raise unless `actual` has `expected`'s weights (bit for bit) and architecture."""
     expected_state, actual_state = expected.state_dict(), actual.state_dict()
     if expected_state.keys() != actual_state.keys():
         raise CheckpointError(f"{what} has other weights than the source: {sorted(expected_state.keys() ^ actual_state.keys())}")
     differing = [key for key in expected_state if not torch.equal(expected_state[key], actual_state[key])]
     if differing:
         raise CheckpointError(f"{what} does not reproduce the source weights (differs at {differing[:5]})")
+    changed = [name for name in _ARCHITECTURE if getattr(expected.config, name) != getattr(actual.config, name)]
+    if changed:
+        raise CheckpointError(f"{what} does not reproduce the source architecture (differs in {changed})")
+
+
+def _check_destination(destination: Path, overwrite: bool) -> None:
+    restore_interrupted(destination)
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} exists; pass --overwrite to replace it")
 
 
 def original_to_native(
@@ -54,58 +96,113 @@ def original_to_native(
     destination: Path,
     overwrite: bool = False,
     lora_alpha: float | None = None,
+    use_rslora: bool = False,
+    lora_config: Path | None = None,
     **config_overrides,
-) -> Path:
-    """Convert an original-layout checkpoint file into a native directory (see module docstring)."""
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} exists; pass --overwrite to replace it")
+) -> SnDModel:
+    """Convert an original-layout checkpoint file into a native directory (see module docstring).
+
+    Returns:
+        the converted model (its config says what was written).
+    """
+    _check_destination(destination, overwrite)
     config_overrides = {key: value for key, value in config_overrides.items() if value is not None}
-    model = SnDModel.from_original_checkpoint(source, lora_alpha=lora_alpha, **config_overrides)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    model = SnDModel.from_original_checkpoint(
+        source, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_config=lora_config, **config_overrides
+    )
+    temporary = make_temporary(destination, directory=True)
     try:
-        model.save_pretrained(temporary)  # config, weights and preprocessor_config.json
-        _check_same_weights(model, SnDModel.from_pretrained(temporary), f"the converted directory for {source}")
+        with explain_write_errors(destination):
+            model.save_pretrained(temporary)  # config, weights and preprocessor_config.json
+        _check_same(model, SnDModel.from_pretrained(temporary), f"the converted directory for {source}")
         replace_path(temporary, destination)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return destination
+    return model
 
 
-def native_to_original(source: Path, destination: Path, overwrite: bool = False) -> Path:
-    """Convert a native directory into an original-layout .pth (see module docstring)."""
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} exists; pass --overwrite to replace it")
-    model = SnDModel.from_pretrained(source)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+def to_original(source: Path, destination: Path, overwrite: bool = False, **load_options) -> SnDModel:
+    """Write a native directory, or an original-layout file in any recognised layout, as a plain
+    original-layout .pth with its sidecar (see module docstring).
+
+    Args:
+        load_options: for a file source, `SnDModel.from_original_checkpoint` arguments (LoRA, config fields).
+    Returns:
+        the converted model.
+    """
+    _check_destination(destination, overwrite)
+    if source.is_dir():
+        model = SnDModel.from_pretrained(source)
+    else:
+        options = {key: value for key, value in load_options.items() if value is not None}
+        model = SnDModel.from_original_checkpoint(source, **options)
+    temporary = make_temporary(destination, directory=True)
     try:
-        written = save_original_checkpoint(model, temporary / destination.name)
-        reloaded = SnDModel.from_original_checkpoint(written, num_attention_heads=model.config.num_attention_heads)
-        _check_same_weights(model, reloaded, f"the converted file for {source}")
+        with explain_write_errors(destination):
+            written = save_original_checkpoint(model, temporary / destination.name)
+        _check_same(model, SnDModel.from_original_checkpoint(written), f"the converted file for {source}")
         replace_path(written, destination)
+        replace_path(sidecar_path(written), sidecar_path(destination))
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return destination
+    return model
+
+
+def native_to_original(source: Path, destination: Path, overwrite: bool = False) -> SnDModel:
+    """Convert a native directory into an original-layout .pth and its sidecar (see module docstring)."""
+    return to_original(source, destination, overwrite=overwrite)
+
+
+def _direction(source: Path, destination: Path) -> str:
+    """"native" or "original", from the source kind and the destination's suffix; contradictions refused."""
+    suffix = destination.suffix.lower()
+    if suffix in ORIGINAL_SUFFIXES:
+        return "original"
+    if suffix in CHECKPOINT_SUFFIXES:
+        raise ValueError(
+            f"destination {destination}: original-layout output is written as .pth (what torch.hub loads) and native"
+            " output as a directory; give a name ending in .pth, or one without a checkpoint suffix"
+        )
+    if source.is_dir():
+        raise ValueError(
+            f"{source} is already a native directory; to write the original layout give a destination ending in .pth"
+        )
+    return "native"
+
+
+def _describe(config: SnDConfig) -> str:
+    variant = f", variant {config.size}" if config.size else ""
+    return f"hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads{variant}"
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.source.is_dir():
-        native_to_original(args.source, args.destination, overwrite=args.overwrite)
-    elif args.source.is_file():
-        original_to_native(
-            args.source,
-            args.destination,
-            overwrite=args.overwrite,
-            lora_alpha=args.lora_alpha,
-            size=args.size,
-            blending=args.blending,
-            num_attention_heads=args.num_attention_heads,
-        )
+    source, destination = args.source, args.destination
+    restore_interrupted(source)
+    if not source.exists():
+        raise FileNotFoundError(f"source not found: {source}")
+    direction = _direction(source, destination)
+    file_options = {
+        "lora_alpha": args.lora_alpha,
+        "use_rslora": args.use_rslora,
+        "lora_config": args.lora_config,
+        "size": args.size,
+        "blending": args.blending,
+        "num_attention_heads": args.num_attention_heads,
+    }
+    given = sorted(key for key, value in file_options.items() if value not in (None, False))
+    if source.is_dir() and given:
+        raise ValueError(f"{given} apply to an original-layout file source; the config.json of {source} already sets them")
+    if direction == "native":
+        model = original_to_native(source, destination, overwrite=args.overwrite, **file_options)
+        files = ", ".join(sorted(path.name for path in destination.iterdir()))
+        print(f"wrote native SnD directory {destination} ({files}): {_describe(model.config)}")
     else:
-        raise FileNotFoundError(f"source not found: {args.source}")
-    print(f"wrote {args.destination}")
+        model = to_original(source, destination, overwrite=args.overwrite, **file_options)
+        print(
+            f"wrote original-layout checkpoint {destination} (torch.hub DINOv2 keys) and its sidecar"
+            f" {sidecar_path(destination).name}: {_describe(model.config)}"
+        )
     return 0
 
 
-__all__ = ["add_arguments", "native_to_original", "original_to_native", "run"]
+__all__ = ["add_arguments", "native_to_original", "original_to_native", "run", "to_original"]

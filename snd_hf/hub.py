@@ -6,7 +6,8 @@ Three repo layouts load through one call, ``SnDModel.from_pretrained(repo_or_dir
   layout and no ``config.json``, one file per variant (``VARIANT_FILES``). The config comes from
   ``SnDConfig.from_variant(size, blending)``, the keys are converted and loaded strictly;
 - **native** (``save_pretrained`` / ``push_to_hub`` output: ``config.json`` + ``model.safetensors``):
-  plain transformers loading;
+  transformers loading, made strict: the weights' safetensors headers are checked against the config
+  before anything is built (``loading.check_native_weights``), every loaded tensor must be finite;
 - **native, several variants**: one native folder per variant (``VARIANT_FOLDERS``), chosen by
   ``size``/``blending``.
 
@@ -14,11 +15,17 @@ Three repo layouts load through one call, ``SnDModel.from_pretrained(repo_or_dir
 Downloads go through ``huggingface_hub`` (cache, ``revision``, ``token``, ``cache_dir``,
 ``force_download``, ``local_files_only``, ``HF_HUB_OFFLINE``). Offline, the files already in the
 cache stand in for the repo listing.
+
+A name that looks like a local path (``local_path_reason``) is never sent to the Hub: if it is not
+a folder, loading fails at once with "no such folder". Local folders are probed for the expected
+file names only (never listed recursively), and a folder that a crash left moved aside to
+``.<name>.old`` (``snd_hf.files.replace_path``) is restored first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,12 +34,22 @@ from typing import Any, Literal
 
 import torch
 from huggingface_hub import HfApi, constants, hf_hub_download
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
 from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils import httpx
+from huggingface_hub.utils import httpx, validate_repo_id
 from transformers import PreTrainedModel
+from transformers.configuration_utils import PreTrainedConfig
 
 from .configuration_snd import SND_VARIANTS, SnDConfig
+from .files import restore_interrupted
+from .loading import (
+    CHECKPOINT_SUFFIXES,
+    SHAPE_FIELDS,
+    CheckpointError,
+    check_finite,
+    check_native_weights,
+    read_native_shapes,
+)
 
 Size = Literal["small", "base"]
 
@@ -52,6 +69,8 @@ VARIANT_FOLDERS: dict[tuple[str, bool], str] = {
     ("base", False): "base_no_blending",
 }
 CONFIG_NAME = "config.json"
+# Weights of a native checkpoint, in the order transformers prefers them.
+WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 # from_pretrained arguments that only concern finding and downloading files.
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
@@ -94,6 +113,47 @@ class RepoLayout:
         return found
 
 
+def check_revision(revision: str | None) -> None:
+    """Refuse a revision that could name a path outside the cache (absolute, ``..``, backslash): git
+    refs never contain them, and the offline cache lookup joins the revision to a folder."""
+    if revision is None:
+        return
+    if not isinstance(revision, str) or not revision or ".." in revision or revision.startswith("/") or "\\" in revision:
+        raise ValueError(f"revision must be a branch, tag or commit id, got {revision!r}")
+
+
+def local_path_reason(name: str) -> str | None:
+    """Why `name` is a local path rather than a Hub repo id, or None if it may be a repo id.
+
+    A path: starts with ``/``, ``.`` or ``~``; uses the OS path separator (where it is not ``/``);
+    has more than one ``/``; its parent folder exists here; names a checkpoint file; or is not a
+    valid repo id (huggingface_hub's ``validate_repo_id``).
+    """
+    if name.startswith(("/", ".", "~")) or os.path.isabs(name):
+        return "it starts with '/', '.' or '~'"
+    if any(separator and separator != "/" and separator in name for separator in (os.sep, os.altsep)):
+        return "it contains the path separator"
+    if name.count("/") > 1:
+        return "it has more than one '/'"
+    parent = name.rpartition("/")[0]
+    if parent and os.path.isdir(parent):
+        return f"the folder {parent!r} exists here"
+    if name.endswith((*CHECKPOINT_SUFFIXES, ".json")):
+        return "it names a file"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return "it is not a valid Hub repo id"
+    return None
+
+
+def _local_files(folder: str, subfolder: str | None) -> list[str]:
+    """The files of a local folder that a layout can use, probed by name (a huge folder is never listed)."""
+    folders = ["", *(f"{name}/" for name in VARIANT_FOLDERS.values()), *([f"{subfolder}/"] if subfolder else [])]
+    candidates = [*VARIANT_FILES.values(), *(prefix + name for prefix in folders for name in (CONFIG_NAME, *WEIGHT_NAMES))]
+    return [name for name in candidates if os.path.isfile(os.path.join(folder, name))]
+
+
 def _cached_files(repo_id: str, revision: str, cache_dir: str | os.PathLike | None) -> list[str] | None:
     """Files of a repo revision already in the huggingface_hub cache, or None if nothing is cached."""
     storage = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
@@ -120,6 +180,7 @@ def list_repo_files(
         OSError: offline (or the Hub unreachable) and nothing of this repo is cached.
         huggingface_hub.errors.RepositoryNotFoundError / RevisionNotFoundError: from the Hub.
     """
+    check_revision(revision)
     revision = revision or constants.DEFAULT_REVISION
     failure: Exception | None = None
     if not (local_files_only or constants.HF_HUB_OFFLINE):
@@ -176,6 +237,65 @@ def _load_original(
     return model
 
 
+def _native_shape_fields(file: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `SHAPE_FIELDS` transformers will build the model with: from ``config=`` if given, else from
+    ``file`` with those among ``kwargs`` applied (raw values: an absurd config is never built). Errors
+    name the file."""
+    if isinstance(kwargs.get("config"), PreTrainedConfig):
+        return {name: getattr(kwargs["config"], name) for name in SHAPE_FIELDS if hasattr(kwargs["config"], name)}
+    try:
+        values = json.loads(Path(file).read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"a JSON {type(values).__name__}, not an object")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {file} ({error}): the checkpoint's config is corrupt") from None
+    return {name: kwargs.get(name, values[name]) for name in SHAPE_FIELDS if name in values or name in kwargs}
+
+
+def _load_native(
+    native_from_pretrained: Callable[..., PreTrainedModel],
+    name: str,
+    model_args: tuple,
+    kwargs: dict[str, Any],
+    subfolder: str | None,
+    files: list[str],
+) -> PreTrainedModel:
+    """transformers' loading of the native checkpoint at ``name``/``subfolder``, made strict: the
+    weights (safetensors headers) must be exactly those of the config before the model is built, and
+    every loaded tensor must be finite.
+
+    Raises:
+        CheckpointError: naming the missing, unexpected or misshaped keys, an unreadable file, or the
+            first non-finite tensor.
+    """
+    prefix = f"{subfolder}/" if subfolder else ""
+    weights = next((weight for weight in WEIGHT_NAMES if prefix + weight in files), None)
+    if weights is None:
+        raise FileNotFoundError(f"{name}: {prefix}{CONFIG_NAME} has no weights beside it (none of {list(WEIGHT_NAMES)})")
+    download = {key: kwargs[key] for key in DOWNLOAD_KWARGS if key in kwargs}
+
+    def fetch(filename: str) -> str:
+        if os.path.isdir(name):
+            return os.path.join(name, prefix + filename)
+        return hf_hub_download(name, filename, subfolder=subfolder or None, **download)
+
+    fields = _native_shape_fields(fetch(CONFIG_NAME), kwargs)
+    weight_files = [fetch(weights)]
+    if weights.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(Path(weight_files[0]).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            raise CheckpointError(f"cannot read the shard index {weight_files[0]} ({error!r})") from None
+        weight_files = [fetch(shard) for shard in shards]
+    check_native_weights(read_native_shapes([Path(file) for file in weight_files]), fields, f"{name}/{prefix}{weights}")
+    if download.get("force_download"):  # fetched just now: transformers takes them from the cache
+        kwargs = {**kwargs, "force_download": False}
+    loaded = native_from_pretrained(name, *model_args, **({"subfolder": subfolder} if subfolder else {}), **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+    check_finite(model.state_dict(), f"{name}/{prefix}{weights}")
+    return loaded
+
+
 def from_pretrained(
     cls: type[PreTrainedModel],
     native_from_pretrained: Callable[..., PreTrainedModel],
@@ -199,28 +319,35 @@ def from_pretrained(
     Returns:
         The model in eval mode, with ``config.size`` / ``config.blending`` set for SnD variants.
     Raises:
-        FileNotFoundError: the requested variant is not there (the message lists those that are).
+        FileNotFoundError: a local-looking path that is not a folder ("no such folder", at once, without
+            a network request); or the requested variant is not there (the message lists those that are).
+        NotADirectoryError: the path is a file (original-layout files load with ``from_original_checkpoint``).
+        CheckpointError: weights that do not match their config, unreadable or non-finite weights.
+        ValueError: a revision with ``..`` or an absolute path.
     """
     if size is not None and size not in SND_VARIANTS:
         raise ValueError(f"size must be one of {sorted(SND_VARIANTS)}, got {size!r}")
     if blending is not None and not isinstance(blending, bool):
         raise TypeError(f"blending must be a bool, got {type(blending).__name__}")
-    explicit = size is not None or blending is not None
-    if kwargs.get("subfolder") == "":
-        del kwargs["subfolder"]
-    if kwargs.get("subfolder"):
-        if explicit:
-            raise ValueError("pass either subfolder= or size=/blending=, not both (size/blending choose the subfolder)")
-        return native_from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+    check_revision(kwargs.get("revision"))
+    subfolder = kwargs.pop("subfolder", None) or None
+    if subfolder and (size is not None or blending is not None):
+        raise ValueError("pass either subfolder= or size=/blending=, not both (size/blending choose the subfolder)")
 
     name = os.fspath(pretrained_model_name_or_path)
-    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
-    if looks_like_path and not os.path.isdir(name):
-        raise FileNotFoundError(f"{name} is not a folder (and not a Hub repo id of the form namespace/name)")
+    if name.startswith("~"):
+        name = os.path.expanduser(name)
+    if not os.path.isdir(name) and os.path.isfile(name):
+        raise NotADirectoryError(
+            f"{name} is a file, not a checkpoint folder: load an original-layout file with"
+            " SnDModel.from_original_checkpoint, or convert it with `snd convert`"
+        )
+    if not os.path.isdir(name) and not restore_interrupted(Path(name)) and (reason := local_path_reason(name)):
+        raise FileNotFoundError(f"no such folder: {name} (read as a local path because {reason}; a Hub repo id is namespace/name)")
     download = {key: kwargs[key] for key in DOWNLOAD_KWARGS if key in kwargs}
     from_cache = False
     if os.path.isdir(name):
-        files = [path.relative_to(name).as_posix() for path in Path(name).rglob("*") if path.is_file()]
+        files = _local_files(name, subfolder)
     else:
         files, from_cache = list_repo_files(
             name,
@@ -229,22 +356,23 @@ def from_pretrained(
             cache_dir=download.get("cache_dir"),
             local_files_only=bool(download.get("local_files_only")),
         )
+    if subfolder:
+        return _load_native(native_from_pretrained, name, model_args, kwargs, subfolder, files)
     layout = RepoLayout.from_files(files)
     wanted = (size or "small", True if blending is None else blending)
 
     if layout.native_root:
-        model = native_from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = _load_native(native_from_pretrained, name, model_args, kwargs, None, files)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         for field, value in (("size", size), ("blending", blending)):
             if value is not None and getattr(model.config, field) != value:
                 raise ValueError(
                     f"{name} holds a single checkpoint with {field}={getattr(model.config, field)!r}, not the"
                     f" requested {field}={value!r}"
                 )
-        return model
+        return loaded
     if wanted in layout.native_variants:
-        return native_from_pretrained(
-            pretrained_model_name_or_path, *model_args, subfolder=layout.native_variants[wanted], **kwargs
-        )
+        return _load_native(native_from_pretrained, name, model_args, kwargs, layout.native_variants[wanted], files)
     if wanted in layout.original_variants:
         if model_args:
             raise TypeError(f"positional model arguments do not apply to an original-layout checkpoint: {model_args}")
@@ -270,8 +398,11 @@ __all__ = [
     "SND_HUB_REPO",
     "VARIANT_FILES",
     "VARIANT_FOLDERS",
+    "WEIGHT_NAMES",
     "RepoLayout",
+    "check_revision",
     "describe_variant",
     "from_pretrained",
     "list_repo_files",
+    "local_path_reason",
 ]

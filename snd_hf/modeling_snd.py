@@ -31,8 +31,8 @@ from .image_processing_snd import SnDImageProcessor
 from .loading import (
     check_state_dict,
     convert_original_state_dict,
-    infer_config_from_original,
     load_original_checkpoint,
+    original_checkpoint_config,
 )
 
 
@@ -491,18 +491,20 @@ class SnDPreTrainedModel(PreTrainedModel):
         cls,
         path: str | os.PathLike,
         lora_alpha: float | None = None,
-        lora_rank: int | None = None,
+        use_rslora: bool = False,
+        lora_config: object = None,
         **config_overrides,
     ) -> SnDPreTrainedModel:
         """Build the model from an original torch.hub DINOv2 / SnD checkpoint (.pth or .safetensors).
 
-        The architecture is read from the tensor shapes (`snd_hf.loading.infer_config_from_original`);
-        `config_overrides` set what shapes cannot tell (`num_attention_heads` when heads are not 64 wide,
-        `size`, `blending`, ...). Weights load strictly; unmerged LoRA needs `lora_alpha` (see
+        The architecture comes from the checkpoint's `.json` sidecar when snd-hf wrote one, else from the
+        tensor shapes (`snd_hf.loading.original_checkpoint_config`); `config_overrides` set what shapes
+        cannot tell (`num_attention_heads` when heads are not 64 wide, `size`, `blending`, ...). Weights
+        load strictly; unmerged LoRA needs `lora_alpha` (+ `use_rslora`) or `lora_config` (see
         `snd_hf.loading.load_original_checkpoint`).
         """
-        state_dict = load_original_checkpoint(path, lora_alpha=lora_alpha, lora_rank=lora_rank)
-        config = infer_config_from_original(state_dict, **config_overrides)
+        state_dict = load_original_checkpoint(path, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_config=lora_config)
+        config = original_checkpoint_config(path, state_dict, **config_overrides)
         hf_state_dict = convert_original_state_dict(state_dict, config)
         with torch.device("meta"):
             model = cls(config)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import time
+from pathlib import Path
 
 import huggingface_hub
 import pytest
@@ -14,10 +18,13 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
+from PIL import Image
+from safetensors.torch import save_file
 from transformers import AutoModel
 
-from snd_hf import SND_VARIANTS, SnDBackbone, SnDConfig, SnDModel
-from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES, VARIANT_FOLDERS
+from snd_hf import SND_VARIANTS, CheckpointError, SnDBackbone, SnDConfig, SnDModel
+from snd_hf.cli import main as snd
+from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES, VARIANT_FOLDERS, list_repo_files
 
 
 # ----------------------------------------------------------------------------- the emulator itself
@@ -194,7 +201,7 @@ def test_local_folder_laid_out_like_the_hub_repo(tmp_path, original_checkpoints)
     assert [m.shape for m in backbone(torch.randn(1, 3, 28, 28)).feature_maps] == [(1, 384, 2, 2)] * 2
     with pytest.raises(FileNotFoundError, match=r"dinov2_base_snd\.pth.*Variants available"):
         SnDModel.from_pretrained(tmp_path, size="base")
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder: .*absent"):
         SnDModel.from_pretrained(tmp_path / "absent")
     half = SnDModel.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="eager", subfolder="")
     assert half.embeddings.cls_token.dtype == torch.bfloat16 and half.config._attn_implementation == "eager"
@@ -242,3 +249,153 @@ def test_push_to_hub_then_from_pretrained_and_automodel(hub):
         SnDModel.from_pretrained("lab/pushed", blending=True)
     hub.set_offline(True)
     torch.testing.assert_close(SnDModel.from_pretrained("lab/pushed")(pixel_values).feature_map, expected.feature_map)
+
+
+# ----------------------------------------------------------------------------- strict native loading
+def _rewrite(folder: Path, config: dict | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Change a saved native folder's config.json fields and/or replace its weights."""
+    if config:
+        values = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**values, **config}))
+    if weights is not None:
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_native_weights_must_match_their_config(tmp_path, hub):
+    model = tiny_model()
+    for name in ("three_layers", "extra_key", "wider"):
+        model.save_pretrained(tmp_path / name)
+    _rewrite(tmp_path / "three_layers", config={"num_hidden_layers": 3})
+    _rewrite(tmp_path / "extra_key", weights={**model.state_dict(), "head.weight": torch.zeros(3, 32)})
+    _rewrite(tmp_path / "wider", config={"hidden_size": 64, "num_attention_heads": 4})
+    expected = {
+        "three_layers": r"missing \(14\): encoder.layer.2.attention.proj.bias, encoder.layer.2.attention.proj.weight",
+        "extra_key": r"model.safetensors does not match the expected weights; unexpected \(1\): head.weight",
+        "wider": r"misshaped \(\d+\): .*embeddings.cls_token: expected \(1, 1, 64\), got \(1, 1, 32\)",
+    }
+    for name, message in expected.items():
+        for loader in (SnDModel, SnDBackbone, AutoModel):
+            with pytest.raises(CheckpointError, match=message):
+                loader.from_pretrained(tmp_path / name)
+    HfApi().create_repo("lab/three-layers")
+    HfApi().upload_folder(folder_path=tmp_path / "three_layers", repo_id="lab/three-layers")
+    with pytest.raises(CheckpointError, match=r"lab/three-layers/model.safetensors .*missing \(14\): encoder.layer.2"):
+        AutoModel.from_pretrained("lab/three-layers")
+
+
+def test_sharded_native_checkpoints_are_checked_and_load(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    loaded = SnDModel.from_pretrained(tmp_path / "sharded")
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())
+    _rewrite(tmp_path / "sharded", config={"num_hidden_layers": 3})
+    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json does not match .*missing \(14\)"):
+        SnDModel.from_pretrained(tmp_path / "sharded")
+
+
+def test_absurd_config_fails_before_anything_is_built(tmp_path, monkeypatch):
+    tiny_model().save_pretrained(tmp_path / "huge")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built for an implausible config")
+
+    monkeypatch.setattr(SnDModel, "__init__", never)
+    for layers in (100_000, 10**12):
+        _rewrite(tmp_path / "huge", config={"num_hidden_layers": layers})
+        start = time.perf_counter()
+        lacking = rf"encoder.layer.4.\* to encoder.layer.{layers - 1}.\* \({layers - 4} layers in the config, none in the weights\)"
+        with pytest.raises(CheckpointError, match=lacking):
+            SnDModel.from_pretrained(tmp_path / "huge")
+        assert time.perf_counter() - start < 5  # generous: the refusal does not depend on the claimed size
+
+
+def test_corrupt_native_files_are_named(tmp_path):
+    model = tiny_model()
+    for name in ("garbage", "truncated", "nan", "bad_config"):
+        model.save_pretrained(tmp_path / name)
+    weights = tmp_path / "garbage" / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    truncated = tmp_path / "truncated" / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    state["encoder.layer.1.mlp.fc1.weight"][2, 3] = float("nan")
+    _rewrite(tmp_path / "nan", weights=state)
+    (tmp_path / "bad_config" / "config.json").write_text("{not json")
+    expected = {
+        "garbage": f"cannot read {weights}: not a valid safetensors file",
+        "truncated": f"cannot read {truncated}: not a valid safetensors file",
+        "nan": r"nan/model.safetensors: encoder.layer.1.mlp.fc1.weight holds 1 non-finite value",
+        "bad_config": r"cannot read .*bad_config/config.json .*the checkpoint's config is corrupt",
+    }
+    for name, message in expected.items():
+        with pytest.raises(CheckpointError, match=message):
+            SnDModel.from_pretrained(tmp_path / name)
+
+
+# ----------------------------------------------------------------------------- local paths, revisions
+def test_local_looking_paths_fail_at_once_without_the_network(tmp_path, hub, monkeypatch, fixtures_dir):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-checkpoints").mkdir()
+    Image.new("RGB", (28, 28)).save(tmp_path / "room.png")
+    served = len(hub.requests)
+    reasons = {
+        "my-checkpoints/snd-small": "the folder 'my-checkpoints' exists here",
+        "./snd-small": "it starts with",
+        "../elsewhere/snd-small": "it starts with",
+        "~/no-such-snd-folder": "it starts with",
+        "runs/2026/snd-small": "more than one '/'",
+        "snd-small.pth": "it names a file",
+        "not a repo!": "not a valid Hub repo id",
+    }
+    for name, reason in reasons.items():
+        start = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match=f"no such folder: .*{re.escape(reason)}"):
+            SnDModel.from_pretrained(name)
+        assert time.perf_counter() - start < 2, name
+    for command in (["extract", "room.png", "--out", "features"], ["demo", "--out", "demo"]):
+        with pytest.raises(FileNotFoundError, match="no such folder: my-checkpoints/snd-small"):
+            snd([*command, "--model", "my-checkpoints/snd-small"])
+    assert len(hub.requests) == served  # none of it reached the Hub
+    with pytest.raises(RepositoryNotFoundError):
+        SnDModel.from_pretrained("lab/absent")  # a repo id still goes to the Hub
+    assert len(hub.requests) > served
+    with pytest.raises(NotADirectoryError, match="tiny_a.pth is a file, not a checkpoint folder"):
+        SnDModel.from_pretrained(fixtures_dir / "dinov2" / "tiny_a.pth")
+
+
+def test_revision_cannot_name_a_path_outside_the_cache(hub, tmp_path):
+    outside = tmp_path / "cache" / "elsewhere"
+    outside.mkdir(parents=True)
+    served = len(hub.requests)
+    for revision in ("../../elsewhere", "/etc", "main/../../x", "a\\b"):
+        with pytest.raises(ValueError, match="revision must be a branch, tag or commit id"):
+            SnDModel.from_pretrained("lab/repo", revision=revision, cache_dir=tmp_path / "cache")
+        with pytest.raises(ValueError, match="revision must be a branch, tag or commit id"):
+            list_repo_files("lab/repo", revision=revision, cache_dir=tmp_path / "cache", local_files_only=True)
+    assert len(hub.requests) == served
+
+
+def test_big_folders_are_probed_not_listed(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a folder was listed recursively")
+
+    monkeypatch.setattr(Path, "rglob", never)
+    monkeypatch.setattr(Path, "glob", never)
+    monkeypatch.setattr(os, "walk", never)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"/usr has no small \(blending\) variant.*It holds no SnD variant"):
+        SnDModel.from_pretrained("/usr")
+    assert time.perf_counter() - start < 2
+
+
+def test_folder_moved_aside_by_a_crash_is_restored_on_load(tmp_path, caplog, monkeypatch):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / ".out.old")  # replace_path's state after a crash between its renames
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="snd_hf.files"):
+        loaded = SnDModel.from_pretrained("out")  # a bare name: restored, not sent to the Hub
+    assert "restored out from .out.old, left by an interrupted write" in caplog.text
+    assert (tmp_path / "out").is_dir() and not (tmp_path / ".out.old").exists()
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in model.state_dict().items())

@@ -44,7 +44,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -481,11 +481,14 @@ class FeatureField(nn.Module):
             "info": self.info,
         }
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
         """Write the field to the folder ``path`` (``field.safetensors`` + ``field.json``).
 
         The folder is assembled beside ``path`` and moved into place complete; an existing field
         folder is replaced, any other existing folder or file is refused.
+
+        Args:
+            extra: called with the folder being assembled, to add files (e.g. pictures) before the move.
 
         Raises:
             FileExistsError: ``path`` exists and is not a saved field.
@@ -500,6 +503,8 @@ class FeatureField(nn.Module):
             save_file(self.state_tensors(), staging / WEIGHTS_NAME)
             config = {**self.config(), "weights_sha256": _sha256(staging / WEIGHTS_NAME)}
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1))
+            if extra is not None:
+                extra(staging)
             replace_path(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -95,7 +95,7 @@ class FitConfig:
     lr_diffuse: float = 1e-2
     lr_specular: float = 1e-2
     lr_features: float = 2e-2
-    specular_weight: float = 0.01
+    specular_weight: float = 0.2
     dep_weight: float = 0.1
     dep_decay: float = 1e-3
     coverage: float = 0.5

@@ -3,5 +3,6 @@
 Modules, one concept each: ``scene`` (the posed views and cameras), ``harmonics`` (spherical
 harmonics with roughness), ``field`` (the Gaussians, rendering, saving), ``features`` (2D
 teachers), ``fit`` (the two-stage fitting), ``segment`` (click selection, highlights, editing),
-``evaluate`` (one-click 3D segmentation and highlight benchmarks) and ``cli`` (``snd field``).
+``evaluate`` (one-click 3D segmentation and highlight benchmarks), ``pictures`` (labelled PNG
+panels) and ``cli`` (``snd field``). See ``docs/fields.md``.
 """

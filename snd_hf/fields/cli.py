@@ -82,8 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="field_command", required=True, metavar="{fit,segment,edit}")
     defaults = FitConfig()
 
-    fit = commands.add_parser("fit", help="fit a field to a scene folder (ScanNet++ layout)", description=__doc__,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    fit = commands.add_parser(
+        "fit",
+        help="fit a field to a scene folder (ScanNet++ layout)",
+        description="Fit a disentangled feature field to a scene folder; writes the field and pictures/ of its views.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     fit.add_argument("scene", type=Path, help="scene folder holding transforms_train.json, images/ and depth/")
     fit.add_argument("--model", required=True, help="2D teacher: SnD checkpoint folder, Hub id or original .pth")
     fit.add_argument("--out", type=Path, required=True, help="field folder to write")

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
     "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
     "eval": ("snd_hf.eval.suite", "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)"),
+    "field": ("snd_hf.fields.cli", "disentangled 3D feature fields: fit a scene, click-segment in 3D, edit reflections"),
 }
 
 

@@ -14,6 +14,17 @@ instance ids and semantic class ids. A scene folder looks like::
         normals/frame_000000.png       8-bit RGB camera-frame normals, n = rgb / 127.5 - 1
         semantics/frame_000000.png     8-bit class ids (see SEMANTIC_CLASSES)
 
+With ``glossy=True`` (``snd synth --glossy``) some objects also get a Blinn–Phong specular term
+lit by a few point lights, so that their highlights move with the camera, and every frame gets
+its ground truth::
+
+        specular/frame_000000.png      16-bit specular radiance added to the image, value / 65535
+        highlights/frame_000000.png    8-bit mask, 255 where the specular radiance exceeds
+                                       HIGHLIGHT_THRESHOLD
+
+``transforms_train.json`` then lists the ``materials`` (instance, shininess, specular strength)
+and ``lights``. With ``glossy=False`` (the default) every output is exactly as without the option.
+
 Generate from Python with :func:`generate_scenes` / :func:`ensure_synthetic_scenes`, or with
 ``snd synth --scenes 8 --frames 24 --size 96x128 --seed 0 --out DIR``.
 """
@@ -44,6 +55,7 @@ MARKER_NAME = "snd_synthetic.json"
 _FORMAT_VERSION = 1
 _EPS = 1e-6
 _OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+HIGHLIGHT_THRESHOLD = 0.1  # specular radiance above which a pixel belongs to a highlight
 
 
 @dataclass
@@ -69,6 +81,63 @@ class _Scene:
     room_textures: list[_Surface]  # one texture per room face: walls x-, x+, y-, y+, floor, ceiling
     room: np.ndarray  # [3] room extents (x, y, z), floor at z = 0, corner at the origin
     light: np.ndarray  # [3] point light position
+
+
+@dataclass
+class _Gloss:
+    """Blinn–Phong specular materials of a glossy scene (white point lights, no shadows)."""
+
+    shininess: dict[int, float]  # instance id -> Blinn–Phong exponent
+    strength: dict[int, float]  # instance id -> specular coefficient k_s
+    lights: np.ndarray  # [L, 3] point light positions
+
+
+def _random_gloss(rng: np.random.Generator, scene: _Scene) -> _Gloss:
+    """Glossy materials for some of the objects and 2-3 point lights near the ceiling.
+
+    Drawn from their own generator, so the scene, its textures and its cameras are the same
+    with and without gloss.
+    """
+    objects = [surface.instance for surface in scene.surfaces if surface.kind != "room"]
+    glossy = [instance for instance in objects if rng.uniform() < 0.6]
+    if not glossy:
+        glossy = [int(rng.choice(objects))]
+    shininess = {instance: float(np.exp(rng.uniform(np.log(16.0), np.log(96.0)))) for instance in glossy}
+    strength = {instance: float(rng.uniform(0.45, 0.8)) for instance in glossy}
+    extra = int(rng.integers(1, 3))
+    room = scene.room
+    lights = [scene.light] + [
+        np.array([rng.uniform(0.2, 0.8) * room[0], rng.uniform(0.2, 0.8) * room[1], room[2] - rng.uniform(0.2, 0.6)])
+        for _ in range(extra)
+    ]
+    return _Gloss(shininess=shininess, strength=strength, lights=np.stack(lights))
+
+
+def _specular(
+    gloss: _Gloss,
+    points: np.ndarray,  # [N, 3] world surface points
+    normals: np.ndarray,  # [N, 3] unit world normals, facing the camera side of the surface
+    eyes: np.ndarray,  # [N, 3] camera centre of each ray
+    instance: np.ndarray,  # [N] instance id of each point
+) -> np.ndarray:
+    """Blinn–Phong specular radiance ``k_s Σ_lights max(0, n·h)^shininess`` (lights on the normal's side). [N]"""
+    radiance = np.zeros(len(points))
+    to_eye = eyes - points
+    to_eye /= np.linalg.norm(to_eye, axis=-1, keepdims=True)
+    for index, exponent in gloss.shininess.items():
+        mask = instance == index
+        if not mask.any():
+            continue
+        n, v = normals[mask], to_eye[mask]
+        for light in gloss.lights:
+            to_light = light - points[mask]
+            to_light /= np.linalg.norm(to_light, axis=-1, keepdims=True)
+            half = to_light + v
+            half /= np.maximum(np.linalg.norm(half, axis=-1, keepdims=True), _EPS)
+            lit = ((n * to_light).sum(-1) > 0) & ((n * v).sum(-1) > 0)
+            radiance[mask] += np.where(lit, np.clip((n * half).sum(-1), 0.0, 1.0) ** exponent, 0.0)
+        radiance[mask] *= gloss.strength[index]
+    return radiance
 
 
 def _random_surface(rng: np.random.Generator, kind: str, instance: int, center, size, yaw=0.0) -> _Surface:
@@ -271,16 +340,21 @@ def _albedo(surface: _Surface, local_points: np.ndarray) -> np.ndarray:
     return colors * (0.8 + 0.4 * grain[:, None])
 
 
-def _render(scene: _Scene, poses: np.ndarray, intrinsics: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
+def _render(
+    scene: _Scene, poses: np.ndarray, intrinsics: np.ndarray, height: int, width: int, gloss: _Gloss | None = None
+) -> dict[str, np.ndarray]:
     """Ray cast every pixel centre of every pose.
 
     Args:
         poses: camera-to-world, OpenCV. [F, 4, 4]
         intrinsics: pixel intrinsics. [3, 3]
+        gloss: specular materials, or None for a matte scene.
 
     Returns:
         ``image`` [F, H, W, 3] in [0, 1], ``depth`` [F, H, W] z-depth, ``normals`` [F, H, W, 3]
-        camera frame, ``instance`` / ``semantic`` [F, H, W] int64.
+        camera frame, ``instance`` / ``semantic`` [F, H, W] int64; with ``gloss`` also
+        ``specular`` [F, H, W] (the radiance added to every colour channel before clipping to
+        [0, 1]) and ``highlight`` [F, H, W] bool (``specular > HIGHLIGHT_THRESHOLD``).
     """
     num_frames = len(poses)
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
@@ -324,17 +398,26 @@ def _render(scene: _Scene, poses: np.ndarray, intrinsics: np.ndarray, height: in
     sun = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
     shading = 0.3 + 0.5 * np.clip((normals * to_light).sum(-1), 0, 1) + 0.2 * np.abs(normals @ sun)
     image = np.clip(image * shading[:, None], 0.0, 1.0)
+    if gloss is not None:
+        # Normals of boxes and the room already face the camera; sphere and cylinder normals point
+        # outwards, towards every camera that sees them.
+        specular = _specular(gloss, points, normals, origins, instance)
+        image = np.clip(image + specular[:, None], 0.0, 1.0)
 
     rotations = np.repeat(poses[:, :3, :3], height * width, axis=0)
     normals_camera = np.einsum("nji,nj->ni", rotations, normals)  # R^T n
     shape = (num_frames, height, width)
-    return {
+    rendered = {
         "image": image.reshape(*shape, 3),
         "depth": depth.reshape(shape),
         "normals": normals_camera.reshape(*shape, 3),
         "instance": instance.reshape(shape),
         "semantic": semantic.reshape(shape),
     }
+    if gloss is not None:
+        rendered["specular"] = specular.reshape(shape)
+        rendered["highlight"] = rendered["specular"] > HIGHLIGHT_THRESHOLD
+    return rendered
 
 
 def _pixel_intrinsics(height: int, width: int) -> np.ndarray:
@@ -343,19 +426,33 @@ def _pixel_intrinsics(height: int, width: int) -> np.ndarray:
 
 
 def render_synthetic_scene(
-    scene_index: int, num_frames: int = 24, height: int = 96, width: int = 128, seed: int = 0
+    scene_index: int, num_frames: int = 24, height: int = 96, width: int = 128, seed: int = 0, glossy: bool = False
 ) -> dict[str, np.ndarray]:
     """Render one generated scene in memory, exactly as :func:`generate_scenes` writes it.
 
+    Args:
+        glossy: give some objects Blinn–Phong highlights (see the module docstring); the scene's
+            geometry, textures and cameras do not change.
+
     Returns:
         the :func:`_render` arrays plus ``extrinsics`` [F, 4, 4] (camera-to-world, OpenCV) and
-        ``intrinsics`` [3, 3] in pixels.
+        ``intrinsics`` [3, 3] in pixels; with ``glossy`` also ``specular`` / ``highlight``
+        [F, H, W], ``materials`` (a list of ``{"instance", "shininess", "strength"}``) and
+        ``lights`` [L, 3] (world positions).
     """
     rng = np.random.default_rng([seed, scene_index])
     scene = _random_scene(rng)
     poses = _trajectory(rng, scene.room, num_frames)
     intrinsics = _pixel_intrinsics(height, width)
-    return {**_render(scene, poses, intrinsics, height, width), "extrinsics": poses, "intrinsics": intrinsics}
+    gloss = _random_gloss(np.random.default_rng([seed, scene_index, 1]), scene) if glossy else None
+    rendered = {**_render(scene, poses, intrinsics, height, width, gloss), "extrinsics": poses, "intrinsics": intrinsics}
+    if gloss is not None:
+        rendered["materials"] = [
+            {"instance": instance, "shininess": gloss.shininess[instance], "strength": gloss.strength[instance]}
+            for instance in sorted(gloss.shininess)
+        ]
+        rendered["lights"] = gloss.lights
+    return rendered
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
@@ -364,6 +461,8 @@ def _write_png(array: np.ndarray, path: Path) -> None:
 
 def _write_scene(rendered: dict[str, np.ndarray], scene_dir: Path, image_format: str) -> None:
     folders = ("images", "instance_segmentation", "depth", "normals", "semantics")
+    if "specular" in rendered:
+        folders += ("specular", "highlights")
     for folder in folders:
         (scene_dir / folder).mkdir(parents=True)
     height, width = rendered["depth"].shape[1:]
@@ -379,6 +478,10 @@ def _write_scene(rendered: dict[str, np.ndarray], scene_dir: Path, image_format:
         normals = np.clip(np.round((rendered["normals"][index] + 1.0) * 127.5), 0, 255).astype(np.uint8)
         _write_png(normals, scene_dir / "normals" / stem)
         _write_png(rendered["semantic"][index].astype(np.uint8), scene_dir / "semantics" / stem)
+        if "specular" in rendered:
+            specular = np.clip(np.round(rendered["specular"][index] * 65535.0), 0, 65535).astype(np.uint16)
+            _write_png(specular, scene_dir / "specular" / stem)
+            _write_png(rendered["highlight"][index].astype(np.uint8) * 255, scene_dir / "highlights" / stem)
         frames.append({"file_path": name, "transform_matrix": (pose @ _OPENCV_TO_OPENGL).tolist(), "is_bad": False})
     transforms = {
         "fl_x": float(intrinsics[0, 0]),
@@ -391,16 +494,21 @@ def _write_scene(rendered: dict[str, np.ndarray], scene_dir: Path, image_format:
         "frames": frames,
         "semantic_classes": list(SEMANTIC_CLASSES),
     }
+    if "materials" in rendered:
+        transforms["materials"] = rendered["materials"]
+        transforms["lights"] = rendered["lights"].tolist()
     (scene_dir / "transforms_train.json").write_text(json.dumps(transforms, indent=1))
 
 
-def _parameters(num_scenes: int, num_frames: int, height: int, width: int, seed: int, image_format: str) -> dict:
+def _parameters(
+    num_scenes: int, num_frames: int, height: int, width: int, seed: int, image_format: str, glossy: bool = False
+) -> dict:
     for name, value, low in (("num_scenes", num_scenes, 1), ("num_frames", num_frames, 1), ("height", height, 8), ("width", width, 8)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
     if image_format not in ("png", "jpg"):
         raise ValueError(f"`image_format` must be 'png' or 'jpg', got {image_format!r}.")
-    return {
+    parameters = {
         "format_version": _FORMAT_VERSION,
         "num_scenes": num_scenes,
         "num_frames": num_frames,
@@ -409,6 +517,9 @@ def _parameters(num_scenes: int, num_frames: int, height: int, width: int, seed:
         "seed": int(seed),
         "image_format": image_format,
     }
+    if glossy:  # recorded only when on: matte datasets keep their marker
+        parameters["glossy"] = True
+    return parameters
 
 
 def generate_scenes(
@@ -421,13 +532,15 @@ def generate_scenes(
     progress: bool = True,
     image_format: str = "png",
     overwrite: bool = False,
+    glossy: bool = False,
 ) -> Path:
     """Generate ``num_scenes`` rooms of ``num_frames`` frames into ``out_dir/scenes/``.
 
     Deterministic in ``seed`` (scene ``i`` depends only on ``(seed, i)``). The scenes are
     written into a temporary sibling folder that replaces ``out_dir`` once complete, so an
     interrupted run never leaves a half-written dataset; ``out_dir/snd_synthetic.json``
-    records the parameters and every file written.
+    records the parameters and every file written. ``glossy`` adds specular highlights and their
+    ground truth (see the module docstring).
 
     An existing ``out_dir`` is replaced only when it is empty or holds nothing but the files its
     ``snd_synthetic.json`` records (a set this function wrote), or with ``overwrite=True``.
@@ -439,7 +552,7 @@ def generate_scenes(
         FileExistsError: ``out_dir`` holds anything else (named in the message), or is a file
             or a symbolic link, and ``overwrite`` is False.
     """
-    parameters = _parameters(num_scenes, num_frames, height, width, seed, image_format)
+    parameters = _parameters(num_scenes, num_frames, height, width, seed, image_format, glossy)
     out_dir = Path(out_dir)
     if not overwrite:
         _check_replaceable(out_dir)
@@ -447,7 +560,7 @@ def generate_scenes(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for scene_index in tqdm(range(num_scenes), desc="synthetic scenes", disable=not progress):
-            rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed)
+            rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed, glossy)
             _write_scene(rendered, staging / "scenes" / f"synth_{scene_index:04d}", image_format)
         files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
         (staging / MARKER_NAME).write_text(json.dumps({**parameters, "files": files}, indent=1))
@@ -513,7 +626,7 @@ def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
     arguments = bound.arguments
     parameters = _parameters(
         arguments["num_scenes"], arguments["num_frames"], arguments["height"], arguments["width"], arguments["seed"],
-        arguments["image_format"],
+        arguments["image_format"], arguments["glossy"],
     )  # fmt: skip
     out_dir = Path(out_dir)
     marker = out_dir / MARKER_NAME
@@ -539,6 +652,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=_parse_size, default=(96, 128), help="image size HxW")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
+    parser.add_argument("--glossy", action="store_true", help="specular highlights on some objects, with their ground truth")
     parser.add_argument("--out", type=Path, required=True, help="output folder (gets scenes/<id>/...)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out even if it holds files snd synth did not write (they are deleted)"
@@ -548,7 +662,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     height, width = args.size
     out = generate_scenes(
-        args.out, args.scenes, args.frames, height, width, args.seed, image_format=args.format, overwrite=args.overwrite
+        args.out, args.scenes, args.frames, height, width, args.seed, image_format=args.format, glossy=args.glossy,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.scenes} scenes x {args.frames} frames ({height}x{width}) to {out}")
     return 0

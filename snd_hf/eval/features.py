@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from snd_hf.image_processing_snd import SnDImageProcessor
 from snd_hf.modeling_snd import SnDModel
 
-__all__ = ["DenseFeatures", "FeatureModel", "extract_features", "load_feature_model", "parse_model_spec"]
+__all__ = ["DenseFeatures", "FeatureModel", "extract_features", "load_feature_model", "parse_model_spec", "weights_hash"]
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _load_model(source: str) -> SnDModel:
 _NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "training_info", "architectures", "dtype")
 
 
-def _weights_hash(model: SnDModel) -> str:
+def weights_hash(model: SnDModel) -> str:
     """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
     # Fields that name or annotate the checkpoint without changing its features stay out.
     architecture = {key: value for key, value in model.config.to_dict().items() if key not in _NOT_ARCHITECTURE}
@@ -111,12 +111,12 @@ def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureMode
     """
     name, source = parse_model_spec(spec)
     model = _load_model(source)
-    weights_hash = _weights_hash(model)
+    fingerprint = weights_hash(model)
     base = None
     if concat_with is not None:
         base = load_feature_model(concat_with)
-        weights_hash = hashlib.sha256(f"{base.weights_hash}+{weights_hash}".encode()).hexdigest()
-    return FeatureModel(name, source, model, weights_hash, base)
+        fingerprint = hashlib.sha256(f"{base.weights_hash}+{fingerprint}".encode()).hexdigest()
+    return FeatureModel(name, source, model, fingerprint, base)
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,225 @@
+"""`snd field`: fit a disentangled feature field to a scene, segment it with a click, edit it.
+
+    snd field fit data/glossy/scenes/synth_0000 --model snd_hf/assets/default --out room.field
+    snd field segment room.field --view 3 --click 64,50 --out room-segment
+    snd field edit room.field --select 3:64,50 --remove-reflections --recolor 0.2,0.5,0.9 --out room-edit
+
+``fit`` writes the field folder (``field.safetensors``, ``field.json``) with ``pictures/``: per view
+the photograph, the render, its diffuse and specular colour, ``f_ind`` (PCA colours) and ``‖f_dep‖``.
+``segment`` writes per view the render with the 3D selection in red and the highlight mask.
+``edit`` writes per view the render before and after the edit (and ``--save-field`` the edited field).
+Views are numbered as in ``field.json``'s ``view_names``; clicks are ``X,Y`` pixel columns and rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from snd_hf.data.frames import decode_image, open_image
+from snd_hf.visualization import save_panel
+
+from .field import FeatureField
+from .fit import FitConfig, fit_field
+from .pictures import CAPTION_HEIGHT, captioned, field_panels, grey, normalised, overlay
+from .scene import load_scene
+from .segment import (
+    HIGHLIGHT_RATIO,
+    SIMILARITY,
+    Selection,
+    highlight_masks,
+    image_click_feature,
+    recolor,
+    scale_specular,
+    select_by_click,
+    select_similar,
+    selection_masks,
+    set_roughness,
+)
+
+UPSCALE = 3  # pictures are drawn at 3x the field's resolution
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x128), got {text!r}") from None
+    return height, width
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        x, y = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a click must look like X,Y (pixel column,row), got {text!r}") from None
+    return x, y
+
+
+def _selection_spec(text: str) -> tuple[int, tuple[int, int]]:
+    view, separator, click = text.partition(":")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"--select must look like VIEW:X,Y (e.g. 3:64,50), got {text!r}")
+    try:
+        return int(view), _pair(click)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--select must look like VIEW:X,Y (e.g. 3:64,50), got {text!r}") from None
+
+
+def _color(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 <= value <= 1.0 for value in values):
+        raise argparse.ArgumentTypeError(f"a colour must be R,G,B in [0, 1] (e.g. 0.2,0.5,0.9), got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="field_command", required=True, metavar="{fit,segment,edit}")
+    defaults = FitConfig()
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a field to a scene folder (ScanNet++ layout)",
+        description="Fit a disentangled feature field to a scene folder; writes the field and pictures/ of its views.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fit.add_argument("scene", type=Path, help="scene folder holding transforms_train.json, images/ and depth/")
+    fit.add_argument("--model", required=True, help="2D teacher: SnD checkpoint folder, Hub id or original .pth")
+    fit.add_argument("--out", type=Path, required=True, help="field folder to write")
+    fit.add_argument("--size", type=_size, help="resize the views to HxW (default: native)")
+    fit.add_argument("--hold-out", type=int, default=0, help="keep every N-th view out of the fit (0: fit all)")
+    fit.add_argument("--appearance-steps", type=int, default=defaults.appearance_steps)
+    fit.add_argument("--feature-steps", type=int, default=defaults.feature_steps)
+    fit.add_argument("--feature-dim", type=int, default=defaults.feature_dim, help="PCA channels of the features")
+    fit.add_argument("--sh-degree", type=int, default=defaults.sh_degree, help="degree of the view-dependent parts (>= 2)")
+    fit.add_argument("--init-views", type=int, default=defaults.init_views, help="views lifted to Gaussians")
+    fit.add_argument("--init-stride", type=int, default=defaults.init_stride, help="pixel stride of the lifted views")
+    fit.add_argument("--single", action="store_true", help="a single view-independent feature field (baseline)")
+    fit.add_argument("--seed", type=int, default=defaults.seed)
+    fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+
+    segment = commands.add_parser("segment", help="select an object in 3D with one click; highlight masks",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    segment.add_argument("field", type=Path, help="field folder written by `snd field fit`")
+    segment.add_argument("--view", type=int, help="view clicked in (index in the field's views)")
+    segment.add_argument("--click", type=_pair, required=True, help="X,Y pixel of the click")
+    segment.add_argument("--image", type=Path, help="click on this picture instead of a view (needs --model)")
+    segment.add_argument("--model", help="the field's teacher, to read the feature under a click on --image")
+    segment.add_argument("--threshold", type=float, default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    segment.add_argument("--highlight-ratio", type=float, default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
+    segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
+
+    edit = commands.add_parser("edit", help="recolour, remove reflections or change roughness of a selection",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    edit.add_argument("field", type=Path, help="field folder written by `snd field fit`")
+    edit.add_argument("--select", type=_selection_spec, required=True, help="VIEW:X,Y click selecting the object")
+    edit.add_argument("--threshold", type=float, default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    edit.add_argument("--remove-reflections", action="store_true", help="remove the selection's specular colour")
+    edit.add_argument("--specular-scale", type=float, help="multiply the selection's specular colour")
+    edit.add_argument("--recolor", type=_color, help="new diffuse colour R,G,B in [0, 1]")
+    edit.add_argument("--roughness", type=float, help="Ref-NeRF roughness of the selection's reflections (0: as fitted)")
+    edit.add_argument("--save-field", type=Path, help="also write the edited field here")
+    edit.add_argument("--out", type=Path, required=True, help="folder for the before/after PNG panels")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"fit": run_fit, "segment": run_segment, "edit": run_edit}[args.field_command](args)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    if args.hold_out < 0:
+        raise ValueError(f"--hold-out must be >= 0, got {args.hold_out}")
+    scene = load_scene(args.scene, size=args.size)
+    views = range(len(scene))
+    train = [view for view in views if args.hold_out < 2 or view % args.hold_out != args.hold_out // 2]
+    held = [view for view in views if view not in train]
+    config = FitConfig(
+        seed=args.seed, sh_degree=args.sh_degree, feature_dim=args.feature_dim, init_views=args.init_views,
+        init_stride=args.init_stride, appearance_steps=args.appearance_steps, feature_steps=args.feature_steps,
+    )  # fmt: skip
+    field = fit_field(scene, args.model, config, train_views=train, disentangled=not args.single, device=args.device)
+    field.info["held_out_views"] = held
+
+    def pictures(folder: Path) -> None:
+        shown = sorted(set(train[:: max(1, len(train) // 3)][:3] + held[:2]))
+        field_panels(field, scene.cameras[shown], folder / "pictures", [scene.names[v] for v in shown], scene.images[shown])
+
+    path = field.save(args.out, extra=pictures)
+    print(f"wrote {path}: {field.num_gaussians} Gaussians, {field.feature_dim} feature channels, "
+          f"{len(train)} views fitted ({len(held)} held out), pictures in {path / 'pictures'}")  # fmt: skip
+    return 0
+
+
+def _load(path: Path) -> FeatureField:
+    field = FeatureField.load(path)
+    if field.cameras is None or field.feature_space is None:
+        raise ValueError(f"{path} holds no cameras or no features; fit it with `snd field fit`")
+    return field
+
+
+def _select(field: FeatureField, view: int | None, click: tuple[int, int], threshold: float, image=None, model=None) -> Selection:
+    if image is not None:
+        if model is None:
+            raise ValueError("--image needs --model (the field's teacher reads the feature under the click)")
+        picture = decode_image(open_image(image).convert("RGB"), None, str(image))
+        return select_similar(field, image_click_feature(field, picture, click, model), threshold)
+    if view is None:
+        raise ValueError("give --view K (a view of the field) or --image PICTURE with --model")
+    return select_by_click(field, view, click, threshold)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    field = _load(args.field)
+    selection = _select(field, args.view, args.click, args.threshold, args.image, args.model)
+    masks = selection_masks(field, selection)
+    highlights = highlight_masks(field, threshold=args.highlight_ratio) if field.disentangled else None
+    with torch.no_grad():
+        colors = normalised(field.render(features=False)).color("full").clamp(0, 1)
+    height = (field.cameras.image_size[0] + CAPTION_HEIGHT) * UPSCALE
+    for index, name in enumerate(field.view_names):
+        row = [captioned(colors[index], f"view {index}"), captioned(overlay(colors[index], masks[index]), "3D selection")]
+        if highlights is not None:
+            row.append(captioned(grey(highlights[index].float(), 1.0), "highlights"))
+        save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
+    print(f"selected {selection.count} of {field.num_gaussians} Gaussians (cosine >= {selection.threshold:.2f}); "
+          f"{len(field.view_names)} panels in {args.out}")  # fmt: skip
+    return 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    if not (args.remove_reflections or args.specular_scale is not None or args.recolor or args.roughness is not None):
+        raise ValueError("nothing to edit: give --remove-reflections, --specular-scale, --recolor and/or --roughness")
+    if args.remove_reflections and args.specular_scale is not None:
+        raise ValueError("--remove-reflections and --specular-scale both set the specular scale; give one")
+    field = _load(args.field)
+    view, click = args.select
+    selection = _select(field, view, click, args.threshold)
+    edited = field
+    if args.remove_reflections or args.specular_scale is not None:
+        edited = scale_specular(edited, selection, 0.0 if args.remove_reflections else args.specular_scale)
+    if args.recolor:
+        edited = recolor(edited, selection, args.recolor)
+    if args.roughness is not None:
+        edited = set_roughness(edited, selection, args.roughness)
+    with torch.no_grad():
+        before = normalised(field.render(features=False))
+        after = normalised(edited.render(features=False))
+    masks = selection_masks(field, selection)
+    height = (field.cameras.image_size[0] + CAPTION_HEIGHT) * UPSCALE
+    for index, name in enumerate(field.view_names):
+        row = [
+            captioned(overlay(before.color("full")[index], masks[index]), "selection"),
+            captioned(before.color("full")[index].clamp(0, 1), "before"),
+            captioned(after.color("full")[index].clamp(0, 1), "after"),
+            captioned(grey(after.specular[index].abs().mean(0), 0.25), "specular after"),
+        ]
+        save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
+    if args.save_field is not None:
+        edited.save(args.save_field)
+    print(f"edited {selection.count} Gaussians; {len(field.view_names)} before/after panels in {args.out}")
+    return 0

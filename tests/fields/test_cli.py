@@ -1,0 +1,85 @@
+"""`snd field fit | segment | edit` end to end on a tiny generated glossy scene."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import snd_hf
+from snd_hf.cli import main as snd_main
+from snd_hf.data.synthetic import generate_scenes
+from snd_hf.fields.field import CONFIG_NAME, WEIGHTS_NAME, FeatureField
+
+MODEL = str(Path(snd_hf.__file__).parent / "assets" / "default")  # the embedded checkpoint
+FIT = ["--appearance-steps", "4", "--feature-steps", "4", "--init-stride", "2", "--init-views", "2", "--hold-out", "4",
+       "--feature-dim", "4", "--device", "cpu"]  # fmt: skip
+
+
+def _error(argv: list[str], capsys) -> str:
+    """The one-line error of a failing command, raised or printed (however `snd` reports it)."""
+    try:
+        code = snd_main(argv)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        return str(error)
+    assert code != 0
+    return capsys.readouterr().err.strip()
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory):
+    root = generate_scenes(tmp_path_factory.mktemp("cli") / "data", 1, 8, 24, 32, seed=1, progress=False, glossy=True)
+    return root / "scenes" / "synth_0000"
+
+
+@pytest.fixture(scope="module")
+def field_dir(scene_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fields") / "room.field"
+    assert snd_main(["field", "fit", str(scene_dir), "--model", MODEL, "--out", str(out), *FIT]) == 0
+    return out
+
+
+def test_fit_writes_a_field_and_labelled_pictures(field_dir):
+    field = FeatureField.load(field_dir)
+    assert len(field.view_names) == 6 and field.info["held_out_views"] == [2, 6]
+    assert field.feature_dim == 4 and field.disentangled
+    pictures = sorted((field_dir / "pictures").glob("*.png"))
+    assert pictures  # training and held-out views, each: image | render | diffuse | specular | f_ind | |f_dep|
+    with Image.open(pictures[0]) as picture:
+        assert picture.height == 3 * (24 + 12) and picture.width > 6 * 3 * 32
+
+
+def test_segment_and_edit_write_panels(field_dir, tmp_path):
+    assert snd_main(["field", "segment", str(field_dir), "--view", "1", "--click", "16,16", "--out", str(tmp_path / "seg")]) == 0
+    assert len(list((tmp_path / "seg").glob("*.png"))) == 6
+    edited = tmp_path / "edited.field"
+    argv = ["field", "edit", str(field_dir), "--select", "1:16,16", "--remove-reflections", "--recolor", "0.2,0.5,0.9",
+            "--out", str(tmp_path / "edit"), "--save-field", str(edited)]  # fmt: skip
+    assert snd_main(argv) == 0
+    assert len(list((tmp_path / "edit").glob("*.png"))) == 6
+    assert FeatureField.load(edited).num_gaussians == FeatureField.load(field_dir).num_gaussians
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(scene_dir, field_dir, tmp_path, capsys):
+    no_depth = tmp_path / "no_depth"
+    shutil.copytree(scene_dir, no_depth)
+    shutil.rmtree(no_depth / "depth")
+    out = tmp_path / "never"
+    message = _error(["field", "fit", str(no_depth), "--model", MODEL, "--out", str(out), *FIT], capsys)
+    assert "no depth maps" in message and "\n" not in message
+    assert not out.exists()
+
+    message = _error(["field", "segment", str(field_dir), "--view", "0", "--click", "99,3", "--out", str(out)], capsys)
+    assert "outside the 32x24 image" in message and not out.exists()
+
+    damaged = tmp_path / "damaged.field"
+    shutil.copytree(field_dir, damaged)
+    (damaged / WEIGHTS_NAME).write_bytes((damaged / WEIGHTS_NAME).read_bytes()[:100])
+    message = _error(["field", "segment", str(damaged), "--view", "0", "--click", "3,3", "--out", str(out)], capsys)
+    assert "truncated or modified" in message and not out.exists()
+    assert (field_dir / CONFIG_NAME).is_file()
+
+    message = _error(["field", "edit", str(field_dir), "--select", "0:3,3", "--out", str(out)], capsys)
+    assert "nothing to edit" in message

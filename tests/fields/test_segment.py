@@ -1,0 +1,104 @@
+"""Click selection, highlight masks and edits, on a field distilled from exact instance features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snd_hf.fields.evaluate import click_for_object, iou
+from snd_hf.fields.scene import Cameras
+from snd_hf.fields.segment import (
+    click_feature,
+    otsu_threshold,
+    recolor,
+    scale_specular,
+    select_by_click,
+    selection_masks,
+    set_roughness,
+)
+
+from .conftest import HELD_OUT, TRAIN
+
+# Documented bound (docs/fields.md): with exact instance features, one click selects an object whose
+# rendered mask has at least this IoU with its ground truth on held-out views (32x48 pixels).
+CLICK_IOU_BOUND = 0.7
+
+
+def _objects(scene, minimum=50):
+    return [int(i) for i in scene.instances.unique() if i >= 7 and (scene.instances[HELD_OUT] == i).sum() >= minimum]
+
+
+def _select(field, scene, instance):
+    position, pixel = click_for_object(scene, TRAIN, instance)
+    return select_by_click(field, position, pixel)
+
+
+def test_one_click_selects_the_object_in_held_out_views(instance_field, glossy_scene):
+    objects = _objects(glossy_scene)
+    assert len(objects) >= 3
+    for instance in objects:
+        masks = selection_masks(instance_field, _select(instance_field, glossy_scene, instance), glossy_scene.cameras[HELD_OUT])
+        assert iou(masks, glossy_scene.instances[HELD_OUT] == instance) >= CLICK_IOU_BOUND, instance
+
+
+def test_removing_reflections_leaves_everything_else_bit_identical(instance_field, glossy_scene):
+    instance = glossy_scene.glossy_instances[0]
+    selection = _select(instance_field, glossy_scene, instance)
+    edited = scale_specular(instance_field, selection, 0.0)
+    cameras = glossy_scene.cameras[TRAIN]
+    with torch.no_grad():
+        before = instance_field.render(cameras, features=False, extra=selection.mask.float()[:, None])
+        after = edited.render(cameras, features=False)
+    footprint = before.extra[:, 0] > 0  # pixels any selected Gaussian reaches
+    outside = ~footprint[:, None].expand_as(before.diffuse)
+    assert torch.equal(before.color("full")[outside], after.color("full")[outside])
+    assert torch.equal(before.specular[outside], after.specular[outside])
+    # On the object (its pixels at least 90 % rendered by the selection), the specular energy drops
+    # to near zero: what remains comes from the unselected Gaussians blended into those pixels.
+    core = before.extra[:, 0] >= 0.9 * before.alpha[:, 0]
+    on_object = core & (before.alpha[:, 0] >= 0.5) & (glossy_scene.instances[TRAIN] == instance)
+    energy_before = before.specular.abs().sum(1)[on_object].mean()
+    energy_after = after.specular.abs().sum(1)[on_object].mean()
+    assert energy_before > 0.01
+    assert energy_after < 0.1 * energy_before
+
+
+def test_recolor_changes_the_selection_only(instance_field, glossy_scene):
+    instance = _objects(glossy_scene)[0]
+    selection = _select(instance_field, glossy_scene, instance)
+    edited = recolor(instance_field, selection, (0.0, 0.0, 1.0))
+    assert torch.equal(edited.diffuse[~selection.mask], instance_field.diffuse[~selection.mask])
+    new = edited.diffuse[selection.mask]
+    assert torch.equal(new[:, :2], torch.zeros_like(new[:, :2]))  # pure blue, texture kept in the intensity
+    torch.testing.assert_close(new[:, 2].mean(), torch.tensor(1.0))
+
+
+def test_roughness_damps_the_view_dependence(instance_field, glossy_scene):
+    selection = _select(instance_field, glossy_scene, glossy_scene.glossy_instances[0])
+    rough = set_roughness(instance_field, selection, 1e3)  # every band l >= 1 vanishes: exp(-l (l + 1) 500)
+    centres = glossy_scene.cameras.centres[:2]
+    with torch.no_grad():
+        specular, _ = rough.view_dependent(centres)
+        original, _ = instance_field.view_dependent(centres)
+    constant = 0.28209479177387814 * instance_field.specular[:, 0]  # the l = 0 band alone
+    torch.testing.assert_close(specular[:, selection.mask], constant[selection.mask].expand(2, -1, -1))
+    assert torch.equal(specular[:, ~selection.mask], original[:, ~selection.mask])
+
+
+def test_clicks_outside_the_image_or_the_scene_are_one_line_errors(instance_field):
+    with pytest.raises(ValueError, match="click 48,3 is outside the 48x32 image of view 0"):
+        click_feature(instance_field, 0, (48, 3))
+    with pytest.raises(ValueError, match="view 99 is out of range"):
+        click_feature(instance_field, 99, (3, 3))
+    # The same camera moved 1000 m back: the scene lies beyond its far plane, nothing is covered.
+    cameras = instance_field.cameras[[0]]
+    away = cameras.extrinsics.clone()
+    away[0, :3, 3] -= 1000.0 * away[0, :3, 2]
+    empty = Cameras(away, cameras.intrinsics, cameras.near, cameras.far, cameras.image_size)
+    with pytest.raises(ValueError, match="not covered by the field .* click on the scene"):
+        click_feature(instance_field, 0, (10, 10), cameras=empty)
+
+
+def test_otsu_splits_two_groups():
+    values = torch.cat([torch.full((60,), 0.1), torch.full((40,), 0.8)])
+    assert 0.1 < otsu_threshold(values) < 0.8

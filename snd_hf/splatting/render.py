@@ -327,12 +327,16 @@ def _composite_band(
     # No early return for bands without pairs (nothing visible, zero opacity, no Gaussians): the empty
     # gathers below keep the zeros in the autograd graph, so a loss on them backpropagates zero gradients.
     centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(values.dtype) + 0.5
-    delta = centres - splats.means2d[splat]  # [M, 2]
-    conic = splats.conics[splat]  # [M, 3]
+    # Gathers of differentiable tensors go through F.embedding, not indexing: its CPU backward sums
+    # each row's pairs in a fixed order, so gradients are bit-identical at any thread count
+    # (indexing's backward, index_put with accumulate, is not).
+    splat_table = torch.cat([splats.means2d, splats.conics, splats.opacities[:, None]], dim=-1)  # [G, 6]
+    mean2d, conic, opacity = F.embedding(splat, splat_table).split([2, 3, 1], dim=-1)  # [M, 2], [M, 3], [M, 1]
+    delta = centres - mean2d  # [M, 2]
     sigma = 0.5 * (conic[:, 0] * delta[:, 0] ** 2 + conic[:, 2] * delta[:, 1] ** 2) + conic[:, 1] * delta[:, 0] * delta[:, 1]
     # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
     # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
-    alpha = torch.clamp_max(splats.opacities[splat] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
+    alpha = torch.clamp_max(opacity[:, 0] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
     kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
     alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
     log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
@@ -342,7 +346,8 @@ def _composite_band(
     offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
     running = torch.cumsum(log_pass.double(), 0)
     first_pair = torch.repeat_interleave(offsets, per_pixel)  # [M] first pair of each pair's pixel
-    log_after = (running - (running - log_pass.double())[first_pair]).to(values.dtype)
+    before_pixel = F.embedding(first_pair, (running - log_pass.double())[:, None])[:, 0]  # [M] sum before each pixel
+    log_after = (running - before_pixel).to(values.dtype)
     # A splat counts only if the pixel's transmittance stays above the threshold after it.
     counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))

@@ -264,6 +264,33 @@ def test_gradcheck_features_means_covariances_opacities():
     assert torch.autograd.gradcheck(render, (means, covariances, opacities, features), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+def test_gradients_are_bit_identical_at_any_thread_count():
+    """Fitting and training must be reproducible from a seed: the backward pass may not depend on how
+    threads split the scatter of per-pair gradients back onto the Gaussians."""
+    generator = torch.Generator().manual_seed(0)
+    count = 2000  # enough pairs for torch to split the work between threads
+    means = torch.randn(1, count, 3, generator=generator) * torch.tensor([0.3, 0.2, 0.1]) + torch.tensor([0.0, 0.0, 2.0])
+    factors = torch.randn(1, count, 3, 3, generator=generator) * 0.03
+    covariances = factors @ factors.transpose(-1, -2) + 1e-3 * torch.eye(3)
+    opacities = torch.rand(1, count, generator=generator)
+    features = torch.randn(1, count, 8, generator=generator)
+
+    def gradients(threads: int) -> list[torch.Tensor]:
+        leaves = [tensor.clone().requires_grad_() for tensor in (means, covariances, opacities, features)]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = _render(Gaussians(*leaves))
+            (out.features.square().sum() + out.alpha.sum() + out.depth.sum()).backward()
+        finally:
+            torch.set_num_threads(previous)
+        return [leaf.grad for leaf in leaves]
+
+    reference = gradients(1)
+    for threads in (2, 4):
+        assert all(torch.equal(a, b) for a, b in zip(reference, gradients(threads))), f"{threads} threads"
+
+
 def test_invalid_arguments_raise_errors_naming_them():
     gaussians = Gaussians(torch.zeros(1, 1, 3), torch.zeros(1, 1, 3, 3), torch.zeros(1, 1), torch.zeros(1, 1, 2))
     cameras = _camera()

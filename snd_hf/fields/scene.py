@@ -12,6 +12,7 @@ from the arrays of :func:`snd_hf.data.synthetic.render_synthetic_scene` (:func:`
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -169,11 +170,13 @@ def load_scene(
         raise FileNotFoundError(f"{transforms_path} not found: SCENE_DIR must be a scene folder in the ScanNet++ layout")
     try:
         data = json.loads(transforms_path.read_text())
-        frames, height, width = parse_transforms(data, str(transforms_path))
+        frames, rejected = parse_transforms(data, str(transforms_path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{transforms_path}: invalid JSON ({error})") from None
     except FrameReadError as error:
         raise ValueError(str(error)) from None
+    for error in rejected:  # the scene readers' frame checks: invalid cameras, unsupported file paths
+        warnings.warn(f"frame left out: {error}", stacklevel=2)
     frames = [frame for frame in frames if not frame.is_bad]
     if not frames:
         raise ValueError(f"{transforms_path} lists no usable frame")
@@ -192,7 +195,7 @@ def load_scene(
             for name, folder in (("specular", "specular"), ("highlights", "highlights")):
                 file = path / folder / f"{stem}.png"
                 if file.is_file():
-                    view[name] = _decode_gloss_map(file, name, size, (height, width))
+                    view[name] = _decode_gloss_map(file, name, size, (frame.height, frame.width))
         except FrameReadError as error:
             raise ValueError(str(error)) from None
         views.append(view)

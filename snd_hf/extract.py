@@ -19,7 +19,6 @@ and a lock keeps two runs from writing into it at once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from .files import atomic_write
 from .image_processing_snd import SnDImageProcessor
 from .images import MAX_PIXELS, open_image, probe_image
+from .loading import weights_hash
 from .modeling_snd import SnDModel
 from .run_folder import RunFolder
 from .visualization import pca_rgb, save_png
@@ -152,22 +152,10 @@ def load_processor(model_source: str | os.PathLike, shortest_edge: int, max_pixe
     return SnDImageProcessor(**options)
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's state dict (names, dtypes, shapes and bytes, in name order): the same for
-    the same weights however they were loaded (Hub, local folder, converted .pth)."""
-    digest = hashlib.sha256()
-    state_dict = model.state_dict()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run_identity(model: torch.nn.Module, processor: SnDImageProcessor) -> dict[str, Any]:
     """What determines the features a run writes: the weights and every pixel-changing processor setting."""
     settings = {key: value for key, value in processor.to_dict().items() if key not in NOT_IN_IDENTITY}
-    return {"weights_sha256": weights_sha256(model), "processor": settings}
+    return {"weights_sha256": weights_hash(model), "processor": settings}
 
 
 @torch.no_grad()

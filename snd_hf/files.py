@@ -10,6 +10,7 @@ stale ones (same host, process gone) from a live concurrent writer's, and never 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -220,6 +221,15 @@ def replace_path(temporary: Path, destination: Path) -> None:
     _remove(old)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 __all__ = [
     "atomic_write",
     "clean_stale_temporaries",
@@ -230,4 +240,6 @@ __all__ = [
     "old_copy",
     "replace_path",
     "restore_interrupted",
+    "sha256_file",
 ]
+

@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 
 from .configuration_snd import SnDConfig
-from .files import atomic_write, restore_interrupted
+from .files import atomic_write, restore_interrupted, sha256_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -313,14 +313,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _config_fields() -> list[str]:
     own = set(vars(SnDConfig).get("__annotations__", {}))
     return [field.name for field in dataclasses.fields(SnDConfig) if field.name in own and field.name not in _SIDECAR_SKIP]
@@ -332,7 +324,7 @@ def write_sidecar(path: str | os.PathLike, config: SnDConfig) -> Path:
     record = {
         "format": SIDECAR_FORMAT,
         "checkpoint": path.name,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "config": {name: getattr(config, name) for name in _config_fields()},
     }
     sidecar = sidecar_path(path)
@@ -356,7 +348,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
             raise ValueError("not an snd-hf sidecar")
     except (ValueError, OSError) as error:
         raise CheckpointError(f"cannot read {sidecar} ({error}): delete it, or write it again with snd convert") from None
-    if record.get("sha256") != _sha256(path):
+    if record.get("sha256") != sha256_file(path):
         raise CheckpointError(
             f"{sidecar} describes another file than {path} (SHA-256 differs: the checkpoint was replaced after its"
             " sidecar was written); delete the sidecar and pass the architecture (e.g. --num-heads) instead"
@@ -912,6 +904,20 @@ def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfi
     check_state_dict(shapes, _expected_shapes(listing), [], what, also_missing=summary)
 
 
+_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "training_info", "architectures", "dtype")
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
+    # Fields that name or annotate the checkpoint without changing its features stay out.
+    architecture = {key: value for key, value in model.config.to_dict().items() if key not in _NOT_ARCHITECTURE}
+    digest = hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "SHAPE_FIELDS",
@@ -931,5 +937,6 @@ __all__ = [
     "save_original_checkpoint",
     "sidecar_path",
     "to_original_state_dict",
+    "weights_hash",
     "write_sidecar",
 ]

@@ -164,7 +164,7 @@ def test_extract_streams_one_batch_at_a_time(tmp_path, tiny_checkpoint, monkeypa
 
 
 def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, capsys):
-    from snd_hf.extract import weights_sha256
+    from snd_hf.loading import weights_hash
 
     folder, model = tiny_checkpoint
     torch.manual_seed(1)
@@ -180,11 +180,11 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
 
     assert extract(str(first), "--model", str(folder)) == 0
     record = json.loads((out / "snd_run.json").read_text())
-    assert record["identity"]["weights_sha256"] == weights_sha256(model) and record["status"] == "complete"
+    assert record["identity"]["weights_sha256"] == weights_hash(model) and record["status"] == "complete"
     assert record["identity"]["processor"]["size"] == {"shortest_edge": 28}
     assert record["outputs"] == ["first.safetensors", "first_pca.png"] and record["info"]["model"] == str(folder)
     with safe_open(out / "first.safetensors", "pt") as handle:
-        assert handle.metadata()["weights_sha256"] == weights_sha256(model)
+        assert handle.metadata()["weights_sha256"] == weights_hash(model)
     assert extract(str(second), "--model", str(folder)) == 0  # same model: the folder grows
     assert json.loads((out / "snd_run.json").read_text())["outputs"][:2] == ["first.safetensors", "first_pca.png"]
 
@@ -201,7 +201,7 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
         "first.safetensors", "first_pca.png", "notes.txt", "snd_run.json"
     ]  # second.* went with the first model
     with safe_open(out / "first.safetensors", "pt") as handle:
-        assert handle.metadata()["weights_sha256"] == weights_sha256(other)
+        assert handle.metadata()["weights_sha256"] == weights_hash(other)
 
 
 def test_extract_names_a_decompression_bomb_before_loading_the_model(tmp_path):

@@ -10,7 +10,6 @@ DINOv2, are concatenated in front of the compared model's along channels.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from snd_hf.image_processing_snd import SnDImageProcessor
+from snd_hf.loading import weights_hash
 from snd_hf.modeling_snd import SnDModel
 
-__all__ = ["DenseFeatures", "FeatureModel", "extract_features", "load_feature_model", "parse_model_spec", "weights_hash"]
+__all__ = ["DenseFeatures", "FeatureModel", "extract_features", "load_feature_model", "parse_model_spec"]
 
 
 @dataclass
@@ -83,20 +83,6 @@ def _load_model(source: str) -> SnDModel:
     if path.suffix in (".pth", ".pt", ".safetensors") and path.is_file():
         return SnDModel.from_original_checkpoint(path)
     return SnDModel.from_pretrained(source).eval()
-
-
-_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "training_info", "architectures", "dtype")
-
-
-def weights_hash(model: SnDModel) -> str:
-    """SHA-256 of the architecture (config) and every weight: equal hashes mean equal features."""
-    # Fields that name or annotate the checkpoint without changing its features stay out.
-    architecture = {key: value for key, value in model.config.to_dict().items() if key not in _NOT_ARCHITECTURE}
-    digest = hashlib.sha256(json.dumps(architecture, sort_keys=True, default=str).encode())
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureModel:

@@ -11,7 +11,7 @@ that features of another model are refused instead of silently compared.
 - :class:`ModelFeatures`: an ``SnDModel`` (a checkpoint folder, Hub id, original ``.pth`` or an
   in-memory model): last-layer patch features after the final norm of the images resized so that
   their short side is ``short_side`` pixels (each side a multiple of the patch size);
-  fingerprint = SHA-256 of the architecture and weights (:func:`snd_hf.eval.features.weights_hash`).
+  fingerprint = SHA-256 of the architecture and weights (:func:`snd_hf.loading.weights_hash`).
 - :class:`TensorFeatures`: one precomputed map per scene view (tests, exact synthetic features).
 - :class:`CallableFeatures`: any function of ``(images, views)``; fingerprint = its name.
 
@@ -28,12 +28,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from snd_hf.eval.features import (
-    FeatureModel,
-    extract_features,
-    load_feature_model,
-    weights_hash,
-)
+from snd_hf.eval.features import FeatureModel, extract_features, load_feature_model
+from snd_hf.loading import weights_hash
 from snd_hf.modeling_snd import SnDModel
 
 from .field import FeatureSpace

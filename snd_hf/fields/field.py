@@ -38,7 +38,6 @@ into place complete.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import tempfile
@@ -52,7 +51,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from snd_hf.files import replace_path
+from snd_hf.files import replace_path, sha256_file
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.mvsplat.gaussian_adapter import quaternion_xyzw_to_matrix
 from snd_hf.splatting.render import Backend, render_features
@@ -501,7 +500,7 @@ class FeatureField(nn.Module):
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             save_file(self.state_tensors(), staging / WEIGHTS_NAME)
-            config = {**self.config(), "weights_sha256": _sha256(staging / WEIGHTS_NAME)}
+            config = {**self.config(), "weights_sha256": sha256_file(staging / WEIGHTS_NAME)}
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1))
             if extra is not None:
                 extra(staging)
@@ -533,7 +532,7 @@ class FeatureField(nn.Module):
         if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
             version = config.get("format_version") if isinstance(config, dict) else None
             raise ValueError(f"{config_path}: format_version must be {FORMAT_VERSION}, got {version!r}")
-        if _sha256(weights_path) != config.get("weights_sha256"):
+        if sha256_file(weights_path) != config.get("weights_sha256"):
             raise ValueError(
                 f"{weights_path} does not match the checksum in {config_path.name} (truncated or modified); refit the field"
             )
@@ -585,14 +584,6 @@ def _field_from_files(config: dict, tensors: dict[str, torch.Tensor]) -> Feature
             f"tensors hold {field.num_gaussians} with {field.feature_dim}"
         )
     return field
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _matrix_to_quaternion_xyzw(rotations: torch.Tensor) -> torch.Tensor:

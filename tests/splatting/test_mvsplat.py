@@ -194,11 +194,11 @@ def test_context_validation(lifter, reference):
         lifter(list(context.values()))
 
 
-@pytest.mark.parametrize("size", [(58, 90), (70, 101), (224 // 4, 308 // 4)])
-def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference, size):
-    """Sizes off the encoder's multiples of 16: Gaussians on the input's own pixel grid and rays."""
+def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference):
+    """A size off the encoder's multiples of 16 (58 rounds up to 64, 101 down to 96): Gaussians on
+    the input's own pixel grid and rays."""
     context = _context(reference, "case1")
-    height, width = size
+    size = height, width = (58, 101)
     images = F.interpolate(context["image"].flatten(0, 1), size=size, mode="bilinear", antialias=True)
     images = images.unflatten(0, context["image"].shape[:2])
     with torch.no_grad():
@@ -222,7 +222,7 @@ def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference, si
     # Depths come from the encoder run at the nearest multiples of 16, each pixel taking the value
     # under its centre: the same as running at that size and resampling (nearest) by hand.
     encoder_size = lifter.config.encoder_size(height, width)
-    assert all(side % 16 == 0 and abs(side - input_side) <= 8 for side, input_side in zip(encoder_size, size))
+    assert encoder_size == (64, 96)
     resized = F.interpolate(images.flatten(0, 1), size=encoder_size, mode="bilinear", antialias=True)
     with torch.no_grad():
         direct = lifter.predict({**context, "image": resized.unflatten(0, (batch, views))})

@@ -2,14 +2,33 @@
 
 Each subcommand lives in the module that owns the feature, which exposes
 ``add_arguments(parser)`` and ``run(args) -> int | None``. A module is imported only when
-its command runs, so `snd --help` stays fast and light.
+its command runs, so `snd --help` stays fast and light. Every ``--help`` shows the defaults.
+
+Errors: the `snd` executable runs :func:`main` through :func:`run_with_errors`, so an expected
+failure (a missing file, a bad value, an unreachable Hub, a file that is not a checkpoint, a
+missing optional dependency) prints one line ``error: ...`` on stderr and exits with status 2;
+Ctrl-C prints ``interrupted`` and exits with 130, as shells expect. ``--debug`` anywhere on the
+command line shows the full traceback instead. Any other exception is a bug and keeps its
+traceback. :func:`main` itself raises, for callers in Python.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
+import re
 import sys
+from collections.abc import Callable
+
+# The HTTP library of the Hub client, whichever it is (huggingface_hub re-exports it).
+from huggingface_hub.utils import httpx
+
+DISTRIBUTION = "snd-hf"
+DEBUG_FLAG = "--debug"
+EXIT_USER_ERROR = 2  # argparse's status for a bad command line
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 # Register a command with one line: name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,23 +40,138 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "field": ("snd_hf.fields.cli", "disentangled 3D feature fields: fit a scene, click-segment in 3D, edit reflections"),
 }
 
+# Failures of the user's input or environment, not of snd-hf: shown as one line. OSError covers
+# missing files, permissions and huggingface_hub's errors (offline, not found, HTTP status: all
+# OSError); ValueError covers argument checks and CheckpointError; httpx.HTTPError covers a Hub
+# that cannot be reached (connection refused, timeout).
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, httpx.HTTPError)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after every option that has a default and does not state it itself.
+
+    Unlike argparse's own formatter it leaves out ``None`` (no default), the ``False`` of on/off
+    flags and required arguments, and never repeats a default the help text already names.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text.lower()
+            or default in (None, argparse.SUPPRESS)
+            or action.required
+            or action.nargs == 0  # store_true / store_false / help / version
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)".strip()
+
+
+def version() -> str:
+    """The installed snd-hf version (package metadata, from pyproject.toml)."""
+    return importlib.metadata.version(DISTRIBUTION)
+
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snd", description="Splat and Distill: 3D-aware DINOv2 features.")
+    parser = argparse.ArgumentParser(
+        prog="snd", description="Splat and Distill: 3D-aware DINOv2 features.", formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error (also after the command)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         subparser.set_defaults(_module=module_name)
-        if argv[:1] == [name]:  # only the chosen command's module is imported
+        if _command_of(argv) == name:  # only the chosen command's module is imported
             importlib.import_module(module_name).add_arguments(subparser)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not a top-level option)."""
+    words = [word for word in argv if word != DEBUG_FLAG]
+    return words[0] if words else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; errors propagate (the executable is :func:`console_main`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     return importlib.import_module(args._module).run(args) or 0
 
 
+def console_main(argv: list[str] | None = None) -> int:
+    """The `snd` executable: :func:`main` with one-line errors (see the module docstring)."""
+    return run_with_errors(main, argv, prog="snd")
+
+
+def run_with_errors(
+    entry: Callable[[list[str]], int | None],
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    errors: tuple[type[BaseException], ...] = USER_ERRORS,
+) -> int:
+    """Run ``entry(argv)`` with expected errors shown as one line on stderr.
+
+    ``--debug`` is taken out of ``argv`` wherever it stands and lets every exception through with
+    its traceback. Without it, an error of a kind in ``USER_ERRORS`` (or a missing optional
+    dependency of snd-hf) prints ``{prog}: error: {message}`` as one line and returns 2, and Ctrl-C
+    prints ``{prog}: interrupted`` and returns 130. Anything else is a bug: it propagates, traceback
+    and all. Use it as the ``__main__`` of a script::
+
+        sys.exit(run_with_errors(main, prog="train.py"))
+
+    Args:
+        entry: the real main, taking the argument list (without the program name).
+        argv: the arguments; ``sys.argv[1:]`` when None.
+        prog: name printed before the message; the script's file name when None.
+        errors: the exception types that are the user's to fix (``USER_ERRORS`` by default).
+
+    Returns:
+        ``entry``'s status (None counts as 0), or 2 / 130 as above.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or os.path.basename(sys.argv[0])
+    debug = DEBUG_FLAG in argv
+    argv = [word for word in argv if word != DEBUG_FLAG]
+    if debug:
+        return entry(argv) or 0
+    try:
+        return entry(argv) or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModuleNotFoundError as error:
+        extra = _extra_providing(error.name or "")
+        if extra is None:
+            raise  # an import the package does not declare: a bug
+        print(f"{prog}: error: {error}: install it with pip install '{DISTRIBUTION}[{extra}]'", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except errors as error:
+        print(f"{prog}: error: {one_line(error)} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (whitespace runs collapsed), or its type when it has none."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _extra_providing(module: str) -> str | None:
+    """The optional-dependency group (``[eval]``...) of snd-hf whose requirement provides ``module``."""
+    top = _normalize(module.partition(".")[0])
+    for requirement in importlib.metadata.requires(DISTRIBUTION) or ():
+        name, _, marker = requirement.partition(";")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if extra and _normalize(re.split(r"[\s\[<>=!~;]", name.strip(), maxsplit=1)[0]) == top:
+            return extra.group(1)
+    return None
+
+
+def _normalize(name: str) -> str:
+    """PEP 503 name normalisation (``PyYAML`` and ``pyyaml``, ``a_b`` and ``a-b`` are one name)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -9,15 +9,25 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The reference fixtures live in ../shared/fixtures beside the checkout (SND_FIXTURES overrides).
+# The reference fixtures (outputs of the original DINOv2, MVSplat and SnD code on random weights,
+# see their README.md) live outside the repository, in ../shared/fixtures beside the checkout;
+# SND_FIXTURES points elsewhere. Without them the parity tests skip, saying so.
 FIXTURES = Path(os.environ.get("SND_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+
+def require_fixtures(folder: Path = FIXTURES) -> Path:
+    """``folder`` if it exists; otherwise skips the calling test, naming where the fixtures belong."""
+    if not folder.is_dir():
+        pytest.skip(
+            f"reference fixtures not found at {folder}: put them in ../shared/fixtures beside the checkout"
+            " or set SND_FIXTURES=/path/to/fixtures (README.md, 'Tests')"
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"reference fixtures not found at {FIXTURES}; set SND_FIXTURES")
-    return FIXTURES
+    return require_fixtures()
 
 
 @pytest.fixture(autouse=True)

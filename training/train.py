@@ -52,6 +52,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from snd_hf.cli import USER_ERRORS, run_with_errors
 from snd_hf.data.scenes import collate_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
 from snd_hf.training.builders import (
@@ -70,7 +71,7 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_path,
 )
 from snd_hf.training.export import save_native, save_original
-from snd_hf.training.guards import NonFiniteGuard, check_finite_weights
+from snd_hf.training.guards import NonFiniteError, NonFiniteGuard, check_finite_weights
 from snd_hf.training.outputs import (
     LOSS_LOG,
     LossLog,
@@ -333,4 +334,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Expected errors (bad settings or paths, the Hub, a non-finite step) are one line; --debug for tracebacks.
+    sys.exit(run_with_errors(main, prog="train.py", errors=(*USER_ERRORS, NonFiniteError)))

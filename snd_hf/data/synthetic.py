@@ -650,7 +650,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=8, help="number of rooms")
     parser.add_argument("--frames", type=int, default=24, help="frames per room")
     parser.add_argument("--size", type=_parse_size, default=(96, 128), help="image size HxW")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the rooms and camera paths")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     parser.add_argument("--glossy", action="store_true", help="specular highlights on some objects, with their ground truth")
     parser.add_argument("--out", type=Path, required=True, help="output folder (gets scenes/<id>/...)")

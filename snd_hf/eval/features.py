@@ -1,8 +1,10 @@
 """Frozen features of the compared models, extracted once per model and image.
 
 A model is named on the command line as ``PATH`` or ``NAME=PATH``: an snd-hf checkpoint
-directory or Hub id (``SnDModel.from_pretrained``), or an original-layout DINOv2 / SnD state
-dict ``.pth`` / ``.safetensors`` file (``SnDModel.from_original_checkpoint``). With
+directory or Hub id (``SnDModel.from_pretrained``), an original-layout DINOv2 / SnD state
+dict ``.pth`` / ``.safetensors`` file (``SnDModel.from_original_checkpoint``), or ``init:RUN_DIR``,
+the weights the training run in ``RUN_DIR`` started from (rebuilt from its ``config.yaml``: the
+baseline a run is compared against). With
 ``concat_with`` (FiT3D's probing mode) the features of a second model, usually the original
 DINOv2, are concatenated in front of the compared model's along channels.
 """
@@ -67,18 +69,28 @@ class FeatureModel:
     concat_with: FeatureModel | None = None
 
 
+INIT_PREFIX = "init:"
+
+
 def parse_model_spec(spec: str) -> tuple[str, str]:
-    """``"NAME=PATH"`` → (NAME, PATH); a bare ``PATH`` is named after its file or folder stem."""
+    """``"NAME=PATH"`` → (NAME, PATH); a bare ``PATH`` is named after its file or folder stem
+    (``init:RUN_DIR`` after the run's folder, plus ``-init``)."""
     name, separator, path = spec.partition("=")
     if not separator:
         path = spec
-        name = Path(spec.rstrip("/")).stem or spec
+        run_dir = spec.removeprefix(INIT_PREFIX)
+        name = (Path(run_dir.rstrip("/")).stem or run_dir) + ("-init" if spec.startswith(INIT_PREFIX) else "")
     if not name or not path:
         raise ValueError(f"model spec must be PATH or NAME=PATH, got {spec!r}")
     return name, path
 
 
 def _load_model(source: str) -> SnDModel:
+    if source.startswith(INIT_PREFIX):
+        # Imported here: only this spec needs the trainer's own recipe for its start.
+        from snd_hf.training.builders import initial_run_backbone
+
+        return initial_run_backbone(source.removeprefix(INIT_PREFIX))
     path = Path(source)
     if path.suffix in (".pth", ".pt", ".safetensors") and path.is_file():
         return SnDModel.from_original_checkpoint(path)
@@ -89,7 +101,7 @@ def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureMode
     """Load a model to compare (see the module docstring for ``spec``).
 
     Args:
-        spec: ``PATH`` or ``NAME=PATH``.
+        spec: ``PATH``, ``init:RUN_DIR`` or ``NAME=`` either.
         concat_with: ``PATH`` of a model whose features are concatenated in front (FiT3D mode).
 
     Returns:

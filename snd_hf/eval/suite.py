@@ -3,6 +3,7 @@
 Run it as::
 
     snd eval all --model dinov2=dinov2_vits14.pth --model snd=./snd-vits14 --data synthetic --out eval_out
+    snd eval all --model init=init:outputs/run --model snd=outputs/run --data synthetic   # a run vs its start
     snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
     snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 \\
         --concat-with dinov2_vits14.pth          # FiT3D mode: original ⊕ fine-tuned features
@@ -395,7 +396,12 @@ def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=(*TASKS, "all"), help="probe to run, or all")
-    parser.add_argument("--model", action="append", required=True, help="PATH or NAME=PATH (repeat to compare)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="PATH or NAME=PATH (repeat to compare); PATH init:RUN_DIR is the start of the training run in RUN_DIR",
+    )
     parser.add_argument("--data", required=True, help="synthetic, or KIND=ROOT (nyuv2, scannetpp, kitti, ade20k, voc, scannet1500)")
     parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")

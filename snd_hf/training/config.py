@@ -233,6 +233,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+class ConfigTypeError(TypeError, ValueError):
+    """A config value of the wrong type: a TypeError, and a ValueError like every other bad setting
+    (so command lines report it as one line)."""
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Check ``value`` against the annotation ``kind``; ints widen to floats. Raises TypeError."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -249,7 +254,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise TypeError(f"{name} must be a list, got {value!r}.")
+            raise ConfigTypeError(f"{name} must be a list, got {value!r}.")
         return [_coerce(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -261,5 +266,5 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__}).")
+        raise ConfigTypeError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__}).")
     return value

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from snd_hf.splatting import MVSplatLifter
@@ -183,8 +184,6 @@ def test_non_tensor_checkpoint_gets_a_clear_error(tmp_path):
 
 def test_context_validation(lifter, reference):
     context = _context(reference, "case0")
-    with pytest.raises(ValueError, match="multiples of 16"):
-        lifter({**context, "image": context["image"][..., :40]})
     with pytest.raises(ValueError, match="at least 2 context views"):
         lifter({**context, "image": context["image"][:, :1]})
     with pytest.raises(ValueError, match=r"context\['near'\]"):
@@ -193,3 +192,47 @@ def test_context_validation(lifter, reference):
         lifter({"image": context["image"]})
     with pytest.raises(TypeError):
         lifter(list(context.values()))
+
+
+def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference):
+    """A size off the encoder's multiples of 16 (58 rounds up to 64, 101 down to 96): Gaussians on
+    the input's own pixel grid and rays."""
+    context = _context(reference, "case1")
+    size = height, width = (58, 101)
+    images = F.interpolate(context["image"].flatten(0, 1), size=size, mode="bilinear", antialias=True)
+    images = images.unflatten(0, context["image"].shape[:2])
+    with torch.no_grad():
+        output = lifter.predict({**context, "image": images})
+    batch, views = images.shape[:2]
+    assert output.gaussians.num_gaussians == views * height * width
+    assert output.depths.shape == (batch, views, height, width)
+
+    # Ordered b (v h w): Gaussian (v, i, j) projects into pixel (i, j) of view v (its sub-pixel offset
+    # stays inside the pixel), at its predicted distance along the ray.
+    means = output.gaussians.means.reshape(batch, views, height, width, 3)
+    world_to_camera = torch.linalg.inv(context["extrinsics"])[:, :, None, None]
+    camera = (world_to_camera[..., :3, :3] @ means[..., None]).squeeze(-1) + world_to_camera[..., :3, 3]
+    projected = (context["intrinsics"][:, :, None, None] @ (camera / camera[..., 2:])[..., None]).squeeze(-1)
+    pixels = projected[..., :2] * torch.tensor([width, height])
+    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    centres = torch.stack([columns, rows], dim=-1) + 0.5
+    assert (pixels - centres).abs().max() <= 0.5 + 1e-3
+    torch.testing.assert_close(camera.norm(dim=-1), output.depths, rtol=1e-4, atol=1e-4)
+
+    # Depths come from the encoder run at the nearest multiples of 16, each pixel taking the value
+    # under its centre: the same as running at that size and resampling (nearest) by hand.
+    encoder_size = lifter.config.encoder_size(height, width)
+    assert encoder_size == (64, 96)
+    resized = F.interpolate(images.flatten(0, 1), size=encoder_size, mode="bilinear", antialias=True)
+    with torch.no_grad():
+        direct = lifter.predict({**context, "image": resized.unflatten(0, (batch, views))})
+    expected = F.interpolate(direct.depths, size=size, mode="nearest-exact")
+    torch.testing.assert_close(output.depths, expected, rtol=0, atol=0)
+
+
+def test_encoder_size_rounds_to_the_nearest_multiple():
+    config = MVSplatConfig()
+    assert config.size_multiple == 16
+    assert config.encoder_size(576, 880) == (576, 880)  # SnD's size: untouched
+    assert config.encoder_size(224, 308) == (224, 304)
+    assert config.encoder_size(10, 25) == (16, 32)

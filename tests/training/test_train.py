@@ -290,7 +290,7 @@ def test_used_output_dir_resume_overwrite_and_a_kill_during_the_final_export(sce
     shutil.copytree(out / "checkpoints" / "step_4", planted)
     marker = tmp_path / "payload-ran"
     (planted / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
-    refused = _train([*common, "--max_steps", "6", "--resume_from_checkpoint", str(planted)], expect_rc=1)
+    refused = _train([*common, "--max_steps", "6", "--resume_from_checkpoint", str(planted)], expect_rc=2)
     assert "holds files this trainer never writes (custom_checkpoint_0.pkl)" in refused.stderr
     assert not marker.exists()
 
@@ -323,10 +323,10 @@ def test_nan_pixel_stops_the_run_and_leaves_every_saved_file_untouched(scenes, t
     # Step 3 (the first after resuming) gets one NaN pixel: the run stops there, naming the sample.
     poisoned = _train(
         [*common, "--max_steps", "6", "--resume_from_checkpoint", "latest"],
-        launcher=[sys.executable, str(script)], expect_rc=1, POISON_CALL="1",
+        launcher=[sys.executable, str(script)], expect_rc=2, POISON_CALL="1",
     )  # fmt: skip
     sample = poisoned.stderr.split("POISONED ", 1)[1].splitlines()[0]
-    assert "NonFiniteError: non-finite loss at step 3; its samples:" in poisoned.stderr
+    assert "train.py: error: non-finite loss at step 3; its samples:" in poisoned.stderr
     assert f"{sample}; non-finite input: target image)" in poisoned.stderr
     after = _digests(out)
     assert {name: after[name] for name in good} == good  # the earlier checkpoint and export, byte for byte
@@ -352,7 +352,7 @@ def test_huge_learning_rate_stops_at_the_first_non_finite_step(scenes, tmp_path)
     out = tmp_path / "run"
     result = _train(
         ["--dataset_path", str(scenes), "--output_dir", str(out), *QUICK, "--save_steps", "1", "--learning_rate", "1e30"],
-        expect_rc=1,
+        expect_rc=2,
     )  # fmt: skip
     records = _records(out)
     bad = next(r["step"] for r in records if r["loss"] is None)

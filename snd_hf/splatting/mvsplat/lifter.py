@@ -12,6 +12,14 @@ architecture): UniMatch CNN at 1/4 resolution, 6-block cross-view Swin transform
 plane-sweep candidates uniform in inverse depth, cost-volume and depth-refinement U-Nets with
 cross-view attention, and the Gaussian adapter, one Gaussian per pixel.
 
+Any image size works: the encoder itself needs heights and widths in multiples of
+``config.size_multiple`` (16), so other sizes run through it resized (bilinear, antialiased) to the
+nearest such size, and its per-pixel outputs (depth, density, raw Gaussian parameters) are
+resampled back (nearest, pixel centres aligned). The Gaussians are then built on the input's own
+pixel grid: still one per input pixel, on that pixel's ray, sized by its footprint. Normalised
+intrinsics hold for every resolution of a view, so the cameras need no change. At multiples of 16
+(SnD's 576x880) nothing is resized and the encoder runs exactly as the original.
+
 Near and far come from the context dict. Note: SnD's ScanNet++ setting uses near 1, far 100 (the
 trainer's default, not the lifter's), which clips metric indoor depths below 1 m.
 
@@ -29,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ...loading import CheckpointError, read_checkpoint_file
 from ..gaussians import Gaussians
 from ..lifters import Lifter
 from .backbone import MultiViewBackbone
-from .depth_predictor import CostVolumeDepthPredictor
+from .depth_predictor import CostVolumeDepthPredictor, DepthPrediction
 from .gaussian_adapter import pixel_gaussians
 
 CHECKPOINT_PREFIX = "encoder."
@@ -67,9 +76,15 @@ class MVSplatConfig:
 
     @property
     def size_multiple(self) -> int:
-        """Input heights and widths must be multiples of this."""
+        """The encoder runs on heights and widths that are multiples of this (other sizes are resized)."""
         feature_multiple = max(2 ** (len(self.costvolume_unet_channel_mult) - 1), self.attention_splits)
         return max(self.downscale_factor * feature_multiple, 2 ** (len(self.depth_unet_channel_mult) - 1))
+
+    def encoder_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the encoder runs at for an ``height x width`` input: each side rounded to the
+        nearest multiple of :attr:`size_multiple` (at least one multiple)."""
+        multiple = self.size_multiple
+        return tuple(max(multiple, round(side / multiple) * multiple) for side in (height, width))
 
 
 @dataclass
@@ -171,16 +186,25 @@ class MVSplatLifter(Lifter):
         Args:
             context: ``image`` [B, V, 3, H, W] in [0, 1] (the encoder normalises it itself),
                 ``extrinsics`` [B, V, 4, 4] camera-to-world OpenCV, ``intrinsics`` [B, V, 3, 3]
-                normalised, ``near`` and ``far`` [B, V]. H and W must be multiples of
-                ``config.size_multiple`` (16 by default); V >= 2.
+                normalised, ``near`` and ``far`` [B, V]. Any H and W (see the module docstring for
+                sizes that are not multiples of ``config.size_multiple``); V >= 2.
 
         Returns:
-            Gaussians plus depths and camera-frame scales/rotations (see :class:`MVSplatOutput`).
+            Gaussians plus depths and camera-frame scales/rotations (see :class:`MVSplatOutput`),
+            one per input pixel.
         """
         images, extrinsics, intrinsics, near, far = self._check_context(context)
         batch, views, _, height, width = images.shape
-        features, cnn_features = self.backbone(images)
-        prediction = self.depth_predictor(features, cnn_features, images, intrinsics, extrinsics, near, far)
+        encoder_size = self.config.encoder_size(height, width)
+        encoder_images = images
+        if encoder_size != (height, width):
+            encoder_images = F.interpolate(
+                images.flatten(0, 1), size=encoder_size, mode="bilinear", align_corners=False, antialias=True
+            ).unflatten(0, (batch, views))
+        features, cnn_features = self.backbone(encoder_images)
+        prediction = self.depth_predictor(features, cnn_features, encoder_images, intrinsics, extrinsics, near, far)
+        if encoder_size != (height, width):
+            prediction = _resample_prediction(prediction, (height, width))
         pixels = pixel_gaussians(
             prediction.depths,
             prediction.gaussian_params,
@@ -216,17 +240,29 @@ class MVSplatLifter(Lifter):
         batch, views, _, height, width = images.shape
         if views < 2:
             raise ValueError(f"MVSplat needs at least 2 context views, got {views}.")
-        multiple = self.config.size_multiple
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"`context['image']` height and width must be multiples of {multiple}, got {height}x{width}."
-            )
         expected = {"extrinsics": (batch, views, 4, 4), "intrinsics": (batch, views, 3, 3), "near": (batch, views),
                     "far": (batch, views)}  # fmt: skip
         for key, shape in expected.items():
             if tuple(context[key].shape) != shape:
                 raise ValueError(f"`context['{key}']` must have shape {list(shape)}, got {list(context[key].shape)}.")
         return images, context["extrinsics"], context["intrinsics"], context["near"], context["far"]
+
+
+def _resample_prediction(prediction: DepthPrediction, size: tuple[int, int]) -> DepthPrediction:
+    """Per-pixel predictions at another image size: each pixel takes the value of the encoder pixel
+    under its centre (nearest, pixel centres aligned), so depths are never blended across edges."""
+
+    def resample(values: torch.Tensor) -> torch.Tensor:  # [B, V, h, w, ...] -> [B, V, *size, ...]
+        batch, views, height, width = values.shape[:4]
+        channels = values.reshape(batch * views, height, width, -1).permute(0, 3, 1, 2)
+        resampled = F.interpolate(channels, size=size, mode="nearest-exact").permute(0, 2, 3, 1)
+        return resampled.reshape(batch, views, *size, *values.shape[4:])
+
+    return DepthPrediction(
+        depths=resample(prediction.depths),
+        densities=resample(prediction.densities),
+        gaussian_params=resample(prediction.gaussian_params),
+    )
 
 
 def load_checkpoint_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -1,0 +1,126 @@
+"""The `snd` executable: --version, defaults in every --help, and one-line errors (--debug: tracebacks)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.utils import httpx
+
+import snd_hf
+from snd_hf.cli import COMMANDS, build_parser, console_main, run_with_errors
+from snd_hf.loading import CheckpointError
+
+SND = shutil.which("snd", path=os.path.dirname(sys.executable)) or "snd"
+
+
+def test_version_comes_from_the_package_metadata():
+    result = subprocess.run([SND, "--version"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"snd {importlib.metadata.version('snd-hf')}\n"
+    assert importlib.metadata.version("snd-hf") == snd_hf.__version__  # one source: snd_hf.__version__
+
+
+def test_an_expected_error_is_one_line_on_stderr_with_status_2(tmp_path):
+    # The real executable, so that library warnings or logging on stderr would be caught too.
+    result = subprocess.run(
+        [SND, "eval", "depth", "--model", "m", "--data", "nonsense", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "snd: error: --data must be 'synthetic' or KIND=ROOT, got 'nonsense' (add --debug for the traceback)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_anywhere_shows_the_traceback():
+    for argv in (["--debug", "eval", "depth", "--model", "m", "--data", "x"], ["eval", "depth", "--model", "m", "--data", "x", "--debug"]):
+        with pytest.raises(ValueError, match="--data must be 'synthetic' or KIND=ROOT"):
+            console_main(argv)
+
+
+def _raiser(error: BaseException):
+    def entry(argv: list[str]) -> int:
+        raise error
+
+    return entry
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (FileNotFoundError("image not found: a.png"), "image not found: a.png"),
+        (PermissionError(13, "Permission denied", "/root/x"), "[Errno 13] Permission denied: '/root/x'"),
+        (CheckpointError("x.pth is not a PyTorch or safetensors checkpoint"), "x.pth is not a PyTorch or safetensors checkpoint"),
+        (ValueError("--steps must be >= 1, got 0\n  (a second line)"), "--steps must be >= 1, got 0 (a second line)"),
+        (httpx.ConnectError("[Errno 111] Connection refused"), "[Errno 111] Connection refused"),
+        (
+            RepositoryNotFoundError("404 Client Error.\n\nRepository Not Found", response=httpx.Response(404, request=httpx.Request("GET", "http://hub/x"))),
+            "404 Client Error. Repository Not Found",
+        ),
+        (OSError(), "OSError"),
+    ],
+)
+def test_user_errors_become_one_line(error, message, capsys):
+    assert run_with_errors(_raiser(error), [], prog="snd") == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"snd: error: {message} (add --debug for the traceback)\n"
+
+
+def test_interrupt_is_one_line_with_status_130(capsys):
+    assert run_with_errors(_raiser(KeyboardInterrupt()), [], prog="train.py") == 130
+    assert capsys.readouterr().err == "train.py: interrupted\n"
+
+
+def test_a_missing_optional_dependency_names_its_extra(capsys):
+    # scipy is declared in the "eval" extra (pyproject.toml): the message says how to install it.
+    assert run_with_errors(_raiser(ModuleNotFoundError("No module named 'scipy'", name="scipy")), [], "snd") == 2
+    assert capsys.readouterr().err == "snd: error: No module named 'scipy': install it with pip install 'snd-hf[eval]'\n"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("shape mismatch"), KeyError(101), TypeError("bad"), ModuleNotFoundError("No module named 'nowhere'", name="nowhere")],
+)
+def test_bugs_keep_their_traceback(error, capsys):
+    with pytest.raises(type(error)):
+        run_with_errors(_raiser(error), [], prog="snd")
+    assert capsys.readouterr().err == ""
+
+
+def test_debug_is_taken_out_and_success_passes_through():
+    seen = []
+
+    def entry(argv):
+        seen.append(argv)
+        return None
+
+    assert run_with_errors(entry, ["--max_steps", "2", "--debug"], prog="train.py") == 0
+    assert seen == [["--max_steps", "2"]]
+    with pytest.raises(FileNotFoundError):
+        run_with_errors(_raiser(FileNotFoundError("x")), ["--debug"], prog="train.py")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_shows_its_default(command):
+    parser = build_parser([command])
+    subparser = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[command]
+    formatter = subparser._get_formatter()
+    options_with_defaults = [
+        action
+        for action in subparser._actions
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and not action.required
+    ]
+    for action in options_with_defaults:
+        assert action.help, f"snd {command} {action.option_strings[-1]} has no help text"
+        shown = formatter._expand_help(action)  # the text --help prints for this option
+        assert "default" in shown and str(action.default) in shown, f"snd {command} --help hides a default: {shown!r}"
+    assert options_with_defaults or command == "convert"

@@ -109,18 +109,24 @@ def test_debug_is_taken_out_and_success_passes_through():
         run_with_errors(_raiser(FileNotFoundError("x")), ["--debug"], prog="train.py")
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_option_shows_its_default(command):
-    parser = build_parser([command])
-    subparser = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[command]
-    formatter = subparser._get_formatter()
-    options_with_defaults = [
-        action
-        for action in subparser._actions
-        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.nargs != 0 and not action.required
-    ]
-    for action in options_with_defaults:
-        assert action.help, f"snd {command} {action.option_strings[-1]} has no help text"
-        shown = formatter._expand_help(action)  # the text --help prints for this option
-        assert "default" in shown and str(action.default) in shown, f"snd {command} --help hides a default: {shown!r}"
+    # Commands with subcommands (snd field fit|segment|edit) are checked one level down.
+    parser = _subparsers(build_parser([command]))[command]
+    parsers = {f"{command} {sub}": child for sub, child in _subparsers(parser).items()} or {command: parser}
+    options_with_defaults = []
+    for name, subparser in parsers.items():
+        formatter = subparser._get_formatter()
+        for action in subparser._actions:
+            if not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or action.required:
+                continue
+            assert action.help, f"snd {name} {action.option_strings[-1]} has no help text"
+            shown = formatter._expand_help(action)  # the text --help prints for this option
+            assert "default" in shown and str(action.default) in shown, f"snd {name} --help hides a default: {shown!r}"
+            options_with_defaults.append(action)
     assert options_with_defaults or command == "convert"

@@ -210,6 +210,13 @@ class SnDModelTest(common.ModelTesterMixin, unittest.TestCase):
     def test_inputs_embeds_matches_input_ids(self) -> None:
         pass
 
+    @unittest.skip(
+        reason="SnD loads strictly: a native folder whose weights miss keys is refused with a CheckpointError naming "
+        "them (docs/reliability.md), where this test expects transformers' lenient load with a missing-keys report"
+    )
+    def test_model_weights_reload_no_missing_tied_weights(self) -> None:
+        pass
+
 
 class SnDBackboneTest(backbone_common.BackboneTesterMixin, unittest.TestCase):
     """BackboneTesterMixin on SnDBackbone."""

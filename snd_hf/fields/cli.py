@@ -86,25 +86,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fit",
         help="fit a field to a scene folder (ScanNet++ layout)",
         description="Fit a disentangled feature field to a scene folder; writes the field and pictures/ of its views.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=parser.formatter_class,  # snd's: every default shown
     )
     fit.add_argument("scene", type=Path, help="scene folder holding transforms_train.json, images/ and depth/")
     fit.add_argument("--model", required=True, help="2D teacher: SnD checkpoint folder, Hub id or original .pth")
     fit.add_argument("--out", type=Path, required=True, help="field folder to write")
     fit.add_argument("--size", type=_size, help="resize the views to HxW (default: native)")
     fit.add_argument("--hold-out", type=int, default=0, help="keep every N-th view out of the fit (0: fit all)")
-    fit.add_argument("--appearance-steps", type=int, default=defaults.appearance_steps)
-    fit.add_argument("--feature-steps", type=int, default=defaults.feature_steps)
+    fit.add_argument("--appearance-steps", type=int, default=defaults.appearance_steps, help="stage-1 (colour, geometry) steps")
+    fit.add_argument("--feature-steps", type=int, default=defaults.feature_steps, help="stage-2 (features) steps")
     fit.add_argument("--feature-dim", type=int, default=defaults.feature_dim, help="PCA channels of the features")
     fit.add_argument("--sh-degree", type=int, default=defaults.sh_degree, help="degree of the view-dependent parts (>= 2)")
     fit.add_argument("--init-views", type=int, default=defaults.init_views, help="views lifted to Gaussians")
     fit.add_argument("--init-stride", type=int, default=defaults.init_stride, help="pixel stride of the lifted views")
     fit.add_argument("--single", action="store_true", help="a single view-independent feature field (baseline)")
-    fit.add_argument("--seed", type=int, default=defaults.seed)
+    fit.add_argument("--seed", type=int, default=defaults.seed, help="random seed (the fit is deterministic given it)")
     fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 
     segment = commands.add_parser("segment", help="select an object in 3D with one click; highlight masks",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                  formatter_class=parser.formatter_class)  # fmt: skip
     segment.add_argument("field", type=Path, help="field folder written by `snd field fit`")
     segment.add_argument("--view", type=int, help="view clicked in (index in the field's views)")
     segment.add_argument("--click", type=_pair, required=True, help="X,Y pixel of the click")
@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
 
     edit = commands.add_parser("edit", help="recolour, remove reflections or change roughness of a selection",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                               formatter_class=parser.formatter_class)  # fmt: skip
     edit.add_argument("field", type=Path, help="field folder written by `snd field fit`")
     edit.add_argument("--select", type=_selection_spec, required=True, help="VIEW:X,Y click selecting the object")
     edit.add_argument("--threshold", type=float, default=SIMILARITY, help="cosine similarity of selected Gaussians")

@@ -79,7 +79,7 @@ EXTERNAL: dict[str, tuple[str, str]] = {
 }
 
 # Paths that README commands write (they need not exist before the command).
-WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "outputs/snd-tiny-2proc", "outputs/snd-tiny-hub"}
+WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "outputs/snd-tiny-2proc", "outputs/snd-tiny-hub", "data/glossy", "room.field", "room-segment", "room-edit"}
 
 # Runs too long for CI: README command (exact, continuation lines joined) -> (arguments appended, why).
 SHORTER: dict[str, tuple[str, str]] = {
@@ -102,6 +102,10 @@ SHORTER: dict[str, tuple[str, str]] = {
     "--out eval_out": (
         "--steps 20 --synthetic-size 4x3x48x64",
         "150 probe steps per task and model, on 48 generated 96x128 frames",
+    ),
+    "snd field fit data/glossy/scenes/synth_0000 --model snd_hf/assets/default --hold-out 4 --out room.field": (
+        "--appearance-steps 8 --feature-steps 8",
+        "300 + 300 optimisation steps over 24 views",
     ),
     "snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper": ("--steps 2", "the paper's 307,200 probe steps"),
     "snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 --concat-with dinov2_vits14.pth": (

@@ -344,7 +344,9 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     work = root / "work"
     work.mkdir()
-    (work / "training").symlink_to(REPO_ROOT / "training")
+    # A clone has the checkout beside its commands: training/ and the packaged assets under snd_hf/.
+    for name in ("training", "snd_hf"):
+        (work / name).symlink_to(REPO_ROOT / name)
     hub = HubEmulator(root / "hub").start()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING", "TRANSFORMERS_OFFLINE", "SND_", "ACCELERATE_"))}
     env.update(

@@ -132,6 +132,73 @@ def render_features(
 
 
 @dataclass
+class CompositingWeights:
+    """The linear map one render applies to the Gaussians' features in one camera.
+
+    ``features[:, pixel] = Σ weight · gaussians.features[gaussian]`` summed over the pairs of that
+    pixel (background 0): the pairs are the torch twin's (pixel, Gaussian) pairs, with
+    ``weight = αᵢ Tᵢ``, in the renderer's order (by pixel, front to back within a pixel).
+
+    Attributes:
+        pixel: flat pixel index ``row * W + column``. [M]
+        gaussian: index of the Gaussian in its batch element. [M]
+        weight: the Gaussian's share of the pixel, ``αᵢ Tᵢ`` (0 for skipped pairs). [M]
+        alpha: accumulated opacity, bitwise the torch twin's. [1, H, W]
+    """
+
+    pixel: torch.Tensor
+    gaussian: torch.Tensor
+    weight: torch.Tensor
+    alpha: torch.Tensor
+
+
+def compositing_weights(
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,  # [B, V, 4, 4]
+    intrinsics: torch.Tensor,  # [B, V, 3, 3]
+    near: torch.Tensor,  # [B, V]
+    far: torch.Tensor,  # [B, V]
+    image_size: tuple[int, int],
+    *,
+    eps2d: float = 0.3,
+    max_pairs: int = 1 << 21,
+    dtype: torch.dtype = torch.float32,
+) -> list[list[CompositingWeights]]:
+    """The (pixel, Gaussian, weight) pairs of :func:`render_features` for every camera, without features.
+
+    Rendering is linear in the features once the geometry is fixed; this returns that linear map
+    (the torch twin's mathematics on any device), so that a frozen geometry can be applied to
+    many feature sets (see :mod:`snd_hf.splatting.operator`). Arguments as in
+    :func:`render_features`; ``gaussians.features`` may be None. ``dtype`` is the features'
+    dtype the weights must match (the renderer computes pixel offsets in it).
+
+    Returns:
+        ``weights[b][v]``: :class:`CompositingWeights` of batch element b in camera v.
+    """
+    height, width = _check_image_size(image_size)
+    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
+    if max_pairs < 1:
+        raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
+    views = _Views(torch.linalg.inv(extrinsics), denormalize_intrinsics(intrinsics, height, width), near, far, height, width)
+    weights = []
+    for b in range(extrinsics.shape[0]):
+        weights.append([])
+        for v in range(extrinsics.shape[1]):
+            splats = views.project(gaussians, b, v, eps2d)
+            visible, low, high, bands = _bands(splats, height, width, max_pairs)
+            pixels, splat_ids, pair_weights, alphas = [], [], [], []
+            for first, last in bands:
+                pixel, splat, weight = _band_weights(splats, visible, low, high, width, first, last, dtype)
+                pixels.append(pixel + first * width)
+                splat_ids.append(splat)
+                pair_weights.append(weight)
+                alphas.append(_band_alpha(pixel, weight, (last - first) * width))
+            alpha = torch.cat(alphas).view(1, height, width)
+            weights[-1].append(CompositingWeights(torch.cat(pixels), torch.cat(splat_ids), torch.cat(pair_weights), alpha))
+    return weights
+
+
+@dataclass
 class _Views:
     """The target cameras of a render, in the renderer's terms."""
 
@@ -141,6 +208,21 @@ class _Views:
     far: torch.Tensor  # [B, V]
     height: int
     width: int
+
+    def project(self, gaussians: Gaussians, b: int, v: int, eps2d: float) -> _Splats:
+        """Batch element ``b``'s Gaussians projected into its camera ``v`` (:func:`_project`)."""
+        return _project(
+            gaussians.means[b],
+            gaussians.covariances[b],
+            gaussians.opacities[b],
+            self.world_to_camera[b, v],
+            self.intrinsics[b, v],
+            float(self.near[b, v]),
+            float(self.far[b, v]),
+            self.height,
+            self.width,
+            eps2d,
+        )
 
     def render_each(self, render_view) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack ``render_view(b, v) -> (features [C, H, W], alpha [1, H, W], depth [1, H, W])`` over all views."""
@@ -164,18 +246,7 @@ def _render_features_torch(
         raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
 
     def render_view(b: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        splats = _project(
-            gaussians.means[b],
-            gaussians.covariances[b],
-            gaussians.opacities[b],
-            views.world_to_camera[b, v],
-            views.intrinsics[b, v],
-            float(views.near[b, v]),
-            float(views.far[b, v]),
-            views.height,
-            views.width,
-            eps2d,
-        )
+        splats = views.project(gaussians, b, v, eps2d)
         return _composite(splats, gaussians.features[b], views.height, views.width, max_pairs)
 
     return views.render_each(render_view)
@@ -265,6 +336,26 @@ def _composite(
     Returns:
         features [C, H, W], alpha [1, H, W], expected depth [1, H, W] (no background).
     """
+    visible, low, high, bands = _bands(splats, height, width, max_pairs)
+    values = torch.cat([features, splats.depths[:, None].to(features.dtype)], dim=-1)  # [G, C + 1]
+    outputs = [
+        _composite_band(splats, values, visible, low, high, width, first, last) for first, last in bands
+    ]
+    raster = torch.cat(outputs).T.unflatten(-1, (height, width))  # [C + 2, H, W]
+    channels = features.shape[-1]
+    rendered, depth_sum, alpha = raster[:channels], raster[channels : channels + 1], raster[channels + 1 :]
+    return rendered, alpha, depth_sum / alpha.clamp_min(1e-10)
+
+
+def _bands(
+    splats: _Splats, height: int, width: int, max_pairs: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Depth-sorted visible splats, their pixel boxes and the row bands of at most ``max_pairs`` pairs.
+
+    Returns:
+        visible [N] splat ids front to back, low [N, 2] and high [N, 2] the inclusive pixel box
+        (x, y) of each, and the bands as ``(first row, last row + 1)``.
+    """
     visible = torch.nonzero(splats.radii.any(-1)).squeeze(1)
     visible = visible[torch.argsort(splats.depths.detach()[visible], stable=True)]  # front to back
     centre, radius = splats.means2d.detach()[visible], splats.radii[visible]
@@ -285,15 +376,7 @@ def _composite(
             start, total = row, 0
         total += count
     bands.append((start, height))
-
-    values = torch.cat([features, splats.depths[:, None].to(features.dtype)], dim=-1)  # [G, C + 1]
-    outputs = [
-        _composite_band(splats, values, visible, low, high, width, first, last) for first, last in bands
-    ]
-    raster = torch.cat(outputs).T.unflatten(-1, (height, width))  # [C + 2, H, W]
-    channels = features.shape[-1]
-    rendered, depth_sum, alpha = raster[:channels], raster[channels : channels + 1], raster[channels + 1 :]
-    return rendered, alpha, depth_sum / alpha.clamp_min(1e-10)
+    return visible, low, high, bands
 
 
 def _composite_band(
@@ -307,6 +390,40 @@ def _composite_band(
     last: int,
 ) -> torch.Tensor:
     """Composite pixel rows ``first:last``. Returns features, depth sum and alpha per pixel. [P, C + 2]"""
+    pixels = (last - first) * width
+    pixel, splat, weights = _band_weights(splats, visible, low, high, width, first, last, values.dtype)
+    if len(pixel) == 0:
+        return values.new_zeros(pixels, values.shape[-1] + 1)
+    per_pixel = torch.bincount(pixel, minlength=pixels)
+    offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
+    accumulated = F.embedding_bag(splat, values, offsets, mode="sum", per_sample_weights=weights)  # [P, C + 1]
+    return torch.cat([accumulated, _band_alpha(pixel, weights, pixels)[:, None]], dim=-1)
+
+
+def _band_alpha(pixel: torch.Tensor, weights: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Accumulated opacity ``Σ αᵢ Tᵢ`` of each of a band's ``pixels`` from its pairs. [P]"""
+    return torch.zeros(pixels, dtype=weights.dtype, device=weights.device).index_add(0, pixel, weights)
+
+
+def _band_weights(
+    splats: _Splats,
+    visible: torch.Tensor,  # [N] depth-sorted splat ids
+    low: torch.Tensor,  # [N, 2]
+    high: torch.Tensor,  # [N, 2]
+    width: int,
+    first: int,
+    last: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (pixel, splat, weight) pairs of pixel rows ``first:last``, sorted by pixel, front to back.
+
+    ``weight = αᵢ Tᵢ`` is the splat's share of the pixel (0 for skipped pairs); the pixel is
+    counted from the band's first row (``(row - first) * width + column``). Pixel offsets and
+    transmittances are computed in ``dtype`` (the features' dtype when rendering).
+
+    Returns:
+        pixel [M], splat [M] (indices into the projected Gaussians), weight [M].
+    """
     top = low[:, 1].clamp_min(first)
     bottom = high[:, 1].clamp_max(last - 1)
     columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
@@ -319,11 +436,11 @@ def _composite_band(
     # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
     order = torch.argsort(pixel, stable=True)
     pixel, splat = pixel[order], visible[owner[order]]
-    pixels = (last - first) * width
     if len(pixel) == 0:
-        return values.new_zeros(pixels, values.shape[-1] + 1)
+        return pixel, splat, splats.opacities.new_zeros(0, dtype=dtype)
+    pixels = (last - first) * width
 
-    centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(values.dtype) + 0.5
+    centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(dtype) + 0.5
     delta = centres - splats.means2d[splat]  # [M, 2]
     conic = splats.conics[splat]  # [M, 3]
     sigma = 0.5 * (conic[:, 0] * delta[:, 0] ** 2 + conic[:, 2] * delta[:, 1] ** 2) + conic[:, 1] * delta[:, 0] * delta[:, 1]
@@ -339,14 +456,11 @@ def _composite_band(
     offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
     running = torch.cumsum(log_pass.double(), 0)
     before_pixel = (running - log_pass.double())[offsets.clamp_max(len(pixel) - 1)]  # empty pixels: unused
-    log_after = (running - torch.repeat_interleave(before_pixel, per_pixel)).to(values.dtype)
+    log_after = (running - torch.repeat_interleave(before_pixel, per_pixel)).to(dtype)
     # A splat counts only if the pixel's transmittance stays above the threshold after it.
     counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
-
-    accumulated = F.embedding_bag(splat, values, offsets, mode="sum", per_sample_weights=weights)  # [P, C + 1]
-    coverage = torch.zeros(pixels, dtype=values.dtype, device=values.device).index_add(0, pixel, weights)
-    return torch.cat([accumulated, coverage[:, None]], dim=-1)
+    return pixel, splat, weights
 
 
 def _render_features_gsplat(
@@ -408,10 +522,21 @@ def _check_inputs(
     near: torch.Tensor,
     far: torch.Tensor,
 ) -> torch.Tensor:
-    if not isinstance(gaussians, Gaussians):
-        raise TypeError(f"`gaussians` must be a Gaussians, got {type(gaussians).__name__}.")
+    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
     if gaussians.features is None:
         raise ValueError("`gaussians` carry no features; attach them with `gaussians.with_features(f)`.")
+    return gaussians.features
+
+
+def _check_cameras(
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+) -> None:
+    if not isinstance(gaussians, Gaussians):
+        raise TypeError(f"`gaussians` must be a Gaussians, got {type(gaussians).__name__}.")
     batch = gaussians.means.shape[0]
     views = extrinsics.shape[1] if extrinsics.ndim == 4 else -1
     expected = {
@@ -423,4 +548,3 @@ def _check_inputs(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"`{name}` must have shape {list(shape)} (B from the Gaussians), got {list(tensor.shape)}.")
-    return gaussians.features

@@ -417,7 +417,8 @@ def _band_weights(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (pixel, splat, weight) pairs of pixel rows ``first:last``, sorted by pixel, front to back.
 
-    ``weight = αᵢ Tᵢ`` is the splat's share of the pixel (0 for skipped pairs); the pixel is
+    ``weight = αᵢ Tᵢ`` is the splat's share of the pixel (0 past the transmittance threshold;
+    pairs with ``αᵢ < 1/255`` are left out); the pixel is
     counted from the band's first row (``(row - first) * width + column``). Pixel offsets and
     transmittances are computed in ``dtype`` (the features' dtype when rendering).
 
@@ -428,28 +429,35 @@ def _band_weights(
     bottom = high[:, 1].clamp_max(last - 1)
     columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
     counts = columns * (bottom - top + 1).clamp_min(0)  # pairs per splat in this band
+    # (index_select rather than advanced indexing: several times faster on CPU for these sizes.)
     owner = torch.repeat_interleave(torch.arange(len(visible), device=low.device), counts)
-    local = torch.arange(len(owner), device=low.device) - (torch.cumsum(counts, 0) - counts)[owner]
-    pixel_x = low[owner, 0] + local % columns[owner]
-    pixel_y = top[owner] + local // columns[owner]
-    pixel = (pixel_y - first) * width + pixel_x
-    # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
-    order = torch.argsort(pixel, stable=True)
-    pixel, splat = pixel[order], visible[owner[order]]
-    if len(pixel) == 0:
-        return pixel, splat, splats.opacities.new_zeros(0, dtype=dtype)
-    pixels = (last - first) * width
+    local = torch.arange(len(owner), device=low.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
+    row = torch.div(local, columns.index_select(0, owner), rounding_mode="floor")
+    pixel_x = low[:, 0].index_select(0, owner) + local - row * columns.index_select(0, owner)
+    pixel_y = top.index_select(0, owner) + row
+    splat = visible.index_select(0, owner)
+    if len(splat) == 0:
+        return owner, splat, splats.opacities.new_zeros(0, dtype=dtype)
 
-    centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(dtype) + 0.5
-    delta = centres - splats.means2d[splat]  # [M, 2]
-    conic = splats.conics[splat]  # [M, 3]
-    sigma = 0.5 * (conic[:, 0] * delta[:, 0] ** 2 + conic[:, 2] * delta[:, 1] ** 2) + conic[:, 1] * delta[:, 0] * delta[:, 1]
+    means2d, conic = splats.means2d.index_select(0, splat), splats.conics.index_select(0, splat)  # [M, 2], [M, 3]
+    delta_x = (pixel_x.to(dtype) + 0.5) - means2d[:, 0]
+    delta_y = (pixel_y.to(dtype) + 0.5) - means2d[:, 1]
+    sigma = 0.5 * (conic[:, 0] * delta_x**2 + conic[:, 2] * delta_y**2) + conic[:, 1] * delta_x * delta_y
     # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
     # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
-    alpha = torch.clamp_max(splats.opacities[splat] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
-    kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
-    log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
+    alpha = torch.clamp_max(splats.opacities.index_select(0, splat) * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
+    # Skipped pairs change neither the transmittance nor the sums (most of an extent box's
+    # corners are skipped): drop them before the sort.
+    kept = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).squeeze(1)
+    pixel = ((pixel_y - first) * width + pixel_x).index_select(0, kept)
+    splat, alpha = splat.index_select(0, kept), alpha.index_select(0, kept)
+    # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
+    order = torch.argsort(pixel, stable=True)
+    pixel, splat, alpha = pixel.index_select(0, order), splat.index_select(0, order), alpha.index_select(0, order)
+    if len(pixel) == 0:
+        return pixel, splat, alpha
+    pixels = (last - first) * width
+    log_pass = torch.log1p(-alpha)  # log(1 - alpha)
 
     # Segmented cumulative sum per pixel (float64: the running sum spans the whole band).
     per_pixel = torch.bincount(pixel, minlength=pixels)
@@ -458,7 +466,7 @@ def _band_weights(
     before_pixel = (running - log_pass.double())[offsets.clamp_max(len(pixel) - 1)]  # empty pixels: unused
     log_after = (running - torch.repeat_interleave(before_pixel, per_pixel)).to(dtype)
     # A splat counts only if the pixel's transmittance stays above the threshold after it.
-    counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
+    counted = log_after > math.log(TRANSMITTANCE_THRESHOLD)
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
     return pixel, splat, weights
 

@@ -60,8 +60,10 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_dir,
     temporary_checkpoint_path,
 )
+from snd_hf.training.diagnostics import CollapseMonitor, step_diagnostics
 from snd_hf.training.export import save_native, save_original
-from snd_hf.training.step import student_loss, teacher_logits
+from snd_hf.training.operator_cache import OperatorCache
+from snd_hf.training.step import student_loss, teacher_targets
 
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
 # after the checkpoint of step N is written but before it is renamed into place.
@@ -108,11 +110,13 @@ def training_function(config: TrainingConfig) -> None:
     )
 
     # ---------------------------------------------------------------------------------------------
-    # Model: student (LoRA or full fine-tuning) + DINO head; teacher = EMA copy; frozen lifter
+    # Model: student (LoRA or full fine-tuning) [+ DINO head]; teacher = EMA or frozen copy; frozen lifter
     # ---------------------------------------------------------------------------------------------
     student = build_student(config)
     teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
     splat_teacher = build_splat_teacher(config)
+    # The lifter is frozen, so each sample's context→target map can be built once and reused.
+    operators = OperatorCache(splat_teacher, config.operator_cache_mb * 2**20) if config.cache_operator else None
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     accelerator.print(f"trainable parameters: {num_trainable:,} of {sum(p.numel() for p in student.parameters()):,}")
 
@@ -195,6 +199,7 @@ def training_function(config: TrainingConfig) -> None:
         )
     steps_per_epoch = batches_per_epoch // accumulation
     epoch, skip_steps = divmod(global_step, steps_per_epoch)
+    monitor = CollapseMonitor(config.head_prototypes if config.loss == "dino_head" else None)
     progress = tqdm(
         total=config.max_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process
     )
@@ -214,13 +219,14 @@ def training_function(config: TrainingConfig) -> None:
                 break
             micro_step += 1
 
-            # Teacher: EMA backbone on the context views → lift, splat, blend into the target views.
+            # Teacher: its tokens of the context views → lift, splat, blend into the target views.
             with accelerator.autocast():
-                logits, coverage = teacher_logits(teacher, splat_teacher, batch)  # [B, Vt, h, w, K], [B, Vt, h, w]
+                targets = teacher_targets(teacher, splat_teacher, batch, config, operators)  # [B, Vt, C, h, w]
 
             with accelerator.accumulate(student):
-                # Student: its own logits of the target views against the teacher's.
-                loss = student_loss(student, batch, logits, coverage, config)
+                # Student: its own tokens of the target views against the targets.
+                outputs = student_loss(student, teacher, batch, targets, config, global_step)
+                loss = outputs.loss
                 # Backward, clipping, optimizer and schedule (accelerate skips them between
                 # accumulation boundaries).
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
@@ -237,7 +243,7 @@ def training_function(config: TrainingConfig) -> None:
 
             # EMA teacher, after the optimizer step. Deviation: the original updates the teacher
             # in on_after_backward, before that step's optimizer step (one step staler).
-            if global_step % config.ema_every == 0:
+            if config.teacher_mode == "ema" and global_step % config.ema_every == 0:
                 ema_update(teacher, accelerator.unwrap_model(student), config.ema_momentum)
 
             # Logging: .item() forces a sync, so losses are gathered only every log_steps.
@@ -246,12 +252,14 @@ def training_function(config: TrainingConfig) -> None:
                 images_per_s = accelerator.num_processes * config.batch_size * accumulation * micro_step / (
                     time.perf_counter() - tick
                 )
-                coverage_fraction = coverage.float().mean().item()
+                # Collapse diagnostics (entropies, prototypes, effective ranks, coverage): warn once.
+                diagnostics = step_diagnostics(outputs.coverage, outputs.student_features, outputs.target_features, outputs.teacher_probs)
+                monitor.update(global_step, diagnostics)
                 if loss_log is not None:
-                    loss_log.write(json.dumps({"step": global_step, "loss": mean_loss, "lr": lr, "coverage": coverage_fraction}) + "\n")
+                    loss_log.write(json.dumps({"step": global_step, "loss": mean_loss, "lr": lr, **diagnostics}) + "\n")
                     loss_log.flush()
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-                accelerator.log({"loss": mean_loss, "lr": lr, "coverage": coverage_fraction, "images_per_s": images_per_s}, step=global_step)
+                accelerator.log({"loss": mean_loss, "lr": lr, "images_per_s": images_per_s, **diagnostics}, step=global_step)
             progress.update(1)
 
             if global_step % config.save_steps == 0 or global_step == config.max_steps:

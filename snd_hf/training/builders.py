@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from ..configuration_snd import SnDConfig
+from ..data.memory import InMemoryViews
+from ..data.scannetpp import FolderScenes
 from ..data.scenes import SceneDataset
 from ..data.synthetic import ensure_synthetic_scenes
 from ..modeling_snd import SnDModel
@@ -16,13 +18,19 @@ from .config import TrainingConfig
 from .heads import DINOHead
 from .student import BackboneWithHead
 
+# The packaged 2D-pretrained tiny ViT (training/pretrain_2d.py), the CPU recipe's starting point.
+PRETRAINED_2D = Path(__file__).resolve().parents[1] / "assets" / "pretrained_2d"
+
 
 def build_backbone(config: TrainingConfig) -> torch.nn.Module:
-    """Starting weights (original torch.hub DINOv2, an SnD checkpoint or random), LoRA-wrapped if asked."""
+    """Starting weights (original torch.hub DINOv2, an SnD checkpoint, the packaged 2D-pretrained
+    tiny ViT or random), LoRA-wrapped if asked."""
     if config.init == "original":
         backbone = SnDModel.from_original_checkpoint(config.model_path, size=config.size)
     elif config.init == "pretrained":
         backbone = SnDModel.from_pretrained(config.model_path)
+    elif config.init == "pretrained_2d":
+        backbone = SnDModel.from_pretrained(PRETRAINED_2D)
     else:
         backbone = SnDModel(
             SnDConfig(
@@ -46,8 +54,11 @@ def build_backbone(config: TrainingConfig) -> torch.nn.Module:
 
 
 def build_student(config: TrainingConfig) -> BackboneWithHead:
-    """The trained module: backbone (+ LoRA) and its DINO head; the teacher is its EMA copy."""
+    """The trained module: backbone (+ LoRA) and, for loss "dino_head", its DINO head; the teacher
+    is its copy (EMA or frozen)."""
     backbone = build_backbone(config)
+    if config.loss != "dino_head":
+        return BackboneWithHead(backbone, None)
     head = DINOHead(
         backbone.config.hidden_size,
         hidden_dim=config.head_hidden_dim,
@@ -64,6 +75,23 @@ def build_optimizer(config: TrainingConfig, student: torch.nn.Module) -> torch.o
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.weight_decay,
+    )
+
+
+def build_scheduler(
+    config: TrainingConfig, optimizer: torch.optim.Optimizer, num_processes: int = 1
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The original's one-cycle cosine schedule over ``max_steps + 10`` steps (pct_start ``warmup_ratio``).
+
+    accelerate steps a prepared scheduler once per process per optimizer step, hence ``num_processes``.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.learning_rate,
+        total_steps=(config.max_steps + 10) * num_processes,
+        pct_start=config.warmup_ratio,
+        anneal_strategy="cos",
+        cycle_momentum=False,
     )
 
 
@@ -86,6 +114,7 @@ def build_splat_teacher(config: TrainingConfig) -> SplatTeacher:
         resample=config.resample,
         coverage_threshold=config.coverage_threshold,
         mask_aware=config.mask_aware,
+        upsample=config.upsample,
     )
 
 
@@ -105,9 +134,15 @@ def prepare_scenes(config: TrainingConfig, *, progress: bool = True) -> Path:
 
 
 def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
-    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``."""
+    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``.
+
+    Only the maps the lifter reads are loaded (depth for the depth lifter); with ``cache_views``
+    every decoded view stays in memory.
+    """
+    source = FolderScenes(root)
     return SceneDataset(
-        root,
+        InMemoryViews(source) if config.cache_views else source,
+        fields=("depth",) if config.lifter == "depth" else (),
         num_context=2,
         context_gap=config.context_gap,
         num_targets=config.num_targets,

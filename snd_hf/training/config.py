@@ -30,13 +30,16 @@ class TrainingConfig:
     """Every setting of an SnD training run (the defaults are the tiny synthetic run's).
 
     Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
+    The defaults are the CPU recipe that shows the SnD effect (docs/snd_effect.md): a tiny ViT
+    2D-pretrained by ``training/pretrain_2d.py``, cosine loss on the backbone tokens against a
+    frozen teacher, patch-aligned upsampling, no blending, full fine-tuning.
     """
 
     # --- run ---------------------------------------------------------------------------------
     output_dir: str = "outputs/snd-synthetic-tiny"
     seed: int = 0
-    max_steps: int = 40  # optimizer steps
-    save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
+    max_steps: int = 1500  # optimizer steps
+    save_steps: int = 500  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
     checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
@@ -50,32 +53,46 @@ class TrainingConfig:
     # --- data --------------------------------------------------------------------------------
     dataset: Literal["synthetic", "scannetpp"] = "synthetic"
     dataset_path: str | None = None  # scannetpp: root holding scenes/ (required); synthetic: cache dir
-    synthetic_scenes: int = 4
+    synthetic_scenes: int = 16
     synthetic_frames: int = 12
-    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # generated (H, W)
-    image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
+    synthetic_size: list[int] = field(default_factory=lambda: [84, 112])  # generated (H, W)
+    image_size: list[int] = field(default_factory=lambda: [84, 112])  # training (H, W): a 6x8 token grid
     context_gap: int = 4
     num_targets: int = 1
     near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
     far: float = 20.0
-    batch_size: int = 2
+    batch_size: int = 8
     num_workers: int = 0
+    cache_views: bool = True  # keep decoded views in memory (snd_hf/data/memory.py): small datasets only
 
     # --- model -------------------------------------------------------------------------------
-    init: Literal["random", "original", "pretrained"] = "random"
+    # "pretrained_2d": the packaged tiny ViT of training/pretrain_2d.py (snd_hf/assets/pretrained_2d),
+    # a 2D self-supervised stand-in for DINOv2, which is not reachable offline.
+    init: Literal["random", "original", "pretrained", "pretrained_2d"] = "pretrained_2d"
     model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
     size: Literal["small", "base"] | None = None  # records the published variant in the config
     hidden_size: int = 48  # architecture of a random init (ignored otherwise)
     num_hidden_layers: int = 2
     num_attention_heads: int = 3
-    finetune: Literal["lora", "full"] = "lora"
+    finetune: Literal["lora", "full"] = "full"  # the paper trains LoRA adapters
     lora_r: int = 8
     lora_alpha: float = 8.0
     lora_dropout: float = 0.1
     # The original's suffix match on "qkv"/"proj" also caught patch_embed.proj, named "projection" here.
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
 
-    # --- DINO heads ----------------------------------------------------------------------------
+    # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
+    loss: Literal["dino_head", "cosine", "mse"] = "cosine"  # the paper: "dino_head"
+    teacher_mode: Literal["ema", "frozen"] = "frozen"  # the paper: "ema" (ema_momentum, ema_every)
+    # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
+    # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
+    # nearer context view's tokens at the same grid positions ("cross_view_copy").
+    targets: Literal["splat", "self_distillation", "cross_view_copy"] = "splat"
+    center_momentum: float | None = None  # dino_head: DINO centring of the teacher logits (DINO: 0.9); SnD: none
+    teacher_temp_warmup: float | None = None  # dino_head: DINO's starting teacher temperature (0.04)...
+    teacher_temp_warmup_steps: int = 0  # ...rising linearly to teacher_temp over these steps
+
+    # --- DINO heads (loss "dino_head") ----------------------------------------------------------
     head_hidden_dim: int = 128
     head_bottleneck_dim: int = 64
     head_prototypes: int = 512
@@ -85,13 +102,20 @@ class TrainingConfig:
     # --- teacher: lifter, rendering, blending --------------------------------------------------
     lifter: Literal["depth", "mvsplat"] = "depth"
     mvsplat_checkpoint: str | None = None  # required with lifter "mvsplat" (MVSplat's re10k.ckpt)
-    blending: float = 0.5  # 1.0 = the "no blending" variant
+    blending: float = 1.0  # 1.0 = the "no blending" variant; the with-blending models use 0.5
     resample: Literal["area", "bilinear"] = "area"
     coverage_threshold: float = 0.5
-    mask_aware: bool = True
+    # "original": align-corners grid (the paper's); "patch_aligned": each pixel takes its patch's
+    # token (snd_hf/splatting/upsampling.py), exact at small token grids.
+    upsample: Literal["original", "patch_aligned"] = "patch_aligned"
+    mask_aware: bool = True  # upsample "original" only
+    # Cache each sample's teacher operator (snd_hf/splatting/operator.py; the lifter is frozen):
+    # later visits of a sample skip lifting, rendering and the mask operations.
+    cache_operator: bool = True
+    operator_cache_mb: float = 1024.0  # the cache drops its least recently used samples beyond this
 
     # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
@@ -160,7 +184,7 @@ class TrainingConfig:
                 raise ValueError("mvsplat_checkpoint is required with lifter 'mvsplat' (MVSplat's re10k.ckpt).")
             if not Path(self.mvsplat_checkpoint).is_file():
                 raise ValueError(f"mvsplat_checkpoint {self.mvsplat_checkpoint!r} does not exist.")
-        if self.init != "random":
+        if self.init in ("original", "pretrained"):
             if not self.model_path:
                 raise ValueError(f"model_path is required with init {self.init!r}.")
             if not Path(self.model_path).exists():
@@ -181,6 +205,14 @@ class TrainingConfig:
             raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}.")
         if not self.near < self.far:
             raise ValueError(f"near must be smaller than far, got near={self.near}, far={self.far}.")
+        if self.center_momentum is not None and not 0.0 <= self.center_momentum < 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1) or null (no centring), got {self.center_momentum}.")
+        if self.loss != "dino_head" and (self.center_momentum is not None or self.teacher_temp_warmup is not None):
+            raise ValueError(
+                f"center_momentum and teacher_temp_warmup apply to loss 'dino_head' only, got loss {self.loss!r}."
+            )
+        if self.operator_cache_mb <= 0:
+            raise ValueError(f"operator_cache_mb must be positive, got {self.operator_cache_mb}.")
 
 
 def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Path:

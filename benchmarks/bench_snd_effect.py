@@ -37,19 +37,18 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snd_hf.cameras import normalize_intrinsics, unproject_depth
+from snd_hf.cameras import unproject_depth
 from snd_hf.data.scannetpp import FolderScenes
 from snd_hf.data.scenes import collate_scenes
-from snd_hf.data.synthetic import render_synthetic_scene
 from snd_hf.eval.correspondence import correspondence_errors
+from snd_hf.eval.datasets import ViewPair
 from snd_hf.eval.metrics import recall_at
+from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
 from snd_hf.splatting.teacher import patch_features
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
 from snd_hf.training.builders import (
@@ -77,49 +76,13 @@ TARGETS = {"snd": "splat", "self_distillation": "self_distillation", "cross_view
 FOURIER_FREQUENCIES = 6
 
 
-@dataclass
-class ViewPair:
-    """Two frames of a held-out room: images [2, 3, H, W], z-depth [2, H, W], c2w [2, 4, 4], normalised intrinsics [2, 3, 3]."""
-
-    images: torch.Tensor
-    depth: torch.Tensor
-    extrinsics: torch.Tensor
-    intrinsics: torch.Tensor
-    gap: int
-
-
-def held_out_rooms(config: TrainingConfig) -> list[dict[str, torch.Tensor]]:
-    """The held-out rooms at the training image size, as tensors (``render_synthetic_scene`` arrays)."""
-    height, width = config.image_size
-    rooms = []
-    for index in range(HELD_OUT_ROOMS):
-        rendered = render_synthetic_scene(index, config.synthetic_frames, height, width, HELD_OUT_SEED)
-        rooms.append({key: torch.from_numpy(np.asarray(value)) for key, value in rendered.items()})
-    return rooms
-
-
-def held_out_pairs(rooms: list[dict[str, torch.Tensor]]) -> list[ViewPair]:
-    """Distinct frame pairs of every room: ``PAIRS_PER_ROOM[gap]`` pairs per gap, starts spread evenly."""
-    pairs = []
-    for room in rooms:
-        frames, height, width = room["depth"].shape
-        intrinsics = normalize_intrinsics(room["intrinsics"].float(), height, width)
-        for gap, count in PAIRS_PER_ROOM.items():
-            starts = sorted({int(round(s)) for s in np.linspace(0, frames - 1 - gap, count)})
-            if len(starts) != count:
-                raise ValueError(f"rooms of {frames} frames have fewer than {count} distinct pairs at gap {gap}.")
-            for start in starts:
-                views = [start, start + gap]
-                pairs.append(
-                    ViewPair(
-                        images=room["image"][views].permute(0, 3, 1, 2).float(),
-                        depth=room["depth"][views].float(),
-                        extrinsics=room["extrinsics"][views].float(),
-                        intrinsics=intrinsics.expand(2, 3, 3).clone(),
-                        gap=gap,
-                    )
-                )
-    return pairs
+def held_out_pairs(
+    config: TrainingConfig, seed: int = HELD_OUT_SEED
+) -> tuple[list[dict[str, torch.Tensor]], list[tuple[int, ViewPair]]]:
+    """The held-out rooms at the training image size and their distinct pairs, each with its gap in frames."""
+    rooms = render_scenes((HELD_OUT_ROOMS, config.synthetic_frames, *config.image_size), seed)
+    pairs = SyntheticPairs(rooms, gaps=PAIRS_PER_ROOM)
+    return rooms, [(pairs.gap(index), pairs[index]) for index in range(len(pairs))]
 
 
 def fourier_features(coordinates: torch.Tensor, frequencies: int = FOURIER_FREQUENCIES) -> torch.Tensor:
@@ -131,21 +94,21 @@ def fourier_features(coordinates: torch.Tensor, frequencies: int = FOURIER_FREQU
 
 def baseline_maps(name: str, pair: ViewPair) -> torch.Tensor:
     """Feature maps of a network-free baseline at full resolution. [2, C, H, W]"""
-    _, height, width = pair.depth.shape
+    _, height, width = pair.depths.shape
     if name == "position_only":
         rows, columns = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
         coordinates = torch.stack([columns / width, rows / height], dim=-1).expand(2, height, width, 2)
     else:  # oracle: the true world point of every pixel (metres, over about a 10 m room)
-        coordinates = unproject_depth(pair.depth, pair.extrinsics, pair.intrinsics) / 10.0
+        coordinates = unproject_depth(pair.depths, pair.extrinsics, pair.intrinsics) / 10.0
     return fourier_features(coordinates).permute(0, 3, 1, 2)
 
 
-def correspondence_recalls(feature_maps, pairs: list[ViewPair]) -> dict[str, float]:
+def correspondence_recalls(feature_maps, pairs: list[tuple[int, ViewPair]]) -> dict[str, float]:
     """Recall at 5/10/20 px per gap, averaged over pairs. ``feature_maps(pair) -> [2, C, h, w]``."""
     per_gap: dict[int, list[dict[str, float]]] = {}
-    for pair in pairs:
-        errors = correspondence_errors(feature_maps(pair), pair.depth, pair.extrinsics, pair.intrinsics, stride=QUERY_STRIDE)
-        per_gap.setdefault(pair.gap, []).append(recall_at(errors, THRESHOLDS))
+    for gap, pair in pairs:
+        errors = correspondence_errors(feature_maps(pair), pair.depths, pair.extrinsics, pair.intrinsics, stride=QUERY_STRIDE)
+        per_gap.setdefault(gap, []).append(recall_at(errors, THRESHOLDS))
     results = {}
     for gap, recalls in sorted(per_gap.items()):
         for threshold in THRESHOLDS:
@@ -242,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the recipe's)")
     parser.add_argument("--data_dir", type=Path, default=Path("outputs/bench_snd_effect"), help="generated training scenes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (another seed: a validation set)"
+    )
     # Any other --key value pairs are TrainingConfig overrides for every run.
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
@@ -258,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     tick = time.perf_counter()
     root = prepare_scenes(base, progress=False)
     dataset = build_dataset(base, root)
-    rooms = held_out_rooms(base)
-    pairs = held_out_pairs(rooms)
+    rooms, pairs = held_out_pairs(base, args.held_out_seed)
     timings["scenes"] = time.perf_counter() - tick
 
     # Training: the same operator cache serves all runs (it depends on the views only).
@@ -292,14 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     timings["scoring"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
 
-    counts = {f"gap{gap}": count * HELD_OUT_ROOMS for gap, count in PAIRS_PER_ROOM.items()}
+    counts = {f"gap{gap}": sum(1 for g, _ in pairs if g == gap) for gap in PAIRS_PER_ROOM}
     report = {
         **results,
         "meta": {
             "seed": args.seed,
             "distinct_pairs": counts,
             "held_out_rooms": HELD_OUT_ROOMS,
-            "held_out_seed": HELD_OUT_SEED,
+            "held_out_seed": args.held_out_seed,
             "steps": base.max_steps,
             "image_size": base.image_size,
             "threads": torch.get_num_threads(),

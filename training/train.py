@@ -1,6 +1,7 @@
-"""Train SnD: distil splatted, blended EMA-teacher features of context views into a DINOv2 student.
+"""Train SnD: distil splatted, blended teacher features of context views into a DINOv2 student.
 
-Launch (defaults: the tiny synthetic run, about a minute on 2 CPU cores):
+Launch (defaults: the CPU recipe of training/configs/synthetic_tiny.yaml, which shows the SnD
+effect; see docs/snd_effect.md for its time and results):
 
     python training/train.py
     python training/train.py --max_steps 20 --output_dir outputs/quick
@@ -19,13 +20,14 @@ multi-process training come from accelerate (``accelerate config`` or launch fla
 Outputs in ``output_dir``: the final student as a native SnD directory (``SnDModel.from_pretrained``
 / ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, same format),
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
-``losses.jsonl`` (one line per optimizer step), ``config.yaml``, and ``checkpoints/step_{n}``
-(full accelerate state: resumable).
+``losses.jsonl`` (one line per optimizer step: loss, lr and the collapse diagnostics of
+snd_hf/training/diagnostics.py, which warn once when the run collapses), ``config.yaml``, and
+``checkpoints/step_{n}`` (full accelerate state: resumable).
 
 The embedded default checkpoint of ``snd demo`` (``snd_hf/assets/default/``) is the default run's
-final student:
+final student (its start, ``snd_hf/assets/pretrained_2d/``, comes from training/pretrain_2d.py):
 
-    OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
+    OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors,preprocessor_config.json} snd_hf/assets/default/
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ def training_function(config: TrainingConfig) -> None:
 
             # EMA teacher, after the optimizer step. Deviation: the original updates the teacher
             # in on_after_backward, before that step's optimizer step (one step staler).
+            # Deviation (optional, docs/deviations.md 29): teacher_mode "frozen" never updates it.
             if config.teacher_mode == "ema" and global_step % config.ema_every == 0:
                 ema_update(teacher, accelerator.unwrap_model(student), config.ema_momentum)
 

@@ -50,6 +50,7 @@ def upsample_features(
     """
     _check_mode(mode)
     if mode == "patch_aligned":
+        # Deviation (optional, docs/deviations.md 28): each pixel takes its patch's token.
         return F.interpolate(features, size=size, mode="nearest-exact")
     if masks is not None:
         return mask_aware_upsample(features, masks)

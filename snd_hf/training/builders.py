@@ -30,6 +30,7 @@ def build_backbone(config: TrainingConfig) -> torch.nn.Module:
     elif config.init == "pretrained":
         backbone = SnDModel.from_pretrained(config.model_path)
     elif config.init == "pretrained_2d":
+        # Deviation (CPU recipe, docs/deviations.md 31): a 2D-pretrained stand-in for DINOv2.
         backbone = SnDModel.from_pretrained(PRETRAINED_2D)
     else:
         backbone = SnDModel(

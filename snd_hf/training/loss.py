@@ -63,6 +63,7 @@ def teacher_probabilities(logits: torch.Tensor, temperature: float, center: torc
     """DINO's teacher distribution ``softmax((logits − center) / temperature)``, without gradient. [..., K]"""
     logits = logits.detach().float()
     if center is not None:
+        # Deviation (optional, docs/deviations.md 30): DINO's centring; SnD has none.
         logits = logits - center
     return torch.softmax(logits / temperature, dim=-1)
 

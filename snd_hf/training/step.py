@@ -72,12 +72,14 @@ def teacher_targets(
     """
     context_features = teacher.features(batch["context"]["image"])  # [B, Vc, C, hc, wc]
     if operators is not None:
+        # Deviation (docs/deviations.md 27): the cached linear map, the same targets as the direct path.
         operator = operators(batch)
         splatted = TeacherTargets(operator.apply(context_features), operator.coverage)
     else:
         splatted = splat_teacher(context_features, batch)
     if config.targets == "splat":
         return splatted
+    # Deviation (controls, docs/deviations.md 32): same compute and coverage, no geometry.
     if config.targets == "self_distillation":
         features = teacher.features(batch["target"]["image"])
     else:
@@ -146,6 +148,7 @@ def student_loss(
         if center is not None:
             update_center(center, teacher_logits, coverage, config.center_momentum)
     elif config.loss == "cosine":
+        # Deviation (optional, docs/deviations.md 29): no head, the backbone tokens themselves.
         loss = cosine_loss(features, targets.features, coverage)
     else:
         loss = mse_loss(features, targets.features, coverage)

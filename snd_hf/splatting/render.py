@@ -43,6 +43,7 @@ MAX_ALPHA = 0.999  # one splat never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4  # a pixel stops before its transmittance reaches this
 MAX_EXTENT = 3.33  # screen-space extent cap, in standard deviations
 SIGMA_CUTOFF = 30.0  # ½ dᵀΣ⁻¹d beyond which exp(-sigma) < 1e-13 (far below 1/255)
+DENSE_BOX = 8  # splats whose pixel box fits this many pixels square are paired by broadcasting
 GSPLAT_MAX_CHANNELS = 513  # gsplat rasterises at most this many channels per kernel call
 
 
@@ -426,36 +427,22 @@ def _band_weights(
         pixel [M], splat [M] (indices into the projected Gaussians), weight [M].
     """
     top = low[:, 1].clamp_min(first)
-    bottom = high[:, 1].clamp_max(last - 1)
+    rows = (high[:, 1].clamp_max(last - 1) - top + 1).clamp_min(0)
     columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
-    counts = columns * (bottom - top + 1).clamp_min(0)  # pairs per splat in this band
-    # (index_select rather than advanced indexing: several times faster on CPU for these sizes.)
-    owner = torch.repeat_interleave(torch.arange(len(visible), device=low.device), counts)
-    local = torch.arange(len(owner), device=low.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
-    row = torch.div(local, columns.index_select(0, owner), rounding_mode="floor")
-    pixel_x = low[:, 0].index_select(0, owner) + local - row * columns.index_select(0, owner)
-    pixel_y = top.index_select(0, owner) + row
-    splat = visible.index_select(0, owner)
-    if len(splat) == 0:
-        return owner, splat, splats.opacities.new_zeros(0, dtype=dtype)
-
-    means2d, conic = splats.means2d.index_select(0, splat), splats.conics.index_select(0, splat)  # [M, 2], [M, 3]
-    delta_x = (pixel_x.to(dtype) + 0.5) - means2d[:, 0]
-    delta_y = (pixel_y.to(dtype) + 0.5) - means2d[:, 1]
-    sigma = 0.5 * (conic[:, 0] * delta_x**2 + conic[:, 2] * delta_y**2) + conic[:, 1] * delta_x * delta_y
-    # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
-    # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
-    alpha = torch.clamp_max(splats.opacities.index_select(0, splat) * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
-    # Skipped pairs change neither the transmittance nor the sums (most of an extent box's
-    # corners are skipped): drop them before the sort.
-    kept = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).squeeze(1)
-    pixel = ((pixel_y - first) * width + pixel_x).index_select(0, kept)
-    splat, alpha = splat.index_select(0, kept), alpha.index_select(0, kept)
-    # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
-    order = torch.argsort(pixel, stable=True)
-    pixel, splat, alpha = pixel.index_select(0, order), splat.index_select(0, order), alpha.index_select(0, order)
-    if len(pixel) == 0:
-        return pixel, splat, alpha
+    # Most boxes are a few pixels wide: those are paired by broadcasting over a fixed box, the
+    # rest one pair at a time. Both keep only pairs with alpha >= 1/255: skipped pairs change
+    # neither the transmittance nor the sums.
+    small = (rows <= DENSE_BOX) & (columns <= DENSE_BOX)
+    dense = _box_pairs(splats, visible, torch.nonzero(small).squeeze(1), low[:, 0], top, rows, columns, dtype)
+    listed = _listed_pairs(splats, visible, torch.nonzero(~small).squeeze(1), low[:, 0], top, rows, columns, dtype)
+    pixel_x, pixel_y, rank, alpha = (torch.cat(parts) for parts in zip(dense, listed))
+    if len(rank) == 0:
+        return rank, rank, alpha.to(dtype)
+    pixel = (pixel_y - first) * width + pixel_x
+    # Sort by pixel, front to back within a pixel (rank is the depth order).
+    order = torch.argsort(pixel * len(visible) + rank)
+    pixel, alpha = pixel.index_select(0, order), alpha.index_select(0, order)
+    splat = visible.index_select(0, rank.index_select(0, order))
     pixels = (last - first) * width
     log_pass = torch.log1p(-alpha)  # log(1 - alpha)
 
@@ -469,6 +456,50 @@ def _band_weights(
     counted = log_after > math.log(TRANSMITTANCE_THRESHOLD)
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
     return pixel, splat, weights
+
+
+def _pair_alpha(
+    splats: _Splats, splat: torch.Tensor, pixel_x: torch.Tensor, pixel_y: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha of splats at pixels (broadcast shapes) and whether the pair counts (α >= 1/255)."""
+    means2d, conic, opacity = splats.means2d[splat], splats.conics[splat], splats.opacities[splat]
+    delta_x = (pixel_x.to(dtype) + 0.5) - means2d[..., 0]
+    delta_y = (pixel_y.to(dtype) + 0.5) - means2d[..., 1]
+    sigma = 0.5 * (conic[..., 0] * delta_x**2 + conic[..., 2] * delta_y**2) + conic[..., 1] * delta_x * delta_y
+    # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
+    # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
+    alpha = torch.clamp_max(opacity * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
+    return alpha, (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+
+
+def _box_pairs(splats, visible, ranks, left, top, rows, columns, dtype):
+    """Pairs of the splats ``visible[ranks]`` whose boxes fit ``DENSE_BOX`` pixels square, by broadcasting.
+
+    Returns:
+        pixel_x, pixel_y, rank (position in ``visible``), alpha of the kept pairs. [M] each
+    """
+    offsets = torch.arange(DENSE_BOX, device=visible.device)
+    pixel_x = left.index_select(0, ranks)[:, None, None] + offsets  # [S, 1, K]
+    pixel_y = top.index_select(0, ranks)[:, None, None] + offsets[:, None]  # [S, K, 1]
+    inside = (offsets < columns.index_select(0, ranks)[:, None, None]) & (offsets[:, None] < rows.index_select(0, ranks)[:, None, None])
+    alpha, kept = _pair_alpha(splats, visible.index_select(0, ranks)[:, None, None], pixel_x, pixel_y, dtype)
+    box, dy, dx = torch.nonzero(inside & kept, as_tuple=True)
+    return pixel_x[box, 0, dx], pixel_y[box, dy, 0], ranks.index_select(0, box), alpha[box, dy, dx]
+
+
+def _listed_pairs(splats, visible, ranks, left, top, rows, columns, dtype):
+    """Pairs of the splats ``visible[ranks]`` with larger boxes, listed pixel by pixel (as :func:`_box_pairs`)."""
+    rows, columns = rows.index_select(0, ranks), columns.index_select(0, ranks)
+    counts = rows * columns  # pairs per splat in this band
+    owner = torch.repeat_interleave(torch.arange(len(ranks), device=visible.device), counts)
+    local = torch.arange(len(owner), device=visible.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
+    row = torch.div(local, columns.index_select(0, owner), rounding_mode="floor")
+    rank = ranks.index_select(0, owner)
+    pixel_x = left.index_select(0, rank) + local - row * columns.index_select(0, owner)
+    pixel_y = top.index_select(0, rank) + row
+    alpha, kept = _pair_alpha(splats, visible.index_select(0, rank), pixel_x, pixel_y, dtype)
+    kept = torch.nonzero(kept).squeeze(1)
+    return pixel_x[kept], pixel_y[kept], rank[kept], alpha[kept]
 
 
 def _render_features_gsplat(

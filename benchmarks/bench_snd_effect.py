@@ -15,10 +15,10 @@ with the same steps, batches, data order and teacher compute:
 and scores the initialisation, the three runs and two feature-free baselines on rooms no run ever
 saw (generator seed 2000):
 
-- correspondence (snd_hf.eval.correspondence: nearest neighbours with the ratio test, 1000 best
-  matches of every 2nd pixel of view 0, error against the true reprojection) on distinct view
-  pairs, 4 per room at a gap of 4 frames and 2 at a gap of 8, recall at 5/10/20 px of the 84x112
-  images;
+- correspondence (snd_hf.eval.correspondence, Probe3D's protocol: every valid pixel of view 0
+  matched to its nearest neighbour in view 1 with the ratio test, the 1000 best matches scored
+  against the true reprojection) on distinct view pairs, 4 per room at a gap of 4 frames and 2 at
+  a gap of 8, recall at 5/10/20 px of the 84x112 images;
 - a depth probe: ridge regression of each token's log depth on its features, fitted on the
   training rooms' frames, scored (RMSE of log depth) on the held-out rooms' frames;
 - baselines without a network: ``position_only`` (Fourier features of the pixel position: a match
@@ -68,9 +68,6 @@ HELD_OUT_SEED = 2000  # rooms that no training, pre-training or `snd eval` run u
 HELD_OUT_ROOMS = 8
 PAIRS_PER_ROOM = {4: 4, 8: 2}  # gap (frames) -> distinct pairs per room: 8 x 6 = 48 pairs
 THRESHOLDS = (5.0, 10.0, 20.0)
-# Every 2nd row and column of view 0 is matched (2352 queries per pair at 84x112) against every
-# pixel of view 1: a quarter of Probe3D's cost, errors still in full-resolution pixels.
-QUERY_STRIDE = 2
 RUNS = ("snd", "self_distillation", "cross_view_copy")
 TARGETS = {"snd": "splat", "self_distillation": "self_distillation", "cross_view_copy": "cross_view_copy"}
 FOURIER_FREQUENCIES = 6
@@ -107,7 +104,7 @@ def correspondence_recalls(feature_maps, pairs: list[tuple[int, ViewPair]]) -> d
     """Recall at 5/10/20 px per gap, averaged over pairs. ``feature_maps(pair) -> [2, C, h, w]``."""
     per_gap: dict[int, list[dict[str, float]]] = {}
     for gap, pair in pairs:
-        errors = correspondence_errors(feature_maps(pair), pair.depths, pair.extrinsics, pair.intrinsics, stride=QUERY_STRIDE)
+        errors = correspondence_errors(feature_maps(pair), pair.depths, pair.extrinsics, pair.intrinsics)
         per_gap.setdefault(gap, []).append(recall_at(errors, THRESHOLDS))
     results = {}
     for gap, recalls in sorted(per_gap.items()):

@@ -147,6 +147,7 @@ def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
         num_context=2,
         context_gap=config.context_gap,
         num_targets=config.num_targets,
+        target_mode=config.target_mode,
         image_size=tuple(config.image_size),
         near=config.near,
         far=config.far,

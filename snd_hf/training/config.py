@@ -59,6 +59,9 @@ class TrainingConfig:
     image_size: list[int] = field(default_factory=lambda: [84, 112])  # training (H, W): a 6x8 token grid
     context_gap: int = 4
     num_targets: int = 1
+    # "between" (the original: inclusive, a target may be a context frame) or "inside" (never a
+    # context frame: every sample carries geometry).
+    target_mode: Literal["between", "inside"] = "between"
     near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
     far: float = 20.0
     batch_size: int = 8

@@ -1,12 +1,19 @@
 """Benchmark the SnD training step of a config (default: the tiny synthetic one) on CPU.
 
-A cut-down training/train.py (as nanoGPT's bench.py): it builds the same student, EMA teacher,
-optimizer and splatting teacher and runs the same step functions (snd_hf.training.step), timing
-them stage by stage (lifter, teacher forward, mask operations, rendering, student forward +
-backward, heads, EMA) and reports steps/s and peak memory. With ``--trained DIR`` it also
-compares the multi-view correspondence recall of a trained student (e.g.
-``outputs/snd-synthetic-tiny``) against its initialisation on held-out generated scenes
-(ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).
+A cut-down training/train.py (as nanoGPT's bench.py): it builds the same student, teacher,
+optimizer and splatting teacher and runs the same step functions (snd_hf.training.step) on the
+same batches in three ways, in one run:
+
+- the reference: the student's plain forward + backward (and optimizer step) on the target views;
+- the SnD step with the teacher operator cached (snd_hf/splatting/operator.py; the operators of
+  the benchmarked batches are built before the clock starts, as a long run reuses them);
+- the SnD step with the direct teacher (lifting, rendering and mask operations every step),
+  timed stage by stage;
+
+and prints each as a ratio to the reference, the cached operator's speed-up and peak memory.
+With ``--trained DIR`` it also compares the multi-view correspondence recall of a trained student
+(e.g. ``outputs/snd-synthetic-tiny``) against its initialisation on distinct pairs of held-out
+generated rooms (ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).
 
     python benchmarks/bench_train.py
     python benchmarks/bench_train.py --steps 10 --trained outputs/snd-synthetic-tiny
@@ -17,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,8 +36,9 @@ import torch
 
 import snd_hf.splatting.teacher as teacher_module
 from snd_hf import SnDModel
-from snd_hf.data.scenes import SceneDataset, collate_scenes
-from snd_hf.data.synthetic import ensure_synthetic_scenes
+from snd_hf.data.scenes import collate_scenes
+from snd_hf.eval.correspondence import correspondence_errors, summarize_correspondence
+from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
 from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
 from snd_hf.training.builders import (
     build_dataset,
@@ -40,7 +48,8 @@ from snd_hf.training.builders import (
     prepare_scenes,
 )
 from snd_hf.training.export import merged_backbone
-from snd_hf.training.step import student_loss, teacher_logits
+from snd_hf.training.operator_cache import OperatorCache
+from snd_hf.training.step import student_loss, teacher_targets
 
 
 class StageTimer:
@@ -87,85 +96,103 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     loader = torch.utils.data.DataLoader(
         build_dataset(config, root), batch_size=config.batch_size, shuffle=True, collate_fn=collate_scenes, drop_last=True
     )
+    batches = [batch for _, batch in zip(range(warmup + steps), itertools.cycle(loader))]
     student = build_student(config)
     teacher = make_ema_teacher(student)
     splat_teacher = build_splat_teacher(config)
     optimizer = build_optimizer(config, student)
+    # The operator of every benchmarked batch is built before the clock starts: a long run visits
+    # each sample many times (the recipe: 640 samples, 12000 draws), so its steps are cache hits.
+    operators = OperatorCache(splat_teacher, config.operator_cache_mb * 2**20)
+    tick = time.perf_counter()
+    for batch in batches:
+        operators(batch)
+    build_seconds = (time.perf_counter() - tick) / (len(batches) * config.batch_size)
 
     timer = StageTimer()
     # Time the teacher's internals by wrapping the functions it calls (restored at the end).
-    patched = {name: getattr(teacher_module, name) for name in ("mask_aware_upsample", "blend_with_mask", "render_features")}
-    stage_of = {"mask_aware_upsample": "mask ops", "blend_with_mask": "mask ops", "render_features": "render"}
+    patched = {name: getattr(teacher_module, name) for name in ("upsample_features", "blend_with_mask", "render_features")}
+    stage_of = {"upsample_features": "mask ops", "blend_with_mask": "mask ops", "render_features": "render"}
     for name, function in patched.items():
         setattr(teacher_module, name, timer.wrap(stage_of[name], function))
     splat_teacher.lifter.forward = timer.wrap("lifter", splat_teacher.lifter.forward)
     # The shared step functions call these methods; instance attributes shadow them with timed ones.
     teacher.features = timer.wrap("teacher forward (ViT)", teacher.features)
-    for module in (teacher, student):
-        module.logits = timer.wrap("heads", module.logits)
 
-    step_times, batches = [], iter(())
-    rss_before = peak_rss_mib()
-    try:
-        for step in range(warmup + steps):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                batch = next(batches)
-            start = time.perf_counter()
-            with timer.stage("teacher splatting (other)"):
-                logits, coverage = teacher_logits(teacher, splat_teacher, batch)
-            with timer.stage("student forward + backward"):
-                student_loss(student, batch, logits, coverage, config).backward()
-            with timer.stage("optimizer"):
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    def snd_step(batch, cache) -> None:
+        with timer.stage("teacher targets (other)"):
+            targets = teacher_targets(teacher, splat_teacher, batch, config, cache)
+        with timer.stage("student forward + backward + loss"):
+            student_loss(student, teacher, batch, targets, config).loss.backward()
+        with timer.stage("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if config.teacher_mode == "ema":
             with timer.stage("EMA"):
                 ema_update(teacher, student, config.ema_momentum)
-            if step >= warmup:
-                step_times.append(time.perf_counter() - start)
-                timer.end_step()
-            else:
-                timer._current.clear()
+
+    def plain_step(batch, cache) -> None:
+        # The reference: the student's own forward + backward on the target views, and its update.
+        features, _ = student(batch["target"]["image"])
+        features.float().square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    modes = {
+        "student forward + backward (reference)": (plain_step, None),
+        "SnD step, cached teacher operator": (snd_step, operators),
+        "SnD step, direct teacher": (snd_step, None),
+    }
+    medians, rss_before = {}, peak_rss_mib()
+    try:
+        for mode, (step_function, cache) in modes.items():
+            step_times = []
+            for index, batch in enumerate(batches):
+                start = time.perf_counter()
+                step_function(batch, cache)
+                if index >= warmup:
+                    step_times.append(time.perf_counter() - start)
+                    timer.end_step()
+                else:
+                    timer._current.clear()
+            medians[mode] = statistics.median(step_times)
+            if mode == "SnD step, direct teacher":
+                breakdown = {name: statistics.median(values) for name, values in timer.totals.items()}
+            timer.totals.clear()
     finally:
         for name, function in patched.items():
             setattr(teacher_module, name, function)
 
-    total = statistics.median(step_times)
-    print(f"\nconfig: image {config.image_size}, batch {config.batch_size}, ViT width {config.hidden_size} x "
-          f"{config.num_hidden_layers} layers, {config.head_prototypes} prototypes, threads {torch.get_num_threads()}")
-    print(f"{'stage':<30}{'median ms':>12}{'share':>8}")
-    for name, values in sorted(timer.totals.items(), key=lambda item: -statistics.median(item[1])):
-        median = statistics.median(values)
-        print(f"{name:<30}{1000 * median:>12.1f}{100 * median / total:>7.1f}%")
-    print(f"{'step (median)':<30}{1000 * total:>12.1f}")
-    print(f"steps/s: {1.0 / total:.2f}   images/s: {config.batch_size / total:.2f}")
+    print(f"\nconfig: image {config.image_size}, batch {config.batch_size}, ViT width {student.backbone.config.hidden_size} x "
+          f"{student.backbone.config.num_hidden_layers} layers, loss {config.loss}, teacher {config.teacher_mode}, "
+          f"threads {torch.get_num_threads()}")
+    total = medians["SnD step, direct teacher"]
+    print(f"\ndirect teacher, by stage:\n{'stage':<36}{'median ms':>12}{'share':>8}")
+    for name, median in sorted(breakdown.items(), key=lambda item: -item[1]):
+        print(f"{name:<36}{1000 * median:>12.1f}{100 * median / total:>7.1f}%")
+    reference = medians["student forward + backward (reference)"]
+    print(f"\n{'step':<44}{'median ms':>10}{'x reference':>13}")
+    for mode, median in medians.items():
+        print(f"{mode:<44}{1000 * median:>10.1f}{median / reference:>13.2f}")
+    cached = medians["SnD step, cached teacher operator"]
+    print(f"cached operator speed-up over the direct teacher: {total / cached:.1f}x "
+          f"(building one sample's operator once: {1000 * build_seconds:.0f} ms)")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (before the steps: {rss_before:.0f} MiB)")
 
 
 @torch.no_grad()
-def correspondence_recall(model: torch.nn.Module, scenes: Path, pairs: int, gap: int) -> dict[str, float]:
-    """Recall of nearest-neighbour feature matches between two views of held-out scenes (native size)."""
-    from snd_hf.data.correspondence import relative_rotation_deg
-    from snd_hf.eval.correspondence import (
-        correspondence_errors,
-        summarize_correspondence,
-    )
-
-    dataset = SceneDataset(scenes, num_context=2, context_gap=gap, image_size=None, seed=123)
+def correspondence_recall(model: torch.nn.Module, pairs: SyntheticPairs) -> dict[str, float]:
+    """Recall of nearest-neighbour feature matches over distinct held-out view pairs (native size)."""
     errors, rotations = [], []
-    for index in range(pairs):
-        sample = collate_scenes([dataset[index % len(dataset)]])["context"]
-        features = teacher_module.patch_features(model, sample["image"])[0]  # [2, C, h, w]
-        errors.append(
-            correspondence_errors(features, sample["depth"][0], sample["extrinsics"][0], sample["intrinsics"][0])
-        )
-        rotations.append(float(relative_rotation_deg(sample["extrinsics"][0, 0], sample["extrinsics"][0, 1])))
+    for index in range(len(pairs)):
+        pair = pairs[index]
+        features = teacher_module.patch_features(model, pair.images[None])[0]  # [2, C, h, w]
+        errors.append(correspondence_errors(features, pair.depths, pair.extrinsics, pair.intrinsics))
+        rotations.append(pair.rotation_deg)
     return summarize_correspondence(errors, rotations)
 
 
-def compare_recall(trained_dir: Path, pairs: int) -> None:
+def compare_recall(trained_dir: Path, pairs_per_room: int, rooms: int) -> None:
     trained = SnDModel.from_pretrained(trained_dir).eval()
     info = trained.config.training_info or {}
     if "config" not in info:
@@ -173,22 +200,13 @@ def compare_recall(trained_dir: Path, pairs: int) -> None:
     config = TrainingConfig.from_dict(info["config"])
     torch.manual_seed(config.seed)  # the initialisation of the run, rebuilt from its config and seed
     initial = merged_backbone(build_student(config).backbone)
-    with tempfile.TemporaryDirectory() as tmp:
-        held_out = ensure_synthetic_scenes(
-            Path(tmp) / "held_out",
-            num_scenes=4,
-            num_frames=config.synthetic_frames,
-            height=config.synthetic_size[0],
-            width=config.synthetic_size[1],
-            seed=config.seed + 1000,  # scenes never seen in training
-            progress=False,
-        )
-        results = {
-            name: correspondence_recall(model.eval(), held_out, pairs, config.context_gap)
-            for name, model in (("initialisation", initial), ("trained", trained))
-        }
+    frames, gap = config.synthetic_frames, config.context_gap
+    scenes = render_scenes((rooms, frames, *config.synthetic_size), seed=config.seed + 1000)  # never trained on
+    # Distinct pairs only: each (room, first frame) once.
+    pairs = SyntheticPairs(scenes, gaps={gap: min(pairs_per_room, frames - gap)})
+    results = {name: correspondence_recall(model.eval(), pairs) for name, model in (("initialisation", initial), ("trained", trained))}
     keys = [k for k in results["trained"] if k.startswith("recall@") and k.endswith("px")]
-    print(f"\ncorrespondence on {pairs} held-out pairs (gap {config.context_gap}, {config.synthetic_size} pixels):")
+    print(f"\ncorrespondence on {len(pairs)} distinct held-out pairs ({rooms} rooms, gap {gap}, {config.synthetic_size} pixels):")
     print(f"{'model':<16}" + "".join(f"{k:>14}" for k in keys))
     for name, summary in results.items():
         print(f"{name:<16}" + "".join(f"{summary[k]:>14.3f}" for k in keys))
@@ -199,14 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--trained", type=Path, default=None, help="a trained output dir: compare correspondence recall")
-    parser.add_argument("--pairs", type=int, default=16, help="held-out view pairs for the recall")
+    parser.add_argument("--pairs", type=int, default=8, help="distinct held-out view pairs per room for the recall")
+    parser.add_argument("--rooms", type=int, default=4, help="held-out rooms for the recall")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     config = TrainingConfig.from_args(overrides)
     config.validate()
     if args.steps > 0:
         benchmark_steps(config, args.steps, args.warmup)
     if args.trained is not None:
-        compare_recall(args.trained, args.pairs)
+        compare_recall(args.trained, args.pairs, args.rooms)
     return 0
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .files import atomic_write
 
 __all__ = ["PCAProjection", "fit_pca", "pca_rgb", "save_png", "save_panel", "to_uint8_image"]
+
+CAPTION_SIZE = 12  # caption font size in pixels
 
 
 @dataclass
@@ -166,7 +168,12 @@ def save_png(image: np.ndarray | torch.Tensor, path: str | os.PathLike, scale: i
 
 
 def save_panel(
-    images: list[np.ndarray | torch.Tensor], path: str | os.PathLike, height: int | None = None, gap: int = 4
+    images: list[np.ndarray | torch.Tensor],
+    path: str | os.PathLike,
+    height: int | None = None,
+    gap: int = 4,
+    title: str | None = None,
+    labels: list[str] | None = None,
 ) -> Path:
     """Write images side by side (each resized nearest to a common height) on a white background.
 
@@ -175,12 +182,16 @@ def save_panel(
         path: Destination PNG.
         height: Common height; the tallest image's height when None.
         gap: White pixels between images.
+        title: Text above the panel, wrapped to its width (``\n`` starts a new line), or None.
+        labels: One caption per image, written above it, or None.
 
     Returns:
         The written path.
     """
     if not images:
         raise ValueError("images must hold at least one image, got an empty list")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"labels must hold one caption per image ({len(images)}), got {len(labels)}")
     pictures = [Image.fromarray(to_uint8_image(image)) for image in images]
     height = max(picture.height for picture in pictures) if height is None else height
     resized = [
@@ -188,11 +199,37 @@ def save_panel(
         for picture in pictures
     ]
     width = sum(picture.width for picture in resized) + gap * (len(resized) - 1)
-    panel = Image.new("RGB", (width, height), (255, 255, 255))
+    font = ImageFont.load_default(size=CAPTION_SIZE)
+    title_lines = _wrap(title, font, width) if title else []
+    line = CAPTION_SIZE + 4
+    top = line * len(title_lines) + (line if labels else 0) + (gap if title_lines or labels else 0)
+    panel = Image.new("RGB", (width, top + height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for row, text in enumerate(title_lines):
+        draw.text((0, row * line), text, fill=(0, 0, 0), font=font)
     left = 0
-    for picture in resized:
-        panel.paste(picture, (left, 0))
+    for index, picture in enumerate(resized):
+        panel.paste(picture, (left, top))
+        if labels:
+            caption = _wrap(labels[index], font, picture.width)[0]
+            draw.text((left, top - line - gap // 2), caption, fill=(60, 60, 60), font=font)
         left += picture.width + gap
     path = Path(path)
     atomic_write(path, lambda temporary: panel.save(temporary, format="PNG"))
     return path
+
+
+def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` to lines at most ``width`` pixels long in ``font`` (a longer word gets its own line)."""
+    lines = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for word in paragraph.split():
+            candidate = f"{current} {word}".strip()
+            if current and font.getlength(candidate) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        lines.append(current)
+    return lines

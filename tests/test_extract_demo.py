@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,7 +94,14 @@ def test_demo_offline_uses_embedded_checkpoint(hub, tmp_path, capsys):
         assert (out / f"{stem}_pca.png").is_file()
     panel = Image.open(out / "panel.png")
     height = feature_map.shape[1] * 14
-    assert panel.height == height and panel.width > 2 * len(stems) * height  # image | features per view
+    # image | features per view, under a title and one caption per column
+    assert height < panel.height < height + 100 and panel.width > 2 * len(stems) * height
+    # The correspondence picture: the 2D-pretrained start (left) and the SnD model (right), two views each.
+    assert "correspondence view0 -> view1" in printed and str(out / "correspondence.png") in printed
+    recalls = re.search(r"before SnD\) ([0-9.]+), SnD ([0-9.]+)\)", printed)
+    assert recalls is not None and 0.0 <= float(recalls.group(1)) <= 1.0 and 0.0 <= float(recalls.group(2)) <= 1.0
+    with Image.open(DEMO_IMAGES / "view0.png") as view:
+        assert Image.open(out / "correspondence.png").width > 4 * view.width
 
 
 def test_demo_prefers_the_published_weights_when_the_hub_answers(hub, tmp_path, fixtures_dir, capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from snd_hf.visualization import fit_pca, pca_rgb, save_panel, save_png
+from snd_hf.visualization import CAPTION_SIZE, fit_pca, pca_rgb, save_panel, save_png
 
 
 def _ramp_features(channels: int = 8, height: int = 4, width: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,3 +80,17 @@ def test_save_png_and_panel_round_trip(tmp_path):
     assert (panel[:, 8:10] == 255).all()
     expected = (float_image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(panel[:, 10:], expected)
+
+
+def test_panel_title_wraps_and_labels_sit_above_their_images(tmp_path):
+    images = [np.zeros((40, 60, 3), dtype=np.uint8), np.full((40, 60, 3), 128, dtype=np.uint8)]
+    title = "a title long enough to need wrapping over a panel this narrow\nand a second paragraph"
+    panel = np.asarray(Image.open(save_panel(images, tmp_path / "p.png", gap=4, title=title, labels=["left", "right"])))
+    line = CAPTION_SIZE + 4
+    # Title lines (wrapped to 124 px), one label line, the gap, then the images unchanged at the bottom.
+    assert panel.shape[1] == 124 and (panel.shape[0] - 40 - line - 4) % line == 0 and panel.shape[0] > 40 + 4 * line
+    np.testing.assert_array_equal(panel[-40:, :60], images[0])
+    np.testing.assert_array_equal(panel[-40:, 64:], images[1])
+    assert (panel[: line * 2] < 128).any()  # dark title text at the top
+    with pytest.raises(ValueError, match="one caption per image"):
+        save_panel(images, tmp_path / "q.png", labels=["only one"])

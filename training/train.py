@@ -1,6 +1,7 @@
-"""Train SnD: distil splatted, blended EMA-teacher features of context views into a DINOv2 student.
+"""Train SnD: distil splatted, blended teacher features of context views into a DINOv2 student.
 
-Launch (defaults: the tiny synthetic run; README.md, "Train", gives its measured time):
+Launch (defaults: the CPU recipe of training/configs/synthetic_tiny.yaml, which shows the SnD
+effect; docs/snd_effect.md gives its time and results):
 
     python training/train.py
     python training/train.py --max_steps 20 --output_dir outputs/quick
@@ -29,13 +30,15 @@ Outputs in ``output_dir``: the final student as a native SnD directory (``SnDMod
 / ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, same format),
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
 ``export.json`` (the step and files of that export, which is swapped in as one set),
-``losses.jsonl`` (one line per optimizer step, also after a resume), ``config.yaml``, and
-``checkpoints/step_{n}`` (the full training state as safetensors + JSON, no pickle: resumable).
+``losses.jsonl`` (one line per optimizer step, also after a resume: loss, lr and the collapse
+diagnostics of snd_hf/training/diagnostics.py, which warn once when the run collapses),
+``config.yaml``, and ``checkpoints/step_{n}`` (the full training state as safetensors + JSON, no
+pickle: resumable).
 
 The embedded default checkpoint of ``snd demo`` (``snd_hf/assets/default/``) is the default run's
-final student:
+final student (its start, ``snd_hf/assets/pretrained_2d/``, comes from training/pretrain_2d.py):
 
-    OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors} snd_hf/assets/default/
+    OMP_NUM_THREADS=1 python training/train.py && cp outputs/snd-synthetic-tiny/{config.json,model.safetensors,preprocessor_config.json} snd_hf/assets/default/
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_dir,
     temporary_checkpoint_path,
 )
+from snd_hf.training.diagnostics import CollapseMonitor, step_diagnostics
 from snd_hf.training.export import save_native, save_original
 from snd_hf.training.guards import NonFiniteError, NonFiniteGuard, check_finite_weights
+from snd_hf.training.operator_cache import OperatorCache
 from snd_hf.training.outputs import (
     LOSS_LOG,
     LossLog,
@@ -81,7 +86,7 @@ from snd_hf.training.outputs import (
 from snd_hf.training.preflight import check_before_compute
 from snd_hf.training.push import push_final_model
 from snd_hf.training.schedule import one_cycle_schedule
-from snd_hf.training.step import student_loss, teacher_logits
+from snd_hf.training.step import student_loss, teacher_targets
 from snd_hf.training.usage import training_help
 
 # Test-only: "after_step:N" SIGKILLs the process once step N is logged; "during_save:N" SIGKILLs it
@@ -132,11 +137,13 @@ def training_function(config: TrainingConfig) -> None:
     )
 
     # ---------------------------------------------------------------------------------------------
-    # Model: student (LoRA or full fine-tuning) + DINO head; teacher = EMA copy; frozen lifter
+    # Model: student (LoRA or full fine-tuning) [+ DINO head]; teacher = EMA or frozen copy; frozen lifter
     # ---------------------------------------------------------------------------------------------
     student = build_student(config)
     teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
     splat_teacher = build_splat_teacher(config)
+    # The lifter is frozen, so each sample's context→target map can be built once and reused.
+    operators = OperatorCache(splat_teacher, config.operator_cache_mb * 2**20) if config.cache_operator else None
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     accelerator.print(f"trainable parameters: {num_trainable:,} of {sum(p.numel() for p in student.parameters()):,}")
 
@@ -225,6 +232,7 @@ def training_function(config: TrainingConfig) -> None:
         )
     steps_per_epoch = batches_per_epoch // accumulation
     epoch, skip_steps = divmod(global_step, steps_per_epoch)
+    monitor = CollapseMonitor(config.head_prototypes if config.loss == "dino_head" else None)
     progress = tqdm(
         total=config.max_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process
     )
@@ -244,13 +252,14 @@ def training_function(config: TrainingConfig) -> None:
                 break
             micro_step += 1
 
-            # Teacher: EMA backbone on the context views → lift, splat, blend into the target views.
+            # Teacher: its tokens of the context views → lift, splat, blend into the target views.
             with accelerator.autocast():
-                logits, coverage = teacher_logits(teacher, splat_teacher, batch)  # [B, Vt, h, w, K], [B, Vt, h, w]
+                targets = teacher_targets(teacher, splat_teacher, batch, config, operators)  # [B, Vt, C, h, w]
 
             with accelerator.accumulate(student):
-                # Student: its own logits of the target views against the teacher's.
-                loss = student_loss(student, batch, logits, coverage, config)
+                # Student: its own tokens of the target views against the targets.
+                outputs = student_loss(student, teacher, batch, targets, config, global_step)
+                loss = outputs.loss
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 accelerator.backward(loss)
                 guard.observe(loss, batch)
@@ -270,7 +279,8 @@ def training_function(config: TrainingConfig) -> None:
 
             # EMA teacher, after the optimizer step. Deviation: the original updates the teacher
             # in on_after_backward, before that step's optimizer step (one step staler).
-            if global_step % config.ema_every == 0 and not guard.step_failed:
+            # Deviation (objective, optional): teacher_mode "frozen" never updates it.
+            if config.teacher_mode == "ema" and global_step % config.ema_every == 0 and not guard.step_failed:
                 ema_update(teacher, accelerator.unwrap_model(student), config.ema_momentum)
 
             # Logging: .item() forces a sync, so losses are gathered only every log_steps.
@@ -279,11 +289,13 @@ def training_function(config: TrainingConfig) -> None:
                 images_per_s = accelerator.num_processes * config.batch_size * accumulation * micro_step / (
                     time.perf_counter() - tick
                 )
-                coverage_fraction = coverage.float().mean().item()
+                # Collapse diagnostics (entropies, prototypes, effective ranks, coverage): warn once.
+                diagnostics = step_diagnostics(outputs.coverage, outputs.student_features, outputs.target_features, outputs.teacher_probs)
+                monitor.update(global_step, diagnostics)
                 if loss_log is not None:
-                    loss_log.write(global_step, loss=mean_loss, lr=lr, coverage=coverage_fraction)
+                    loss_log.write(global_step, loss=mean_loss, lr=lr, **diagnostics)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-                accelerator.log({"loss": mean_loss, "lr": lr, "coverage": coverage_fraction, "images_per_s": images_per_s}, step=global_step)
+                accelerator.log({"loss": mean_loss, "lr": lr, "images_per_s": images_per_s, **diagnostics}, step=global_step)
             guard.end_step(global_step)  # NonFiniteError: stop here, before anything is saved
             progress.update(1)
 

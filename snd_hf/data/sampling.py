@@ -1,7 +1,8 @@
 """View sampling shared by every scene reader: which frames one sample takes, and loading them.
 
 SnD's bounded sampler: the context views span ``context_gap`` frames and the targets lie between
-them (or outside them, ``target_mode="novel"``). :class:`SamplingOptions` holds the keyword
+them (``"between"``, inclusive as in the original; ``"inside"``, never a context frame itself) or
+outside them (``target_mode="novel"``). :class:`SamplingOptions` holds the keyword
 arguments of :class:`~snd_hf.data.scenes.SceneDataset` and draws a sample's positions from a random
 stream that depends only on ``(seed, epoch, scene id, draw)``, so the folder, ``datasets`` and
 streamed readers give the same samples.
@@ -37,7 +38,7 @@ def sample_views(
     num_context: int = 2,
     context_gap: tuple[int, int] = (8, 8),
     num_targets: int = 1,
-    target_mode: Literal["between", "novel"] = "between",
+    target_mode: Literal["between", "inside", "novel"] = "between",
 ) -> tuple[list[int], list[int]]:
     """Draw context and target frame positions of one scene.
 
@@ -60,6 +61,9 @@ def sample_views(
     context = [left + round(k * gap / (num_context - 1)) for k in range(num_context)]
     if target_mode == "between":
         candidates = np.arange(left, right + 1)
+    elif target_mode == "inside":
+        # A target equal to a context view is rendered from itself: it teaches no geometry.
+        candidates = np.setdiff1d(np.arange(left + 1, right), context)
     else:
         candidates = np.concatenate([np.arange(max(left - gap, 0), left), np.arange(right + 1, min(right + gap, num_frames - 1) + 1)])
     targets = rng.choice(candidates, size=num_targets, replace=len(candidates) < num_targets)
@@ -81,7 +85,7 @@ class SamplingOptions:
     num_context: int = 2
     context_gap: int | tuple[int, int] = 8
     num_targets: int = 1
-    target_mode: Literal["between", "novel"] = "between"
+    target_mode: Literal["between", "inside", "novel"] = "between"
     image_size: tuple[int, int] | None = None
     skip_bad: bool = True
     seed: int = 0
@@ -100,8 +104,13 @@ class SamplingOptions:
             raise ValueError(f"`num_context` must be in [2, min gap + 1 = {gap[0] + 1}], got {self.num_context}.")
         if self.num_targets < 1:
             raise ValueError(f"`num_targets` must be >= 1, got {self.num_targets}.")
-        if self.target_mode not in ("between", "novel"):
-            raise ValueError(f"`target_mode` must be 'between' or 'novel', got {self.target_mode!r}.")
+        if self.target_mode not in ("between", "inside", "novel"):
+            raise ValueError(f"`target_mode` must be 'between', 'inside' or 'novel', got {self.target_mode!r}.")
+        if self.target_mode == "inside" and gap[0] < self.num_context:
+            raise ValueError(
+                f"`target_mode` 'inside' needs a frame between the context views: `context_gap` >= {self.num_context}, "
+                f"got {self.context_gap!r}."
+            )
         if self.samples_per_scene < 1:
             raise ValueError(f"`samples_per_scene` must be >= 1, got {self.samples_per_scene}.")
         unknown = set(self.fields) - set(OPTIONAL_FIELDS)

@@ -16,7 +16,8 @@ batch dimension::
 
 View sampling follows SnD's bounded sampler: the context views span ``context_gap`` frames
 (``num_context`` views spread evenly over that span) and targets lie between them
-(``target_mode="between"``, inclusive, as in the original) or outside them within one gap
+(``target_mode="between"``, inclusive, as in the original; ``"inside"`` excludes the context
+frames themselves) or outside them within one gap
 (``target_mode="novel"``). The draw depends only on ``(seed, epoch, scene id, draw number)``: call
 :meth:`SceneDataset.set_epoch` each epoch and a resumed run sees the same data order.
 
@@ -55,7 +56,8 @@ class SceneDataset(Dataset):
         context_gap: frames between the first and last context view: an int or an inclusive
             (min, max) range.
         num_targets: target views per sample.
-        target_mode: ``"between"`` draws targets within the context span, ``"novel"`` outside it.
+        target_mode: ``"between"`` draws targets within the context span (context frames included),
+            ``"inside"`` within it but never a context frame, ``"novel"`` outside it.
         image_size: output (H, W); None keeps the native size (all scenes must then share it to
             be batched). Intrinsics are normalised, so resizing leaves them unchanged.
         skip_bad: drop frames flagged ``is_bad``.
@@ -83,7 +85,7 @@ class SceneDataset(Dataset):
         num_context: int = 2,
         context_gap: int | tuple[int, int] = 8,
         num_targets: int = 1,
-        target_mode: Literal["between", "novel"] = "between",
+        target_mode: Literal["between", "inside", "novel"] = "between",
         image_size: tuple[int, int] | None = None,
         skip_bad: bool = True,
         seed: int = 0,

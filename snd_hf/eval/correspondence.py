@@ -11,6 +11,7 @@ view-0 pixel (its depth unprojected and projected with the ground-truth cameras)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from snd_hf.eval.metrics import (
     recall_by_rotation,
 )
 
-__all__ = ["correspondence_errors", "ratio_test_matches", "summarize_correspondence"]
+__all__ = ["Matches", "correspondence_errors", "correspondence_matches", "ratio_test_matches", "summarize_correspondence"]
 
 THRESHOLDS_PX = (5.0, 10.0, 20.0)
 
@@ -60,14 +61,37 @@ def ratio_test_matches(
     return index0, nearest_all[index0], weight
 
 
-def correspondence_errors(
+@dataclass
+class Matches:
+    """Feature matches of one image pair and their ground truth, in evaluation-grid pixels.
+
+    Attributes:
+        xy0: pixel centres (x, y) of the matched pixels of view 0. [M, 2]
+        xy1: pixel centres of their matches in view 1. [M, 2]
+        truth: where the view-0 pixels truly project in view 1. [M, 2]
+        weight: ratio-test weight ``1 - d1 / d2``, descending. [M]
+    """
+
+    xy0: torch.Tensor
+    xy1: torch.Tensor
+    truth: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def errors(self) -> torch.Tensor:
+        """Distance from each match to the true projection, in pixels. [M]"""
+        return (self.truth - self.xy1).norm(dim=-1)
+
+
+def correspondence_matches(
     feature_maps: torch.Tensor,
     depths: torch.Tensor,
     extrinsics: torch.Tensor,
     intrinsics: torch.Tensor,
     num_matches: int = 1000,
-) -> torch.Tensor:
-    """Reprojection errors of the feature matches of one image pair.
+    stride: int = 1,
+) -> Matches:
+    """The feature matches of one image pair (see the module docstring) with their ground truth.
 
     Args:
         feature_maps: dense features of both views at any resolution. [2, C, h, w]
@@ -75,9 +99,11 @@ def correspondence_errors(
         extrinsics: camera-to-world, OpenCV. [2, 4, 4]
         intrinsics: normalised intrinsics. [2, 3, 3]
         num_matches: matches kept per pair.
+        stride: match every ``stride``-th row and column of view 0 (1: every pixel, as Probe3D);
+            all of view 1's pixels are candidates either way.
 
     Returns:
-        error of every kept match in evaluation-grid pixels. [M]
+        :class:`Matches` (empty when a view has too few valid pixels).
     """
     if feature_maps.dim() != 4 or feature_maps.shape[0] != 2:
         raise ValueError(f"feature_maps must be [2, C, h, w], got {tuple(feature_maps.shape)}")
@@ -85,18 +111,40 @@ def correspondence_errors(
         raise ValueError(f"depths must be [2, H, W], got {tuple(depths.shape)}")
     height, width = depths.shape[-2:]
     grid = F.interpolate(feature_maps.float(), size=(height, width), mode="bilinear", align_corners=False)
-    grid = F.normalize(grid, dim=1).flatten(2).transpose(1, 2)  # [2, H·W, C]
-    valid = (depths > 0).flatten(1)  # [2, H·W]
-    if int(valid[0].sum()) == 0 or int(valid[1].sum()) < 2:
-        return torch.empty(0)
-    rows0 = valid[0].nonzero().squeeze(1)
-    rows1 = valid[1].nonzero().squeeze(1)
-    index0, index1, _ = ratio_test_matches(grid[0, rows0], grid[1, rows1], num_matches)
-    # Ground truth for every valid pixel of view 0, in the same raster order as rows0. Like
-    # Probe3D, a match is scored against the true projection even where view 1 sees an occluder.
-    truth = correspondences(depths[0], depths[1], extrinsics[0], extrinsics[1], intrinsics[0], intrinsics[1])
+    grid = F.normalize(grid, dim=1)  # [2, C, H, W]
+    queries = grid[0, :, ::stride, ::stride].flatten(1).T  # [H'·W', C]
+    keys = grid[1].flatten(1).T  # [H·W, C]
+    valid0 = (depths[0, ::stride, ::stride] > 0).flatten()
+    valid1 = (depths[1] > 0).flatten()
+    if int(valid0.sum()) == 0 or int(valid1.sum()) < 2:
+        empty = torch.empty(0, 2)
+        return Matches(empty, empty, empty, torch.empty(0))
+    rows0 = valid0.nonzero().squeeze(1)
+    rows1 = valid1.nonzero().squeeze(1)
+    index0, index1, weight = ratio_test_matches(queries[rows0], keys[rows1], num_matches)
+    # Ground truth for every valid (strided) pixel of view 0, in the same raster order as rows0.
+    # Like Probe3D, a match is scored against the true projection even where view 1 sees an occluder.
+    truth = correspondences(
+        depths[0], depths[1], extrinsics[0], extrinsics[1], intrinsics[0], intrinsics[1], stride=stride
+    )
     pixels = pixel_centers(height, width, dtype=truth["xy_b"].dtype) * truth["xy_b"].new_tensor([width, height])
-    return (truth["xy_b"][index0] - pixels.flatten(0, 1)[rows1[index1]]).norm(dim=-1)
+    return Matches(truth["xy_a"][index0], pixels.flatten(0, 1)[rows1[index1]], truth["xy_b"][index0], weight)
+
+
+def correspondence_errors(
+    feature_maps: torch.Tensor,
+    depths: torch.Tensor,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    num_matches: int = 1000,
+    stride: int = 1,
+) -> torch.Tensor:
+    """Reprojection errors of the feature matches of one image pair (:func:`correspondence_matches`).
+
+    Returns:
+        error of every kept match in evaluation-grid pixels. [M]
+    """
+    return correspondence_matches(feature_maps, depths, extrinsics, intrinsics, num_matches, stride).errors
 
 
 def summarize_correspondence(

@@ -118,7 +118,7 @@ def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureMode
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
-    # Deviation: every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5), docs/deviations.md 15.
+    # Deviation (eval: correspondence input): every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5).
     mean = images.new_tensor(SnDImageProcessor.image_mean)[:, None, None]
     std = images.new_tensor(SnDImageProcessor.image_std)[:, None, None]
     return (images - mean) / std

@@ -22,7 +22,7 @@ from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
 from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, EvalData, ViewPair
 from snd_hf.files import atomic_write
 
-__all__ = ["HELD_OUT_SEED", "SyntheticFrames", "synthetic_eval_data"]
+__all__ = ["HELD_OUT_SEED", "SyntheticFrames", "SyntheticPairs", "render_scenes", "synthetic_eval_data"]
 
 HELD_OUT_SEED = 1000
 
@@ -53,14 +53,31 @@ class SyntheticFrames(torch.utils.data.Dataset):
 
 
 class SyntheticPairs(torch.utils.data.Dataset):
-    """Every frame pair of each scene as ``ViewPair``."""
+    """Distinct frame pairs of each scene as ``ViewPair``: every pair, or a few at given frame gaps.
 
-    def __init__(self, scenes: list[dict[str, torch.Tensor]]):
-        self.pairs = [
-            (scene, first, second)
-            for scene in scenes
-            for first, second in itertools.combinations(range(scene["image"].shape[0]), 2)
-        ]
+    Args:
+        scenes: rendered scenes (:func:`render_scenes`).
+        gaps: ``{gap: count}``: per scene, ``count`` distinct pairs ``(start, start + gap)`` with the
+            starts spread evenly over the trajectory; None: every pair of frames.
+    """
+
+    def __init__(self, scenes: list[dict[str, torch.Tensor]], gaps: dict[int, int] | None = None):
+        self.pairs = []
+        for scene in scenes:
+            frames = scene["image"].shape[0]
+            if gaps is None:
+                self.pairs += [(scene, first, second) for first, second in itertools.combinations(range(frames), 2)]
+                continue
+            for gap, count in gaps.items():
+                starts = sorted({int(round(start)) for start in np.linspace(0, frames - 1 - gap, count)})
+                if gap >= frames or len(starts) != count:
+                    raise ValueError(f"scenes of {frames} frames have fewer than {count} distinct pairs {gap} frames apart.")
+                self.pairs += [(scene, start, start + gap) for start in starts]
+
+    def gap(self, index: int) -> int:
+        """Frames between the two views of pair ``index``."""
+        _, first, second = self.pairs[index]
+        return second - first
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -80,17 +97,29 @@ class SyntheticPairs(torch.utils.data.Dataset):
         )
 
 
-def _render_scenes(cache_dir: Path, size: tuple[int, int, int, int], seed: int) -> list[dict[str, torch.Tensor]]:
+def render_scenes(size: tuple[int, int, int, int], seed: int) -> list[dict[str, torch.Tensor]]:
+    """Generated scenes in memory as tensors (``render_synthetic_scene`` arrays; float32 maps).
+
+    Args:
+        size: ``(num_scenes, num_frames, height, width)``.
+        seed: scene seed.
+    """
     num_scenes, num_frames, height, width = size
-    path = cache_dir / f"scenes_{num_scenes}x{num_frames}_{height}x{width}_seed{seed}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
     scenes = []
     for index in tqdm(range(num_scenes), desc="rendering evaluation scenes", leave=False):
         rendered = render_synthetic_scene(index, num_frames, height, width, seed)
         scenes.append({key: torch.from_numpy(np.asarray(value)) for key, value in rendered.items()})
         for key in ("image", "depth", "normals", "extrinsics", "intrinsics"):
             scenes[-1][key] = scenes[-1][key].float()
+    return scenes
+
+
+def _render_scenes(cache_dir: Path, size: tuple[int, int, int, int], seed: int) -> list[dict[str, torch.Tensor]]:
+    num_scenes, num_frames, height, width = size
+    path = cache_dir / f"scenes_{num_scenes}x{num_frames}_{height}x{width}_seed{seed}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    scenes = render_scenes(size, seed)
     atomic_write(path, lambda temporary: torch.save(scenes, temporary))
     return scenes
 

@@ -58,28 +58,7 @@ def mask_aware_upsample(
     features = features.reshape(-1, channels, low_height, low_width)
     masks = masks.reshape(-1, height, width)
 
-    # Align-corners sampling positions and the four neighbours of every high-resolution pixel.
-    ys = _align_corners(low_height, height, features.device, features.dtype)
-    xs = _align_corners(low_width, width, features.device, features.dtype)
-    y0, x0 = ys.floor().long(), xs.floor().long()
-    y1, x1 = (y0 + 1).clamp_max(low_height - 1), (x0 + 1).clamp_max(low_width - 1)
-    wy, wx = ys - y0, xs - x0  # [H], [W]
-    # Neighbour order: (y0, x0), (y0, x1), (y1, x0), (y1, x1).
-    row = torch.stack([y0, y0, y1, y1])[:, :, None]  # [4, H, 1]
-    column = torch.stack([x0, x1, x0, x1])[:, None, :]  # [4, 1, W]
-    weight_y = torch.stack([1 - wy, 1 - wy, wy, wy])[:, :, None]
-    weight_x = torch.stack([1 - wx, wx, 1 - wx, wx])[:, None, :]
-    weights = weight_y * weight_x  # [4, H, W]
-    neighbour = (row * low_width + column).expand(4, height, width)  # flat low-resolution index
-
-    # Label of every low-resolution sample: the high-resolution mask at its grid point.
-    sample_rows = _align_corners(height, low_height, features.device, torch.float64).round().long()
-    sample_columns = _align_corners(width, low_width, features.device, torch.float64).round().long()
-    low_labels = masks[:, sample_rows[:, None], sample_columns[None, :]].flatten(1)  # [N, h * w]
-    neighbour_labels = low_labels[:, neighbour.flatten()].view(-1, 4, height, width)
-    same = neighbour_labels == masks[:, None]  # [N, 4, H, W]
-
-    masked_weights = weights * same  # [N, 4, H, W]
+    neighbour, weights, masked_weights, same = _bilinear_neighbours(masks, low_height, low_width, features.dtype)
     total = masked_weights.sum(1)  # [N, H, W]
 
     # Where all four neighbours share the pixel's label (most pixels: segment interiors) the
@@ -100,6 +79,67 @@ def mask_aware_upsample(
         pixels[image, y, x] = values
     # Channels-last memory: the teacher flattens it to b (v h w) c for free.
     return upsampled.reshape(*batch_shape, channels, height, width)
+
+
+def mask_aware_upsample_weights(
+    masks: torch.Tensor,  # [N, H, W]
+    low_size: tuple[int, int],
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linear map of :func:`mask_aware_upsample`: four weighted low-resolution neighbours per pixel.
+
+    ``upsampled[n, :, y, x] = Σ_k weights[n, k, y, x] · features[n, :, neighbour[k, y, x]]`` with the
+    features flattened to ``h * w`` (row-major).
+
+    Args:
+        masks: high-resolution instance ids, integer. [N, H, W]
+        low_size: ``(h, w)`` of the features.
+
+    Returns:
+        neighbour: flat low-resolution index of each neighbour. [4, H, W]
+        weights: the neighbours' weights (plain bilinear, or renormalised over the neighbours
+            sharing the pixel's label). [N, 4, H, W]
+    """
+    neighbour, weights, masked_weights, same = _bilinear_neighbours(masks, *low_size, dtype)
+    total = masked_weights.sum(1, keepdim=True)  # [N, 1, H, W]
+    fix = (~same.all(1, keepdim=True)) & (total > 0)
+    # Deviation: no valid neighbour → plain bilinear (the original outputs 0), as in mask_aware_upsample.
+    return neighbour, torch.where(fix, masked_weights / total.clamp_min(1e-30), weights.expand_as(masked_weights))
+
+
+def _bilinear_neighbours(
+    masks: torch.Tensor,  # [N, H, W]
+    low_height: int,
+    low_width: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Align-corners neighbours of every pixel and which of them share its label.
+
+    Returns:
+        neighbour [4, H, W] flat low-resolution indices in the order (y0, x0), (y0, x1), (y1, x0),
+        (y1, x1); weights [4, H, W] plain bilinear; masked_weights [N, 4, H, W] those of the
+        neighbours with the pixel's label (else 0); same [N, 4, H, W] which neighbours share it.
+    """
+    height, width = masks.shape[-2:]
+    ys = _align_corners(low_height, height, masks.device, dtype)
+    xs = _align_corners(low_width, width, masks.device, dtype)
+    y0, x0 = ys.floor().long(), xs.floor().long()
+    y1, x1 = (y0 + 1).clamp_max(low_height - 1), (x0 + 1).clamp_max(low_width - 1)
+    wy, wx = ys - y0, xs - x0  # [H], [W]
+    row = torch.stack([y0, y0, y1, y1])[:, :, None]  # [4, H, 1]
+    column = torch.stack([x0, x1, x0, x1])[:, None, :]  # [4, 1, W]
+    weight_y = torch.stack([1 - wy, 1 - wy, wy, wy])[:, :, None]
+    weight_x = torch.stack([1 - wx, wx, 1 - wx, wx])[:, None, :]
+    weights = weight_y * weight_x  # [4, H, W]
+    neighbour = (row * low_width + column).expand(4, height, width)  # flat low-resolution index
+
+    # Label of every low-resolution sample: the high-resolution mask at its grid point.
+    sample_rows = _align_corners(height, low_height, masks.device, torch.float64).round().long()
+    sample_columns = _align_corners(width, low_width, masks.device, torch.float64).round().long()
+    low_labels = masks[:, sample_rows[:, None], sample_columns[None, :]].flatten(1)  # [N, h * w]
+    neighbour_labels = low_labels[:, neighbour.flatten()].view(-1, 4, height, width)
+    same = neighbour_labels == masks[:, None]  # [N, 4, H, W]
+    return neighbour, weights, weights * same, same
 
 
 def blend_with_mask(

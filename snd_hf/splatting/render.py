@@ -47,6 +47,7 @@ MAX_ALPHA = 0.999  # one splat never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4  # a pixel stops before its transmittance reaches this
 MAX_EXTENT = 3.33  # screen-space extent cap, in standard deviations
 SIGMA_CUTOFF = 30.0  # ½ dᵀΣ⁻¹d beyond which exp(-sigma) < 1e-13 (far below 1/255)
+DENSE_BOX = 8  # splats whose pixel box fits this many pixels square are paired by broadcasting
 GSPLAT_MAX_CHANNELS = 513  # gsplat rasterises at most this many channels per kernel call
 
 
@@ -136,6 +137,73 @@ def render_features(
 
 
 @dataclass
+class CompositingWeights:
+    """The linear map one render applies to the Gaussians' features in one camera.
+
+    ``features[:, pixel] = Σ weight · gaussians.features[gaussian]`` summed over the pairs of that
+    pixel (background 0): the pairs are the torch twin's (pixel, Gaussian) pairs, with
+    ``weight = αᵢ Tᵢ``, in the renderer's order (by pixel, front to back within a pixel).
+
+    Attributes:
+        pixel: flat pixel index ``row * W + column``. [M]
+        gaussian: index of the Gaussian in its batch element. [M]
+        weight: the Gaussian's share of the pixel, ``αᵢ Tᵢ`` (0 for skipped pairs). [M]
+        alpha: accumulated opacity, bitwise the torch twin's. [1, H, W]
+    """
+
+    pixel: torch.Tensor
+    gaussian: torch.Tensor
+    weight: torch.Tensor
+    alpha: torch.Tensor
+
+
+def compositing_weights(
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,  # [B, V, 4, 4]
+    intrinsics: torch.Tensor,  # [B, V, 3, 3]
+    near: torch.Tensor,  # [B, V]
+    far: torch.Tensor,  # [B, V]
+    image_size: tuple[int, int],
+    *,
+    eps2d: float = 0.3,
+    max_pairs: int = 1 << 21,
+    dtype: torch.dtype = torch.float32,
+) -> list[list[CompositingWeights]]:
+    """The (pixel, Gaussian, weight) pairs of :func:`render_features` for every camera, without features.
+
+    Rendering is linear in the features once the geometry is fixed; this returns that linear map
+    (the torch twin's mathematics on any device), so that a frozen geometry can be applied to
+    many feature sets (see :mod:`snd_hf.splatting.operator`). Arguments as in
+    :func:`render_features`; ``gaussians.features`` may be None. ``dtype`` is the features'
+    dtype the weights must match (the renderer computes pixel offsets in it).
+
+    Returns:
+        ``weights[b][v]``: :class:`CompositingWeights` of batch element b in camera v.
+    """
+    height, width = _check_image_size(image_size)
+    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
+    if max_pairs < 1:
+        raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
+    views = _Views(torch.linalg.inv(extrinsics), denormalize_intrinsics(intrinsics, height, width), near, far, height, width)
+    weights = []
+    for b in range(extrinsics.shape[0]):
+        weights.append([])
+        for v in range(extrinsics.shape[1]):
+            splats = views.project(gaussians, b, v, eps2d)
+            visible, low, high, bands = _bands(splats, height, width, max_pairs)
+            pixels, splat_ids, pair_weights, alphas = [], [], [], []
+            for first, last in bands:
+                pixel, splat, weight = _band_weights(splats, visible, low, high, width, first, last, dtype)
+                pixels.append(pixel + first * width)
+                splat_ids.append(splat)
+                pair_weights.append(weight)
+                alphas.append(_band_alpha(pixel, weight, (last - first) * width))
+            alpha = torch.cat(alphas).view(1, height, width)
+            weights[-1].append(CompositingWeights(torch.cat(pixels), torch.cat(splat_ids), torch.cat(pair_weights), alpha))
+    return weights
+
+
+@dataclass
 class _Views:
     """The target cameras of a render, in the renderer's terms."""
 
@@ -145,6 +213,21 @@ class _Views:
     far: torch.Tensor  # [B, V]
     height: int
     width: int
+
+    def project(self, gaussians: Gaussians, b: int, v: int, eps2d: float) -> _Splats:
+        """Batch element ``b``'s Gaussians projected into its camera ``v`` (:func:`_project`)."""
+        return _project(
+            gaussians.means[b],
+            gaussians.covariances[b],
+            gaussians.opacities[b],
+            self.world_to_camera[b, v],
+            self.intrinsics[b, v],
+            float(self.near[b, v]),
+            float(self.far[b, v]),
+            self.height,
+            self.width,
+            eps2d,
+        )
 
     def render_each(self, render_view) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack ``render_view(b, v) -> (features [C, H, W], alpha [1, H, W], depth [1, H, W])`` over all views."""
@@ -168,18 +251,7 @@ def _render_features_torch(
         raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
 
     def render_view(b: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        splats = _project(
-            gaussians.means[b],
-            gaussians.covariances[b],
-            gaussians.opacities[b],
-            views.world_to_camera[b, v],
-            views.intrinsics[b, v],
-            float(views.near[b, v]),
-            float(views.far[b, v]),
-            views.height,
-            views.width,
-            eps2d,
-        )
+        splats = views.project(gaussians, b, v, eps2d)
         return _composite(splats, gaussians.features[b], views.height, views.width, max_pairs)
 
     return views.render_each(render_view)
@@ -269,6 +341,26 @@ def _composite(
     Returns:
         features [C, H, W], alpha [1, H, W], expected depth [1, H, W] (no background).
     """
+    visible, low, high, bands = _bands(splats, height, width, max_pairs)
+    values = torch.cat([features, splats.depths[:, None].to(features.dtype)], dim=-1)  # [G, C + 1]
+    outputs = [
+        _composite_band(splats, values, visible, low, high, width, first, last) for first, last in bands
+    ]
+    raster = torch.cat(outputs).T.unflatten(-1, (height, width))  # [C + 2, H, W]
+    channels = features.shape[-1]
+    rendered, depth_sum, alpha = raster[:channels], raster[channels : channels + 1], raster[channels + 1 :]
+    return rendered, alpha, depth_sum / alpha.clamp_min(1e-10)
+
+
+def _bands(
+    splats: _Splats, height: int, width: int, max_pairs: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Depth-sorted visible splats, their pixel boxes and the row bands of at most ``max_pairs`` pairs.
+
+    Returns:
+        visible [N] splat ids front to back, low [N, 2] and high [N, 2] the inclusive pixel box
+        (x, y) of each, and the bands as ``(first row, last row + 1)``.
+    """
     visible = torch.nonzero(splats.radii.any(-1)).squeeze(1)
     visible = visible[torch.argsort(splats.depths.detach()[visible], stable=True)]  # front to back
     centre, radius = splats.means2d.detach()[visible], splats.radii[visible]
@@ -289,15 +381,7 @@ def _composite(
             start, total = row, 0
         total += count
     bands.append((start, height))
-
-    values = torch.cat([features, splats.depths[:, None].to(features.dtype)], dim=-1)  # [G, C + 1]
-    outputs = [
-        _composite_band(splats, values, visible, low, high, width, first, last) for first, last in bands
-    ]
-    raster = torch.cat(outputs).T.unflatten(-1, (height, width))  # [C + 2, H, W]
-    channels = features.shape[-1]
-    rendered, depth_sum, alpha = raster[:channels], raster[channels : channels + 1], raster[channels + 1 :]
-    return rendered, alpha, depth_sum / alpha.clamp_min(1e-10)
+    return visible, low, high, bands
 
 
 def _composite_band(
@@ -311,35 +395,58 @@ def _composite_band(
     last: int,
 ) -> torch.Tensor:
     """Composite pixel rows ``first:last``. Returns features, depth sum and alpha per pixel. [P, C + 2]"""
-    top = low[:, 1].clamp_min(first)
-    bottom = high[:, 1].clamp_max(last - 1)
-    columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
-    counts = columns * (bottom - top + 1).clamp_min(0)  # pairs per splat in this band
-    owner = torch.repeat_interleave(torch.arange(len(visible), device=low.device), counts)
-    local = torch.arange(len(owner), device=low.device) - (torch.cumsum(counts, 0) - counts)[owner]
-    pixel_x = low[owner, 0] + local % columns[owner]
-    pixel_y = top[owner] + local // columns[owner]
-    pixel = (pixel_y - first) * width + pixel_x
-    # Sort by pixel; the stable sort keeps the depth order of the splats within a pixel.
-    order = torch.argsort(pixel, stable=True)
-    pixel, splat = pixel[order], visible[owner[order]]
     pixels = (last - first) * width
+    pixel, splat, weights = _band_weights(splats, visible, low, high, width, first, last, values.dtype)
     # No early return for bands without pairs (nothing visible, zero opacity, no Gaussians): the empty
-    # gathers below keep the zeros in the autograd graph, so a loss on them backpropagates zero gradients.
-    centres = torch.stack([pixel % width, pixel // width + first], dim=-1).to(values.dtype) + 0.5
-    # Gathers of differentiable tensors go through F.embedding, not indexing: its CPU backward sums
-    # each row's pairs in a fixed order, so gradients are bit-identical at any thread count
-    # (indexing's backward, index_put with accumulate, is not).
-    splat_table = torch.cat([splats.means2d, splats.conics, splats.opacities[:, None]], dim=-1)  # [G, 6]
-    mean2d, conic, opacity = F.embedding(splat, splat_table).split([2, 3, 1], dim=-1)  # [M, 2], [M, 3], [M, 1]
-    delta = centres - mean2d  # [M, 2]
-    sigma = 0.5 * (conic[:, 0] * delta[:, 0] ** 2 + conic[:, 2] * delta[:, 1] ** 2) + conic[:, 1] * delta[:, 0] * delta[:, 1]
-    # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
-    # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
-    alpha = torch.clamp_max(opacity[:, 0] * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
-    kept = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(kept, alpha, torch.zeros_like(alpha))
-    log_pass = torch.log1p(-alpha)  # log(1 - alpha), 0 for skipped splats
+    # gathers keep the zeros in the autograd graph, so a loss on them backpropagates zero gradients.
+    per_pixel = torch.bincount(pixel, minlength=pixels)
+    offsets = torch.cumsum(per_pixel, 0) - per_pixel  # first pair of every pixel
+    accumulated = F.embedding_bag(splat, values, offsets, mode="sum", per_sample_weights=weights)  # [P, C + 1]
+    return torch.cat([accumulated, _band_alpha(pixel, weights, pixels)[:, None]], dim=-1)
+
+
+def _band_alpha(pixel: torch.Tensor, weights: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Accumulated opacity ``Σ αᵢ Tᵢ`` of each of a band's ``pixels`` from its pairs. [P]"""
+    return torch.zeros(pixels, dtype=weights.dtype, device=weights.device).index_add(0, pixel, weights)
+
+
+def _band_weights(
+    splats: _Splats,
+    visible: torch.Tensor,  # [N] depth-sorted splat ids
+    low: torch.Tensor,  # [N, 2]
+    high: torch.Tensor,  # [N, 2]
+    width: int,
+    first: int,
+    last: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (pixel, splat, weight) pairs of pixel rows ``first:last``, sorted by pixel, front to back.
+
+    ``weight = αᵢ Tᵢ`` is the splat's share of the pixel (0 past the transmittance threshold;
+    pairs with ``αᵢ < 1/255`` are left out); the pixel is
+    counted from the band's first row (``(row - first) * width + column``). Pixel offsets and
+    transmittances are computed in ``dtype`` (the features' dtype when rendering).
+
+    Returns:
+        pixel [M], splat [M] (indices into the projected Gaussians), weight [M].
+    """
+    top = low[:, 1].clamp_min(first)
+    rows = (high[:, 1].clamp_max(last - 1) - top + 1).clamp_min(0)
+    columns = (high[:, 0] - low[:, 0] + 1).clamp_min(0)
+    # Most boxes are a few pixels wide: those are paired by broadcasting over a fixed box, the
+    # rest one pair at a time. Both keep only pairs with alpha >= 1/255: skipped pairs change
+    # neither the transmittance nor the sums.
+    small = (rows <= DENSE_BOX) & (columns <= DENSE_BOX)
+    dense = _box_pairs(splats, visible, torch.nonzero(small).squeeze(1), low[:, 0], top, rows, columns, dtype)
+    listed = _listed_pairs(splats, visible, torch.nonzero(~small).squeeze(1), low[:, 0], top, rows, columns, dtype)
+    pixel_x, pixel_y, rank, alpha = (torch.cat(parts) for parts in zip(dense, listed))
+    pixel = (pixel_y - first) * width + pixel_x
+    # Sort by pixel, front to back within a pixel (rank is the depth order).
+    order = torch.argsort(pixel * len(visible) + rank)
+    pixel, alpha = pixel.index_select(0, order), alpha.index_select(0, order)
+    splat = visible.index_select(0, rank.index_select(0, order))
+    pixels = (last - first) * width
+    log_pass = torch.log1p(-alpha)  # log(1 - alpha)
 
     # Segmented cumulative sum per pixel (float64: the running sum spans the whole band).
     per_pixel = torch.bincount(pixel, minlength=pixels)
@@ -347,14 +454,60 @@ def _composite_band(
     running = torch.cumsum(log_pass.double(), 0)
     first_pair = torch.repeat_interleave(offsets, per_pixel)  # [M] first pair of each pair's pixel
     before_pixel = F.embedding(first_pair, (running - log_pass.double())[:, None])[:, 0]  # [M] sum before each pixel
-    log_after = (running - before_pixel).to(values.dtype)
+    log_after = (running - before_pixel).to(dtype)
     # A splat counts only if the pixel's transmittance stays above the threshold after it.
-    counted = kept & (log_after > math.log(TRANSMITTANCE_THRESHOLD))
+    counted = log_after > math.log(TRANSMITTANCE_THRESHOLD)
     weights = torch.where(counted, alpha * torch.exp(log_after - log_pass), torch.zeros_like(alpha))
+    return pixel, splat, weights
 
-    accumulated = F.embedding_bag(splat, values, offsets, mode="sum", per_sample_weights=weights)  # [P, C + 1]
-    coverage = torch.zeros(pixels, dtype=values.dtype, device=values.device).index_add(0, pixel, weights)
-    return torch.cat([accumulated, coverage[:, None]], dim=-1)
+
+def _pair_alpha(
+    splats: _Splats, splat: torch.Tensor, pixel_x: torch.Tensor, pixel_y: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha of splats at pixels (broadcast shapes) and whether the pair counts (α >= 1/255)."""
+    # Gathers of differentiable tensors go through F.embedding, not indexing: its CPU backward sums
+    # each row's pairs in a fixed order, so gradients are bit-identical at any thread count
+    # (indexing's backward, index_put with accumulate, is not).
+    table = torch.cat([splats.means2d, splats.conics, splats.opacities[:, None]], dim=-1)  # [G, 6]
+    gathered = F.embedding(splat, table)  # [..., 6]
+    conic, opacity = gathered[..., 2:5], gathered[..., 5]
+    delta_x = (pixel_x.to(dtype) + 0.5) - gathered[..., 0]
+    delta_y = (pixel_y.to(dtype) + 0.5) - gathered[..., 1]
+    sigma = 0.5 * (conic[..., 0] * delta_x**2 + conic[..., 2] * delta_y**2) + conic[..., 1] * delta_x * delta_y
+    # sigma < 0 only for non-positive-definite conics; such pairs are skipped (as in gsplat).
+    # Beyond SIGMA_CUTOFF alpha < 1/255 anyway; the cap avoids slow denormal exponentials.
+    alpha = torch.clamp_max(opacity * torch.exp(-sigma.clamp(0.0, SIGMA_CUTOFF)), MAX_ALPHA)
+    return alpha, (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+
+
+def _box_pairs(splats, visible, ranks, left, top, rows, columns, dtype):
+    """Pairs of the splats ``visible[ranks]`` whose boxes fit ``DENSE_BOX`` pixels square, by broadcasting.
+
+    Returns:
+        pixel_x, pixel_y, rank (position in ``visible``), alpha of the kept pairs. [M] each
+    """
+    offsets = torch.arange(DENSE_BOX, device=visible.device)
+    pixel_x = left.index_select(0, ranks)[:, None, None] + offsets  # [S, 1, K]
+    pixel_y = top.index_select(0, ranks)[:, None, None] + offsets[:, None]  # [S, K, 1]
+    inside = (offsets < columns.index_select(0, ranks)[:, None, None]) & (offsets[:, None] < rows.index_select(0, ranks)[:, None, None])
+    alpha, kept = _pair_alpha(splats, visible.index_select(0, ranks)[:, None, None], pixel_x, pixel_y, dtype)
+    box, dy, dx = torch.nonzero(inside & kept, as_tuple=True)
+    return pixel_x[box, 0, dx], pixel_y[box, dy, 0], ranks.index_select(0, box), alpha[box, dy, dx]
+
+
+def _listed_pairs(splats, visible, ranks, left, top, rows, columns, dtype):
+    """Pairs of the splats ``visible[ranks]`` with larger boxes, listed pixel by pixel (as :func:`_box_pairs`)."""
+    rows, columns = rows.index_select(0, ranks), columns.index_select(0, ranks)
+    counts = rows * columns  # pairs per splat in this band
+    owner = torch.repeat_interleave(torch.arange(len(ranks), device=visible.device), counts)
+    local = torch.arange(len(owner), device=visible.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
+    row = torch.div(local, columns.index_select(0, owner), rounding_mode="floor")
+    rank = ranks.index_select(0, owner)
+    pixel_x = left.index_select(0, rank) + local - row * columns.index_select(0, owner)
+    pixel_y = top.index_select(0, rank) + row
+    alpha, kept = _pair_alpha(splats, visible.index_select(0, rank), pixel_x, pixel_y, dtype)
+    kept = torch.nonzero(kept).squeeze(1)
+    return pixel_x[kept], pixel_y[kept], rank[kept], alpha[kept]
 
 
 def _render_features_gsplat(
@@ -416,10 +569,21 @@ def _check_inputs(
     near: torch.Tensor,
     far: torch.Tensor,
 ) -> torch.Tensor:
-    if not isinstance(gaussians, Gaussians):
-        raise TypeError(f"`gaussians` must be a Gaussians, got {type(gaussians).__name__}.")
+    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
     if gaussians.features is None:
         raise ValueError("`gaussians` carry no features; attach them with `gaussians.with_features(f)`.")
+    return gaussians.features
+
+
+def _check_cameras(
+    gaussians: Gaussians,
+    extrinsics: torch.Tensor,
+    intrinsics: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+) -> None:
+    if not isinstance(gaussians, Gaussians):
+        raise TypeError(f"`gaussians` must be a Gaussians, got {type(gaussians).__name__}.")
     batch = gaussians.means.shape[0]
     views = extrinsics.shape[1] if extrinsics.ndim == 4 else -1
     expected = {
@@ -431,4 +595,3 @@ def _check_inputs(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"`{name}` must have shape {list(shape)} (B from the Gaussians), got {list(tensor.shape)}.")
-    return gaussians.features

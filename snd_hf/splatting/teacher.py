@@ -25,8 +25,10 @@ from torch import nn
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .lifters import Lifter
-from .masks import blend_with_mask, mask_aware_upsample, resize_masks
+from .masks import blend_with_mask, resize_masks
+from .operator import TeacherOperator, build_teacher_operator
 from .render import Backend, render_features
+from .upsampling import UPSAMPLING_MODES, Upsampling, upsample_features
 
 PATCH_SIZE = 14
 
@@ -39,12 +41,13 @@ class TeacherTargets:
         features: rendered, blended and resampled teacher features per student token. [B, Vt, C, h, w]
         coverage: tokens the Gaussians cover (area-averaged alpha >= threshold); only these belong
             in the loss. [B, Vt, h, w]
-        alpha: rendered alpha at the target image size. [B, Vt, 1, H, W]
+        alpha: rendered alpha at the target image size, or None when the targets come from a
+            :class:`~snd_hf.splatting.operator.TeacherOperator`. [B, Vt, 1, H, W]
     """
 
     features: torch.Tensor
     coverage: torch.Tensor
-    alpha: torch.Tensor
+    alpha: torch.Tensor | None = None
 
 
 class SplatTeacher(nn.Module):
@@ -57,8 +60,10 @@ class SplatTeacher(nn.Module):
         resample: ``"area"`` (antialiased average over each token's pixels, default) or
             ``"bilinear"`` (the original, which aliases).
         coverage_threshold: smallest area-averaged alpha of a covered token.
-        mask_aware: mask-aware upsampling of the context features (the original) or plain
-            align-corners bilinear (the paper's ablation).
+        mask_aware: ``upsample="original"``: mask-aware upsampling of the context features (the
+            original) or plain align-corners bilinear (the paper's ablation).
+        upsample: ``"original"`` (align-corners grid, the paper's) or ``"patch_aligned"`` (each
+            pixel takes its patch's token); see :mod:`snd_hf.splatting.upsampling`.
         weighted_blending: segment means weighted by the rendered alpha, so uncovered pixels do
             not pull them towards zero; False reproduces the original.
         backend: render backend (see :func:`~snd_hf.splatting.render.render_features`).
@@ -73,6 +78,7 @@ class SplatTeacher(nn.Module):
         resample: Literal["area", "bilinear"] = "area",
         coverage_threshold: float = 0.5,
         mask_aware: bool = True,
+        upsample: Upsampling = "original",
         weighted_blending: bool = True,
         backend: Backend = "auto",
         patch_size: int = PATCH_SIZE,
@@ -86,9 +92,11 @@ class SplatTeacher(nn.Module):
             raise ValueError(f"`resample` must be 'area' or 'bilinear', got {resample!r}.")
         if not 0.0 <= coverage_threshold <= 1.0:
             raise ValueError(f"`coverage_threshold` must be in [0, 1], got {coverage_threshold}.")
+        if upsample not in UPSAMPLING_MODES:
+            raise ValueError(f"`upsample` must be one of {list(UPSAMPLING_MODES)}, got {upsample!r}.")
         self.lifter = lifter.requires_grad_(False)
         self.blending, self.resample, self.coverage_threshold = blending, resample, coverage_threshold
-        self.mask_aware, self.weighted_blending = mask_aware, weighted_blending
+        self.mask_aware, self.upsample, self.weighted_blending = mask_aware, upsample, weighted_blending
         self.backend, self.patch_size = backend, patch_size
 
     def forward(self, context_features: torch.Tensor, batch: dict) -> TeacherTargets:
@@ -112,13 +120,9 @@ class SplatTeacher(nn.Module):
         channels = context_features.shape[2]
 
         # 1. Upsample the context features to the context image size.
-        if self.mask_aware:
-            upsampled = mask_aware_upsample(context_features, resize_masks(context["mask"], (height, width)))
-        else:
-            # Deviation (optional): plain bilinear, the paper's "no mask-aware upsampling" ablation.
-            upsampled = F.interpolate(
-                context_features.flatten(0, 1), size=(height, width), mode="bilinear", align_corners=True
-            ).unflatten(0, (batch_size, views))
+        upsampled = upsample_features(
+            context_features.flatten(0, 1), (height, width), mode=self.upsample, masks=self._upsampling_masks(context)
+        ).unflatten(0, (batch_size, views))
 
         # 2. Lift the context views; the lifter is frozen.
         with torch.no_grad():
@@ -166,6 +170,46 @@ class SplatTeacher(nn.Module):
             # Deviation: area averaging over each token's pixels (the original's bilinear aliases).
             return F.interpolate(features, size=grid, mode="area")
         return F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
+
+
+    def _upsampling_masks(self, context: dict) -> torch.Tensor | None:
+        """Context masks at the image size for mask-aware upsampling, or None (plain or patch-aligned). [B·Vc, H, W]"""
+        if self.upsample != "original" or not self.mask_aware:
+            # Deviation (optional): plain bilinear is the paper's "no mask-aware upsampling" ablation.
+            return None
+        return resize_masks(context["mask"], context["image"].shape[-2:]).flatten(0, 1)
+
+    @torch.no_grad()
+    def operator(self, batch: dict) -> TeacherOperator:
+        """The linear map from the context views' tokens to this teacher's targets for ``batch``.
+
+        Everything after the ViT is linear in the context tokens once the frozen lifter has placed
+        the Gaussians: ``self.operator(batch).apply(context_features)`` equals
+        ``self(context_features, batch)`` (features within float rounding, identical coverage,
+        torch backend), and can be reused for any features of the same views.
+
+        Args:
+            batch: a scene batch (``context`` and ``target`` views). [B, V, ...]
+
+        Returns:
+            :class:`~snd_hf.splatting.operator.TeacherOperator` for the batch.
+        """
+        context = batch["context"]
+        height, width = context["image"].shape[-2:]
+        gaussians = self.lifter(context)
+        return build_teacher_operator(
+            gaussians,
+            batch["target"],
+            context_grid=(height // self.patch_size, width // self.patch_size),
+            context_size=(height, width),
+            upsample=self.upsample,
+            upsampling_masks=self._upsampling_masks(context),
+            blending=self.blending,
+            weighted_blending=self.weighted_blending,
+            resample=self.resample,
+            coverage_threshold=self.coverage_threshold,
+            patch_size=self.patch_size,
+        )
 
 
 def patch_features(model: nn.Module, images: torch.Tensor, patch_size: int = PATCH_SIZE) -> torch.Tensor:

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from ..configuration_snd import SnDConfig
+from ..data.memory import InMemoryViews
+from ..data.scannetpp import FolderScenes
 from ..data.scenes import SceneDataset
 from ..data.synthetic import ensure_synthetic_scenes
 from ..modeling_snd import SnDModel
@@ -19,15 +21,21 @@ from .heads import DINOHead
 from .outputs import check_synthetic_dataset_path
 from .student import BackboneWithHead
 
+# The packaged 2D-pretrained tiny ViT (training/pretrain_2d.py), the CPU recipe's starting point.
+PRETRAINED_2D = Path(__file__).resolve().parents[1] / "assets" / "pretrained_2d"
+
 
 def initial_backbone(config: TrainingConfig) -> SnDModel:
     """The starting weights: original torch.hub DINOv2 (``init: original``), an SnD checkpoint
-    (``pretrained``) or random (``random``, drawn right after seeding torch with ``config.seed``, so
-    they depend on the config alone)."""
+    (``pretrained``), the packaged 2D-pretrained tiny ViT (``pretrained_2d``) or random (``random``,
+    drawn right after seeding torch with ``config.seed``, so they depend on the config alone)."""
     if config.init == "original":
         return SnDModel.from_original_checkpoint(config.model_path, size=config.size)
     if config.init == "pretrained":
         return SnDModel.from_pretrained(config.model_path)
+    if config.init == "pretrained_2d":
+        # Deviation (CPU recipe: trained parameters and start): a 2D-pretrained stand-in for DINOv2.
+        return SnDModel.from_pretrained(PRETRAINED_2D)
     # train.py seeds every generator with config.seed just before, so this re-seeding leaves its
     # random stream as it was; it lets initial_run_backbone rebuild the same weights later.
     torch.manual_seed(config.seed)
@@ -85,7 +93,7 @@ def initial_run_backbone(run_dir: str | Path) -> SnDModel:
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training output folder: it has no config.yaml (init: wants a run's output_dir)")
     config = TrainingConfig.from_yaml(config_path)
-    if config.init != "random" and not Path(config.model_path).exists():
+    if config.init in ("original", "pretrained") and not Path(config.model_path).exists():
         raise FileNotFoundError(
             f"the run in {run_dir} started from model_path {config.model_path!r}, which is not there"
             " (relative paths are taken from the current folder, as when training)"
@@ -113,8 +121,11 @@ def _lora_targeted_modules(backbone: SnDModel, config: TrainingConfig) -> set[st
 
 
 def build_student(config: TrainingConfig) -> BackboneWithHead:
-    """The trained module: backbone (+ LoRA) and its DINO head; the teacher is its EMA copy."""
+    """The trained module: backbone (+ LoRA) and, for loss "dino_head", its DINO head; the teacher
+    is its copy (EMA or frozen)."""
     backbone = build_backbone(config)
+    if config.loss != "dino_head":
+        return BackboneWithHead(backbone, None)
     head = DINOHead(
         backbone.config.hidden_size,
         hidden_dim=config.head_hidden_dim,
@@ -131,6 +142,23 @@ def build_optimizer(config: TrainingConfig, student: torch.nn.Module) -> torch.o
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.weight_decay,
+    )
+
+
+def build_scheduler(
+    config: TrainingConfig, optimizer: torch.optim.Optimizer, num_processes: int = 1
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The original's one-cycle cosine schedule over ``max_steps + 10`` steps (pct_start ``warmup_ratio``).
+
+    accelerate steps a prepared scheduler once per process per optimizer step, hence ``num_processes``.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.learning_rate,
+        total_steps=(config.max_steps + 10) * num_processes,
+        pct_start=config.warmup_ratio,
+        anneal_strategy="cos",
+        cycle_momentum=False,
     )
 
 
@@ -153,6 +181,7 @@ def build_splat_teacher(config: TrainingConfig) -> SplatTeacher:
         resample=config.resample,
         coverage_threshold=config.coverage_threshold,
         mask_aware=config.mask_aware,
+        upsample=config.upsample,
     )
 
 
@@ -178,12 +207,19 @@ def prepare_scenes(config: TrainingConfig, *, progress: bool = True) -> Path:
 
 
 def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
-    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``."""
+    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``.
+
+    Only the maps the lifter reads are loaded (depth for the depth lifter); with ``cache_views``
+    every decoded view stays in memory.
+    """
+    source = FolderScenes(root)
     return SceneDataset(
-        root,
+        InMemoryViews(source) if config.cache_views else source,
+        fields=("depth",) if config.lifter == "depth" else (),
         num_context=2,
         context_gap=config.context_gap,
         num_targets=config.num_targets,
+        target_mode=config.target_mode,
         image_size=tuple(config.image_size),
         near=config.near,
         far=config.far,

@@ -30,13 +30,16 @@ class TrainingConfig:
     """Every setting of an SnD training run (the defaults are the tiny synthetic run's).
 
     Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
+    The defaults are the CPU recipe that shows the SnD effect (docs/snd_effect.md): a tiny ViT
+    2D-pretrained by ``training/pretrain_2d.py``, cosine loss on the backbone tokens against a
+    frozen teacher, patch-aligned upsampling, no blending, full fine-tuning.
     """
 
     # --- run ---------------------------------------------------------------------------------
     output_dir: str = "outputs/snd-synthetic-tiny"  # checkpoints, losses.jsonl, the final student
     seed: int = 0  # model init, data order and dropout
-    max_steps: int = 40  # optimizer steps
-    save_steps: int = 20  # full-state checkpoint (and native export) every N steps, and at the end
+    max_steps: int = 1500  # optimizer steps
+    save_steps: int = 500  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
     checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
@@ -55,32 +58,49 @@ class TrainingConfig:
     # --- data --------------------------------------------------------------------------------
     dataset: Literal["synthetic", "scannetpp"] = "synthetic"  # generated rooms, or a ScanNet++ folder (dataset_path)
     dataset_path: str | None = None  # scannetpp: root holding scenes/ (required); synthetic: cache dir
-    synthetic_scenes: int = 4  # rooms to generate
+    synthetic_scenes: int = 16  # rooms to generate
     synthetic_frames: int = 12  # frames per generated room
-    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # generated (H, W)
-    image_size: list[int] = field(default_factory=lambda: [42, 56])  # training (H, W)
+    synthetic_size: list[int] = field(default_factory=lambda: [84, 112])  # generated (H, W)
+    image_size: list[int] = field(default_factory=lambda: [84, 112])  # training (H, W): a 6x8 token grid
     context_gap: int = 4  # frames between the two context views
     num_targets: int = 1  # target views per sample, between the context views
+    # "between" (the original: inclusive, a target may be a context frame) or "inside" (never a
+    # context frame: every sample carries geometry).
+    target_mode: Literal["between", "inside"] = "between"
     near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
     far: float = 20.0  # far plane in metres (see near)
-    batch_size: int = 2  # samples per process per micro-batch
+    batch_size: int = 8  # samples per process per micro-batch
     num_workers: int = 0  # DataLoader worker processes
+    cache_views: bool = True  # keep decoded views in memory (snd_hf/data/memory.py): small datasets only
 
     # --- model -------------------------------------------------------------------------------
-    init: Literal["random", "original", "pretrained"] = "random"  # starting backbone (see model_path)
+    # "pretrained_2d": the packaged tiny ViT of training/pretrain_2d.py (snd_hf/assets/pretrained_2d),
+    # a 2D self-supervised stand-in for DINOv2, which is not reachable offline.
+    init: Literal["random", "original", "pretrained", "pretrained_2d"] = "pretrained_2d"  # starting backbone (see model_path)
     model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
     size: Literal["small", "base"] | None = None  # records the published variant in the config
     hidden_size: int = 48  # architecture of a random init (ignored otherwise)
     num_hidden_layers: int = 2  # (random init)
     num_attention_heads: int = 3  # (random init)
-    finetune: Literal["lora", "full"] = "lora"  # train LoRA adapters (the paper) or every backbone weight
+    finetune: Literal["lora", "full"] = "full"  # train LoRA adapters (the paper) or every backbone weight
     lora_r: int = 8  # LoRA rank
     lora_alpha: float = 8.0  # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.1  # dropout on the LoRA input
     # The original's suffix match on "qkv"/"proj" also caught patch_embed.proj, named "projection" here.
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
 
-    # --- DINO heads ----------------------------------------------------------------------------
+    # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
+    loss: Literal["dino_head", "cosine", "mse"] = "cosine"  # the paper: "dino_head"
+    teacher_mode: Literal["ema", "frozen"] = "frozen"  # the paper: "ema" (ema_momentum, ema_every)
+    # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
+    # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
+    # nearer context view's tokens at the same grid positions ("cross_view_copy").
+    targets: Literal["splat", "self_distillation", "cross_view_copy"] = "splat"
+    center_momentum: float | None = None  # dino_head: DINO centring of the teacher logits (DINO: 0.9); SnD: none
+    teacher_temp_warmup: float | None = None  # dino_head: DINO's starting teacher temperature (0.04)...
+    teacher_temp_warmup_steps: int = 0  # ...rising linearly to teacher_temp over these steps
+
+    # --- DINO heads (loss "dino_head") ----------------------------------------------------------
     head_hidden_dim: int = 128  # DINO head MLP width
     head_bottleneck_dim: int = 64  # DINO head output before the prototypes
     head_prototypes: int = 512  # K, the DINO head's prototypes (softmax classes)
@@ -90,13 +110,20 @@ class TrainingConfig:
     # --- teacher: lifter, rendering, blending --------------------------------------------------
     lifter: Literal["depth", "mvsplat"] = "depth"  # what predicts the Gaussians: the scenes' depth, or frozen MVSplat
     mvsplat_checkpoint: str | None = None  # required with lifter "mvsplat" (MVSplat's re10k.ckpt)
-    blending: float = 0.5  # 1.0 = the "no blending" variant
+    blending: float = 1.0  # 1.0 = the "no blending" variant; the with-blending models use 0.5
     resample: Literal["area", "bilinear"] = "area"  # to the patch grid; bilinear = the original
     coverage_threshold: float = 0.5  # smallest area-averaged alpha of a token that counts in the loss
-    mask_aware: bool = True  # instance-mask-aware upsampling of the context features (the original)
+    # "original": align-corners grid (the paper's); "patch_aligned": each pixel takes its patch's
+    # token (snd_hf/splatting/upsampling.py), exact at small token grids.
+    upsample: Literal["original", "patch_aligned"] = "patch_aligned"
+    mask_aware: bool = True  # instance-mask-aware upsampling of the context features (upsample "original" only)
+    # Cache each sample's teacher operator (snd_hf/splatting/operator.py; the lifter is frozen):
+    # later visits of a sample skip lifting, rendering and the mask operations.
+    cache_operator: bool = True
+    operator_cache_mb: float = 1024.0  # the cache drops its least recently used samples beyond this
 
     # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 1e-3  # peak rate of the schedule
+    learning_rate: float = 3e-4  # peak rate of the schedule
     adam_beta1: float = 0.9  # AdamW
     adam_beta2: float = 0.999  # AdamW
     weight_decay: float = 0.0  # AdamW (0 = the original's Adam)
@@ -165,7 +192,7 @@ class TrainingConfig:
                 raise ValueError("mvsplat_checkpoint is required with lifter 'mvsplat' (MVSplat's re10k.ckpt).")
             if not Path(self.mvsplat_checkpoint).is_file():
                 raise ValueError(f"mvsplat_checkpoint {self.mvsplat_checkpoint!r} does not exist.")
-        if self.init != "random":
+        if self.init in ("original", "pretrained"):
             if not self.model_path:
                 raise ValueError(f"model_path is required with init {self.init!r}.")
             if not Path(self.model_path).exists():
@@ -186,6 +213,14 @@ class TrainingConfig:
             raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}.")
         if not self.near < self.far:
             raise ValueError(f"near must be smaller than far, got near={self.near}, far={self.far}.")
+        if self.center_momentum is not None and not 0.0 <= self.center_momentum < 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1) or null (no centring), got {self.center_momentum}.")
+        if self.loss != "dino_head" and (self.center_momentum is not None or self.teacher_temp_warmup is not None):
+            raise ValueError(
+                f"center_momentum and teacher_temp_warmup apply to loss 'dino_head' only, got loss {self.loss!r}."
+            )
+        if self.operator_cache_mb <= 0:
+            raise ValueError(f"operator_cache_mb must be positive, got {self.operator_cache_mb}.")
 
 
 def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Path:

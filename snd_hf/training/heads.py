@@ -14,6 +14,10 @@ class DINOHead(nn.Module):
     ``weight_g`` is fixed to 1: each prototype row is used L2-normalised, so only its direction
     is learnt (``prototypes`` here holds DINO's ``weight_v``).
 
+    ``center`` [K] is DINO's running mean of the teacher's logits (a buffer: it travels with the
+    teacher's state and is never trained); only the teacher's copy is used and updated, and only
+    when centring is on (``TrainingConfig.center_momentum``).
+
     Args:
         in_dim: channels of the incoming features (the ViT width).
         hidden_dim: MLP width (2048 in SnD).
@@ -41,6 +45,7 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.prototypes = nn.Parameter(torch.empty(num_prototypes, bottleneck_dim))
+        self.register_buffer("center", torch.zeros(num_prototypes))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

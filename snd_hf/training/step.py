@@ -1,52 +1,155 @@
-"""The forward half of one SnD training step: the teacher's targets and the student's loss on them."""
+"""The forward half of one SnD training step: the teacher's targets and the student's loss on them.
+
+:func:`teacher_targets` runs the teacher (EMA or frozen copy of the student) on the context views
+and turns its tokens into targets for the target views: SnD's splatted targets, or one of the two
+geometry-free controls (``TrainingConfig.targets``). :func:`student_loss` runs the student on the
+target views and scores it against them with the configured loss.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..splatting.teacher import SplatTeacher
+from ..splatting.teacher import SplatTeacher, TeacherTargets
 from .config import TrainingConfig
-from .loss import distillation_loss
+from .loss import (
+    cosine_loss,
+    distillation_loss,
+    mse_loss,
+    teacher_probabilities,
+    teacher_temperature,
+    update_center,
+)
+from .operator_cache import OperatorCache
 from .student import BackboneWithHead
 
 
+@dataclass
+class StepOutputs:
+    """What one step's forward computed, for the backward pass and the diagnostics.
+
+    Attributes:
+        loss: the scalar loss (with gradient).
+        student_features: the student's target-view tokens (detached). [B, Vt, C, h, w]
+        target_features: the teacher's targets. [B, Vt, C, h, w]
+        coverage: tokens in the loss. [B, Vt, h, w]
+        teacher_probs: loss "dino_head": the teacher's prototype distribution, else None. [B, Vt, h, w, K]
+    """
+
+    loss: torch.Tensor
+    student_features: torch.Tensor
+    target_features: torch.Tensor
+    coverage: torch.Tensor
+    teacher_probs: torch.Tensor | None = None
+
+
 @torch.no_grad()
-def teacher_logits(teacher: BackboneWithHead, splat_teacher: SplatTeacher, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """EMA backbone on the context views → lift, splat, blend into the target views → teacher head.
+def teacher_targets(
+    teacher: BackboneWithHead,
+    splat_teacher: SplatTeacher,
+    batch: dict,
+    config: TrainingConfig,
+    operators: OperatorCache | None = None,
+) -> TeacherTargets:
+    """The teacher's targets for the target views of ``batch``.
+
+    ``config.targets``: ``"splat"`` (SnD: context tokens lifted, splatted and blended into the target
+    views), or a control that keeps SnD's compute and coverage but not its geometry:
+    ``"self_distillation"`` (the teacher's own tokens of the target view) or ``"cross_view_copy"``
+    (the nearer context view's tokens at the same grid positions).
 
     Args:
-        teacher: the EMA teacher (backbone + head).
+        teacher: the teacher (backbone + optional head), frozen or EMA.
         splat_teacher: lifting, splatting and blending of the context features.
-        batch: a scene batch (``context`` and ``target`` views). [B, V, ...]
+        batch: a scene batch (``context`` and ``target`` views, ``index``). [B, V, ...]
+        config: ``targets``.
+        operators: a per-sample operator cache (frozen lifter), or None for the direct path.
 
     Returns:
-        logits: teacher head logits per target token. [B, Vt, h, w, K]
-        coverage: tokens the Gaussians cover. [B, Vt, h, w]
+        :class:`~snd_hf.splatting.teacher.TeacherTargets`: features [B, Vt, C, h, w] and coverage [B, Vt, h, w].
     """
     context_features = teacher.features(batch["context"]["image"])  # [B, Vc, C, hc, wc]
-    targets = splat_teacher(context_features, batch)  # features [B, Vt, C, h, w]
-    return teacher.logits(targets.features.float()), targets.coverage
+    if operators is not None:
+        # Deviation (teacher computation): the cached linear map, the same targets as the direct path.
+        operator = operators(batch)
+        splatted = TeacherTargets(operator.apply(context_features), operator.coverage)
+    else:
+        splatted = splat_teacher(context_features, batch)
+    if config.targets == "splat":
+        return splatted
+    # Deviation (controls): same compute and coverage, no geometry.
+    if config.targets == "self_distillation":
+        features = teacher.features(batch["target"]["image"])
+    else:
+        features = nearest_context_tokens(context_features, batch["index"])
+    if features.shape != splatted.features.shape:
+        raise ValueError(
+            f"targets {config.targets!r} need context and target views of one size, got token grids "
+            f"{list(features.shape[-2:])} and {list(splatted.features.shape[-2:])}."
+        )
+    return TeacherTargets(features, splatted.coverage)
+
+
+def nearest_context_tokens(context_features: torch.Tensor, index: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each target view's nearest context view (by frame position; ties: the first) tokens, unmoved.
+
+    Args:
+        context_features: context-view tokens. [B, Vc, C, h, w]
+        index: ``{"context": [B, Vc], "target": [B, Vt]}`` frame positions.
+
+    Returns:
+        tokens of the chosen context view per target view. [B, Vt, C, h, w]
+    """
+    distance = (index["target"][:, :, None] - index["context"][:, None, :]).abs()  # [B, Vt, Vc]
+    nearest = distance.argmin(-1).to(context_features.device)  # first minimum
+    batch = torch.arange(context_features.shape[0], device=context_features.device)[:, None]
+    return context_features[batch, nearest]
 
 
 def student_loss(
-    student: torch.nn.Module, batch: dict, teacher_logits: torch.Tensor, coverage: torch.Tensor, config: TrainingConfig
-) -> torch.Tensor:
-    """The student's own logits of the target views against the teacher's, over the covered tokens.
+    student: torch.nn.Module,
+    teacher: BackboneWithHead,
+    batch: dict,
+    targets: TeacherTargets,
+    config: TrainingConfig,
+    step: int = 0,
+) -> StepOutputs:
+    """The student's tokens of the target views against the teacher's targets, over the covered tokens.
+
+    Loss "dino_head" passes the targets through the teacher's head (temperature warm-up and
+    centring per ``config``; the centre is updated after use, as in DINO); "cosine" and "mse"
+    compare the backbone tokens directly.
 
     Args:
         student: the trained module (``BackboneWithHead``, possibly wrapped for DDP).
+        teacher: the teacher, whose head scores the targets for "dino_head".
         batch: a scene batch; its ``target`` views are used. [B, Vt, 3, H, W]
-        teacher_logits: from :func:`teacher_logits`. [B, Vt, h, w, K]
-        coverage: from :func:`teacher_logits`. [B, Vt, h, w]
-        config: supplies the softmax temperatures.
+        targets: from :func:`teacher_targets`.
+        config: loss, temperatures, centring.
+        step: optimizer steps done (the temperature warm-up's clock).
 
     Returns:
-        The distillation loss (a scalar tensor).
+        :class:`StepOutputs`.
     """
-    return distillation_loss(
-        student(batch["target"]["image"]),  # [B, Vt, h, w, K]
-        teacher_logits,
-        coverage,
-        student_temp=config.student_temp,
-        teacher_temp=config.teacher_temp,
-    )
+    features, logits = student(batch["target"]["image"])  # [B, Vt, C, h, w], [B, Vt, h, w, K] or None
+    coverage = targets.coverage
+    probabilities = None
+    if config.loss == "dino_head":
+        with torch.no_grad():
+            teacher_logits = teacher.logits(targets.features.float())
+        temperature = teacher_temperature(step, config.teacher_temp, config.teacher_temp_warmup, config.teacher_temp_warmup_steps)
+        center = teacher.head.center if config.center_momentum is not None else None
+        loss = distillation_loss(
+            logits, teacher_logits, coverage, student_temp=config.student_temp, teacher_temp=temperature, center=center
+        )
+        probabilities = teacher_probabilities(teacher_logits, temperature, center)
+        if center is not None:
+            update_center(center, teacher_logits, coverage, config.center_momentum)
+    elif config.loss == "cosine":
+        # Deviation (objective, optional): no head, the backbone tokens themselves.
+        loss = cosine_loss(features, targets.features, coverage)
+    else:
+        loss = mse_loss(features, targets.features, coverage)
+    return StepOutputs(loss, features.detach(), targets.features, coverage, probabilities)

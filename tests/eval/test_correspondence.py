@@ -9,6 +9,7 @@ import torch
 from snd_hf.cameras import camera_rays, unproject_depth
 from snd_hf.eval.correspondence import (
     correspondence_errors,
+    correspondence_matches,
     ratio_test_matches,
     summarize_correspondence,
 )
@@ -79,3 +80,16 @@ def test_invalid_depth_is_never_matched():
     points = unproject_depth(depths.clamp_min(1e-3), extrinsics, intrinsics)
     errors = correspondence_errors(_positional_features(points), depths, extrinsics, intrinsics, num_matches=5000)
     assert errors.numel() == HEIGHT * (WIDTH - WIDTH // 2)
+
+
+def test_strided_matches_come_from_the_strided_grid_and_keep_their_ground_truth():
+    depths, extrinsics, intrinsics = _plane_pair(16.0)
+    points = unproject_depth(depths, extrinsics, intrinsics)
+    matches = correspondence_matches(_positional_features(points), depths, extrinsics, intrinsics, num_matches=400, stride=2)
+    assert matches.xy0.shape == (400, 2)
+    # Only even rows and columns of view 0 are queried (pixel centres at 2k + 0.5).
+    assert torch.all((matches.xy0 - 0.5) % 2 == 0)
+    torch.testing.assert_close(matches.errors, (matches.truth - matches.xy1).norm(dim=-1))
+    assert float(matches.errors.median()) < 0.5
+    full = correspondence_errors(_positional_features(points), depths, extrinsics, intrinsics, num_matches=400)
+    assert float(full.median()) < 0.5

@@ -22,6 +22,13 @@ from snd_hf.training.checkpoints import (
     temporary_checkpoint_dir,
 )
 from snd_hf.training.config import parse_overrides
+from snd_hf.training.loss import (
+    cosine_loss,
+    mse_loss,
+    teacher_probabilities,
+    teacher_temperature,
+    update_center,
+)
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -36,7 +43,11 @@ def test_overrides_are_typed_and_bare_bool_flags_mean_true():
 
 def test_every_shipped_config_loads_and_paper_values_are_kept():
     tiny = TrainingConfig.from_args([])
-    assert tiny.dataset == "synthetic" and tiny.init == "random" and tiny.lifter == "depth"
+    assert tiny.dataset == "synthetic" and tiny.init == "pretrained_2d" and tiny.lifter == "depth"
+    # The CPU recipe that shows the effect (docs/snd_effect.md).
+    assert (tiny.loss, tiny.teacher_mode, tiny.upsample, tiny.finetune, tiny.blending) == (
+        "cosine", "frozen", "patch_aligned", "full", 1.0
+    )
     # The dataclass defaults are the tiny run's: the YAML only adds where its scenes are cached.
     assert tiny == TrainingConfig(dataset_path="data/synthetic-tiny")
     for name in ("scannetpp_vits14", "scannetpp_vitb14"):
@@ -45,6 +56,11 @@ def test_every_shipped_config_loads_and_paper_values_are_kept():
         assert (paper.head_hidden_dim, paper.head_bottleneck_dim, paper.head_prototypes) == (2048, 256, 65536)
         assert (paper.ema_momentum, paper.ema_every, paper.max_steps, paper.blending) == (0.999, 10, 300000, 0.5)
         assert (paper.near, paper.far) == (0.1, 20.0)
+        # The paper's objective: DINO head, EMA teacher, LoRA, align-corners upsampling, no centring.
+        assert (paper.loss, paper.teacher_mode, paper.finetune, paper.upsample, paper.targets) == (
+            "dino_head", "ema", "lora", "original", "splat"
+        )
+        assert (paper.teacher_temp, paper.student_temp, paper.center_momentum, paper.teacher_temp_warmup) == (1.0, 1.0, None, None)
     assert TrainingConfig.from_args(["--config", "scannetpp_vitb14"]).size == "base"
     original = TrainingConfig.from_args(["--config", "scannetpp_vits14", "--near", "1", "--far", "100"])
     assert (original.near, original.far) == (1.0, 100.0)
@@ -132,6 +148,29 @@ def test_loss_is_cross_entropy_over_covered_tokens():
     assert nothing.item() == 0.0
     nothing.backward()  # still attached to the graph
     assert torch.count_nonzero(student.grad) == 0
+
+
+def test_cosine_and_mse_losses_over_covered_tokens():
+    student, target = torch.randn(2, 1, 4, 3, 5), torch.randn(2, 1, 4, 3, 5)
+    covered = torch.rand(2, 1, 3, 5) > 0.4
+    cosine = 1 - torch.nn.functional.cosine_similarity(student, target, dim=2)
+    torch.testing.assert_close(cosine_loss(student, target, covered), cosine[covered].mean())
+    torch.testing.assert_close(mse_loss(student, target, covered), ((student - target) ** 2).mean(2)[covered].mean())
+    assert cosine_loss(target * 3.0, target).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
+    with pytest.raises(ValueError, match="same shape"):
+        cosine_loss(student, target[..., :4])
+
+
+def test_dino_centring_and_temperature_warm_up():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [9.0, 9.0, 9.0]])
+    center = torch.zeros(3)
+    update_center(center, logits, torch.tensor([True, True, False]), momentum=0.9)
+    torch.testing.assert_close(center, 0.1 * torch.tensor([1.0, 1.0, 0.0]))  # the uncovered row is ignored
+    probs = teacher_probabilities(logits[:1], 0.5, center)
+    torch.testing.assert_close(probs, torch.softmax((logits[:1] - center) / 0.5, dim=-1))
+    assert teacher_temperature(0, 0.07, 0.04, 30) == 0.04
+    assert teacher_temperature(15, 0.07, 0.04, 30) == pytest.approx(0.055)
+    assert teacher_temperature(30, 0.07, 0.04, 30) == teacher_temperature(5, 0.07, None, 30) == 0.07
 
 
 def test_loss_rejects_mismatched_shapes():

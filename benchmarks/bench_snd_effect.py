@@ -2,6 +2,7 @@
 
     python benchmarks/bench_snd_effect.py --seed 0 --out snd_effect_seed0.json
     python benchmarks/bench_snd_effect.py --seed 1 --out snd_effect_seed1.json
+    python benchmarks/bench_snd_effect.py --held_out_seed 3000 --runs snd --learning_rate 1e-3   # a recipe sweep
 
 From one initialisation (the packaged 2D-pretrained tiny ViT, ``init: pretrained_2d``) this trains,
 with the same steps, batches, data order and teacher compute:
@@ -23,6 +24,9 @@ saw (generator seed 2000):
   training rooms' frames, scored (RMSE of log depth) on the held-out rooms' frames;
 - baselines without a network: ``position_only`` (Fourier features of the pixel position: a match
   is "the same place in the image") and ``oracle`` (Fourier features of the true world point).
+
+Recipe choices are compared on validation rooms (``--held_out_seed 3000``), never on the held-out
+rooms; any other ``--key value`` is a TrainingConfig override for every run.
 
 Training scenes are generated with the run's seed (16 rooms of 12 frames); the seed also changes
 the data order. Prints a markdown table and writes JSON (keys per model: ``gap4_R@5`` ...
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (another seed: a validation set)"
     )
+    parser.add_argument(
+        "--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to train (recipe sweeps: --runs snd)"
+    )
     # Any other --key value pairs are TrainingConfig overrides for every run.
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     operators = OperatorCache(splat_teacher, base.operator_cache_mb * 2**20)
     torch.manual_seed(base.seed)
     models = {"init": merged_backbone(build_backbone(base))}
-    for name in RUNS:
+    for name in args.runs:
         tick = time.perf_counter()
         config = TrainingConfig.from_dict({**base.to_dict(), "targets": TARGETS[name]})
         models[name] = train_run(config, dataset, splat_teacher, operators).eval()

@@ -24,6 +24,7 @@ token grids, (H, W) image sizes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -180,26 +181,29 @@ def build_teacher_operator(
     masks = resize_masks(target["mask"], (target_height, target_width))
 
     operators, alphas = [], []
-    for b in range(batch):
-        rows = []
-        for v, render in enumerate(renders[b]):
-            counted = render.weight > 0  # most pairs of a splat's extent box are skipped (αT = 0)
-            pixel, gaussian, weight = render.pixel[counted], render.gaussian[counted], render.weight[counted]
-            view, source = gaussian.div(pixels, rounding_mode="floor"), gaussian.remainder(pixels)
-            # Target pixel ← context token, weight αT · upsampling weight: K entries per pair.
-            tokens = neighbour[:, source] + view * (hc * wc)  # [K, M]
-            values = weight.double() * up_weights[b, view, source].T  # [K, M]
-            rendered = _sparse(pixel.expand(taps, -1), tokens, values, (target_height * target_width, context_views * hc * wc))
-            # 3. Blending within the target's segments, then 4. resampling.
-            mixed = torch.sparse.mm(pool, rendered)
-            if blending != 1.0:
-                means, membership = _blend_rows(masks[b, v].flatten(), render.alpha.flatten() if weighted_blending else None)
-                mixed = blending * mixed + (1.0 - blending) * torch.sparse.mm(
-                    torch.sparse.mm(pool, membership), torch.sparse.mm(means, rendered)
-                )
-            rows.append(mixed.coalesce())
-            alphas.append(render.alpha)
-        operators.append(_stack_rows(rows, grid[0] * grid[1]))
+    # torch multiplies COO matrices through CSR internally, which warns that CSR support is in beta.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        for b in range(batch):
+            rows = []
+            for v, render in enumerate(renders[b]):
+                counted = render.weight > 0  # most pairs of a splat's extent box are skipped (αT = 0)
+                pixel, gaussian, weight = render.pixel[counted], render.gaussian[counted], render.weight[counted]
+                view, source = gaussian.div(pixels, rounding_mode="floor"), gaussian.remainder(pixels)
+                # Target pixel ← context token, weight αT · upsampling weight: K entries per pair.
+                tokens = neighbour[:, source] + view * (hc * wc)  # [K, M]
+                values = weight.double() * up_weights[b, view, source].T  # [K, M]
+                rendered = _sparse(pixel.expand(taps, -1), tokens, values, (target_height * target_width, context_views * hc * wc))
+                # 3. Blending within the target's segments, then 4. resampling.
+                mixed = torch.sparse.mm(pool, rendered)
+                if blending != 1.0:
+                    means, membership = _blend_rows(masks[b, v].flatten(), render.alpha.flatten() if weighted_blending else None)
+                    mixed = blending * mixed + (1.0 - blending) * torch.sparse.mm(
+                        torch.sparse.mm(pool, membership), torch.sparse.mm(means, rendered)
+                    )
+                rows.append(mixed.coalesce())
+                alphas.append(render.alpha)
+            operators.append(_stack_rows(rows, grid[0] * grid[1]))
     # 5. Coverage from the renderer's own alpha, exactly as SplatTeacher computes it.
     alpha = torch.stack(alphas).view(batch * len(renders[0]), 1, target_height, target_width)
     token_alpha = F.interpolate(alpha, size=grid, mode="area").view(batch, len(renders[0]), *grid)

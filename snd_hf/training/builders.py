@@ -53,6 +53,9 @@ def build_backbone(config: TrainingConfig) -> torch.nn.Module:
     """The initial backbone (:func:`initial_backbone`), LoRA-wrapped if asked."""
     backbone = initial_backbone(config)
     if config.finetune == "full":
+        # The mask token only enters masked-image inputs, which SnD never feeds: left trainable it
+        # gets no gradient, which DistributedDataParallel refuses.
+        backbone.embeddings.mask_token.requires_grad_(False)
         return backbone.train()
     from peft import get_peft_model
 

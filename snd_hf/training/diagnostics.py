@@ -80,9 +80,12 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def effective_rank(features: torch.Tensor) -> float:
-    """``exp(H(σ / Σσ))`` of the singular values σ of ``features`` [N, C] (1.0 for fewer than two rows or all zeros)."""
+    """``exp(H(σ / Σσ))`` of the singular values σ of ``features`` [N, C] (1.0 for fewer than two rows or all
+    zeros, NaN when a value is not finite)."""
     if features.shape[0] < 2:
         return 1.0
+    if not torch.isfinite(features).all():  # a non-finite step: the guard stops or skips it
+        return math.nan
     singular = torch.linalg.svdvals(features.double())
     total = singular.sum()
     if total <= 0:

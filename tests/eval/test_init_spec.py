@@ -7,10 +7,11 @@ import torch
 
 from snd_hf.eval.features import load_feature_model, parse_model_spec
 from snd_hf.training import TrainingConfig
-from snd_hf.training.builders import build_backbone, initial_run_backbone
+from snd_hf import SnDModel
+from snd_hf.training.builders import PRETRAINED_2D, build_backbone, initial_run_backbone
 from snd_hf.training.export import save_native
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, seed=3)
+TINY = dict(init="random", finetune="lora", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, seed=3)
 
 
 def _finished_run(run_dir, **overrides):
@@ -48,6 +49,17 @@ def test_init_rebuilds_the_start_of_a_run(tmp_path):
     torch.testing.assert_close(trained["layernorm.weight"], start["layernorm.weight"], rtol=0, atol=0)
 
 
+def test_init_of_the_default_recipe_is_the_packaged_2d_pretrained_model(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path / "run"))  # init: pretrained_2d, full fine-tuning
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(config.to_yaml())
+    start = initial_run_backbone(tmp_path / "run").state_dict()
+    packaged = SnDModel.from_pretrained(PRETRAINED_2D).state_dict()
+    assert start.keys() == packaged.keys()
+    for key in start:
+        torch.testing.assert_close(start[key], packaged[key], rtol=0, atol=0, msg=key)
+
+
 def test_init_refuses_a_run_that_did_not_start_there(tmp_path):
     _finished_run(tmp_path / "run")
     # Another seed in config.yaml: the rebuilt start no longer matches the run's frozen weights.
@@ -60,7 +72,7 @@ def test_init_refuses_a_run_that_did_not_start_there(tmp_path):
 def test_init_needs_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.yaml"):
         initial_run_backbone(tmp_path)
-    config = TrainingConfig(output_dir=str(tmp_path), init="original", model_path=str(tmp_path / "gone.pth"), **TINY)
+    config = TrainingConfig(output_dir=str(tmp_path), **{**TINY, "init": "original", "model_path": str(tmp_path / "gone.pth")})
     (tmp_path / "config.yaml").write_text(config.to_yaml())
     with pytest.raises(FileNotFoundError, match="gone.pth"):
         initial_run_backbone(tmp_path)

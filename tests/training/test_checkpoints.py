@@ -18,7 +18,11 @@ from snd_hf.training.builders import build_optimizer, build_student
 from snd_hf.training.checkpoints import load_training_state, save_training_state
 from snd_hf.training.schedule import one_cycle_schedule
 
-CONFIG = TrainingConfig(hidden_size=24, num_attention_heads=2, head_hidden_dim=16, head_bottleneck_dim=8, head_prototypes=16)
+# The paper's objective: a LoRA student with a DINO head and an EMA teacher, all in the checkpoint.
+CONFIG = TrainingConfig(
+    init="random", finetune="lora", loss="dino_head", teacher_mode="ema",
+    hidden_size=24, num_attention_heads=2, head_hidden_dim=16, head_bottleneck_dim=8, head_prototypes=16,
+)  # fmt: skip
 
 
 class _Payload:
@@ -38,7 +42,7 @@ def _run(steps: int = 2):
     optimizer = build_optimizer(CONFIG, student)
     scheduler = one_cycle_schedule(optimizer, 10, 0.3)
     for _ in range(steps):
-        student(torch.rand(1, 1, 3, 28, 42)).logsumexp(-1).mean().backward()
+        student(torch.rand(1, 1, 3, 28, 42))[1].logsumexp(-1).mean().backward()  # the head logits
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

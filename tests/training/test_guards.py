@@ -10,6 +10,7 @@ from accelerate import Accelerator
 
 from snd_hf.data.scenes import SceneDataset, collate_scenes
 from snd_hf.data.synthetic import ensure_synthetic_scenes
+from snd_hf.splatting.teacher import TeacherTargets
 from snd_hf.training import TrainingConfig
 from snd_hf.training.builders import build_student
 from snd_hf.training.guards import (
@@ -20,7 +21,11 @@ from snd_hf.training.guards import (
 )
 from snd_hf.training.step import student_loss
 
-CONFIG = TrainingConfig(hidden_size=24, num_attention_heads=2, head_hidden_dim=16, head_bottleneck_dim=8, head_prototypes=16)
+# The paper's objective: LoRA adapters and a DINO head.
+CONFIG = TrainingConfig(
+    init="random", finetune="lora", loss="dino_head",
+    hidden_size=24, num_attention_heads=2, head_hidden_dim=16, head_bottleneck_dim=8, head_prototypes=16,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +45,10 @@ def _poisoned(batch: dict) -> dict:
 
 def _step(guard: NonFiniteGuard, student, batch: dict) -> bool:
     """One optimizer step's forward/backward under the guard; whether its update is finite."""
-    logits = torch.zeros(*batch["target"]["image"].shape[:2], 2, 3, CONFIG.head_prototypes)
-    coverage = torch.ones(logits.shape[:-1], dtype=torch.bool)
-    loss = student_loss(student, batch, logits, coverage, CONFIG)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(*batch["target"]["image"].shape[:2], CONFIG.hidden_size, 2, 3, generator=generator)
+    targets = TeacherTargets(features, torch.ones(*features.shape[:2], 2, 3, dtype=torch.bool))
+    loss = student_loss(student, student, batch, targets, CONFIG).loss  # the student is its own teacher here
     loss.backward()
     guard.observe(loss, batch)
     finite = guard.update_is_finite(Accelerator(cpu=True), student.parameters())
@@ -77,7 +83,7 @@ def test_skip_drops_steps_up_to_the_bound_and_non_finite_gradients_count(batch):
     assert guard.skipped_steps == [3] and not guard.step_failed
 
     # A finite loss with a non-finite gradient (an inf weight the loss does not see as such).
-    loss = student(batch["target"]["image"]).float().logsumexp(-1).mean()
+    loss = student(batch["target"]["image"])[1].float().logsumexp(-1).mean()  # the head logits
     loss.backward()
     next(p for p in student.parameters() if p.requires_grad).grad[0].fill_(math.inf)
     guard.observe(loss, batch)

@@ -191,9 +191,11 @@ def list_repo_files(
     cached = _cached_files(repo_id, revision, cache_dir)
     if cached is None:
         reason = f"the Hub could not be reached ({failure})" if failure else "offline mode is on"
+        # A repo id is also a relative path: say so when no folder of that name is here either.
+        local = f" (there is no local folder ./{repo_id} either)" if not os.path.exists(repo_id) else ""
         raise OSError(
             f"cannot load {repo_id!r} (revision {revision!r}): {reason} and nothing of it is in the cache"
-            f" {cache_dir or constants.HF_HUB_CACHE}. Connect once to download it, or pass a local folder."
+            f" {cache_dir or constants.HF_HUB_CACHE}{local}. Connect once to download it, or pass a local folder."
         ) from failure
     return cached, True
 

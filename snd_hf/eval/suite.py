@@ -407,9 +407,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
-    parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps")
+    parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps (default: the preset's)")
     parser.add_argument(
-        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width"
+        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 8x6x96x128)"
     )
 
 

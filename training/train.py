@@ -1,7 +1,7 @@
 """Train SnD: distil splatted, blended teacher features of context views into a DINOv2 student.
 
-Launch (defaults: the CPU recipe of training/configs/synthetic_tiny.yaml, which shows the SnD
-effect; docs/snd_effect.md gives its time and results):
+Launch (defaults: the CPU recipe of training/configs/synthetic_tiny.yaml; docs/snd_effect.md gives
+its results against geometry-free controls):
 
     python training/train.py
     python training/train.py --max_steps 20 --output_dir outputs/quick

@@ -304,6 +304,7 @@ def load_training_state(
         path = directory / f"{role}.safetensors"
         tensors, _ = _read_tensors(path)
         try:
+            # Strict, checked below, so that the error names the file, the role and the keys.
             result = module.load_state_dict(tensors, strict=False)
         except RuntimeError as error:  # shape mismatches
             raise ValueError(f"{path} does not match the {role} of this config: {' '.join(str(error).split())}") from None

@@ -30,7 +30,7 @@ class TrainingConfig:
     """Every setting of an SnD training run (the defaults are the tiny synthetic run's).
 
     Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
-    The defaults are the CPU recipe that shows the SnD effect (docs/snd_effect.md): a tiny ViT
+    The defaults are the CPU recipe of docs/snd_effect.md: a tiny ViT
     2D-pretrained by ``training/pretrain_2d.py``, cosine loss on the backbone tokens against a
     frozen teacher, patch-aligned upsampling, no blending, full fine-tuning.
     """

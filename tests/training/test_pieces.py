@@ -44,7 +44,7 @@ def test_overrides_are_typed_and_bare_bool_flags_mean_true():
 def test_every_shipped_config_loads_and_paper_values_are_kept():
     tiny = TrainingConfig.from_args([])
     assert tiny.dataset == "synthetic" and tiny.init == "pretrained_2d" and tiny.lifter == "depth"
-    # The CPU recipe that shows the effect (docs/snd_effect.md).
+    # The CPU recipe of docs/snd_effect.md.
     assert (tiny.loss, tiny.teacher_mode, tiny.upsample, tiny.finetune, tiny.blending) == (
         "cosine", "frozen", "patch_aligned", "full", 1.0
     )

@@ -185,6 +185,9 @@ def list_repo_files(
     failure: Exception | None = None
     if not (local_files_only or constants.HF_HUB_OFFLINE):
         try:
+            # One request without retries first: an unreachable Hub fails here at once, not after
+            # the backoff retries (about 20 s) of huggingface_hub's paginated listing below.
+            HfApi().model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
             return HfApi().list_repo_files(repo_id, revision=revision, token=token), False
         except (httpx.ConnectError, httpx.TimeoutException, OfflineModeIsEnabled) as error:
             failure = error

@@ -27,7 +27,8 @@ it is applied or saved (``--on_nonfinite skip`` drops such steps instead, at mos
 ``max_skipped_steps``). docs/reliability.md lists what the trainer guarantees.
 
 Outputs in ``output_dir``: the final student as a native SnD directory (``SnDModel.from_pretrained``
-/ ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, same format),
+/ ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, or the unchanged start with
+``teacher_mode: frozen``; same format),
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
 ``export.json`` (the step and files of that export, which is swapped in as one set),
 ``losses.jsonl`` (one line per optimizer step, also after a resume: loss, lr and the collapse

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 
 from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.data.synthetic import render_synthetic_scene
-from snd_hf.files import replace_path
+from snd_hf.files import make_temporary, replace_path
 from snd_hf.splatting.teacher import patch_features
 from snd_hf.training.dense_contrastive import (
     ProjectionHead,
@@ -143,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
     # Written whole into a temporary sibling, then moved into place.
-    staging = args.out.parent / f".tmp-{args.out.name}"
-    shutil.rmtree(staging, ignore_errors=True)  # the leftover of a killed run
+    staging = make_temporary(args.out, directory=True)
     model.save_pretrained(staging)
     SnDImageProcessor().save_pretrained(staging)
     replace_path(staging, args.out)

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import replace_path
+from ..files import make_temporary, replace_path
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")
@@ -556,8 +555,7 @@ def generate_scenes(
     out_dir = Path(out_dir)
     if not overwrite:
         _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = make_temporary(out_dir, directory=True)  # a killed run's leftover is cleaned by the next
     try:
         for scene_index in tqdm(range(num_scenes), desc="synthetic scenes", disable=not progress):
             rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed, glossy)

@@ -31,7 +31,7 @@ class TrainingConfig:
 
     Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
     The defaults are the CPU recipe of docs/snd_effect.md: a tiny ViT
-    2D-pretrained by ``training/pretrain_2d.py``, cosine loss on the backbone tokens against a
+    2D-pretrained by ``training/pretrain_2d.py``, dense InfoNCE on the backbone tokens against a
     frozen teacher, patch-aligned upsampling, no blending, full fine-tuning.
     """
 
@@ -90,7 +90,8 @@ class TrainingConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
 
     # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
-    loss: Literal["dino_head", "cosine", "mse"] = "cosine"  # the paper: "dino_head"
+    loss: Literal["dino_head", "cosine", "mse", "info_nce"] = "info_nce"  # the paper: "dino_head"
+    contrastive_temperature: float = 0.2  # info_nce: softmax temperature over cosine similarities
     teacher_mode: Literal["ema", "frozen"] = "frozen"  # the paper: "ema" (ema_momentum, ema_every)
     # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
     # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
@@ -219,6 +220,8 @@ class TrainingConfig:
             raise ValueError(
                 f"center_momentum and teacher_temp_warmup apply to loss 'dino_head' only, got loss {self.loss!r}."
             )
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be positive, got {self.contrastive_temperature}.")
         if self.operator_cache_mb <= 0:
             raise ValueError(f"operator_cache_mb must be positive, got {self.operator_cache_mb}.")
 

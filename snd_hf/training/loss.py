@@ -1,17 +1,23 @@
 """The distillation losses between the student's target-view tokens and the teacher's targets.
 
-Three objectives (``TrainingConfig.loss``):
+Four objectives (``TrainingConfig.loss``):
 
 - ``"dino_head"`` (the paper, ``vit/dinov2.py``): both sides go through a DINO head; the loss is
   the cross-entropy ``−Σ_k p_k log q_k`` of the teacher's softmax against the student's
   log-softmax. DINO's two guards against collapse are available: centring of the teacher logits
   (Caron et al. 2021, ``center_momentum`` 0.9 in DINO) and a teacher-temperature warm-up
   (DINO: 0.04 → 0.07 over 30 epochs). SnD uses neither (temperatures 1, no centring).
-- ``"cosine"``: ``1 − cos(student token, target token)`` on the backbone tokens, no head. The
-  default CPU recipe (issue #12's diagnosis): with no head there is no prototype softmax to
-  collapse, and with a frozen teacher the targets cannot drift towards a constant.
+- ``"cosine"``: ``1 − cos(student token, target token)`` on the backbone tokens, no head (issue
+  #12's diagnosis): with no head there is no prototype softmax to collapse, and with a frozen
+  teacher the targets cannot drift towards a constant.
 - ``"mse"``: mean squared error over channels on the backbone tokens (FiT3D-style feature
   regression).
+- ``"info_nce"``: InfoNCE (van den Oord et al. 2018) per token on the backbone tokens, in the
+  dense form of DenseCL (Wang et al. 2021): each covered student token must pick its own target
+  among the targets of every covered token of the batch (on this process). Where the cosine loss
+  only asks a token to point near its target, this also asks it to point away from its
+  neighbours' targets, the part of the signal a correspondence match depends on. The default CPU
+  recipe (docs/snd_effect.md).
 
 Every loss averages over the covered tokens only (Deviation, docs/deviations.md "loss: holes").
 """
@@ -85,6 +91,34 @@ def mse_loss(student: torch.Tensor, target: torch.Tensor, covered: torch.Tensor 
     """Mean over channels of ``(student − target)²`` per token, averaged over the covered tokens (shapes as :func:`cosine_loss`)."""
     _check_features(student, target, covered)
     return covered_mean((student.float() - target.detach().float()).pow(2).mean(dim=2), covered)
+
+
+def info_nce_loss(
+    student: torch.Tensor, target: torch.Tensor, covered: torch.Tensor | None = None, *, temperature: float = 0.2
+) -> torch.Tensor:
+    """Dense InfoNCE: cross-entropy of each covered student token over all covered targets, its own the positive.
+
+    Args:
+        student: student tokens. [B, V, C, h, w]
+        target: teacher targets (no gradient flows into them). [B, V, C, h, w]
+        covered: tokens that count, or None for all. [B, V, h, w]
+        temperature: of the softmax over cosine similarities.
+
+    Returns:
+        the mean over covered tokens of ``−log softmax_j(cos(s_i, t_j) / temperature)[i]``; 0, still
+        in the graph, when no token is covered.
+    """
+    _check_features(student, target, covered)
+    channels = student.shape[2]
+    queries = student.float().movedim(2, -1).reshape(-1, channels)  # [N, C]
+    keys = target.detach().float().movedim(2, -1).reshape(-1, channels)
+    if covered is not None:
+        keep = covered.reshape(-1)
+        queries, keys = queries[keep], keys[keep]
+    if len(queries) == 0:
+        return student.sum() * 0.0
+    logits = F.normalize(queries, dim=-1, eps=1e-6) @ F.normalize(keys, dim=-1, eps=1e-6).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))
 
 
 def covered_mean(per_token: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:

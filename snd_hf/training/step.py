@@ -17,6 +17,7 @@ from .config import TrainingConfig
 from .loss import (
     cosine_loss,
     distillation_loss,
+    info_nce_loss,
     mse_loss,
     teacher_probabilities,
     teacher_temperature,
@@ -119,8 +120,8 @@ def student_loss(
     """The student's tokens of the target views against the teacher's targets, over the covered tokens.
 
     Loss "dino_head" passes the targets through the teacher's head (temperature warm-up and
-    centring per ``config``; the centre is updated after use, as in DINO); "cosine" and "mse"
-    compare the backbone tokens directly.
+    centring per ``config``; the centre is updated after use, as in DINO); "cosine", "mse" and
+    "info_nce" compare the backbone tokens directly.
 
     Args:
         student: the trained module (``BackboneWithHead``, possibly wrapped for DDP).
@@ -147,9 +148,11 @@ def student_loss(
         probabilities = teacher_probabilities(teacher_logits, temperature, center)
         if center is not None:
             update_center(center, teacher_logits, coverage, config.center_momentum)
+    # Deviation (objective, optional): "cosine", "mse" and "info_nce" use no head, the backbone tokens themselves.
     elif config.loss == "cosine":
-        # Deviation (objective, optional): no head, the backbone tokens themselves.
         loss = cosine_loss(features, targets.features, coverage)
+    elif config.loss == "info_nce":
+        loss = info_nce_loss(features, targets.features, coverage, temperature=config.contrastive_temperature)
     else:
         loss = mse_loss(features, targets.features, coverage)
     return StepOutputs(loss, features.detach(), targets.features, coverage, probabilities)

@@ -24,6 +24,7 @@ from snd_hf.training.checkpoints import (
 from snd_hf.training.config import parse_overrides
 from snd_hf.training.loss import (
     cosine_loss,
+    info_nce_loss,
     mse_loss,
     teacher_probabilities,
     teacher_temperature,
@@ -45,8 +46,8 @@ def test_every_shipped_config_loads_and_paper_values_are_kept():
     tiny = TrainingConfig.from_args([])
     assert tiny.dataset == "synthetic" and tiny.init == "pretrained_2d" and tiny.lifter == "depth"
     # The CPU recipe of docs/snd_effect.md.
-    assert (tiny.loss, tiny.teacher_mode, tiny.upsample, tiny.finetune, tiny.blending) == (
-        "cosine", "frozen", "patch_aligned", "full", 1.0
+    assert (tiny.loss, tiny.contrastive_temperature, tiny.teacher_mode, tiny.upsample, tiny.finetune, tiny.blending) == (
+        "info_nce", 0.2, "frozen", "patch_aligned", "full", 1.0
     )
     # The dataclass defaults are the tiny run's: the YAML only adds where its scenes are cached.
     assert tiny == TrainingConfig(dataset_path="data/synthetic-tiny")
@@ -159,6 +160,26 @@ def test_cosine_and_mse_losses_over_covered_tokens():
     assert cosine_loss(target * 3.0, target).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
     with pytest.raises(ValueError, match="same shape"):
         cosine_loss(student, target[..., :4])
+
+
+def test_info_nce_picks_each_token_target_among_the_covered():
+    # Orthonormal targets and a student equal to them: every positive logit is 1/τ, every negative 0.
+    target = torch.eye(6).view(1, 6, 6, 1, 1)  # [B, V, C, h, w]: view v's one token is e_v
+    loss = info_nce_loss(target.clone(), target, temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + 5 * math.exp(-2.0)), rel=1e-6)
+    # Only covered tokens are queries and negatives: a direct sum over them.
+    student, target = torch.randn(2, 1, 4, 3, 5), torch.randn(2, 1, 4, 3, 5)
+    covered = torch.rand(2, 1, 3, 5) > 0.4
+    queries = torch.nn.functional.normalize(student.movedim(2, -1)[covered], dim=-1)
+    keys = torch.nn.functional.normalize(target.movedim(2, -1)[covered], dim=-1)
+    logits = queries @ keys.T / 0.2
+    expected = -torch.stack([logits[i].log_softmax(0)[i] for i in range(len(logits))]).mean()
+    torch.testing.assert_close(info_nce_loss(student, target, covered), expected)
+    # Nothing covered: 0, still in the graph.
+    student.requires_grad_(True)
+    empty = info_nce_loss(student, target, torch.zeros(2, 1, 3, 5, dtype=torch.bool))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.count_nonzero(student.grad) == 0
 
 
 def test_dino_centring_and_temperature_warm_up():

@@ -9,6 +9,7 @@ from snd_hf import SnDConfig, SnDModel
 from snd_hf.splatting.lifters import DepthLifter
 from snd_hf.splatting.teacher import SplatTeacher
 from snd_hf.training import DINOHead, TrainingConfig
+from snd_hf.training.loss import info_nce_loss
 from snd_hf.training.operator_cache import OperatorCache, sample_key, select_samples
 from snd_hf.training.step import nearest_context_tokens, student_loss, teacher_targets
 from snd_hf.training.student import BackboneWithHead
@@ -110,7 +111,7 @@ def test_nearest_context_tokens_per_target_view():
     assert chosen[0, :, 0, 0, 0].tolist() == [0.0, 4.0, 4.0]
 
 
-@pytest.mark.parametrize("loss", ["dino_head", "cosine", "mse"])
+@pytest.mark.parametrize("loss", ["dino_head", "cosine", "mse", "info_nce"])
 def test_student_loss_follows_the_configured_objective(teacher, loss):
     splat = SplatTeacher(DepthLifter(), blending=1.0, backend="torch")
     batch = _batch()
@@ -131,7 +132,11 @@ def test_student_loss_follows_the_configured_objective(teacher, loss):
         # The student is the teacher here: its own tokens of the target views are the self-distillation targets.
         own = teacher_targets(teacher, splat, batch, _config(targets="self_distillation"))
         zero = student_loss(student, teacher, batch, own, config)
-        assert zero.loss.item() == pytest.approx(0.0, abs=1e-5)
+        if loss == "info_nce":  # a token matching its own target still pays for the negatives' softmax mass
+            expected = info_nce_loss(own.features, own.features, own.coverage, temperature=config.contrastive_temperature)
+            assert zero.loss.item() == pytest.approx(expected.item(), rel=1e-5) and expected.item() > 0
+        else:
+            assert zero.loss.item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_centring_is_rejected_for_losses_without_a_head():

@@ -120,8 +120,10 @@ def test_default_run_learns_and_exports(scenes, tmp_path):
     losses = _losses(output_dir)
     assert sorted(losses) == list(range(1, DEFAULTS.max_steps + 1))
     first, last = [sum(v) / len(v) for v in (list(losses.values())[:10], list(losses.values())[-10:])]
-    # The cosine loss (1 - cos) starts near 0.05 from the 2D-pretrained start; a fifth must go.
-    assert last < 0.8 * first, f"loss did not fall: first 10 steps {first:.4f}, last 10 {last:.4f}"
+    # InfoNCE over ~380 covered tokens starts near 3.27 nats from the 2D-pretrained start (chance:
+    # ln 384 = 5.95) and ends near 3.14 in the packaged run; neighbouring tokens' targets are close,
+    # so the floor is far from 0. At least 0.05 nats must go.
+    assert last < first - 0.05, f"loss did not fall: first 10 steps {first:.4f}, last 10 {last:.4f}"
 
     student = SnDModel.from_pretrained(output_dir)
     auto = AutoModel.from_pretrained(output_dir)

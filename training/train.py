@@ -1,4 +1,4 @@
-"""Train SnD: distil splatted, blended teacher features of context views into a DINOv2 student.
+"""Train SnD: distil the teacher's context-view features, splatted into a target view, into a ViT student.
 
 Launch (defaults: the CPU recipe of training/configs/synthetic_tiny.yaml; docs/snd_effect.md gives
 its results against geometry-free controls):

@@ -74,9 +74,10 @@ class TrainingConfig:
     cache_views: bool = True  # keep decoded views in memory (snd_hf/data/memory.py): small datasets only
 
     # --- model -------------------------------------------------------------------------------
-    # "pretrained_2d": the packaged tiny ViT of training/pretrain_2d.py (snd_hf/assets/pretrained_2d),
-    # a 2D self-supervised stand-in for DINOv2, which is not reachable offline.
-    init: Literal["random", "original", "pretrained", "pretrained_2d"] = "pretrained_2d"  # starting backbone (see model_path)
+    # The starting backbone (see model_path). "pretrained_2d": the packaged tiny ViT of
+    # training/pretrain_2d.py (snd_hf/assets/pretrained_2d), a 2D self-supervised stand-in for
+    # DINOv2, which is not reachable offline.
+    init: Literal["random", "original", "pretrained", "pretrained_2d"] = "pretrained_2d"
     model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
     size: Literal["small", "base"] | None = None  # records the published variant in the config
     hidden_size: int = 48  # architecture of a random init (ignored otherwise)

@@ -46,7 +46,7 @@ def test_train_script_help_and_h_print_it_and_exit_zero(capsys):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: python training/train.py [--config NAME_OR_PATH]")
-    assert "Train SnD: distil splatted" in result.stdout and "  --warmup_ratio (float), default: 0.01" in result.stdout
+    assert "Train SnD: distil the teacher" in result.stdout and "  --warmup_ratio (float), default: 0.01" in result.stdout
 
     spec = importlib.util.spec_from_file_location("snd_train_script", REPO_ROOT / "training" / "train.py")
     train = importlib.util.module_from_spec(spec)

@@ -187,8 +187,9 @@ def list_repo_files(
         try:
             # One request without retries first: an unreachable Hub fails here at once, not after
             # the backoff retries (about 20 s) of huggingface_hub's paginated listing below.
-            HfApi().model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
-            return HfApi().list_repo_files(repo_id, revision=revision, token=token), False
+            api = HfApi()
+            api.model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            return api.list_repo_files(repo_id, revision=revision, token=token), False
         except (httpx.ConnectError, httpx.TimeoutException, OfflineModeIsEnabled) as error:
             failure = error
     cached = _cached_files(repo_id, revision, cache_dir)

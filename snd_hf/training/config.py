@@ -31,14 +31,14 @@ class TrainingConfig:
 
     Paper values (ORIGINAL.md, "Optimisation") are in ``training/configs/scannetpp_vit{s,b}14.yaml``.
     The defaults are the CPU recipe of docs/snd_effect.md: a tiny ViT
-    2D-pretrained by ``training/pretrain_2d.py``, dense InfoNCE on the backbone tokens against a
-    frozen teacher, patch-aligned upsampling, no blending, full fine-tuning.
+    2D-pretrained by ``training/pretrain_2d.py``, dense InfoNCE on the backbone tokens against an
+    EMA teacher (0.99 every step), patch-aligned upsampling, no blending, full fine-tuning.
     """
 
     # --- run ---------------------------------------------------------------------------------
     output_dir: str = "outputs/snd-synthetic-tiny"  # checkpoints, losses.jsonl, the final student
     seed: int = 0  # model init, data order and dropout
-    max_steps: int = 1500  # optimizer steps
+    max_steps: int = 2000  # optimizer steps
     save_steps: int = 500  # full-state checkpoint (and native export) every N steps, and at the end
     log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
     resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
@@ -93,7 +93,7 @@ class TrainingConfig:
     # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
     loss: Literal["dino_head", "cosine", "mse", "info_nce"] = "info_nce"  # the paper: "dino_head"
     contrastive_temperature: float = 0.2  # info_nce: softmax temperature over cosine similarities
-    teacher_mode: Literal["ema", "frozen"] = "frozen"  # the paper: "ema" (ema_momentum, ema_every)
+    teacher_mode: Literal["ema", "frozen"] = "ema"  # EMA of the student (ema_momentum, ema_every), or the start
     # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
     # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
     # nearer context view's tokens at the same grid positions ("cross_view_copy").

@@ -107,8 +107,8 @@ SHORTER: dict[str, tuple[str, str]] = {
         "--appearance-steps 8 --feature-steps 8",
         "300 + 300 optimisation steps over 24 views",
     ),
-    "python training/train.py": ("--max_steps 100", "the default run's 1500 steps (tests/training/test_train.py runs it whole)"),
-    "python training/train.py --resume_from_checkpoint latest": ("--max_steps 110", "resuming the 1500-step default run"),
+    "python training/train.py": ("--max_steps 100", "the default run's 2000 steps (tests/training/test_train.py runs it whole)"),
+    "python training/train.py --resume_from_checkpoint latest": ("--max_steps 110", "resuming the 2000-step default run"),
     "python training/pretrain_2d.py --out outputs/pretrained_2d": ("--steps 10 --scenes 4", "the 2D pre-training's 600 steps"),
     "snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper": ("--steps 2", "the paper's 307,200 probe steps"),
     "snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 --concat-with dinov2_vits14.pth": (

@@ -17,7 +17,7 @@ Four objectives (``TrainingConfig.loss``):
   among the targets of every covered token of the batch (on this process). Where the cosine loss
   only asks a token to point near its target, this also asks it to point away from its
   neighbours' targets, the part of the signal a correspondence match depends on. The default CPU
-  recipe (docs/snd_effect.md).
+  recipe, with an EMA teacher (docs/snd_effect.md).
 
 Every loss averages over the covered tokens only (Deviation, docs/deviations.md "loss: holes").
 """

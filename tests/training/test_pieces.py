@@ -46,9 +46,9 @@ def test_every_shipped_config_loads_and_paper_values_are_kept():
     tiny = TrainingConfig.from_args([])
     assert tiny.dataset == "synthetic" and tiny.init == "pretrained_2d" and tiny.lifter == "depth"
     # The CPU recipe of docs/snd_effect.md.
-    assert (tiny.loss, tiny.contrastive_temperature, tiny.teacher_mode, tiny.upsample, tiny.finetune, tiny.blending) == (
-        "info_nce", 0.2, "frozen", "patch_aligned", "full", 1.0
-    )
+    recipe = (tiny.loss, tiny.contrastive_temperature, tiny.teacher_mode, tiny.ema_momentum, tiny.ema_every, tiny.max_steps)
+    assert recipe == ("info_nce", 0.2, "ema", 0.99, 1, 2000)
+    assert (tiny.upsample, tiny.finetune, tiny.blending) == ("patch_aligned", "full", 1.0)
     # The dataclass defaults are the tiny run's: the YAML only adds where its scenes are cached.
     assert tiny == TrainingConfig(dataset_path="data/synthetic-tiny")
     for name in ("scannetpp_vits14", "scannetpp_vitb14"):

@@ -121,9 +121,9 @@ def test_default_run_learns_and_exports(scenes, tmp_path):
     assert sorted(losses) == list(range(1, DEFAULTS.max_steps + 1))
     first, last = [sum(v) / len(v) for v in (list(losses.values())[:10], list(losses.values())[-10:])]
     # InfoNCE over ~380 covered tokens starts near 3.27 nats from the 2D-pretrained start (chance:
-    # ln 384 = 5.95) and ends near 3.14 in the packaged run; neighbouring tokens' targets are close,
-    # so the floor is far from 0. At least 0.05 nats must go.
-    assert last < first - 0.05, f"loss did not fall: first 10 steps {first:.4f}, last 10 {last:.4f}"
+    # ln 384 = 5.95) and ends near 2.41 in the packaged run (the EMA teacher's targets sharpen with
+    # the student); neighbouring tokens' targets are close, so the floor is far from 0.
+    assert last < first - 0.4, f"loss did not fall: first 10 steps {first:.4f}, last 10 {last:.4f}"
 
     student = SnDModel.from_pretrained(output_dir)
     auto = AutoModel.from_pretrained(output_dir)
@@ -131,12 +131,21 @@ def test_default_run_learns_and_exports(scenes, tmp_path):
     assert student.config.training_info["step"] == DEFAULTS.max_steps
     assert student.config.training_info["config"]["learning_rate"] == DEFAULTS.learning_rate
     assert student.config.blending is False  # the CPU recipe does not blend
-    # The frozen teacher is the 2D-pretrained start, unchanged.
+    # The EMA teacher followed the student away from the 2D-pretrained start: in the packaged run it
+    # ends 9.77 (L2 over all weights) from the start and 0.02 from the student, whose rate has decayed.
     start = SnDModel.from_pretrained(PRETRAINED_2D).state_dict()
-    assert all(torch.equal(value, start[key]) for key, value in teacher.state_dict().items())
+    weights = {"student": student.state_dict(), "teacher": teacher.state_dict()}
+
+    def distance(a, b):
+        return sum(((a[key] - b[key]) ** 2).sum() for key in start).sqrt().item()
+
+    assert distance(weights["teacher"], start) > 20 * distance(weights["teacher"], weights["student"]) > 0
     # The collapse diagnostics are logged every step, and the healthy default run is not flagged.
     record = json.loads((output_dir / "losses.jsonl").read_text().splitlines()[-1])
     assert {"coverage", "student_rank", "target_rank"} <= set(record) and record["coverage"] > 0.5
+    # Effective ranks 24.4 (student) / 20.4 (targets) at step 1 and 31.3 / 29.1 at the end of the
+    # packaged run: the EMA bootstrap spreads the features out rather than collapsing them.
+    assert record["student_rank"] > 24 and record["target_rank"] > 24, record
     assert "looks collapsed" not in result.stderr
     pixels = torch.rand(1, 3, *DEFAULTS.image_size)
     with torch.no_grad():

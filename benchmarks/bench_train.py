@@ -7,10 +7,9 @@ same batches in three ways, in one run:
 - the reference: the student's plain forward + backward (and optimizer step) on the target views;
 - the SnD step with the teacher operator cached (snd_hf/splatting/operator.py; the operators of
   the benchmarked batches are built before the clock starts, as a long run reuses them);
-- the SnD step with the direct teacher (lifting, rendering and mask operations every step),
-  timed stage by stage;
+- the SnD step with the direct teacher (lifting, rendering and mask operations every step);
 
-and prints each as a ratio to the reference, the cached operator's speed-up and peak memory.
+and prints both SnD steps stage by stage, each step as a ratio to the reference, the cached operator's speed-up and peak memory.
 With ``--trained DIR`` it also compares the multi-view correspondence recall of a trained student
 (e.g. ``outputs/snd-synthetic-tiny``) against its initialisation on distinct pairs of held-out
 generated rooms (ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).
@@ -143,7 +142,7 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
         "SnD step, cached teacher operator": (snd_step, operators),
         "SnD step, direct teacher": (snd_step, None),
     }
-    medians, rss_before = {}, peak_rss_mib()
+    medians, breakdowns, rss_before = {}, {}, peak_rss_mib()
     try:
         for mode, (step_function, cache) in modes.items():
             step_times = []
@@ -156,8 +155,7 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
                 else:
                     timer._current.clear()
             medians[mode] = statistics.median(step_times)
-            if mode == "SnD step, direct teacher":
-                breakdown = {name: statistics.median(values) for name, values in timer.totals.items()}
+            breakdowns[mode] = {name: statistics.median(values) for name, values in timer.totals.items()}
             timer.totals.clear()
     finally:
         for name, function in patched.items():
@@ -166,16 +164,16 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     print(f"\nconfig: image {config.image_size}, batch {config.batch_size}, ViT width {student.backbone.config.hidden_size} x "
           f"{student.backbone.config.num_hidden_layers} layers, loss {config.loss}, teacher {config.teacher_mode}, "
           f"threads {torch.get_num_threads()}")
-    total = medians["SnD step, direct teacher"]
-    print(f"\ndirect teacher, by stage:\n{'stage':<36}{'median ms':>12}{'share':>8}")
-    for name, median in sorted(breakdown.items(), key=lambda item: -item[1]):
-        print(f"{name:<36}{1000 * median:>12.1f}{100 * median / total:>7.1f}%")
+    for mode in ("SnD step, cached teacher operator", "SnD step, direct teacher"):
+        print(f"\n{mode}, by stage:\n{'stage':<36}{'median ms':>12}{'share':>8}")
+        for name, median in sorted(breakdowns[mode].items(), key=lambda item: -item[1]):
+            print(f"{name:<36}{1000 * median:>12.1f}{100 * median / medians[mode]:>7.1f}%")
     reference = medians["student forward + backward (reference)"]
     print(f"\n{'step':<44}{'median ms':>10}{'x reference':>13}")
     for mode, median in medians.items():
         print(f"{mode:<44}{1000 * median:>10.1f}{median / reference:>13.2f}")
     cached = medians["SnD step, cached teacher operator"]
-    print(f"cached operator speed-up over the direct teacher: {total / cached:.1f}x "
+    print(f"cached operator speed-up over the direct teacher: {medians['SnD step, direct teacher'] / cached:.1f}x "
           f"(building one sample's operator once: {1000 * build_seconds:.0f} ms)")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (before the steps: {rss_before:.0f} MiB)")
 

@@ -13,7 +13,9 @@ Images: frames of generated rooms (snd_hf/data/synthetic.py) of seed 1, a seed t
 SnD training scenes (seed 0) nor the held-out evaluation rooms (seeds 1000 and 2000) use, rendered
 in memory at twice the crop size so that crops zoom in without blurring.
 
-The run is deterministic in its seed (one thread per op keeps it so on CPU).
+The run is deterministic in its seed on one thread: ``OMP_NUM_THREADS=1 python training/pretrain_2d.py
+--out DIR`` reproduces snd_hf/assets/pretrained_2d bit for bit (checked 2026-11-30); more threads
+change the order of float sums, and so the weights slightly.
 """
 
 from __future__ import annotations

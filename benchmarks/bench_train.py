@@ -9,7 +9,8 @@ same batches in three ways, in one run:
   the benchmarked batches are built before the clock starts, as a long run reuses them);
 - the SnD step with the direct teacher (lifting, rendering and mask operations every step);
 
-and prints both SnD steps stage by stage, each step as a ratio to the reference, the cached operator's speed-up and peak memory.
+and prints both SnD steps stage by stage, each step as a ratio to the reference, the cached
+operator's speed-up and peak memory.
 With ``--trained DIR`` it also compares the multi-view correspondence recall of a trained student
 (e.g. ``outputs/snd-synthetic-tiny``) against its initialisation on distinct pairs of held-out
 generated rooms (ScanNet-pair protocol of snd_hf.eval.correspondence, recall at 5/10/20 px).

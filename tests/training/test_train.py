@@ -134,12 +134,12 @@ def test_default_run_learns_and_exports(scenes, tmp_path):
     # The EMA teacher followed the student away from the 2D-pretrained start: in the packaged run it
     # ends 9.77 (L2 over all weights) from the start and 0.02 from the student, whose rate has decayed.
     start = SnDModel.from_pretrained(PRETRAINED_2D).state_dict()
-    weights = {"student": student.state_dict(), "teacher": teacher.state_dict()}
+    teacher_weights, student_weights = teacher.state_dict(), student.state_dict()
 
     def distance(a, b):
         return sum(((a[key] - b[key]) ** 2).sum() for key in start).sqrt().item()
 
-    assert distance(weights["teacher"], start) > 20 * distance(weights["teacher"], weights["student"]) > 0
+    assert distance(teacher_weights, start) > 20 * distance(teacher_weights, student_weights) > 0
     # The collapse diagnostics are logged every step, and the healthy default run is not flagged.
     record = json.loads((output_dir / "losses.jsonl").read_text().splitlines()[-1])
     assert {"coverage", "student_rank", "target_rank"} <= set(record) and record["coverage"] > 0.5

@@ -121,6 +121,11 @@ def test_student_loss_follows_the_configured_objective(teacher, loss):
     center_before = teacher.head.center.clone()
     outputs = student_loss(student, teacher, batch, targets, config, step=0)
     assert outputs.loss.ndim == 0 and torch.isfinite(outputs.loss)
+    # The teacher runs under inference_mode; its targets must still be tensors a loss can save for backward.
+    assert not targets.features.is_inference() and not targets.coverage.is_inference()
+    outputs.loss.backward()
+    assert student.backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    student.zero_grad(set_to_none=True)
     assert outputs.student_features.shape == targets.features.shape
     if loss == "dino_head":
         assert outputs.teacher_probs.shape == (3, 1, 2, 3, 32)

@@ -79,7 +79,7 @@ EXTERNAL: dict[str, tuple[str, str]] = {
 }
 
 # Paths that README commands write (they need not exist before the command).
-WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "outputs/snd-tiny-2proc", "outputs/pretrained_2d", "outputs/snd-tiny-hub", "data/glossy", "room.field", "room-segment", "room-edit"}
+WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "eval_nyu", "eval_ade20k", "eval_scannet1500", "outputs/snd-tiny-2proc", "outputs/pretrained_2d", "outputs/snd-tiny-hub", "data/glossy", "room.field", "room-segment", "room-edit"}
 
 # Runs too long for CI: README command (exact, continuation lines joined) -> (arguments appended, why).
 SHORTER: dict[str, tuple[str, str]] = {
@@ -110,8 +110,9 @@ SHORTER: dict[str, tuple[str, str]] = {
     "python training/train.py": ("--max_steps 100", "the default run's 2000 steps (tests/training/test_train.py runs it whole)"),
     "python training/train.py --resume_from_checkpoint latest": ("--max_steps 110", "resuming the 2000-step default run"),
     "python training/pretrain_2d.py --out outputs/pretrained_2d": ("--steps 10 --scenes 4", "the 2D pre-training's 600 steps"),
-    "snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper": ("--steps 2", "the paper's 307,200 probe steps"),
-    "snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 --concat-with dinov2_vits14.pth": (
+    "snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper --out eval_nyu": ("--steps 2", "the paper's 307,200 probe steps"),
+    "snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 --concat-with dinov2_vits14.pth "
+    "--out eval_ade20k": (
         "--steps 2",
         "150 probe steps",
     ),

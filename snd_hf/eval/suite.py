@@ -206,6 +206,23 @@ def _write_json(path: Path, payload: object) -> None:
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=True)))
 
 
+def _check_results_folder(path: Path, identity: dict) -> None:
+    """Refuse to replace ``path`` when it records an evaluation other than ``identity``."""
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    current = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
+    differ = [key for key, value in current.items() if not isinstance(earlier, dict) or earlier.get(key) != value]
+    if differ:
+        raise FileExistsError(
+            f"{path} holds the results of another evaluation (it differs in {', '.join(differ)}): pass --overwrite"
+            " to replace them, or choose another --out"
+        )
+
+
 def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
     lines = [f"# Probe results on {data_name} (preset {preset})", ""]
     for task, per_model in results.items():
@@ -239,8 +256,14 @@ def evaluate(
     preset: str | EvalPreset = "cpu",
     concat_with: str | None = None,
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Compare models on probing tasks and write ``results.json``, ``results.md`` and pictures.
+
+    ``results.json`` records what was evaluated: the data, the tasks, every preset setting
+    (overrides included), ``concat_with`` and each model's source and weights' SHA-256. A folder
+    whose ``results.json`` records another evaluation is refused unless ``overwrite``; the same
+    evaluation run again replaces its results. Pictures are replaced by name.
 
     Args:
         models: ``PATH`` or ``NAME=PATH`` per model.
@@ -250,9 +273,14 @@ def evaluate(
         preset: ``"cpu"``, ``"paper"`` or an ``EvalPreset``.
         concat_with: FiT3D mode, the model whose features are concatenated in front of each model's.
         cache_dir: result / generated-data cache; ``<out_dir>/cache`` when None.
+        overwrite: replace the results of another evaluation in ``out_dir``.
 
     Returns:
         the JSON payload written to ``results.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
+            (raised before any probe runs).
     """
     if not models:
         raise ValueError("models must name at least one model")
@@ -268,6 +296,16 @@ def evaluate(
     names = [feature_model.name for feature_model in feature_models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
+    identity = {
+        "data": data,
+        "tasks": tasks,
+        "preset": preset.name,
+        "preset_settings": asdict(preset),
+        "concat_with": concat_with,
+        "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
+    }
+    if not overwrite:
+        _check_results_folder(out_dir / "results.json", identity)
     store = _FeatureStore(preset.input_short_side)
     # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
     # featurised once: arrays are keyed by reader, so the feature store sees one image set.
@@ -307,10 +345,7 @@ def evaluate(
         _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task)
 
     payload = {
-        "data": data,
-        "preset": preset.name,
-        "concat_with": concat_with,
-        "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
+        **identity,
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
     }
@@ -407,6 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT")
     parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps (default: the preset's)")
     parser.add_argument(
         "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 8x6x96x128)"
@@ -420,6 +456,7 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
             raise ValueError(f"--steps must be >= 1, got {steps}")
         preset = replace(
             preset,
+            name=f"{preset.name}, steps {steps}",
             **{task: replace(getattr(preset, task), steps=steps, epochs=None) for task in ("depth", "normals", "segmentation")},
         )
     if synthetic_size is not None:
@@ -429,14 +466,14 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
             size = ()
         if len(size) != 4 or min(size) < 1:
             raise ValueError(f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64), got {synthetic_size!r}")
-        preset = replace(preset, synthetic=size)
+        preset = replace(preset, name=f"{preset.name}, synthetic {'x'.join(map(str, size))}", synthetic=size)
     return preset
 
 
 def run(args: argparse.Namespace) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
     preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
-    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir)
-    print(_markdown(payload["results"], args.data, args.preset))
+    evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite)
+    print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and pictures")
     return 0

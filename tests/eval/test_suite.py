@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from snd_hf import SnDConfig, SnDModel
-from snd_hf.cli import main
+from snd_hf.cli import console_main, main
 from snd_hf.eval.features import load_feature_model, parse_model_spec
-from snd_hf.eval.suite import evaluate
+from snd_hf.eval.suite import PRESETS, _customized, evaluate
 from snd_hf.loading import save_original_checkpoint
 
 
@@ -50,7 +50,11 @@ def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkey
     assert 0 <= payload["results"]["correspondence"]["b"]["recall@10px"] <= 1
     table = (out / "results.md").read_text()
     assert "## depth" in table and "| a |" in table and "| b |" in table
-    assert "recall@10px" in capsys.readouterr().out
+    # The file and the terminal say the same, overrides included; results.json records every setting.
+    assert table.startswith("# Probe results on synthetic4x3 (preset cpu, steps 15, synthetic 4x3x42x56)")
+    assert table in capsys.readouterr().out
+    assert payload["preset_settings"]["synthetic"] == [4, 3, 42, 56] and payload["preset_settings"]["depth"]["steps"] == 15
+    assert payload["tasks"] == ["depth", "normals", "segmentation", "correspondence"]
     for picture in ("correspondence_recall.png", "depth/panel_00.png", "normals/panel_00.png", "segmentation/panel_00.png", "pca/depth/pca_00.png"):
         with Image.open(out / picture) as image:
             assert image.width > image.height > 0
@@ -60,8 +64,6 @@ def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkey
 
 
 def _small_preset():
-    from snd_hf.eval.suite import PRESETS, _customized
-
     return _customized(PRESETS["cpu"], 15, "4x3x42x56")
 
 
@@ -93,3 +95,30 @@ def test_model_spec_and_argument_errors(tmp_path):
         evaluate(["x"], "nyuv2", out_dir=tmp_path)
     with pytest.raises(ValueError, match="tasks must be among"):
         evaluate(["x"], "synthetic", tasks=("depthh",), out_dir=tmp_path)
+
+
+def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsys):
+    (first, second), _ = checkpoints
+    out = tmp_path / "out"
+    preset, cache = _small_preset(), tmp_path / "cache"
+    first_run = evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)
+    # The same evaluation again replaces its own results.
+    again = evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)
+    assert again["results"] == first_run["results"]
+    before = (out / "results.json").read_text()
+    # Another model, another task or other settings: refused in one line, the earlier results kept.
+    for models, tasks, other, differ in (
+        ([f"a={second}"], ("depth",), preset, "models"),
+        ([f"a={first}"], ("normals",), preset, "tasks"),
+        ([f"a={first}"], ("depth",), _customized(PRESETS["cpu"], 16, "4x3x42x56"), "preset, preset_settings"),
+    ):
+        with pytest.raises(FileExistsError, match=f"differs in {differ}\\): pass --overwrite"):
+            evaluate(models, "synthetic", tasks, out, other, cache_dir=cache)
+        assert (out / "results.json").read_text() == before
+    arguments = ["eval", "normals", "--model", f"a={first}", "--data", "synthetic", "--out", str(out)]
+    arguments += ["--steps", "15", "--synthetic-size", "4x3x42x56", "--cache-dir", str(cache)]
+    assert console_main(arguments) == 2
+    message = f"snd: error: {out / 'results.json'} holds the results of another evaluation (it differs in tasks): pass --overwrite"
+    assert message in capsys.readouterr().err
+    assert console_main(arguments + ["--overwrite"]) == 0
+    assert set(json.loads((out / "results.json").read_text())["results"]) == {"normals"}

@@ -139,7 +139,7 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
         optimizer.zero_grad(set_to_none=True)
 
     modes = {
-        "student forward + backward (reference)": (plain_step, None),
+        "student fwd + bwd + optimizer (reference)": (plain_step, None),
         "SnD step, cached teacher operator": (snd_step, operators),
         "SnD step, direct teacher": (snd_step, None),
     }

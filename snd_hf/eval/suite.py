@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from snd_hf.eval.datasets import (
@@ -206,21 +207,40 @@ def _write_json(path: Path, payload: object) -> None:
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=True)))
 
 
-def _check_results_folder(path: Path, identity: dict) -> None:
-    """Refuse to replace ``path`` when it records an evaluation other than ``identity``."""
+def _read_results(path: Path) -> dict | None:
+    """An earlier ``results.json`` (``{}`` when unreadable), or None when there is none."""
     if not path.exists():
-        return
+        return None
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
-        earlier = {}
+        return {}
+    return earlier if isinstance(earlier, dict) else {}
+
+
+def _refuse_another_evaluation(path: Path, earlier: dict, identity: dict) -> None:
+    """Raise FileExistsError when the earlier ``results.json`` at ``path`` records an evaluation other than ``identity``."""
     current = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
-    differ = [key for key, value in current.items() if not isinstance(earlier, dict) or earlier.get(key) != value]
+    differ = [key for key, value in current.items() if earlier.get(key) != value]
     if differ:
         raise FileExistsError(
             f"{path} holds the results of another evaluation (it differs in {', '.join(differ)}): pass --overwrite"
             " to replace them, or choose another --out"
         )
+
+
+def _remove_stale_pictures(out_dir: Path, earlier: list, current: list[str]) -> None:
+    """Delete the pictures an earlier evaluation listed and this one did not redraw (only inside ``out_dir``)."""
+    root = out_dir.resolve()
+    for name in set(map(str, earlier)) - set(current):
+        path = (out_dir / name).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            path.unlink()
+            # Folders the earlier evaluation's pictures left empty go too.
+            for folder in path.parents:
+                if folder == root or any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
@@ -304,8 +324,9 @@ def evaluate(
         "concat_with": concat_with,
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
-    if not overwrite:
-        _check_results_folder(out_dir / "results.json", identity)
+    earlier = _read_results(out_dir / "results.json")
+    if earlier is not None and not overwrite:
+        _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
     store = _FeatureStore(preset.input_short_side)
     # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
     # featurised once: arrays are keyed by reader, so the feature store sees one image set.
@@ -318,11 +339,12 @@ def evaluate(
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     losses: dict[str, dict[str, list[float]]] = {}
+    pictures: list[Path] = []
 
     for task in tasks:
         results[task], losses[task] = {}, {}
         if task == "correspondence":
-            _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results)
+            pictures.append(_evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results))
             continue
         train_reader, test_reader = eval_data.dense[task]
         train, test = load(train_reader, "train"), load(test_reader, "test")
@@ -333,26 +355,35 @@ def evaluate(
             if task == "depth":
                 scoring.update(protocol=preset.depth_protocol, scale_invariant=preset.scale_invariant_depth)
             cache = _cache_path(cache_dir, feature_model, task, eval_data, {**asdict(config), **scoring})
+            # The first predictions are cached beside the metrics, so a cached result still gets its panels.
+            shown = cache.with_suffix(".safetensors")
             if cache.is_file():
                 results[task][feature_model.name] = json.loads(cache.read_text())["metrics"]
+                if shown.is_file():
+                    predictions[feature_model.name] = list(load_file(shown)["predictions"])
                 continue
             result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset)
+            if result.predictions:
+                atomic_write(shown, lambda temporary: save_file({"predictions": torch.stack(result.predictions)}, temporary))
             _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": task, "data": eval_data.name})
             results[task][feature_model.name] = result.metrics
             losses[task][feature_model.name] = result.losses
             predictions[feature_model.name] = result.predictions
-        _dense_panels(task, test, predictions, eval_data, out_dir / task)
-        _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task)
+        pictures += _dense_panels(task, test, predictions, eval_data, out_dir / task)
+        pictures += _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task)
 
     payload = {
         **identity,
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
+        "pictures": sorted(path.relative_to(out_dir).as_posix() for path in pictures),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "results.json", payload)
     markdown = _markdown(results, eval_data.name, preset.name)
     atomic_write(out_dir / "results.md", lambda temporary: Path(temporary).write_text(markdown))
+    if earlier is not None:
+        _remove_stale_pictures(out_dir, earlier.get("pictures", []), payload["pictures"])
     return payload
 
 
@@ -377,7 +408,7 @@ def _run_dense(
     return run_segmentation(data, config, eval_data.num_classes, preset.num_panels)
 
 
-def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> None:
+def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> Path:
     pairs = _pair_inputs(eval_data.pairs, preset.correspondence_scale)
     images = DenseArrays(torch.cat([pair[0] for pair in pairs]), key=f"{eval_data.name}-pairs")
     for feature_model in feature_models:
@@ -398,7 +429,7 @@ def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir
         _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": "correspondence", "data": eval_data.name})
         results["correspondence"][feature_model.name] = result.metrics
     bins = [f"{low:g}-{high:g}" for low, high in ROTATION_BINS]
-    plot_grouped_bars(
+    return plot_grouped_bars(
         {name: [metrics[f"recall@10px_{b}deg"] for b in bins] for name, metrics in results["correspondence"].items()},
         [f"{b}°" for b in bins],
         out_dir / "correspondence_recall.png",
@@ -407,26 +438,32 @@ def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir
     )
 
 
-def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torch.Tensor]], eval_data: EvalData, folder: Path) -> None:
-    """image | ground truth | one prediction per model, for the first test images."""
+def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torch.Tensor]], eval_data: EvalData, folder: Path) -> list[Path]:
+    """image | ground truth | one prediction per model, for the first test images, each labelled; the paths written."""
     if not predictions:
-        return
+        return []
     colorize = {
         "depth": lambda value: colorize_depth(value, eval_data.max_depth),
         "normals": colorize_normals,
         "segmentation": colorize_labels,
     }[task]
     truth = {"depth": test.depth, "normals": test.normals, "segmentation": test.labels}[task]
+    labels = ["image", "ground truth", *predictions]
+    written = []
     for index in range(min(len(p) for p in predictions.values())):
         pictures = [test.images[index], colorize(truth[index])] + [colorize(p[index]) for p in predictions.values()]
-        save_panel(pictures, folder / f"panel_{index:02d}.png")
+        written.append(save_panel(pictures, folder / f"panel_{index:02d}.png", labels=labels))
+    return written
 
 
-def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path) -> None:
-    """image | PCA colours of each model's patch features, for the first test images."""
+def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path) -> list[Path]:
+    """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written."""
+    labels = ["image", *(fm.name for fm in feature_models)]
+    written = []
     for index in range(min(count, len(test))):
         maps = [pca_rgb(store(fm, test).patch[index]) for fm in feature_models]
-        save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png")
+        written.append(save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png", labels=labels))
+    return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -473,7 +510,7 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
 def run(args: argparse.Namespace) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
     preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
-    evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite)
+    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite)
     print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and pictures")
+    print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and {len(payload['pictures'])} pictures")
     return 0

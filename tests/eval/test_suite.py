@@ -120,5 +120,25 @@ def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsy
     assert console_main(arguments) == 2
     message = f"snd: error: {out / 'results.json'} holds the results of another evaluation (it differs in tasks): pass --overwrite"
     assert message in capsys.readouterr().err
+    depth_pictures = json.loads(before)["pictures"]
+    assert depth_pictures == [f"depth/panel_0{i}.png" for i in range(3)] + [f"pca/depth/pca_0{i}.png" for i in range(3)]
     assert console_main(arguments + ["--overwrite"]) == 0
-    assert set(json.loads((out / "results.json").read_text())["results"]) == {"normals"}
+    replaced = json.loads((out / "results.json").read_text())
+    assert set(replaced["results"]) == {"normals"}
+    # The earlier evaluation's pictures are gone (with their emptied folders); the new ones are listed.
+    assert replaced["pictures"] == [f"normals/panel_0{i}.png" for i in range(3)] + [f"pca/normals/pca_0{i}.png" for i in range(3)]
+    assert not (out / "depth").exists() and not (out / "pca" / "depth").exists()
+    assert all((out / name).is_file() for name in replaced["pictures"])
+
+
+def test_panels_are_labelled_and_drawn_from_cached_results(checkpoints, tmp_path):
+    (first, second), _ = checkpoints
+    cache = tmp_path / "cache"
+    preset = _small_preset()
+    evaluate([f"a={first}"], "synthetic", ("depth",), tmp_path / "one", preset, cache_dir=cache)
+    # b is new, a comes from the cache: the panel still shows both, each under its name.
+    evaluate([f"a={first}", f"b={second}"], "synthetic", ("depth",), tmp_path / "two", preset, cache_dir=cache)
+    with Image.open(tmp_path / "one" / "depth" / "panel_00.png") as one, Image.open(tmp_path / "two" / "depth" / "panel_00.png") as two:
+        assert two.width > one.width and two.height == one.height
+        # The panel above the images holds the captions: not all white.
+        assert min(two.convert("L").crop((0, 0, two.width, 8)).getdata()) < 128

@@ -281,9 +281,10 @@ def evaluate(
     """Compare models on probing tasks and write ``results.json``, ``results.md`` and pictures.
 
     ``results.json`` records what was evaluated: the data, the tasks, every preset setting
-    (overrides included), ``concat_with`` and each model's source and weights' SHA-256. A folder
-    whose ``results.json`` records another evaluation is refused unless ``overwrite``; the same
-    evaluation run again replaces its results. Pictures are replaced by name.
+    (overrides included), ``concat_with``, each model's source and weights' SHA-256, and the
+    pictures written. A folder whose ``results.json`` records another evaluation is refused unless
+    ``overwrite``; the same evaluation run again replaces its results. Pictures of the earlier
+    evaluation that this one did not redraw are deleted once the new results are written.
 
     Args:
         models: ``PATH`` or ``NAME=PATH`` per model.

@@ -1,15 +1,19 @@
-"""Per-sample cache of the teacher's linear operator, for training with a frozen lifter.
+"""Per-view cache of the teacher's linear operator, for training with a frozen lifter.
 
 The teacher's map from context tokens to target-token targets (:mod:`snd_hf.splatting.operator`)
-depends only on a sample's views (depth or MVSplat's Gaussians, poses, masks), never on the
-networks being trained. A sample seen again therefore reuses its operator, and the step skips the
-lifter, the renderer and the mask operations.
+depends only on the views (depth or MVSplat's Gaussians, poses, masks), never on the networks
+being trained, and each target view's rows depend only on that view and the context views. So
+the cache holds one entry per (context views, target view): a sample seen again, or another
+sample that shares a context pair and a target with it, reuses those rows, and the step skips the
+lifter, the renderer and the mask operations. Keying by target view, not by sample, matters when
+a sample carries several targets (``num_targets``): the recipe's 640 samples of 4 targets hold
+only 640 distinct (context pair, target) views, each rendered once instead of up to four times.
 
-A sample is identified by its scene id, the positions of its context and target frames in the
-scene and its image sizes (``batch["scene"]``, ``batch["index"]``, the image shapes): unique
-within one dataset, which is all one cache serves (one cache per run and dataset). Memory is
-bounded by ``max_bytes``: the least recently used samples are dropped beyond it (at the tiny
-recipe's 84x112 images an operator takes about 15 KB per sample).
+A view is identified by its scene id, the positions of its context frames and of the target frame
+in the scene and the image sizes (``batch["scene"]``, ``batch["index"]``, the image shapes):
+unique within one dataset, which is all one cache serves (one cache per run and dataset). Memory
+is bounded by ``max_bytes``: the least recently used views are dropped beyond it (at the tiny
+recipe's 84x112 images one view's rows take 18 KB).
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ import torch
 from ..splatting.operator import TeacherOperator
 from ..splatting.teacher import SplatTeacher
 
-SampleKey = tuple
+ViewKey = tuple
 
 
 class OperatorCache:
-    """Build each sample's :class:`~snd_hf.splatting.operator.TeacherOperator` once, reuse it after.
+    """Build each target view's rows of the :class:`~snd_hf.splatting.operator.TeacherOperator` once, reuse them after.
 
     Args:
         splat_teacher: the teacher whose operators are cached; its lifter must be frozen.
         max_bytes: most memory the cached operators may hold.
+
+    Attributes:
+        hits, misses: target views found in the cache and built, over all calls.
     """
 
     def __init__(self, splat_teacher: SplatTeacher, max_bytes: float):
@@ -38,7 +45,7 @@ class OperatorCache:
         if max_bytes <= 0:
             raise ValueError(f"`max_bytes` must be positive, got {max_bytes}.")
         self.splat_teacher, self.max_bytes = splat_teacher, max_bytes
-        self._entries: OrderedDict[SampleKey, TeacherOperator] = OrderedDict()
+        self._entries: OrderedDict[ViewKey, TeacherOperator] = OrderedDict()
         self.nbytes = 0
         self.hits = self.misses = 0
 
@@ -46,45 +53,45 @@ class OperatorCache:
         return len(self._entries)
 
     def __call__(self, batch: dict) -> TeacherOperator:
-        """The operator of ``batch`` (a scene batch with ``scene`` and ``index``), built only for new samples."""
-        keys = [sample_key(batch, b) for b in range(len(batch["scene"]))]
-        missing = [b for b, key in enumerate(keys) if key not in self._entries]
+        """The operator of ``batch`` (a scene batch with ``scene`` and ``index``), built only for new target views."""
+        samples, views = batch["target"]["image"].shape[:2]
+        keys = [[view_key(batch, b, v) for v in range(views)] for b in range(samples)]
         built = {}
-        if missing:
-            fresh = self.splat_teacher.operator(select_samples(batch, missing)).split()
-            built = {keys[b]: operator for b, operator in zip(missing, fresh)}
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        operators = []
-        for key in keys:
-            if key in built and key not in self._entries:
-                self._entries[key] = built[key]
-                self.nbytes += built[key].nbytes()
-            self._entries.move_to_end(key)
-            operators.append(self._entries[key])
+        for b in range(samples):  # one build per sample with new views: its lifter runs once
+            missing = [v for v in range(views) if keys[b][v] not in self._entries and keys[b][v] not in built]
+            if missing:
+                fresh = self.splat_teacher.operator(select_views(batch, b, missing))
+                built.update(zip((keys[b][v] for v in missing), fresh.split_views()))
+        self.misses += len(built)
+        self.hits += samples * views - len(built)
+        for key, operator in built.items():
+            self._entries[key] = operator
+            self.nbytes += operator.nbytes()
+        for row in keys:
+            for key in row:
+                self._entries.move_to_end(key)
+        operators = [TeacherOperator.stack_views([self._entries[key] for key in row]) for row in keys]
         while self.nbytes > self.max_bytes and len(self._entries) > 1:
             _, dropped = self._entries.popitem(last=False)
             self.nbytes -= dropped.nbytes()
         return TeacherOperator.cat(operators)
 
 
-def sample_key(batch: dict, b: int) -> SampleKey:
-    """What identifies sample ``b`` of a scene batch within its dataset."""
+def view_key(batch: dict, b: int, v: int) -> ViewKey:
+    """What identifies target view ``v`` of sample ``b`` of a scene batch, with its context views, within its dataset."""
     return (
         batch["scene"][b],
         tuple(batch["index"]["context"][b].tolist()),
-        tuple(batch["index"]["target"][b].tolist()),
+        int(batch["index"]["target"][b, v]),
         tuple(batch["context"]["image"].shape[-2:]),
         tuple(batch["target"]["image"].shape[-2:]),
     )
 
 
-def select_samples(batch: dict, indices: list[int]) -> dict:
-    """The samples ``indices`` of a scene batch, as a batch."""
-    rows = torch.tensor(indices, dtype=torch.long)
-    selected = {
-        part: {name: value[rows.to(value.device)] for name, value in batch[part].items()} for part in ("context", "target")
-    }
-    selected["scene"] = [batch["scene"][i] for i in indices]
-    selected["index"] = {part: batch["index"][part][rows] for part in ("context", "target")}
-    return selected
+def select_views(batch: dict, b: int, views: list[int]) -> dict:
+    """Sample ``b`` of a scene batch with only the target views ``views``, as a batch of one."""
+    rows = torch.tensor(views, dtype=torch.long)
+    context = {name: value[b : b + 1] for name, value in batch["context"].items()}
+    target = {name: value[b : b + 1, rows.to(value.device)] for name, value in batch["target"].items()}
+    index = {"context": batch["index"]["context"][b : b + 1], "target": batch["index"]["target"][b : b + 1, rows]}
+    return {"context": context, "target": target, "scene": [batch["scene"][b]], "index": index}

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import snd_hf.splatting.operator as operator_module
 from snd_hf.splatting import MVSplatLifter
 from snd_hf.splatting.lifters import DepthLifter, Lifter
 from snd_hf.splatting.operator import TeacherOperator
@@ -71,7 +72,10 @@ def _assert_operator_equals_direct(teacher: SplatTeacher, batch: dict, context_f
 
 @pytest.mark.parametrize("upsample", ["original", "patch_aligned"])
 @pytest.mark.parametrize("blending", [1.0, 0.5])
-def test_operator_equals_the_direct_teacher_with_the_depth_lifter(upsample, blending):
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_operator_equals_the_direct_teacher_with_the_depth_lifter(upsample, blending, layout, monkeypatch):
+    if layout == "sparse":  # larger maps than this test's are held sparse
+        monkeypatch.setattr(operator_module, "DENSE_MAX_ENTRIES", 0)
     batch = _depth_batch()
     context_features = torch.randn(2, 2, 24, HEIGHT // 14, WIDTH // 14)
     teacher = SplatTeacher(DepthLifter(footprint="surface"), blending=blending, upsample=upsample, backend="torch")
@@ -80,6 +84,9 @@ def test_operator_equals_the_direct_teacher_with_the_depth_lifter(upsample, blen
     assert coverage.any() and not coverage.all()  # the turned target sees past the context views
     # One map per sample, [Vt·h·w, Vc·hc·wc].
     assert [tuple(w.shape) for w in operator.weights] == [(12, 24), (12, 24)]
+    assert [w.is_sparse for w in operator.weights] == [layout == "sparse"] * 2
+    stored = sum(w._nnz() * (2 * 8 + 4) if w.is_sparse else 12 * 24 * 4 for w in operator.weights)  # int64 pairs + float32
+    assert operator.nbytes() == stored + coverage.numel()
 
 
 @pytest.mark.parametrize("options", [
@@ -129,18 +136,33 @@ def test_operator_equals_the_direct_teacher_with_mvsplat(mvsplat_case, blending)
     assert operator.coverage.shape == (1, 1, 4, 6)
 
 
-def test_split_and_cat_round_trip_and_apply_per_sample():
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_views_split_stack_and_samples_cat_round_trip(layout, monkeypatch):
+    if layout == "sparse":
+        monkeypatch.setattr(operator_module, "DENSE_MAX_ENTRIES", 0)
     batch = _depth_batch()
+    batch["target"] = _views([_pose(0.25, 0.0), _pose(-0.2, 0.05)], 2, HEIGHT, WIDTH, seed=5)  # two targets
     context_features = torch.randn(2, 2, 8, HEIGHT // 14, WIDTH // 14)
-    operator = SplatTeacher(DepthLifter(), blending=0.5, backend="torch").operator(batch)
-    parts = operator.split()
-    assert len(parts) == 2 and all(len(part) == 1 for part in parts)
-    torch.testing.assert_close(parts[1].apply(context_features[1:]), operator.apply(context_features)[1:])
-    # Reassembled in another order, the batch follows.
-    swapped = TeacherOperator.cat([parts[1], parts[0]])
-    torch.testing.assert_close(swapped.apply(context_features.flip(0)), operator.apply(context_features).flip(0))
+    teacher = SplatTeacher(DepthLifter(), blending=0.5, backend="torch")
+    operator = teacher.operator(batch)
+    full = operator.apply(context_features)  # [2, 2, 8, 3, 4]
+    samples = [teacher.operator({part: {k: v[b : b + 1] for k, v in batch[part].items()} for part in batch}) for b in range(2)]
+    # Samples: built one by one and concatenated (in another order), the batch follows.
+    swapped = TeacherOperator.cat([samples[1], samples[0]])
+    torch.testing.assert_close(swapped.apply(context_features.flip(0)), full.flip(0), atol=TOLERANCE, rtol=0)
     assert torch.equal(swapped.coverage, operator.coverage.flip(0))
-    assert operator.nbytes() > 0
+    # Views: each target view's rows alone, and stacked back (in another order).
+    views = samples[1].split_views()
+    assert len(views) == 2 and all(part.coverage.shape == (1, 1, 3, 4) for part in views)
+    assert all(part.weights[0].is_sparse == (layout == "sparse") for part in views)
+    for v, part in enumerate(views):
+        torch.testing.assert_close(part.apply(context_features[1:]), full[1:, v : v + 1], atol=TOLERANCE, rtol=0)
+    restacked = TeacherOperator.stack_views([views[1], views[0]])
+    torch.testing.assert_close(restacked.apply(context_features[1:]), full[1:].flip(1), atol=TOLERANCE, rtol=0)
+    assert torch.equal(restacked.coverage, operator.coverage[1:].flip(1))
+    assert sum(part.nbytes() for part in views) == samples[1].nbytes()
+    with pytest.raises(ValueError, match="one sample"):
+        operator.split_views()
 
 
 def test_operator_rejects_features_of_another_grid():

@@ -10,15 +10,15 @@ from snd_hf.splatting.lifters import DepthLifter
 from snd_hf.splatting.teacher import SplatTeacher
 from snd_hf.training import DINOHead, TrainingConfig
 from snd_hf.training.loss import info_nce_loss
-from snd_hf.training.operator_cache import OperatorCache, sample_key, select_samples
+from snd_hf.training.operator_cache import OperatorCache, view_key
 from snd_hf.training.step import nearest_context_tokens, student_loss, teacher_targets
 from snd_hf.training.student import BackboneWithHead
 
 HEIGHT, WIDTH = 28, 42  # a 2x3 token grid
 
 
-def _batch(batch: int = 3, scenes: tuple[str, ...] = ("a", "b", "c")) -> dict:
-    """Two context views and one target of a fronto-parallel scene, with frame positions."""
+def _batch(batch: int = 3, scenes: tuple[str, ...] = ("a", "b", "c"), targets: int = 1) -> dict:
+    """Two context views and ``targets`` target views of a fronto-parallel scene, with frame positions."""
     generator = torch.Generator().manual_seed(0)
 
     def views(count: int, shift: float) -> dict[str, torch.Tensor]:
@@ -36,9 +36,24 @@ def _batch(batch: int = 3, scenes: tuple[str, ...] = ("a", "b", "c")) -> dict:
 
     return {
         "context": views(2, 0.1),
-        "target": views(1, 0.0),
+        "target": views(targets, 0.03),
         "scene": list(scenes[:batch]),
-        "index": {"context": torch.tensor([[0, 4], [2, 6], [1, 5]])[:batch], "target": torch.tensor([[1], [5], [3]])[:batch]},
+        "index": {
+            "context": torch.tensor([[0, 4], [2, 6], [1, 5]])[:batch],
+            "target": torch.tensor([[1, 2, 3], [5, 3, 4], [3, 2, 4]])[:batch, :targets],
+        },
+    }
+
+
+def _take(batch: dict, samples: list[int], views: list[int] | None = None) -> dict:
+    """Some samples (and target views) of a scene batch, as a batch."""
+    rows = torch.tensor(samples)
+    columns = torch.arange(batch["target"]["image"].shape[1]) if views is None else torch.tensor(views)
+    return {
+        "context": {name: value[rows] for name, value in batch["context"].items()},
+        "target": {name: value[rows][:, columns] for name, value in batch["target"].items()},
+        "scene": [batch["scene"][i] for i in samples],
+        "index": {"context": batch["index"]["context"][rows], "target": batch["index"]["target"][rows][:, columns]},
     }
 
 
@@ -55,26 +70,30 @@ def _config(**values) -> TrainingConfig:
 
 def test_cached_operator_targets_equal_the_direct_teacher(teacher):
     splat = SplatTeacher(DepthLifter(), blending=1.0, upsample="patch_aligned", backend="torch")
-    batch, config = _batch(), _config()
+    batch, config = _batch(targets=2), _config()
     direct = teacher_targets(teacher, splat, batch, config)
     cache = OperatorCache(splat, max_bytes=2**20)
     cached = teacher_targets(teacher, splat, batch, config, cache)
     torch.testing.assert_close(cached.features, direct.features, atol=1e-5, rtol=0)
     assert torch.equal(cached.coverage, direct.coverage)
-    assert (cache.hits, cache.misses, len(cache)) == (0, 3, 3)
-    # A reshuffled batch with one new sample builds only that one.
-    reordered = select_samples(batch, [2, 0])
-    again = teacher_targets(teacher, splat, reordered, config, cache)
-    torch.testing.assert_close(again.features, direct.features[[2, 0]], atol=1e-5, rtol=0)
-    assert (cache.hits, cache.misses) == (2, 3)
+    assert (cache.hits, cache.misses, len(cache)) == (0, 6, 6)  # one entry per (sample, target view)
+    # A reshuffled batch of known samples, their views in another order: nothing is built.
+    again = teacher_targets(teacher, splat, _take(batch, [2, 0], [1, 0]), config, cache)
+    torch.testing.assert_close(again.features, direct.features[[2, 0]][:, [1, 0]], atol=1e-5, rtol=0)
+    assert (cache.hits, cache.misses) == (4, 6)
+    # A sample that shares its context pair and one target with a cached one builds only its new view.
+    more = _batch(targets=3)
+    grown = teacher_targets(teacher, splat, _take(more, [0]), config, cache)
+    torch.testing.assert_close(grown.features, teacher_targets(teacher, splat, _take(more, [0]), config).features, atol=1e-5, rtol=0)
+    assert (cache.hits, cache.misses, len(cache)) == (6, 7, 7)
 
 
-def test_operator_cache_is_bounded_and_keys_identify_samples(teacher):
+def test_operator_cache_is_bounded_and_keys_identify_views(teacher):
     splat = SplatTeacher(DepthLifter(), blending=1.0, backend="torch")
-    batch = _batch()
-    keys = {sample_key(batch, b) for b in range(3)}
-    assert len(keys) == 3 and sample_key(batch, 0) == ("a", (0, 4), (1,), (HEIGHT, WIDTH), (HEIGHT, WIDTH))
-    one = OperatorCache(splat, max_bytes=2**20)(select_samples(batch, [0])).nbytes()
+    batch = _batch(targets=2)
+    keys = {view_key(batch, b, v) for b in range(3) for v in range(2)}
+    assert len(keys) == 6 and view_key(batch, 0, 1) == ("a", (0, 4), 2, (HEIGHT, WIDTH), (HEIGHT, WIDTH))
+    one = OperatorCache(splat, max_bytes=2**20)(_take(batch, [0], [0])).nbytes()
     cache = OperatorCache(splat, max_bytes=1.5 * one)
     cache(batch)
     assert len(cache) == 1 and cache.nbytes <= 1.5 * one  # the least recently used were dropped

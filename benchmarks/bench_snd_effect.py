@@ -54,7 +54,7 @@ from snd_hf.eval.datasets import ViewPair
 from snd_hf.eval.metrics import recall_at
 from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
 from snd_hf.splatting.teacher import patch_features
-from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
+from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
 from snd_hf.training.builders import (
     build_backbone,
     build_dataset,
@@ -158,6 +158,7 @@ def train_run(config: TrainingConfig, dataset, splat_teacher, operators: Operato
     torch.manual_seed(config.seed)
     student = build_student(config)
     teacher = make_ema_teacher(student)
+    ema = ParameterEMA(teacher, student)
     optimizer = build_optimizer(config, student)
     scheduler = build_scheduler(config, optimizer)
     loader = torch.utils.data.DataLoader(
@@ -181,7 +182,7 @@ def train_run(config: TrainingConfig, dataset, splat_teacher, operators: Operato
             scheduler.step()
             step += 1
             if config.teacher_mode == "ema" and step % config.ema_every == 0:
-                ema_update(teacher, student, config.ema_momentum)
+                ema.update(config.ema_momentum)
             if step >= config.max_steps:
                 break
         epoch += 1
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = train_run(config, dataset, splat_teacher, operators).eval()
         timings[f"train {name}"] = time.perf_counter() - tick
         print(f"{name}: {config.max_steps} steps in {timings[f'train {name}']:.0f} s "
-              f"(operator cache: {len(operators)} samples, {operators.nbytes / 2**20:.1f} MB)", flush=True)
+              f"(operator cache: {len(operators)} target views, {operators.nbytes / 2**20:.1f} MB)", flush=True)
 
     # Scoring on the held-out rooms.
     tick = time.perf_counter()

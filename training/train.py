@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from snd_hf.cli import USER_ERRORS, run_with_errors
 from snd_hf.data.scenes import collate_scenes
-from snd_hf.training import TrainingConfig, ema_update, make_ema_teacher
+from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
 from snd_hf.training.builders import (
     build_dataset,
     build_optimizer,
@@ -164,6 +164,7 @@ def training_function(config: TrainingConfig) -> None:
     student, optimizer, dataloader = accelerator.prepare(student, optimizer, dataloader)
     teacher.to(accelerator.device)
     splat_teacher.to(accelerator.device)
+    ema = ParameterEMA(teacher, accelerator.unwrap_model(student))  # pairs the parameters once, on their device
     if config.report_to != "none":
         accelerator.init_trackers("snd", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
 
@@ -282,12 +283,13 @@ def training_function(config: TrainingConfig) -> None:
             # in on_after_backward, before that step's optimizer step (one step staler).
             # Deviation (objective, optional): teacher_mode "frozen" never updates it.
             if config.teacher_mode == "ema" and global_step % config.ema_every == 0 and not guard.step_failed:
-                ema_update(teacher, accelerator.unwrap_model(student), config.ema_momentum)
+                ema.update(config.ema_momentum)
 
             # Logging: .item() forces a sync, so losses are gathered only every log_steps.
             if global_step % config.log_steps == 0 or global_step == config.max_steps:
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-                images_per_s = accelerator.num_processes * config.batch_size * accumulation * micro_step / (
+                # Target views: the images the student trains on (batch_size samples x num_targets).
+                images_per_s = accelerator.num_processes * config.batch_size * config.num_targets * accumulation * micro_step / (
                     time.perf_counter() - tick
                 )
                 # Collapse diagnostics (entropies, prototypes, effective ranks, coverage): warn once.

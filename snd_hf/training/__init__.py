@@ -2,12 +2,13 @@
 
 from .checkpoints import list_checkpoints, resolve_checkpoint
 from .config import TrainingConfig
-from .ema import ema_update, make_ema_teacher
+from .ema import ParameterEMA, ema_update, make_ema_teacher
 from .heads import DINOHead
 from .loss import distillation_loss
 
 __all__ = [
     "DINOHead",
+    "ParameterEMA",
     "TrainingConfig",
     "distillation_loss",
     "ema_update",

@@ -12,6 +12,7 @@ from snd_hf.training import (
     DINOHead,
     TrainingConfig,
     distillation_loss,
+    ParameterEMA,
     ema_update,
     make_ema_teacher,
 )
@@ -49,6 +50,7 @@ def test_every_shipped_config_loads_and_paper_values_are_kept():
     recipe = (tiny.loss, tiny.contrastive_temperature, tiny.teacher_mode, tiny.ema_momentum, tiny.ema_every, tiny.max_steps)
     assert recipe == ("info_nce", 0.2, "ema", 0.99, 1, 2000)
     assert (tiny.upsample, tiny.finetune, tiny.blending) == ("patch_aligned", "full", 1.0)
+    assert (tiny.batch_size, tiny.num_targets, tiny.context_gap) == (2, 4, 4)  # 8 target views per step
     # The dataclass defaults are the tiny run's: the YAML only adds where its scenes are cached.
     assert tiny == TrainingConfig(dataset_path="data/synthetic-tiny")
     for name in ("scannetpp_vits14", "scannetpp_vitb14"):
@@ -134,6 +136,30 @@ def test_ema_update_matches_formula_and_skips_frozen():
     ema_update(teacher, student, momentum=0.0)
     torch.testing.assert_close(teacher[1].bias, student[1].bias)
 
+
+
+def test_parameter_ema_follows_the_student_in_place_and_equals_ema_update():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    student[0].requires_grad_(False)
+    paired, fresh = make_ema_teacher(student), make_ema_teacher(student)
+    ema = ParameterEMA(paired, student)
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):  # the pairs see the student's in-place updates
+        student(torch.randn(5, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update(0.8)
+        ema_update(fresh, student, 0.8)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(paired.state_dict()[name], value), name
+    assert not torch.equal(paired[1].weight, student[1].weight)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+        ema.update(1.5)
+    with pytest.raises(ValueError, match="different dtypes or shapes"):
+        ParameterEMA(make_ema_teacher(student).double(), student)
+    with pytest.raises(ValueError, match="lacks the student's trained parameters"):
+        ParameterEMA(nn.Sequential(nn.Linear(3, 4)), student)
 
 # --- loss -----------------------------------------------------------------------------------------
 def test_loss_is_cross_entropy_over_covered_tokens():

@@ -99,7 +99,11 @@ def test_demo_offline_uses_embedded_checkpoint(hub, tmp_path, capsys):
     # The correspondence picture: the 2D-pretrained start (left) and the SnD model (right), two views each.
     assert "correspondence view0 -> view1" in printed and str(out / "correspondence.png") in printed
     recalls = re.search(r"before SnD\) ([0-9.]+), SnD ([0-9.]+)\)", printed)
-    assert recalls is not None and 0.0 <= float(recalls.group(1)) <= 1.0 and 0.0 <= float(recalls.group(2)) <= 1.0
+    assert recalls is not None
+    start, snd = float(recalls.group(1)), float(recalls.group(2))
+    # The packaged pair's recalls (README: 310 and 502 of 1000 matches here; a few matches of slack
+    # for other CPUs' float rounding): SnD training shows on the embedded checkpoint.
+    assert abs(start - 0.31) <= 0.01 and abs(snd - 0.50) <= 0.01, printed
     with Image.open(DEMO_IMAGES / "view0.png") as view:
         assert Image.open(out / "correspondence.png").width > 4 * view.width
 

@@ -14,9 +14,9 @@ the poses and the masks:
 Composed, they are one sparse matrix per sample, ``[Vt·h·w, Vc·hc·wc]``, built here directly
 from those weights (no feature is ever rendered), and applied to any features of the same
 views with one sparse matrix product (a small map is held dense and applied with one batched
-product: at the tiny recipe's 6x8 tokens that takes 0.03 ms instead of the sparse product's 0.3 ms). The trainer caches it per sample, which removes the
-lifter, the renderer and the mask operations from every later step (see
-``benchmarks/bench_train.py``). Coverage is computed from the renderer's own alpha, so it is
+product: at the tiny recipe's 6x8 tokens that takes 0.03 ms instead of the sparse product's
+0.3 ms). The trainer caches its rows per target view, which removes the lifter, the renderer and
+the mask operations from every later step (see ``benchmarks/bench_train.py``). Coverage is computed from the renderer's own alpha, so it is
 identical to the direct path's.
 
 Shapes: B batch, Vc/Vt context/target views, C channels, (hc, wc) context and (h, w) target
@@ -46,7 +46,7 @@ DENSE_MAX_ENTRIES = 1 << 16
 
 @dataclass
 class TeacherOperator:
-    """Per-sample sparse maps from context tokens to target tokens, and the targets' coverage.
+    """Per-sample linear maps (sparse, or dense when small) from context tokens to target tokens, and the targets' coverage.
 
     Attributes:
         weights: per sample, a ``[Vt·h·w, Vc·hc·wc]`` float32 matrix, coalesced sparse COO or,
@@ -146,7 +146,7 @@ class TeacherOperator:
         )
 
     def nbytes(self) -> int:
-        """Memory held by the operator (sparse indices, values and coverage), in bytes."""
+        """Memory held by the operator (its maps, sparse or dense, and the coverage), in bytes."""
         stored = sum(w.indices().nbytes + w.values().nbytes if w.is_sparse else w.nbytes for w in self.weights)
         return stored + self.coverage.nbytes
 

@@ -50,6 +50,7 @@ from snd_hf.training.builders import (
 )
 from snd_hf.training.export import merged_backbone
 from snd_hf.training.operator_cache import OperatorCache
+from snd_hf.training.preflight import cpu_contention
 from snd_hf.training.step import student_loss, teacher_targets
 
 
@@ -92,6 +93,7 @@ def peak_rss_mib() -> float:
 
 def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     torch.manual_seed(config.seed)
+    contention = cpu_contention("cpu")  # before this benchmark loads the CPU itself
     root = prepare_scenes(config, progress=True)
     loader = torch.utils.data.DataLoader(
         build_dataset(config, root), batch_size=config.batch_size, shuffle=True, collate_fn=collate_scenes, drop_last=True
@@ -175,6 +177,9 @@ def benchmark_steps(config: TrainingConfig, steps: int, warmup: int) -> None:
     print(f"\nconfig: image {config.image_size}, batch {config.batch_size} x {config.num_targets} target views, ViT width {student.backbone.config.hidden_size} x "
           f"{student.backbone.config.num_hidden_layers} layers, loss {config.loss}, teacher {config.teacher_mode}, "
           f"threads {torch.get_num_threads()}")
+    if contention:
+        print(f"warning: {contention} These timings are not reliable.")
+    print("Stage medians are taken stage by stage: on a busy machine they need not add up to the step's median.")
     for mode in ("SnD step, cached teacher operator", "SnD step, direct teacher"):
         print(f"\n{mode}, by stage:\n{'stage':<36}{'median ms':>12}{'share':>8}")
         for name, median in sorted(breakdowns[mode].items(), key=lambda item: -item[1]):

@@ -84,7 +84,7 @@ from snd_hf.training.outputs import (
     prepare_output_dir,
     write_final_export,
 )
-from snd_hf.training.preflight import check_before_compute
+from snd_hf.training.preflight import check_before_compute, cpu_contention
 from snd_hf.training.push import push_final_model
 from snd_hf.training.schedule import one_cycle_schedule
 from snd_hf.training.step import student_loss, teacher_targets
@@ -118,6 +118,8 @@ def training_function(config: TrainingConfig) -> None:
         (output_dir / "config.yaml").write_text(config.to_yaml())
     accelerator.wait_for_everyone()
     accelerator.print(f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}:\n{config.to_yaml()}")
+    if contention := cpu_contention(accelerator.device.type):
+        accelerator.print(f"warning: {contention}")
 
     # ---------------------------------------------------------------------------------------------
     # Data

@@ -118,15 +118,15 @@ class TeacherOperator:
 
     @classmethod
     def stack_views(cls, parts: list[TeacherOperator]) -> TeacherOperator:
-        """One sample's operator from operators of its target views (one sample each, same context views), in view order."""
-        if not parts or any(len(part) != 1 for part in parts):
-            raise ValueError("stack_views needs a non-empty list of one-sample operators.")
+        """One sample's operator from operators of its target views (one sample and one view each, same context views), in view order."""
+        if not parts or any(len(part) != 1 or part.coverage.shape[1] != 1 for part in parts):
+            raise ValueError("stack_views needs a non-empty list of operators of one sample and one target view each.")
         shapes = {(part.context_grid, tuple(part.coverage.shape[2:]), tuple(part.weights[0].shape)) for part in parts}
         if len(shapes) != 1:
             raise ValueError(f"operators of different grids cannot be stacked: {sorted(shapes)}.")
         weights = [w for part in parts for w in part.weights]
         if weights[0].is_sparse:
-            stacked = _stack_rows(weights, weights[0].shape[0] // parts[0].coverage.shape[1])
+            stacked = _stack_rows(weights, weights[0].shape[0])
         else:
             stacked = torch.cat(weights)
         return cls([stacked], torch.cat([part.coverage for part in parts], dim=1), parts[0].context_grid)

@@ -163,6 +163,8 @@ def test_views_split_stack_and_samples_cat_round_trip(layout, monkeypatch):
     assert sum(part.nbytes() for part in views) == samples[1].nbytes()
     with pytest.raises(ValueError, match="one sample"):
         operator.split_views()
+    with pytest.raises(ValueError, match="one target view each"):  # parts of several views would be misplaced
+        TeacherOperator.stack_views([samples[1], views[0]])
 
 
 def test_operator_rejects_features_of_another_grid():

@@ -7,4 +7,6 @@
 - :mod:`snd_hf.data.scenes`: ``SceneDataset`` (context/target view sampling) and ``collate_scenes``.
 - :mod:`snd_hf.data.correspondence`: ground-truth pixel correspondences with visibility.
 - :mod:`snd_hf.data.frames`: decoding of one frame's files, shared by the readers.
+- :mod:`snd_hf.data.sampling`: which frames one sample takes (``SamplingOptions``), shared by every reader.
+- :mod:`snd_hf.data.memory`: ``InMemoryViews``, decoded views kept in memory for small datasets.
 """

@@ -1,7 +1,7 @@
 """Decoded views kept in memory, so that a small dataset is read from disk once per view.
 
-A training sample decodes three views (image, mask, depth: PNG decoding and resizing), about
-15 ms on a quiet CPU at 84x112; the tiny CPU recipe draws each of its 192 views about 190 times.
+A training sample decodes three views (image, mask, depth: PNG decoding and resizing), and the
+tiny CPU recipe draws each of its views many times over a run.
 :class:`InMemoryViews` wraps any scene source (see :class:`~snd_hf.data.sampling.SceneSource`)
 and decodes each view once. Memory: every view the dataset loads stays (about 230 KB per
 84x112 view with its mask and depth, so 45 MB for the recipe's 16 scenes of 12 frames); use it for

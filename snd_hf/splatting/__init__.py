@@ -1,4 +1,7 @@
-"""Splatting teacher: cameras, Gaussians, lifting, feature rendering and mask operations."""
+"""Splatting teacher: Gaussians, lifting, feature rendering, mask operations and the teacher operator.
+
+Cameras live in :mod:`snd_hf.cameras`.
+"""
 
 from .gaussians import Gaussians
 from .lifters import DepthLifter, Lifter

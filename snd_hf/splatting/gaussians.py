@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class Gaussians:
-    """A batch of 3D Gaussians, one per context pixel, ordered ``b (v h w)``.
+    """A batch of 3D Gaussians, ordered ``b (v h w)`` when a lifter made them (one per context pixel).
 
     Attributes:
         means: world-space centres. [B, G, 3]

@@ -14,8 +14,7 @@ the poses and the masks:
 Composed, they are one sparse matrix per sample, ``[Vt·h·w, Vc·hc·wc]``, built here directly
 from those weights (no feature is ever rendered), and applied to any features of the same
 views with one sparse matrix product (a small map is held dense and applied with one batched
-product: at the tiny recipe's 6x8 tokens that takes 0.03 ms instead of the sparse product's
-0.3 ms). The trainer caches its rows per target view, which removes the lifter, the renderer and
+product, much faster than a sparse product at the tiny recipe's 6x8 tokens). The trainer caches its rows per target view, which removes the lifter, the renderer and
 the mask operations from every later step (see ``benchmarks/bench_train.py``). Coverage is computed from the renderer's own alpha, so it is
 identical to the direct path's.
 

@@ -1,8 +1,8 @@
 """Collapse diagnostics of a distillation run, logged every step next to the loss.
 
 A falling loss does not show that a student learns: a teacher and student that agree on a
-constant also drive it down (issue #12: the old tiny DINO-head run's teacher entropy fell from
-3.10 to 0.34 nats while held-out correspondence stayed at its initial value). These quantities
+constant also drive it down (docs/snd_effect.md: the tiny DINO-head run's teacher entropy fell
+while held-out correspondence stayed at its initial value). These quantities
 make that visible in ``losses.jsonl`` and the trackers:
 
 - ``teacher_entropy``: mean entropy of the teacher's prototype distribution over the covered

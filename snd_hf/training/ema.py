@@ -23,7 +23,7 @@ class ParameterEMA:
     """``t ← momentum · t + (1 − momentum) · s`` for every parameter the student trains.
 
     The teacher's parameters are paired with the student's once, here: pairing them by name every
-    step took 0.4 ms of a 0.7 ms update at the tiny recipe (benchmarks/bench_train.py). The pairs
+    step cost most of the update at the tiny recipe (benchmarks/bench_train.py). The pairs
     hold the parameter tensors themselves, so build this after the modules are moved to their device
     (``accelerator.prepare`` keeps a module's parameter objects; loading a checkpoint copies into them).
 

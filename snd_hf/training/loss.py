@@ -7,8 +7,8 @@ Four objectives (``TrainingConfig.loss``):
   log-softmax. DINO's two guards against collapse are available: centring of the teacher logits
   (Caron et al. 2021, ``center_momentum`` 0.9 in DINO) and a teacher-temperature warm-up
   (DINO: 0.04 → 0.07 over 30 epochs). SnD uses neither (temperatures 1, no centring).
-- ``"cosine"``: ``1 − cos(student token, target token)`` on the backbone tokens, no head (issue
-  #12's diagnosis): with no head there is no prototype softmax to collapse, and with a frozen
+- ``"cosine"``: ``1 − cos(student token, target token)`` on the backbone tokens, no head (docs/snd_effect.md
+  explains why): with no head there is no prototype softmax to collapse, and with a frozen
   teacher the targets cannot drift towards a constant.
 - ``"mse"``: mean squared error over channels on the backbone tokens (FiT3D-style feature
   regression).

@@ -71,7 +71,7 @@ def teacher_targets(
         :class:`~snd_hf.splatting.teacher.TeacherTargets`: features [B, Vt, C, h, w] and coverage [B, Vt, h, w].
     """
     # inference_mode, not no_grad: the teacher's forward skips autograd's version and view tracking
-    # (0.8-1.2 ms of its 7-9 ms at the default config; bit-exact). The clones make ordinary tensors,
+    # (bit-exact, and cheaper; benchmarks/bench_train.py). The clones make ordinary tensors,
     # which the loss may save for its backward.
     with torch.inference_mode():
         targets = _teacher_targets(teacher, splat_teacher, batch, config, operators)

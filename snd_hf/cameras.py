@@ -17,6 +17,7 @@ Every module of snd-hf (data, lifting, rendering, evaluation) speaks this conven
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 # Flips y and z: maps OpenGL/Blender camera axes (x right, y up, z backward) to OpenCV's.
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
@@ -125,6 +126,53 @@ def project_points(
     projected = (intrinsics[..., None, :, :] @ points_camera[..., None]).squeeze(-1)
     xy = projected[..., :2] / depth[..., None].clamp_min(1e-8)
     return xy, depth
+
+
+def quaternion_xyzw_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices of quaternions ``(x, y, z, w)`` (normalised on the fly). [..., 4] → [..., 3, 3]"""
+    x, y, z, w = quaternions.unbind(dim=-1)
+    two_s = 2.0 / ((quaternions * quaternions).sum(dim=-1) + 1e-8)
+    rows = (
+        1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
+        two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
+        two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
+    )  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*quaternions.shape[:-1], 3, 3)
+
+
+def matrix_to_quaternion_xyzw(rotations: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (x, y, z, w), w >= 0, of proper rotation matrices. [..., 3, 3] → [..., 4]
+
+    Shepperd's method: the component of largest magnitude comes from the diagonal, the others from
+    the off-diagonal sums and differences divided by it, which keeps every case well conditioned.
+    """
+    m = rotations
+    squares = torch.stack(
+        [
+            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+            1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
+        ],
+        dim=-1,
+    )  # 4x², 4y², 4z², 4w²
+    largest = 0.5 * squares.clamp_min(1e-12).sqrt()  # each candidate's own component
+    sum_xy, sum_xz, sum_yz = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    diff_x, diff_y, diff_z = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    x, y, z, w = largest.unbind(-1)
+    candidates = torch.stack(
+        [
+            torch.stack([x, sum_xy / (4 * x), sum_xz / (4 * x), diff_x / (4 * x)], dim=-1),
+            torch.stack([sum_xy / (4 * y), y, sum_yz / (4 * y), diff_y / (4 * y)], dim=-1),
+            torch.stack([sum_xz / (4 * z), sum_yz / (4 * z), z, diff_z / (4 * z)], dim=-1),
+            torch.stack([diff_x / (4 * w), diff_y / (4 * w), diff_z / (4 * w), w], dim=-1),
+        ],
+        dim=-2,
+    )  # [..., 4 candidates, 4]
+    choice = squares.argmax(-1)
+    quaternions = candidates.gather(-2, choice[..., None, None].expand(*choice.shape, 1, 4)).squeeze(-2)
+    quaternions = quaternions * torch.where(quaternions[..., 3:] < 0, -1.0, 1.0)
+    return F.normalize(quaternions, dim=-1)
 
 
 def _check_matrix(name: str, matrix: torch.Tensor, size: int) -> None:

@@ -5,10 +5,12 @@ import torch
 from snd_hf.cameras import (
     camera_rays,
     denormalize_intrinsics,
+    matrix_to_quaternion_xyzw,
     normalize_intrinsics,
     opengl_to_opencv,
     pixel_centers,
     project_points,
+    quaternion_xyzw_to_matrix,
     unproject_depth,
 )
 
@@ -66,3 +68,19 @@ def test_opengl_to_opencv_flips_camera_axes_and_is_an_involution():
     torch.testing.assert_close(c2w_cv[:3, 1], -c2w_gl[:3, 1])
     torch.testing.assert_close(c2w_cv[:3, 3], c2w_gl[:3, 3])
     torch.testing.assert_close(opengl_to_opencv(c2w_cv), c2w_gl)
+
+
+def test_quaternion_round_trip_through_rotation_matrices():
+    # Random unit quaternions, w made non-negative (the canonical sign matrix_to_quaternion returns);
+    # includes near-180° rotations (w ~ 0), where a trace-based formula alone loses precision.
+    generator = torch.Generator().manual_seed(0)
+    quaternions = torch.nn.functional.normalize(torch.randn(256, 4, generator=generator, dtype=torch.float64), dim=-1)
+    quaternions[:4] = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    quaternions = quaternions * torch.where(quaternions[:, 3:] < 0, -1.0, 1.0)
+    rotations = quaternion_xyzw_to_matrix(quaternions)
+    torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(256, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(256, dtype=torch.float64))
+    torch.testing.assert_close(matrix_to_quaternion_xyzw(rotations), quaternions, atol=1e-7, rtol=0)
+    # A quarter turn about z: (x, y, z, w) = (0, 0, sin 45°, cos 45°).
+    quarter = quaternion_xyzw_to_matrix(torch.tensor([0.0, 0.0, math.sin(math.pi / 4), math.cos(math.pi / 4)]))
+    torch.testing.assert_close(quarter, _rotation_z(math.pi / 2), atol=1e-6, rtol=0)

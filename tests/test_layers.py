@@ -67,6 +67,8 @@ def test_no_import_cycles():
         ("snd_hf.files", ("snd_hf.loading", "snd_hf.modeling_snd")),
         ("snd_hf.images", ("snd_hf",)),  # the one image decoder sits below everything that reads pictures
         ("snd_hf.run_folder", ("snd_hf.extract", "snd_hf.demo", "snd_hf.modeling_snd", "snd_hf.image_processing_snd")),
+        ("snd_hf.fields.field", ("snd_hf.splatting.mvsplat",)),  # geometry helpers come from snd_hf.cameras
+        ("snd_hf.splatting.gaussians", ("snd_hf.training", "snd_hf.eval", "snd_hf.fields")),
     ],
 )
 def test_lower_modules_do_not_import_higher_ones(module, forbidden):

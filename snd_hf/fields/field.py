@@ -51,9 +51,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from snd_hf.cameras import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
 from snd_hf.files import replace_path, sha256_file
 from snd_hf.splatting.gaussians import Gaussians
-from snd_hf.splatting.mvsplat.gaussian_adapter import quaternion_xyzw_to_matrix
 from snd_hf.splatting.render import Backend, render_features
 
 from .harmonics import (
@@ -284,7 +284,7 @@ class FeatureField(nn.Module):
         return cls(
             means=means,
             log_scales=scales.log().to(dtype),
-            rotations=_matrix_to_quaternion_xyzw(axes).to(dtype),
+            rotations=matrix_to_quaternion_xyzw(axes).to(dtype),
             opacity_logits=torch.logit(opacities),
             diffuse=colors.to(dtype),
             specular=means.new_zeros(count, basis, 3),
@@ -584,41 +584,6 @@ def _field_from_files(config: dict, tensors: dict[str, torch.Tensor]) -> Feature
             f"tensors hold {field.num_gaussians} with {field.feature_dim}"
         )
     return field
-
-
-def _matrix_to_quaternion_xyzw(rotations: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions (x, y, z, w), w >= 0, of proper rotation matrices. [..., 3, 3] → [..., 4]
-
-    Shepperd's method: the component of largest magnitude comes from the diagonal, the others from
-    the off-diagonal sums and differences divided by it, which keeps every case well conditioned.
-    """
-    m = rotations
-    squares = torch.stack(
-        [
-            1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
-            1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
-            1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2],
-        ],
-        dim=-1,
-    )  # 4x², 4y², 4z², 4w²
-    largest = 0.5 * squares.clamp_min(1e-12).sqrt()  # each candidate's own component
-    sum_xy, sum_xz, sum_yz = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
-    diff_x, diff_y, diff_z = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    x, y, z, w = largest.unbind(-1)
-    candidates = torch.stack(
-        [
-            torch.stack([x, sum_xy / (4 * x), sum_xz / (4 * x), diff_x / (4 * x)], dim=-1),
-            torch.stack([sum_xy / (4 * y), y, sum_yz / (4 * y), diff_y / (4 * y)], dim=-1),
-            torch.stack([sum_xz / (4 * z), sum_yz / (4 * z), z, diff_z / (4 * z)], dim=-1),
-            torch.stack([diff_x / (4 * w), diff_y / (4 * w), diff_z / (4 * w), w], dim=-1),
-        ],
-        dim=-2,
-    )  # [..., 4 candidates, 4]
-    choice = squares.argmax(-1)
-    quaternions = candidates.gather(-2, choice[..., None, None].expand(*choice.shape, 1, 4)).squeeze(-2)
-    quaternions = quaternions * torch.where(quaternions[..., 3:] < 0, -1.0, 1.0)
-    return F.normalize(quaternions, dim=-1)
 
 
 __all__ = ["COMPONENTS", "Component", "FeatureField", "FeatureSpace", "FieldRender"]

@@ -20,7 +20,7 @@ from snd_hf.splatting.mvsplat.depth_predictor import (
     build_cost_volume,
     disparity_candidates,
 )
-from snd_hf.splatting.mvsplat.gaussian_adapter import quaternion_xyzw_to_matrix
+from snd_hf.cameras import quaternion_xyzw_to_matrix
 
 # Fixture's suggested tolerance: max |port - reference| <= 2e-4 * max |reference| (CPU kernel noise ~7e-5).
 RELATIVE_TOLERANCE = 2e-4

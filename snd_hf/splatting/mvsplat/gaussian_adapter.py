@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cameras import pixel_centers
+from ...cameras import pixel_centers, quaternion_xyzw_to_matrix
 
 # Multiplier of the pixel footprint in the Gaussian scale (the original's default).
 PIXEL_SCALE_MULTIPLIER = 0.1
@@ -35,18 +35,6 @@ class PixelGaussians:
     covariances: torch.Tensor
     scales: torch.Tensor
     rotations: torch.Tensor
-
-
-def quaternion_xyzw_to_matrix(quaternions: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices of quaternions ``(x, y, z, w)`` (normalised on the fly). [..., 4] → [..., 3, 3]"""
-    x, y, z, w = quaternions.unbind(dim=-1)
-    two_s = 2.0 / ((quaternions * quaternions).sum(dim=-1) + EPS)
-    rows = (
-        1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
-        two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
-        two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
-    )  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*quaternions.shape[:-1], 3, 3)
 
 
 def pixel_gaussians(

@@ -18,8 +18,10 @@ read by :func:`read_yaml` and checked by ``snd_hf.training.config.TrainingConfig
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -267,14 +269,34 @@ class MetricsSchema(_Schema):
     metrics: dict[str, float | None]
 
 
+# ------------------------------------------------------------------------------ numeric options
 def finite_number(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    """``value`` as a float when it is a finite number within ``[low, high]``; a :class:`SchemaError`
-    naming ``name`` otherwise (for command-line options, before any work)."""
+    """``value`` when it is a finite number (not a boolean) within ``[low, high]`` (either bound may be
+    None); a :class:`SchemaError` naming ``name`` otherwise. For options given to library functions."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SchemaError(f"{name} must be a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise SchemaError(f"{name} must be within [{low}, {high}], got {value!r}")
-    return float(value)
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"within [{low}, {high}]"
+        raise SchemaError(f"{name} must be {bounds}, got {value!r}")
+    return value
+
+
+def number_option(kind: type[int] | type[float] = float, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=``: the text as ``kind`` when finite and within ``[low, high]``, else
+    argparse's one-line error for that option (``nan``, ``inf`` and ``1e39`` are refused before any work)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        try:
+            return finite_number("value", value, low, high)
+        except SchemaError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("value ")) from None
+
+    parse.__name__ = kind.__name__  # argparse names the expected type after it
+    return parse
 
 
 __all__ = [
@@ -289,6 +311,7 @@ __all__ = [
     "SchemaError",
     "check_depth",
     "finite_number",
+    "number_option",
     "load",
     "read_json",
     "read_yaml",

@@ -69,6 +69,8 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
+from snd_hf.schema import MetricsSchema, ResultsSchema, read_json, validate
+from snd_hf.schema import load as load_json
 from snd_hf.visualization import pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
@@ -208,14 +210,16 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def _read_results(path: Path) -> dict | None:
-    """An earlier ``results.json`` (``{}`` when unreadable), or None when there is none."""
+    """An earlier ``results.json`` checked by :class:`~snd_hf.schema.ResultsSchema`, or None when there is none.
+
+    Raises:
+        SchemaError: naming the file and the key that does not fit (nothing is written or deleted).
+    """
     if not path.exists():
         return None
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return earlier if isinstance(earlier, dict) else {}
+    earlier = read_json(path)
+    validate(ResultsSchema, earlier, path)
+    return earlier
 
 
 def _refuse_another_evaluation(path: Path, earlier: dict, identity: dict) -> None:
@@ -359,7 +363,7 @@ def evaluate(
             # The first predictions are cached beside the metrics, so a cached result still gets its panels.
             shown = cache.with_suffix(".safetensors")
             if cache.is_file():
-                results[task][feature_model.name] = json.loads(cache.read_text())["metrics"]
+                results[task][feature_model.name] = load_json(cache, MetricsSchema).metrics
                 if shown.is_file():
                     predictions[feature_model.name] = list(load_file(shown)["predictions"])
                 continue
@@ -416,7 +420,7 @@ def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir
         config = {"num_matches": preset.num_matches, "scale": preset.correspondence_scale, "size": preset.input_short_side}
         cache = _cache_path(cache_dir, feature_model, "correspondence", eval_data, config)
         if cache.is_file():
-            results["correspondence"][feature_model.name] = json.loads(cache.read_text())["metrics"]
+            results["correspondence"][feature_model.name] = load_json(cache, MetricsSchema).metrics
             continue
         patch = store(feature_model, images).patch
         result = run_correspondence(

@@ -496,8 +496,13 @@ class FeatureField(nn.Module):
 
         Raises:
             FileExistsError: ``path`` exists and is not a saved field.
+            ValueError: a tensor holds NaN or inf (nothing is written).
         """
         path = Path(path)
+        tensors = self.state_tensors()
+        bad = _non_finite(tensors)
+        if bad:  # a field that would not load again never replaces a good one
+            raise ValueError(f"the field holds non-finite values in {bad}; nothing was written to {path}")
         if path.exists() and not (path.is_dir() and (path / CONFIG_NAME).is_file()):
             if not (path.is_dir() and not any(path.iterdir())):
                 raise FileExistsError(f"{path} exists and is not a feature field; choose another output folder")
@@ -505,7 +510,7 @@ class FeatureField(nn.Module):
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             structure = {key: value for key, value in self.config().items() if key in _STRUCTURE}
-            save_file(self.state_tensors(), staging / WEIGHTS_NAME, metadata={_STRUCTURE_KEY: json.dumps(structure)})
+            save_file(tensors, staging / WEIGHTS_NAME, metadata={_STRUCTURE_KEY: json.dumps(structure)})
             config = {**self.config(), "weights_sha256": sha256_file(staging / WEIGHTS_NAME)}
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1))
             if extra is not None:
@@ -547,10 +552,15 @@ class FeatureField(nn.Module):
             field = _field_from_files(config, tensors)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path} is not a valid feature field: {error}") from None
-        bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        bad = _non_finite(tensors)
         if bad:
             raise ValueError(f"{weights_path} holds non-finite values in {bad}; refit the field")
         return field
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def _check_structure(config: dict, recorded: str | None, tensors: dict[str, torch.Tensor], config_path: Path) -> None:

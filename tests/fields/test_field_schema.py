@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from snd_hf.cli import console_main
 from snd_hf.fields.field import CONFIG_NAME, WEIGHTS_NAME, FeatureField
+from snd_hf.fields.segment import Selection, scale_specular, set_roughness
 from snd_hf.files import sha256_file
 from snd_hf.schema import SchemaError
 
@@ -88,3 +91,53 @@ def test_deep_or_huge_field_json_is_one_line(instance_field, tmp_path):
     assert "nested deeper than 32 levels" in _refused(path, "nested")
     (path / CONFIG_NAME).write_text(config[:-1] + " " * (17 * 2**20) + "}")
     assert "more than the 16777216 a configuration file may hold" in _refused(path, "")
+
+
+# ---------------------------------------------------------------- numeric options (issue 21, item 3)
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("--specular-scale", "nan", "must be a finite number, got nan"),
+        ("--specular-scale", "1e39", "must be within [0, 1000.0], got 1e+39"),
+        ("--roughness", "nan", "must be a finite number, got nan"),
+        ("--roughness", "inf", "must be a finite number, got inf"),
+        ("--roughness", "-1", "must be within [0, 100.0], got -1.0"),
+        ("--threshold", "2", "must be within [-1, 1], got 2.0"),
+    ],
+)
+def test_non_finite_or_out_of_range_edits_are_refused_before_anything_is_written(
+    instance_field, glossy_scene, tmp_path, capsys, option, value, says
+):
+    path = instance_field.save(tmp_path / "field")
+    files = {name: (path / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
+    argv = ["field", "edit", str(path), "--select", "1:16,16", option, value, "--save-field", str(path)]
+    argv += ["--out", str(tmp_path / "panels")]
+    if option != "--specular-scale":
+        argv += ["--remove-reflections"]
+    with pytest.raises(SystemExit) as exit_status:  # argparse's usage error, before anything is read
+        console_main(argv)
+    assert exit_status.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"snd field edit: error: argument {option}: {says}"
+    assert {name: (path / name).read_bytes() for name in files} == files and not (tmp_path / "panels").exists()
+    cameras = glossy_scene.cameras[HELD_OUT]
+    with torch.no_grad():
+        before, after = instance_field.render(cameras), FeatureField.load(path).render(cameras)
+    assert torch.equal(before.specular, after.specular) and torch.equal(before.features_dep, after.features_dep)
+
+
+def test_edit_functions_and_save_refuse_non_finite_values(instance_field, tmp_path):
+    path = instance_field.save(tmp_path / "field")
+    files = {name: (path / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}
+    count = instance_field.num_gaussians
+    selection = Selection(torch.ones(count, dtype=torch.bool), torch.ones(count), 0.5, torch.zeros(instance_field.feature_dim))
+    with pytest.raises(SchemaError, match="specular scale must be within"):
+        scale_specular(instance_field, selection, 1e39)
+    with pytest.raises(SchemaError, match="roughness must be a finite number, got nan"):
+        set_roughness(instance_field, selection, NAN)
+    broken = copy.deepcopy(instance_field)
+    with torch.no_grad():
+        broken.specular[0, 0, 0] = NAN
+    with pytest.raises(ValueError, match=r"non-finite values in \['specular'\]; nothing was written"):
+        broken.save(path)
+    assert {name: (path / name).read_bytes() for name in files} == files

@@ -36,9 +36,9 @@ COVERAGE = 0.5  # smallest rendered alpha of a clickable or selectable pixel
 SIMILARITY = 0.6  # default cosine similarity to the query of a selected Gaussian
 HIGHLIGHT_RATIO = 0.5  # default ‖f_dep‖ / ‖f_ind‖ above which a pixel is a highlight
 # Edit bounds: beyond them a highlight is saturated white or its lobe is flat (exp(-l (l + 1) ρ / 2)
-# of band 2 is below 1e-260 at ρ = 100); larger values are typos, and inf/NaN would break the field.
+# of band 1 is below 1e-400 at ρ = 1000); larger values are typos, and inf/NaN would break the field.
 MAX_SPECULAR_SCALE = 1000.0
-MAX_ROUGHNESS = 100.0
+MAX_ROUGHNESS = 1000.0
 
 
 @dataclass

@@ -101,7 +101,7 @@ def test_deep_or_huge_field_json_is_one_line(instance_field, tmp_path):
         ("--specular-scale", "1e39", "must be within [0, 1000.0], got 1e+39"),
         ("--roughness", "nan", "must be a finite number, got nan"),
         ("--roughness", "inf", "must be a finite number, got inf"),
-        ("--roughness", "-1", "must be within [0, 100.0], got -1.0"),
+        ("--roughness", "-1", "must be within [0, 1000.0], got -1.0"),
         ("--threshold", "2", "must be within [-1, 1], got 2.0"),
     ],
 )

@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import replace_path
+from ..files import explain_write_errors, replace_path
 from .guards import first_non_finite
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -102,9 +102,12 @@ def stale_temporary_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def finalize_checkpoint(tmp: Path, total_limit: int | None = None) -> Path:
-    """Rename a complete temporary checkpoint into place, then drop the oldest beyond ``total_limit``."""
+    """Rename a complete temporary checkpoint into place, then drop the oldest beyond ``total_limit``
+    (None keeps all; it must be >= 1, so the checkpoint just written is always kept)."""
     if not tmp.name.startswith(_TMP_PREFIX):
         raise ValueError(f"tmp must be a folder from temporary_checkpoint_dir, got {str(tmp)!r}.")
+    if total_limit is not None and total_limit < 1:
+        raise ValueError(f"checkpoints_total_limit must be >= 1 or None (keep all), got {total_limit}.")
     final = tmp.with_name(tmp.name[len(_TMP_PREFIX):])
     # The same step saved again (resumed from an older checkpoint): the older complete checkpoints
     # stay in place meanwhile, so "latest" always finds one.
@@ -217,8 +220,24 @@ def save_training_state(
 
     Raises:
         TypeError: a value of the state is neither a tensor nor JSON-serialisable (nothing is pickled).
+        OutOfRoomError: the disk filled up or a size limit was reached (earlier checkpoints are untouched).
     """
     directory = Path(directory)
+    # Running out of room is one OutOfRoomError naming the checkpoint, however safetensors reports it.
+    with explain_write_errors(directory.with_name(directory.name.removeprefix(_TMP_PREFIX))):
+        _write_training_state(directory, modules, optimizer, scheduler, trainer_state, scaler, process_index, is_main_process)
+
+
+def _write_training_state(
+    directory: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
+    scaler: torch.amp.GradScaler | None,
+    process_index: int,
+    is_main_process: bool,
+) -> None:
     tensors, metadata = _rng_state()
     save_file(tensors, directory / f"rng_state_{process_index}.safetensors", metadata=metadata)
     if not is_main_process:

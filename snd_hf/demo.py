@@ -50,6 +50,7 @@ from .extract import (
 from .hub import SND_HUB_REPO
 from .images import load_rgb, rgb_to_float
 from .modeling_snd import SnDModel
+from .schema import number_option
 from .splatting.teacher import patch_features
 from .visualization import fit_pca, save_panel, to_uint8_image
 
@@ -76,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", help="initial model (before SnD) for the correspondence picture (default: the embedded checkpoint's start)"
     )
     parser.add_argument("--out", type=Path, default=Path("snd-demo"), help="output folder (default ./snd-demo)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the Hub before falling back")
+    parser.add_argument("--timeout", type=number_option(float, 0, 600), default=3.0, help="seconds to wait for the Hub before falling back")
 
 
 def demo_model(

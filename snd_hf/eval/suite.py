@@ -69,7 +69,7 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
-from snd_hf.schema import MetricsSchema, ResultsSchema, read_json, validate
+from snd_hf.schema import MAX_IMAGE_SIDE, MetricsSchema, ResultsSchema, SchemaError, read_json, validate
 from snd_hf.schema import load as load_json
 from snd_hf.visualization import pca_rgb, save_panel
 
@@ -217,8 +217,11 @@ def _read_results(path: Path) -> dict | None:
     """
     if not path.exists():
         return None
-    earlier = read_json(path)
-    validate(ResultsSchema, earlier, path)
+    try:
+        earlier = read_json(path)
+        validate(ResultsSchema, earlier, path)
+    except SchemaError as error:
+        raise SchemaError(f"{error}; restore the file or remove it (with the outputs it lists)") from None
     return earlier
 
 
@@ -306,6 +309,8 @@ def evaluate(
     Raises:
         FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
             (raised before any probe runs).
+        SchemaError: ``out_dir``'s ``results.json`` is damaged or hand-edited (naming the key), raised
+            before anything is generated or written.
     """
     if not models:
         raise ValueError("models must name at least one model")
@@ -315,6 +320,7 @@ def evaluate(
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
+    earlier = _read_results(out_dir / "results.json")  # a damaged one is refused before anything is generated
     eval_data = open_data(data, preset, cache_dir)
     tasks = [task for task in tasks if task in eval_data.tasks]
     feature_models = [load_feature_model(spec, concat_with) for spec in models]
@@ -329,7 +335,6 @@ def evaluate(
         "concat_with": concat_with,
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
-    earlier = _read_results(out_dir / "results.json")
     if earlier is not None and not overwrite:
         _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
     store = _FeatureStore(preset.input_short_side)
@@ -506,8 +511,10 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
             size = tuple(int(part) for part in synthetic_size.lower().split("x"))
         except ValueError:
             size = ()
-        if len(size) != 4 or min(size) < 1:
-            raise ValueError(f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64), got {synthetic_size!r}")
+        if len(size) != 4 or min(size) < 1 or max(size[2:]) > MAX_IMAGE_SIDE:  # before any frame is allocated
+            raise ValueError(
+                f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64) with H and W at most {MAX_IMAGE_SIDE}, got {synthetic_size!r}"
+            )
         preset = replace(preset, name=f"{preset.name}, synthetic {'x'.join(map(str, size))}", synthetic=size)
     return preset
 

@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..files import make_temporary, replace_path
-from ..schema import MAX_IMAGE_SIDE, number_option
+from ..schema import MAX_IMAGE_SIDE, number_option, read_json
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")
@@ -575,7 +575,7 @@ def generate_scenes(
 def _recorded_files(out_dir: Path) -> list[str] | None:
     """The files ``out_dir``'s marker says the generator wrote, or None without a readable marker."""
     try:
-        files = json.loads((out_dir / MARKER_NAME).read_text()).get("files")
+        files = read_json(out_dir / MARKER_NAME).get("files")
     except (OSError, ValueError, AttributeError):
         return None
     return files if isinstance(files, list) else None
@@ -631,7 +631,7 @@ def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
     marker = out_dir / MARKER_NAME
     files = _recorded_files(out_dir)
     if files is not None and not out_dir.is_symlink():
-        recorded = {key: value for key, value in json.loads(marker.read_text()).items() if key != "files"}
+        recorded = {key: value for key, value in read_json(marker).items() if key != "files"}
         if recorded == parameters and all((out_dir / name).is_file() for name in files):
             return out_dir
     return generate_scenes(**arguments)

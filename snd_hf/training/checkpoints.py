@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import explain_write_errors, replace_path
+from ..schema import read_json
 from .guards import first_non_finite
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -308,10 +309,7 @@ def load_training_state(
     """
     directory = Path(directory)
     check_checkpoint_files(directory, list(modules))
-    try:
-        state = json.loads((directory / STATE_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{directory / STATE_FILE} is not valid JSON ({error}).") from None
+    state = read_json(directory / STATE_FILE)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{directory / STATE_FILE} is not a snd-hf training state (no format {FORMAT!r}).")
     if state.get("format_version") != FORMAT_VERSION:

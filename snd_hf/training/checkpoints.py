@@ -222,6 +222,7 @@ def save_training_state(
     Raises:
         TypeError: a value of the state is neither a tensor nor JSON-serialisable (nothing is pickled).
         OutOfRoomError: the disk filled up or a size limit was reached (earlier checkpoints are untouched).
+        ValueError: a tensor (weights, optimizer moments) holds NaN or inf; nothing non-finite is written.
     """
     directory = Path(directory)
     # Running out of room is one OutOfRoomError naming the checkpoint, however safetensors reports it.
@@ -240,13 +241,13 @@ def _write_training_state(
     is_main_process: bool,
 ) -> None:
     tensors, metadata = _rng_state()
-    save_file(tensors, directory / f"rng_state_{process_index}.safetensors", metadata=metadata)
+    _save_finite(tensors, directory / f"rng_state_{process_index}.safetensors", metadata=metadata)
     if not is_main_process:
         return
     for role, module in modules.items():
-        save_file(_cpu_state(module), directory / f"{role}.safetensors")
+        _save_finite(_cpu_state(module), directory / f"{role}.safetensors")
     optimizer_tensors, optimizer_rest = _split_optimizer_state(optimizer.state_dict())
-    save_file(optimizer_tensors, directory / OPTIMIZER_FILE)
+    _save_finite(optimizer_tensors, directory / OPTIMIZER_FILE)
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -260,6 +261,14 @@ def _write_training_state(
     except (TypeError, ValueError) as error:
         raise TypeError(f"the training state cannot be written as JSON ({error}); nothing is pickled.") from None
     (directory / STATE_FILE).write_text(text)
+
+
+def _save_finite(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file``, refusing a tensor holding NaN or inf (a checkpoint that could not be resumed)."""
+    name = first_non_finite(tensors.items())
+    if name is not None:
+        raise ValueError(f"refusing to write {path}: {name!r} holds non-finite values (earlier checkpoints are untouched).")
+    save_file(tensors, path, metadata=metadata)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

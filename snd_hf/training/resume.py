@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write
-from ..schema import read_yaml
 from .checkpoints import resolve_checkpoint
 from .config import TrainingConfig
 
@@ -59,7 +58,7 @@ def resume_changes(config: TrainingConfig) -> dict[str, tuple[Any, Any]]:
         return {}
     if resolve_checkpoint(output_dir, config.resume_from_checkpoint) is None:
         return {}  # nothing to resume: the run starts from scratch with these settings
-    earlier = TrainingConfig.from_dict(read_yaml(path) or {}, source=str(path))
+    earlier = TrainingConfig.from_yaml(path)
     differ = {
         key: (getattr(earlier, key), getattr(config, key))
         for key in TrainingConfig.keys()

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from snd_hf.cli import run_with_errors
 from snd_hf.training import TrainingConfig
-from snd_hf.training.checkpoints import finalize_checkpoint, list_checkpoints, temporary_checkpoint_dir
+from snd_hf.training.checkpoints import finalize_checkpoint, list_checkpoints, save_training_state, temporary_checkpoint_dir
 from snd_hf.training.resume import SAFE_ON_RESUME, resume_changes, write_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +158,16 @@ def test_full_disk_during_a_checkpoint_save_is_the_package_s_out_of_room_error(t
         f"OutOfRoomError cannot write {tmp_path / 'checkpoints' / 'step_3'}: no space left on the device / file too large"
     ), finished.stdout
     assert "SafetensorError" not in finished.stdout and list_checkpoints(tmp_path) == []
+
+
+def test_the_checkpoint_saver_refuses_non_finite_tensors(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    optimizer.state[model.weight]["exp_avg_sq"][0, 0] = float("inf")  # the weights themselves are finite
+    directory = temporary_checkpoint_dir(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"refusing to write .*optimizer.safetensors: '.*exp_avg_sq' holds non-finite values"):
+        save_training_state(directory, modules={"student": model}, optimizer=optimizer, scheduler=scheduler, trainer_state={"step": 1})
+    assert list_checkpoints(tmp_path) == []

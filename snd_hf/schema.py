@@ -50,18 +50,14 @@ def read_json(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
             ``MAX_DEPTH``.
         OSError: the file cannot be read.
     """
-    path = Path(path)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise SchemaError(f"{path}: {size} bytes, more than the {max_bytes} a configuration file may hold")
-    try:
-        value = json.loads(path.read_bytes())
-    except RecursionError:
-        raise SchemaError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise SchemaError(f"{path}: not valid JSON ({one_line(error)})") from None
-    check_depth(value, path)
-    return value
+
+    def parse(data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise SchemaError(f"{path}: not valid JSON ({one_line(error)})") from None
+
+    return _read(Path(path), max_bytes, parse)
 
 
 def read_yaml(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
@@ -73,20 +69,29 @@ def read_yaml(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> Any:
             (e.g. ``!!python/object``), naming the line.
         OSError: the file cannot be read.
     """
-    path = Path(path)
+
+    def parse(data: bytes) -> Any:
+        try:
+            return yaml.safe_load(data)
+        except yaml.constructor.ConstructorError as error:
+            mark = error.problem_mark
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise SchemaError(f"{path}: {error.problem}{where}; only plain data (no tags) is read") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise SchemaError(f"{path}: not valid YAML ({one_line(error)})") from None
+
+    return _read(Path(path), max_bytes, parse)
+
+
+def _read(path: Path, max_bytes: int, parse: Callable[[bytes], Any]) -> Any:
+    """``parse`` of the bytes of ``path``, its size checked before reading and its nesting after."""
     size = path.stat().st_size
     if size > max_bytes:
         raise SchemaError(f"{path}: {size} bytes, more than the {max_bytes} a configuration file may hold")
     try:
-        value = yaml.safe_load(path.read_bytes())
-    except RecursionError:
+        value = parse(path.read_bytes())
+    except RecursionError:  # the parser's own recursion: deeper than any cap
         raise SchemaError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
-    except yaml.constructor.ConstructorError as error:
-        mark = error.problem_mark
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise SchemaError(f"{path}: {error.problem}{where}; only plain data (no tags) is read") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SchemaError(f"{path}: not valid YAML ({one_line(error)})") from None
     check_depth(value, path)
     return value
 

@@ -31,6 +31,15 @@ def _edit(path, **changes) -> None:
     (path / CONFIG_NAME).write_text(json.dumps(config))
 
 
+def _renders_identically(field: FeatureField, path, scene) -> None:
+    """The field saved at ``path`` loads and renders exactly as ``field`` on the held-out views."""
+    cameras = scene.cameras[HELD_OUT]
+    with torch.no_grad():
+        before, after = field.render(cameras), FeatureField.load(path).render(cameras)
+    for name in ("diffuse", "specular", "features_ind", "features_dep", "alpha"):
+        assert torch.equal(getattr(before, name), getattr(after, name)), name
+
+
 def _refused(path, key: str) -> str:
     with pytest.raises(SchemaError) as error:
         FeatureField.load(path)
@@ -61,12 +70,8 @@ def test_edited_field_json_is_refused_naming_the_key(instance_field, glossy_scen
         changes = {"image_size": list(reversed(json.loads(good)["image_size"]))}
     _edit(path, **changes)
     assert says in _refused(path, key)
-    # The good file still loads and renders identically.
     (path / CONFIG_NAME).write_text(good)
-    cameras = glossy_scene.cameras[HELD_OUT]
-    with torch.no_grad():
-        before, after = instance_field.render(cameras), FeatureField.load(path).render(cameras)
-    assert torch.equal(before.features_ind, after.features_ind) and torch.equal(before.specular, after.specular)
+    _renders_identically(instance_field, path, glossy_scene)
 
 
 def test_fields_saved_without_the_structure_copy_are_cross_checked_against_their_tensors(instance_field, tmp_path):
@@ -120,10 +125,7 @@ def test_non_finite_or_out_of_range_edits_are_refused_before_anything_is_written
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == f"snd field edit: error: argument {option}: {says}"
     assert {name: (path / name).read_bytes() for name in files} == files and not (tmp_path / "panels").exists()
-    cameras = glossy_scene.cameras[HELD_OUT]
-    with torch.no_grad():
-        before, after = instance_field.render(cameras), FeatureField.load(path).render(cameras)
-    assert torch.equal(before.specular, after.specular) and torch.equal(before.features_dep, after.features_dep)
+    _renders_identically(instance_field, path, glossy_scene)
 
 
 def test_edit_functions_and_save_refuse_non_finite_values(instance_field, tmp_path):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any, ClassVar, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
+
+from .schema import ModelConfigSchema, read_json, validate
 
 # The published SnD students: DINOv2 ViT-S/14 and ViT-B/14 from torch.hub (37x37 position grid
 # at 518 px, layer scale, no registers). Architecture fields only; the rest keep the defaults.
@@ -77,18 +81,25 @@ class SnDConfig(BackboneConfigMixin, PreTrainedConfig):
     reshape_hidden_states: bool = True
 
     def __post_init__(self, **kwargs):
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.image_size % self.patch_size != 0:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        validate(ModelConfigSchema, {name: getattr(self, name) for name in ModelConfigSchema.model_fields}, "SnDConfig")
         self.stage_names = ["stem"] + [f"stage{idx}" for idx in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def check_file(cls, values: Any, source: str | os.PathLike) -> dict[str, Any]:
+        """``values`` read from the ``config.json`` at ``source``, checked by ``ModelConfigSchema`` with
+        the missing fields at their defaults (raises ``SchemaError`` naming ``source`` and the key)."""
+        defaults = {field.name: field.default for field in dataclasses.fields(cls) if field.name in ModelConfigSchema.model_fields}
+        validate(ModelConfigSchema, {**defaults, **values} if isinstance(values, dict) else values, source)
+        return values
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:
+        # transformers' reader, through the schema layer: size and nesting caps, ranges, the file named.
+        return cls.check_file(cls._decode_special_floats(read_json(json_file)), json_file)
 
     @property
     def grid_size(self) -> int:

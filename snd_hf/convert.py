@@ -42,6 +42,7 @@ from .loading import (
     sidecar_path,
 )
 from .modeling_snd import SnDModel
+from .schema import number_option
 
 ORIGINAL_SUFFIXES = (".pth", ".pt")
 # Config fields that must survive a conversion for the features to be the same.
@@ -63,10 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=["small", "base"], help="published variant to record (file source)")
     parser.add_argument("--blending", type=_bool_or_none, default=None, help="record SnD blending: true/false/unknown (file source)")
     parser.add_argument(
-        "--num-heads", "--num-attention-heads", dest="num_attention_heads", type=int,
+        "--num-heads", "--num-attention-heads", dest="num_attention_heads", type=number_option(int, 1),
         help="attention heads (file source); default: its sidecar, else hidden size / 64",
     )
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha, for a checkpoint with one unmerged peft adapter")
+    parser.add_argument("--lora-alpha", type=number_option(float), help="LoRA alpha, for a checkpoint with one unmerged peft adapter")
     parser.add_argument("--use-rslora", action="store_true", help="that adapter uses rank-stabilised scaling (alpha / sqrt(r))")
     parser.add_argument("--lora-config", type=Path, help="peft adapter_config.json of the unmerged adapter (instead of --lora-alpha)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")

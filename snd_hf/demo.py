@@ -27,7 +27,6 @@ Writes, per view, ``{stem}.safetensors`` and ``{stem}_pca.png`` (as ``snd extrac
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ from .extract import (
 from .hub import SND_HUB_REPO
 from .images import load_rgb, rgb_to_float
 from .modeling_snd import SnDModel
+from .schema import number_option, read_json
 from .splatting.teacher import patch_features
 from .visualization import fit_pca, save_panel, to_uint8_image
 
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", help="initial model (before SnD) for the correspondence picture (default: the embedded checkpoint's start)"
     )
     parser.add_argument("--out", type=Path, default=Path("snd-demo"), help="output folder (default ./snd-demo)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the Hub before falling back")
+    parser.add_argument("--timeout", type=number_option(float, 0, 600), default=3.0, help="seconds to wait for the Hub before falling back")
 
 
 def demo_model(
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def demo_truth(count: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ground truth of the packaged views: z-depth in metres [V, H, W], c2w [V, 4, 4], normalised intrinsics [V, 3, 3]."""
-    cameras = json.loads((DEMO_TRUTH / "cameras.json").read_text())
+    cameras = read_json(DEMO_TRUTH / "cameras.json")
     depth = [np.asarray(Image.open(DEMO_TRUTH / f"depth{index}.png"), dtype=np.float32) / 1000.0 for index in range(count)]
     extrinsics = torch.tensor(cameras["extrinsics"][:count], dtype=torch.float32)
     intrinsics = torch.tensor(cameras["intrinsics"], dtype=torch.float32).expand(count, 3, 3).clone()

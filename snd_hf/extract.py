@@ -36,6 +36,7 @@ from .images import MAX_PIXELS, open_image, probe_image
 from .loading import weights_hash
 from .modeling_snd import SnDModel
 from .run_folder import RunFolder
+from .schema import MAX_IMAGE_SIDE, number_option
 from .visualization import pca_rgb, save_png
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -86,9 +87,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool, s
     parser.add_argument("--blending", type=parse_bool, help="published variant: true (default) or false")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     parser.add_argument(
-        "--shortest-edge", type=int, default=shortest_edge, help="resize the shortest image edge to this many pixels"
+        "--shortest-edge",
+        type=number_option(int, 14, MAX_IMAGE_SIDE),
+        default=shortest_edge,
+        help="resize the shortest image edge to this many pixels",
     )
-    parser.add_argument("--pca-scale", type=int, default=14, help="PCA picture pixels per patch")
+    parser.add_argument("--pca-scale", type=number_option(int, 1, 64), default=14, help="PCA picture pixels per patch")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images run through the model at once")
     parser.add_argument(
         "--max-pixels",

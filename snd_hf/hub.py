@@ -25,7 +25,6 @@ file names only (never listed recursively), and a folder that a crash left moved
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from .loading import (
     check_native_weights,
     read_native_shapes,
 )
+from .schema import SchemaError, read_json
 
 Size = Literal["small", "base"]
 
@@ -250,10 +250,10 @@ def _native_shape_fields(file: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(kwargs.get("config"), PreTrainedConfig):
         return {name: getattr(kwargs["config"], name) for name in SHAPE_FIELDS if hasattr(kwargs["config"], name)}
     try:
-        values = json.loads(Path(file).read_text())
-        if not isinstance(values, dict):
-            raise ValueError(f"a JSON {type(values).__name__}, not an object")
-    except (OSError, ValueError) as error:
+        values = SnDConfig.check_file(read_json(file), file)
+    except SchemaError as error:
+        raise CheckpointError(f"{error}: the checkpoint's config is corrupt") from None
+    except OSError as error:
         raise CheckpointError(f"cannot read {file} ({error}): the checkpoint's config is corrupt") from None
     return {name: kwargs.get(name, values[name]) for name in SHAPE_FIELDS if name in values or name in kwargs}
 
@@ -289,7 +289,7 @@ def _load_native(
     weight_files = [fetch(weights)]
     if weights.endswith(".index.json"):
         try:
-            shards = sorted(set(json.loads(Path(weight_files[0]).read_text())["weight_map"].values()))
+            shards = sorted(set(read_json(weight_files[0])["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as error:
             raise CheckpointError(f"cannot read the shard index {weight_files[0]} ({error!r})") from None
         weight_files = [fetch(shard) for shard in shards]

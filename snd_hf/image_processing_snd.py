@@ -14,6 +14,7 @@ from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import get_resize_output_image_size
+from transformers.image_processing_base import IMAGE_PROCESSOR_NAME
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -24,6 +25,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .images import MAX_PIXELS, open_image, to_rgb, upright
+from .schema import MAX_DEPTH, ProcessorConfigSchema, SchemaError, check_depth, validate
 
 
 class SnDImageProcessorKwargs(ImagesKwargs, total=False):
@@ -87,7 +89,28 @@ class SnDImageProcessor(PilBackend):
 
     def __init__(self, **kwargs: Unpack[SnDImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
-        self._check_snap(self.snap, self.patch_size)
+        settings = {name: getattr(self, name, None) for name in ProcessorConfigSchema.model_fields}
+        settings["size"] = {key: value for key, value in vars(self.size).items() if value is not None} if self.size else None
+        settings = {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
+        validate(ProcessorConfigSchema, settings, type(self).__name__)
+
+    @classmethod
+    def get_image_processor_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """transformers' reading of ``preprocessor_config.json``, through the schema layer
+        (:class:`snd_hf.schema.ProcessorConfigSchema`): a bad value is one ``SchemaError`` naming the
+        file and the key, before any image is processed."""
+        name = str(pretrained_model_name_or_path)
+        filename = kwargs.get("image_processor_filename", IMAGE_PROCESSOR_NAME)
+        source = name if os.path.isfile(name) else os.path.join(name, kwargs.get("subfolder") or "", filename)
+        try:
+            values, rest = super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+        except RecursionError:
+            raise SchemaError(f"{source}: nested deeper than {MAX_DEPTH} levels") from None
+        check_depth(values, source)
+        validate(ProcessorConfigSchema, values, source)
+        return values, rest
 
     @staticmethod
     def _check_snap(snap: str, patch_size: int) -> None:

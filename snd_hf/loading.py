@@ -35,6 +35,7 @@ from safetensors.torch import load_file as load_safetensors
 
 from .configuration_snd import SnDConfig
 from .files import atomic_write, restore_interrupted, sha256_file
+from .schema import read_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -343,7 +344,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     if not sidecar.is_file():
         return None
     try:
-        record = json.loads(sidecar.read_text())
+        record = read_json(sidecar)
         if record.get("format") != SIDECAR_FORMAT or not isinstance(record.get("config"), dict):
             raise ValueError("not an snd-hf sidecar")
     except (ValueError, OSError) as error:
@@ -626,7 +627,7 @@ def _single_lora_config(value: object) -> dict[str, Any]:
     if isinstance(value, (str, os.PathLike)):
         file = Path(value) / "adapter_config.json" if Path(value).is_dir() else Path(value)
         try:
-            return json.loads(file.read_text())
+            return read_json(file)
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot read the LoRA config {file} ({error}): give peft's adapter_config.json") from None
     if hasattr(value, "to_dict"):

@@ -302,10 +302,12 @@ def test_absurd_config_fails_before_anything_is_built(tmp_path, monkeypatch):
         raise AssertionError("a model was built for an implausible config")
 
     monkeypatch.setattr(SnDModel, "__init__", never)
-    for layers in (100_000, 10**12):
+    for layers in (4096, 100_000, 10**12):
         _rewrite(tmp_path / "huge", config={"num_hidden_layers": layers})
         start = time.perf_counter()
         lacking = rf"encoder.layer.4.\* to encoder.layer.{layers - 1}.\* \({layers - 4} layers in the config, none in the weights\)"
+        if layers > 4096:  # beyond the schema's cap: refused by the schema layer, naming the file and key
+            lacking = rf"huge/config.json: num_hidden_layers must be less than or equal to 4096 \(got {layers}\)"
         with pytest.raises(CheckpointError, match=lacking):
             SnDModel.from_pretrained(tmp_path / "huge")
         assert time.perf_counter() - start < 5  # generous: the refusal does not depend on the claimed size
@@ -327,7 +329,7 @@ def test_corrupt_native_files_are_named(tmp_path):
         "garbage": f"cannot read {weights}: not a valid safetensors file",
         "truncated": f"cannot read {truncated}: not a valid safetensors file",
         "nan": r"nan/model.safetensors: encoder.layer.1.mlp.fc1.weight holds 1 non-finite value",
-        "bad_config": r"cannot read .*bad_config/config.json .*the checkpoint's config is corrupt",
+        "bad_config": r"bad_config/config.json: not valid JSON .*: the checkpoint.s config is corrupt",
     }
     for name, message in expected.items():
         with pytest.raises(CheckpointError, match=message):

@@ -21,7 +21,6 @@ change the order of float sums, and so the weights slightly.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.data.synthetic import render_synthetic_scene
 from snd_hf.files import make_temporary, replace_path
+from snd_hf.schema import read_json
 from snd_hf.splatting.teacher import patch_features
 from snd_hf.training.dense_contrastive import (
     ProjectionHead,
@@ -111,7 +111,7 @@ def pretrain(args: argparse.Namespace) -> SnDModel:
 def _written_here(folder: Path) -> bool:
     """Whether ``folder`` is an earlier output of this script (its config's training_info says so)."""
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json(folder / "config.json")
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and (config.get("training_info") or {}).get("role") == "pretrained_2d"

@@ -85,6 +85,7 @@ from snd_hf.training.outputs import (
     write_final_export,
 )
 from snd_hf.training.preflight import check_before_compute, cpu_contention
+from snd_hf.training.resume import write_run_config
 from snd_hf.training.push import push_final_model
 from snd_hf.training.schedule import one_cycle_schedule
 from snd_hf.training.step import student_loss, teacher_targets
@@ -115,7 +116,7 @@ def training_function(config: TrainingConfig) -> None:
     if accelerator.is_main_process:  # a killed run's temporaries; --overwrite_output_dir
         for note in prepare_output_dir(output_dir, overwrite=config.overwrite_output_dir):
             accelerator.print(note)
-        (output_dir / "config.yaml").write_text(config.to_yaml())
+        write_run_config(config)  # config.yaml; a resume records the settings it changed
     accelerator.wait_for_everyone()
     accelerator.print(f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}:\n{config.to_yaml()}")
     if contention := cpu_contention(accelerator.device.type):

@@ -59,6 +59,7 @@ from snd_hf.data.scannetpp import (
     frame_number,
 )
 from snd_hf.files import atomic_write
+from snd_hf.schema import read_json
 
 # Bumped whenever the rows written for the same folder change: a cached conversion made by an
 # older converter (one that embedded frames without validating them) is then not reused.
@@ -198,7 +199,7 @@ def _report_skips(dataset: datasets.Dataset, skipped: SkipLog | None, root: Path
                 pass  # a read-only cache: this conversion still warns, a reuse of it cannot
     else:
         try:
-            recorded = json.loads(record.read_text()) if record is not None else {}
+            recorded = read_json(record) if record is not None else {}
             counts, paths = recorded["counts"], recorded["paths"]
         except (OSError, ValueError, KeyError, TypeError):
             return  # converted before skips were recorded, or the record is unreadable

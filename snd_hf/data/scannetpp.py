@@ -41,7 +41,6 @@ map resolves (through symbolic links) outside the dataset root, unless
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -56,6 +55,7 @@ from PIL import Image
 
 from snd_hf.cameras import normalize_intrinsics, opengl_to_opencv
 from snd_hf.data.frames import FrameReadError, decode_view, open_image
+from snd_hf.schema import SchemaError, read_json
 
 OPTIONAL_FIELDS: tuple[str, ...] = ("depth", "normals", "semantics")
 
@@ -419,11 +419,12 @@ class FolderScenes:
             self.inside(scene_dir)
             self.inside(transforms_path)
             try:
-                data = json.loads(transforms_path.read_text())
+                data = read_json(transforms_path)
             except FileNotFoundError:
                 raise FrameReadError(str(transforms_path), "file not found") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise FrameReadError(str(transforms_path), f"invalid JSON ({error})") from None
+            except SchemaError as error:  # not JSON, too large or too deep
+                detail = str(error).removeprefix(f"{transforms_path}: ")
+                raise FrameReadError(str(transforms_path), f"invalid JSON ({detail})") from None
             frames, rejected = parse_transforms(data, str(transforms_path))
             images = self._listing(scene_dir / "images")
             masks = self._listing(scene_dir / "instance_segmentation")

@@ -45,6 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..files import make_temporary, replace_path
+from ..schema import MAX_IMAGE_SIDE, number_option, read_json
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")
@@ -574,7 +575,7 @@ def generate_scenes(
 def _recorded_files(out_dir: Path) -> list[str] | None:
     """The files ``out_dir``'s marker says the generator wrote, or None without a readable marker."""
     try:
-        files = json.loads((out_dir / MARKER_NAME).read_text()).get("files")
+        files = read_json(out_dir / MARKER_NAME).get("files")
     except (OSError, ValueError, AttributeError):
         return None
     return files if isinstance(files, list) else None
@@ -630,7 +631,7 @@ def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
     marker = out_dir / MARKER_NAME
     files = _recorded_files(out_dir)
     if files is not None and not out_dir.is_symlink():
-        recorded = {key: value for key, value in json.loads(marker.read_text()).items() if key != "files"}
+        recorded = {key: value for key, value in read_json(marker).items() if key != "files"}
         if recorded == parameters and all((out_dir / name).is_file() for name in files):
             return out_dir
     return generate_scenes(**arguments)
@@ -641,14 +642,16 @@ def _parse_size(text: str) -> tuple[int, int]:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x128), got {text!r}") from None
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):  # before any frame is allocated
+        raise argparse.ArgumentTypeError(f"both sides must be within [1, {MAX_IMAGE_SIDE}], got {text!r}")
     return height, width
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenes", type=int, default=8, help="number of rooms")
-    parser.add_argument("--frames", type=int, default=24, help="frames per room")
+    parser.add_argument("--scenes", type=number_option(int, 1), default=8, help="number of rooms")
+    parser.add_argument("--frames", type=number_option(int, 1), default=24, help="frames per room")
     parser.add_argument("--size", type=_parse_size, default=(96, 128), help="image size HxW")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the rooms and camera paths")
+    parser.add_argument("--seed", type=number_option(int, 0), default=0, help="random seed of the rooms and camera paths")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
     parser.add_argument("--glossy", action="store_true", help="specular highlights on some objects, with their ground truth")
     parser.add_argument("--out", type=Path, required=True, help="output folder (gets scenes/<id>/...)")

@@ -69,6 +69,8 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
+from snd_hf.schema import MAX_IMAGE_SIDE, MetricsSchema, ResultsSchema, SchemaError, read_json, validate
+from snd_hf.schema import load as load_json
 from snd_hf.visualization import pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
@@ -208,14 +210,19 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def _read_results(path: Path) -> dict | None:
-    """An earlier ``results.json`` (``{}`` when unreadable), or None when there is none."""
+    """An earlier ``results.json`` checked by :class:`~snd_hf.schema.ResultsSchema`, or None when there is none.
+
+    Raises:
+        SchemaError: naming the file and the key that does not fit (nothing is written or deleted).
+    """
     if not path.exists():
         return None
     try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return earlier if isinstance(earlier, dict) else {}
+        earlier = read_json(path)
+        validate(ResultsSchema, earlier, path)
+    except SchemaError as error:
+        raise SchemaError(f"{error}; restore the file or remove it (with the outputs it lists)") from None
+    return earlier
 
 
 def _refuse_another_evaluation(path: Path, earlier: dict, identity: dict) -> None:
@@ -302,6 +309,8 @@ def evaluate(
     Raises:
         FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
             (raised before any probe runs).
+        SchemaError: ``out_dir``'s ``results.json`` is damaged or hand-edited (naming the key), raised
+            before anything is generated or written.
     """
     if not models:
         raise ValueError("models must name at least one model")
@@ -311,6 +320,7 @@ def evaluate(
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
+    earlier = _read_results(out_dir / "results.json")  # a damaged one is refused before anything is generated
     eval_data = open_data(data, preset, cache_dir)
     tasks = [task for task in tasks if task in eval_data.tasks]
     feature_models = [load_feature_model(spec, concat_with) for spec in models]
@@ -325,7 +335,6 @@ def evaluate(
         "concat_with": concat_with,
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
-    earlier = _read_results(out_dir / "results.json")
     if earlier is not None and not overwrite:
         _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
     store = _FeatureStore(preset.input_short_side)
@@ -359,7 +368,7 @@ def evaluate(
             # The first predictions are cached beside the metrics, so a cached result still gets its panels.
             shown = cache.with_suffix(".safetensors")
             if cache.is_file():
-                results[task][feature_model.name] = json.loads(cache.read_text())["metrics"]
+                results[task][feature_model.name] = load_json(cache, MetricsSchema).metrics
                 if shown.is_file():
                     predictions[feature_model.name] = list(load_file(shown)["predictions"])
                 continue
@@ -416,7 +425,7 @@ def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir
         config = {"num_matches": preset.num_matches, "scale": preset.correspondence_scale, "size": preset.input_short_side}
         cache = _cache_path(cache_dir, feature_model, "correspondence", eval_data, config)
         if cache.is_file():
-            results["correspondence"][feature_model.name] = json.loads(cache.read_text())["metrics"]
+            results["correspondence"][feature_model.name] = load_json(cache, MetricsSchema).metrics
             continue
         patch = store(feature_model, images).patch
         result = run_correspondence(
@@ -502,8 +511,10 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
             size = tuple(int(part) for part in synthetic_size.lower().split("x"))
         except ValueError:
             size = ()
-        if len(size) != 4 or min(size) < 1:
-            raise ValueError(f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64), got {synthetic_size!r}")
+        if len(size) != 4 or min(size) < 1 or max(size[2:]) > MAX_IMAGE_SIDE:  # before any frame is allocated
+            raise ValueError(
+                f"--synthetic-size must be SxFxHxW (e.g. 4x4x48x64) with H and W at most {MAX_IMAGE_SIDE}, got {synthetic_size!r}"
+            )
         preset = replace(preset, name=f"{preset.name}, synthetic {'x'.join(map(str, size))}", synthetic=size)
     return preset
 

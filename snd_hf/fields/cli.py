@@ -19,14 +19,17 @@ from pathlib import Path
 import torch
 
 from snd_hf.data.frames import decode_image, open_image
+from snd_hf.schema import number_option
 from snd_hf.visualization import save_panel
 
-from .field import FeatureField
+from .field import MIN_SH_DEGREE, FeatureField
 from .fit import FitConfig, fit_field
 from .pictures import CAPTION_HEIGHT, captioned, field_panels, grey, normalised, overlay
 from .scene import load_scene
 from .segment import (
     HIGHLIGHT_RATIO,
+    MAX_ROUGHNESS,
+    MAX_SPECULAR_SCALE,
     SIMILARITY,
     Selection,
     highlight_masks,
@@ -92,37 +95,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--model", required=True, help="2D teacher: SnD checkpoint folder, Hub id or original .pth")
     fit.add_argument("--out", type=Path, required=True, help="field folder to write")
     fit.add_argument("--size", type=_size, help="resize the views to HxW (default: native)")
-    fit.add_argument("--hold-out", type=int, default=0, help="keep every N-th view out of the fit (0: fit all)")
-    fit.add_argument("--appearance-steps", type=int, default=defaults.appearance_steps, help="stage-1 (colour, geometry) steps")
-    fit.add_argument("--feature-steps", type=int, default=defaults.feature_steps, help="stage-2 (features) steps")
-    fit.add_argument("--feature-dim", type=int, default=defaults.feature_dim, help="PCA channels of the features")
-    fit.add_argument("--sh-degree", type=int, default=defaults.sh_degree, help="degree of the view-dependent parts (>= 2)")
-    fit.add_argument("--init-views", type=int, default=defaults.init_views, help="views lifted to Gaussians")
-    fit.add_argument("--init-stride", type=int, default=defaults.init_stride, help="pixel stride of the lifted views")
+    fit.add_argument("--hold-out", type=number_option(int, 0), default=0, help="keep every N-th view out of the fit (0: fit all)")
+    fit.add_argument("--appearance-steps", type=number_option(int, 0), default=defaults.appearance_steps, help="stage-1 (colour, geometry) steps")
+    fit.add_argument("--feature-steps", type=number_option(int, 0), default=defaults.feature_steps, help="stage-2 (features) steps")
+    fit.add_argument("--feature-dim", type=number_option(int, 1, 4096), default=defaults.feature_dim, help="PCA channels of the features")
+    fit.add_argument("--sh-degree", type=number_option(int, MIN_SH_DEGREE, 16), default=defaults.sh_degree, help="degree of the view-dependent parts (>= 2)")
+    fit.add_argument("--init-views", type=number_option(int, 1), default=defaults.init_views, help="views lifted to Gaussians")
+    fit.add_argument("--init-stride", type=number_option(int, 1), default=defaults.init_stride, help="pixel stride of the lifted views")
     fit.add_argument("--single", action="store_true", help="a single view-independent feature field (baseline)")
-    fit.add_argument("--seed", type=int, default=defaults.seed, help="random seed (the fit is deterministic given it)")
+    fit.add_argument("--seed", type=number_option(int, 0), default=defaults.seed, help="random seed (the fit is deterministic given it)")
     fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
 
     segment = commands.add_parser("segment", help="select an object in 3D with one click; highlight masks",
                                   formatter_class=parser.formatter_class)  # fmt: skip
     segment.add_argument("field", type=Path, help="field folder written by `snd field fit`")
-    segment.add_argument("--view", type=int, help="view clicked in (index in the field's views)")
+    segment.add_argument("--view", type=number_option(int, 0), help="view clicked in (index in the field's views)")
     segment.add_argument("--click", type=_pair, required=True, help="X,Y pixel of the click")
     segment.add_argument("--image", type=Path, help="click on this picture instead of a view (needs --model)")
     segment.add_argument("--model", help="the field's teacher, to read the feature under a click on --image")
-    segment.add_argument("--threshold", type=float, default=SIMILARITY, help="cosine similarity of selected Gaussians")
-    segment.add_argument("--highlight-ratio", type=float, default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
+    segment.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    segment.add_argument("--highlight-ratio", type=number_option(float, 0), default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
     segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
 
     edit = commands.add_parser("edit", help="recolour, remove reflections or change roughness of a selection",
                                formatter_class=parser.formatter_class)  # fmt: skip
     edit.add_argument("field", type=Path, help="field folder written by `snd field fit`")
     edit.add_argument("--select", type=_selection_spec, required=True, help="VIEW:X,Y click selecting the object")
-    edit.add_argument("--threshold", type=float, default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    edit.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
     edit.add_argument("--remove-reflections", action="store_true", help="remove the selection's specular colour")
-    edit.add_argument("--specular-scale", type=float, help="multiply the selection's specular colour")
+    edit.add_argument("--specular-scale", type=number_option(float, 0, MAX_SPECULAR_SCALE), help="multiply the selection's specular colour")
     edit.add_argument("--recolor", type=_color, help="new diffuse colour R,G,B in [0, 1]")
-    edit.add_argument("--roughness", type=float, help="Ref-NeRF roughness of the selection's reflections (0: as fitted)")
+    edit.add_argument("--roughness", type=number_option(float, 0, MAX_ROUGHNESS), help="Ref-NeRF roughness of the selection's reflections (0: as fitted)")
     edit.add_argument("--save-field", type=Path, help="also write the edited field here")
     edit.add_argument("--out", type=Path, required=True, help="folder for the before/after PNG panels")
 

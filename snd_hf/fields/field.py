@@ -47,12 +47,14 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from snd_hf.cameras import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
 from snd_hf.files import replace_path, sha256_file
+from snd_hf.schema import MIN_SH_DEGREE, FieldConfigSchema, SchemaError
+from snd_hf.schema import load as load_json
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.render import Backend, render_features
 
@@ -67,7 +69,10 @@ from .scene import Cameras
 FORMAT_VERSION = 1
 CONFIG_NAME = "field.json"
 WEIGHTS_NAME = "field.safetensors"
-MIN_SH_DEGREE = 2
+# The keys of field.json that describe the tensors: a copy is kept in the safetensors header (which
+# the checksum covers), so a hand-edited field.json that would render wrongly is refused on load.
+_STRUCTURE_KEY = "field_structure"
+_STRUCTURE = ("num_gaussians", "sh_degree", "feature_dim", "disentangled", "image_size", "view_names", "feature_space")
 
 Component = Literal["ind", "dep", "full"]
 COMPONENTS: tuple[str, ...] = ("ind", "dep", "full")
@@ -491,15 +496,21 @@ class FeatureField(nn.Module):
 
         Raises:
             FileExistsError: ``path`` exists and is not a saved field.
+            ValueError: a tensor holds NaN or inf (nothing is written).
         """
         path = Path(path)
+        tensors = self.state_tensors()
+        bad = _non_finite(tensors)
+        if bad:  # a field that would not load again never replaces a good one
+            raise ValueError(f"the field holds non-finite values in {bad}; nothing was written to {path}")
         if path.exists() and not (path.is_dir() and (path / CONFIG_NAME).is_file()):
             if not (path.is_dir() and not any(path.iterdir())):
                 raise FileExistsError(f"{path} exists and is not a feature field; choose another output folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            save_file(self.state_tensors(), staging / WEIGHTS_NAME)
+            structure = {key: value for key, value in self.config().items() if key in _STRUCTURE}
+            save_file(tensors, staging / WEIGHTS_NAME, metadata={_STRUCTURE_KEY: json.dumps(structure)})
             config = {**self.config(), "weights_sha256": sha256_file(staging / WEIGHTS_NAME)}
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1))
             if extra is not None:
@@ -525,26 +536,53 @@ class FeatureField(nn.Module):
         for file in (config_path, weights_path):
             if not file.is_file():
                 raise FileNotFoundError(f"{file} not found: {path} is not a complete feature field")
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{config_path} is not valid JSON ({error}); the field is damaged, refit it") from None
-        if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-            version = config.get("format_version") if isinstance(config, dict) else None
-            raise ValueError(f"{config_path}: format_version must be {FORMAT_VERSION}, got {version!r}")
-        if sha256_file(weights_path) != config.get("weights_sha256"):
+        config = load_json(config_path, FieldConfigSchema).model_dump()
+        if sha256_file(weights_path) != config["weights_sha256"]:
             raise ValueError(
                 f"{weights_path} does not match the checksum in {config_path.name} (truncated or modified); refit the field"
             )
         try:
+            with safe_open(weights_path, "pt") as header:
+                recorded = (header.metadata() or {}).get(_STRUCTURE_KEY)
             tensors = load_file(weights_path, device=str(device))
-            field = _field_from_files(config, tensors)
-        except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        except SafetensorError as error:
             raise ValueError(f"{path} is not a valid feature field: {error}") from None
-        bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        _check_structure(config, recorded, tensors, config_path)
+        try:
+            field = _field_from_files(config, tensors)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path} is not a valid feature field: {error}") from None
+        bad = _non_finite(tensors)
         if bad:
             raise ValueError(f"{weights_path} holds non-finite values in {bad}; refit the field")
         return field
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def _check_structure(config: dict, recorded: str | None, tensors: dict[str, torch.Tensor], config_path: Path) -> None:
+    """Cross-check ``field.json`` against its tensors: the copy of its structure kept in the tensors'
+    header (fields saved since it was added), the number of cameras, and an ``f_dep`` that is zero
+    when the field says it is not disentangled. Raises SchemaError naming the file and the key."""
+    if recorded is not None:
+        saved = json.loads(recorded)
+        for key in _STRUCTURE:
+            if config[key] != saved.get(key):
+                raise SchemaError(
+                    f"{config_path}: {key} is {config[key]!r} but the tensors were saved with {saved.get(key)!r}"
+                    " (field.json was edited): restore it or refit the field"
+                )
+    cameras = tensors.get("camera_extrinsics")
+    if config["view_names"] is not None and cameras is not None and len(config["view_names"]) != cameras.shape[0]:
+        raise SchemaError(
+            f"{config_path}: view_names holds {len(config['view_names'])} names for {cameras.shape[0]} cameras"
+        )
+    dependent = tensors.get("features_dep")
+    if not config["disentangled"] and dependent is not None and bool(dependent.ne(0).any()):
+        raise SchemaError(f"{config_path}: disentangled is false but the tensors hold a view-dependent f_dep")
 
 
 def _field_from_files(config: dict, tensors: dict[str, torch.Tensor]) -> FeatureField:

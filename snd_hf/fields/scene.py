@@ -11,7 +11,6 @@ from the arrays of :func:`snd_hf.data.synthetic.render_synthetic_scene` (:func:`
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.frames import FrameReadError, decode_labels, decode_view, open_image
 from snd_hf.data.scannetpp import parse_transforms
+from snd_hf.schema import read_json
 
 DEFAULT_NEAR = 0.1  # metres; the scene readers' defaults
 DEFAULT_FAR = 20.0
@@ -169,10 +169,7 @@ def load_scene(
     if not transforms_path.is_file():
         raise FileNotFoundError(f"{transforms_path} not found: SCENE_DIR must be a scene folder in the ScanNet++ layout")
     try:
-        data = json.loads(transforms_path.read_text())
-        frames, rejected = parse_transforms(data, str(transforms_path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{transforms_path}: invalid JSON ({error})") from None
+        frames, rejected = parse_transforms(read_json(transforms_path), str(transforms_path))
     except FrameReadError as error:
         raise ValueError(str(error)) from None
     for error in rejected:  # the scene readers' frame checks: invalid cameras, unsupported file paths

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from snd_hf.schema import finite_number
+
 from .features import DEFAULT_SHORT_SIDE, as_feature_source, teacher_features, upsample
 from .field import Component, FeatureField
 from .scene import Cameras
@@ -33,6 +35,10 @@ from .scene import Cameras
 COVERAGE = 0.5  # smallest rendered alpha of a clickable or selectable pixel
 SIMILARITY = 0.6  # default cosine similarity to the query of a selected Gaussian
 HIGHLIGHT_RATIO = 0.5  # default ‖f_dep‖ / ‖f_ind‖ above which a pixel is a highlight
+# Edit bounds: beyond them a highlight is saturated white or its lobe is flat (exp(-l (l + 1) ρ / 2)
+# of band 1 is below 1e-400 at ρ = 1000); larger values are typos, and inf/NaN would break the field.
+MAX_SPECULAR_SCALE = 1000.0
+MAX_ROUGHNESS = 1000.0
 
 
 @dataclass
@@ -182,7 +188,9 @@ def recolor(field: FeatureField, selection: Selection, color: tuple[float, float
 
 
 def scale_specular(field: FeatureField, selection: Selection, factor: float) -> FeatureField:
-    """Multiply the selection's specular colour by ``factor`` (0 removes its reflections)."""
+    """Multiply the selection's specular colour by ``factor`` in [0, ``MAX_SPECULAR_SCALE``] (0 removes
+    its reflections). Raises SchemaError for a factor that is not finite or out of range."""
+    finite_number("specular scale", factor, 0.0, MAX_SPECULAR_SCALE)
     _check_selection(field, selection)
     edited = copy.deepcopy(field)
     with torch.no_grad():
@@ -191,10 +199,10 @@ def scale_specular(field: FeatureField, selection: Selection, factor: float) -> 
 
 
 def set_roughness(field: FeatureField, selection: Selection, roughness: float) -> FeatureField:
-    """Set the Ref-NeRF roughness ``ρ >= 0`` of the selection's view-dependent parts (0 = as fitted)."""
+    """Set the Ref-NeRF roughness ``ρ`` in [0, ``MAX_ROUGHNESS``] of the selection's view-dependent parts
+    (0 = as fitted). Raises SchemaError for a value that is not finite or out of range."""
+    finite_number("roughness", roughness, 0.0, MAX_ROUGHNESS)
     _check_selection(field, selection)
-    if roughness < 0:
-        raise ValueError(f"`roughness` must be >= 0, got {roughness}.")
     edited = copy.deepcopy(field)
     edited.roughness[selection.mask] = float(roughness)
     return edited

@@ -35,7 +35,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import replace_path
+from ..files import explain_write_errors, replace_path
+from ..schema import read_json
 from .guards import first_non_finite
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -102,9 +103,12 @@ def stale_temporary_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def finalize_checkpoint(tmp: Path, total_limit: int | None = None) -> Path:
-    """Rename a complete temporary checkpoint into place, then drop the oldest beyond ``total_limit``."""
+    """Rename a complete temporary checkpoint into place, then drop the oldest beyond ``total_limit``
+    (None keeps all; it must be >= 1, so the checkpoint just written is always kept)."""
     if not tmp.name.startswith(_TMP_PREFIX):
         raise ValueError(f"tmp must be a folder from temporary_checkpoint_dir, got {str(tmp)!r}.")
+    if total_limit is not None and total_limit < 1:
+        raise ValueError(f"checkpoints_total_limit must be >= 1 or None (keep all), got {total_limit}.")
     final = tmp.with_name(tmp.name[len(_TMP_PREFIX):])
     # The same step saved again (resumed from an older checkpoint): the older complete checkpoints
     # stay in place meanwhile, so "latest" always finds one.
@@ -217,16 +221,33 @@ def save_training_state(
 
     Raises:
         TypeError: a value of the state is neither a tensor nor JSON-serialisable (nothing is pickled).
+        OutOfRoomError: the disk filled up or a size limit was reached (earlier checkpoints are untouched).
+        ValueError: a tensor (weights, optimizer moments) holds NaN or inf; nothing non-finite is written.
     """
     directory = Path(directory)
+    # Running out of room is one OutOfRoomError naming the checkpoint, however safetensors reports it.
+    with explain_write_errors(directory.with_name(directory.name.removeprefix(_TMP_PREFIX))):
+        _write_training_state(directory, modules, optimizer, scheduler, trainer_state, scaler, process_index, is_main_process)
+
+
+def _write_training_state(
+    directory: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
+    scaler: torch.amp.GradScaler | None,
+    process_index: int,
+    is_main_process: bool,
+) -> None:
     tensors, metadata = _rng_state()
-    save_file(tensors, directory / f"rng_state_{process_index}.safetensors", metadata=metadata)
+    _save_finite(tensors, directory / f"rng_state_{process_index}.safetensors", metadata=metadata)
     if not is_main_process:
         return
     for role, module in modules.items():
-        save_file(_cpu_state(module), directory / f"{role}.safetensors")
+        _save_finite(_cpu_state(module), directory / f"{role}.safetensors")
     optimizer_tensors, optimizer_rest = _split_optimizer_state(optimizer.state_dict())
-    save_file(optimizer_tensors, directory / OPTIMIZER_FILE)
+    _save_finite(optimizer_tensors, directory / OPTIMIZER_FILE)
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -240,6 +261,14 @@ def save_training_state(
     except (TypeError, ValueError) as error:
         raise TypeError(f"the training state cannot be written as JSON ({error}); nothing is pickled.") from None
     (directory / STATE_FILE).write_text(text)
+
+
+def _save_finite(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file``, refusing a tensor holding NaN or inf (a checkpoint that could not be resumed)."""
+    name = first_non_finite(tensors.items())
+    if name is not None:
+        raise ValueError(f"refusing to write {path}: {name!r} holds non-finite values (earlier checkpoints are untouched).")
+    save_file(tensors, path, metadata=metadata)
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -289,10 +318,7 @@ def load_training_state(
     """
     directory = Path(directory)
     check_checkpoint_files(directory, list(modules))
-    try:
-        state = json.loads((directory / STATE_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{directory / STATE_FILE} is not valid JSON ({error}).") from None
+    state = read_json(directory / STATE_FILE)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{directory / STATE_FILE} is not a snd-hf training state (no format {FORMAT!r}).")
     if state.get("format_version") != FORMAT_VERSION:

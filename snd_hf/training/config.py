@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from snd_hf.schema import MAX_IMAGE_SIDE, read_yaml
 
 # Shipped configs, in a source checkout (train.py passes its own folder's configs/ explicitly).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
@@ -161,7 +164,7 @@ class TrainingConfig:
         cls, path: str | Path, overrides: dict[str, Any] | None = None, config_dir: Path = CONFIG_DIR
     ) -> TrainingConfig:
         path = resolve_config_path(path, config_dir)
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path) or {}  # plain data only: a !!python/object tag is one SchemaError
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
         unknown = sorted(set(values) - set(cls.keys()))
@@ -205,12 +208,33 @@ class TrainingConfig:
             raise ValueError("hub_model_id is required with push_to_hub (e.g. --hub_model_id user/snd-tiny).")
         if self.report_to not in ("none", "tensorboard", "all"):
             raise ValueError(f"report_to must be 'none', 'tensorboard' or 'all', got {self.report_to!r}.")
-        for name in ("synthetic_size", "image_size"):
-            if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 14:
-                raise ValueError(f"{name} must be [H, W] with both >= 14, got {getattr(self, name)}.")
-        for name in ("max_steps", "save_steps", "log_steps", "batch_size", "gradient_accumulation_steps", "ema_every"):
+        for name in ("synthetic_size", "image_size"):  # checked before any frame is allocated
+            size = getattr(self, name)
+            if len(size) != 2 or min(size) < 14 or max(size) > MAX_IMAGE_SIDE:
+                raise ValueError(f"{name} must be [H, W] with both within [14, {MAX_IMAGE_SIDE}], got {size}.")
+        for name in (
+            "max_steps", "save_steps", "log_steps", "batch_size", "gradient_accumulation_steps", "ema_every",
+            "synthetic_scenes", "synthetic_frames", "num_targets", "lora_r",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("num_workers", "max_skipped_steps", "teacher_temp_warmup_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"checkpoints_total_limit must be >= 1 (keep the newest N checkpoints) or null (keep all), got "
+                f"{self.checkpoints_total_limit}."
+            )
+        positive = ("learning_rate", "far", "teacher_temp", "student_temp", "lora_alpha")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        for name in ("near", "weight_decay", "lora_dropout", "coverage_threshold", "adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= (math.inf if name in ("near", "weight_decay") else 1.0):
+                bounds = ">= 0" if name in ("near", "weight_decay") else "within [0, 1]"
+                raise ValueError(f"{name} must be {bounds}, got {value}.")
         if not 0.0 <= self.blending <= 1.0:
             raise ValueError(f"blending must be in [0, 1] (1 = no blending), got {self.blending}.")
         if not 0.0 <= self.ema_momentum <= 1.0:
@@ -297,13 +321,15 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigTypeError(f"{name} must be a list, got {value!r}.")
         return [_coerce(f"{name}[{i}]", item, args[0]) for i, item in enumerate(value)]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # NaN/inf never start a run (.nan, 1e999 or "nan" on the command line)
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        return float(value)
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..data.synthetic import MARKER_NAME
 from ..files import atomic_write, default_permissions
+from ..schema import read_json
 from .checkpoints import stale_temporary_checkpoints
 
 EXPORT_MANIFEST = "export.json"  # lists the files of the final export (written last)
@@ -154,7 +155,7 @@ class LossLog:
 def _export_names(output_dir: Path) -> list[str]:
     """The files of the export in ``output_dir``, from its manifest ([] without one)."""
     try:
-        names = json.loads((output_dir / EXPORT_MANIFEST).read_text())["files"]
+        names = read_json(output_dir / EXPORT_MANIFEST)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     # Only plain names inside the folder: a manifest never makes us touch anything else.

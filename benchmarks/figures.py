@@ -1,6 +1,7 @@
 """The figures of benchmarks/gpu_suite.sh: each benchmark's JSON, the environment, and the suite's report.
 
     python benchmarks/figures.py environment OUT.json       # GPU, driver, CUDA, torch, gsplat versions
+    python benchmarks/figures.py gsplat OUT.json --device cuda   # load (JIT-compile) gsplat's kernels, timed
     python benchmarks/figures.py report OUT_DIR             # OUT_DIR/figures.json and figures.md
 
 The report reads what the suite's parts left in OUT_DIR: ``parts.tsv`` (one line per part: name,
@@ -14,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -67,8 +70,6 @@ def environment() -> dict:
 
 
 def _cpu_count() -> int | None:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -87,6 +88,44 @@ def _command(argv: list[str], last_line: bool = False) -> str | None:
         return None
     text = result.stdout.strip()
     return text.splitlines()[-1] if last_line and text else text or None
+
+
+def gsplat_kernels(device: str) -> dict:
+    """Where gsplat comes from and, on CUDA, the time to load its kernels (a JIT compile on first use).
+
+    gsplat's PyPI wheel (``py3-none-any``) holds CUDA sources only: the first use compiles them with
+    the machine's nvcc through torch's extension builder (prebuilt wheels exist only for a few older
+    torch + CUDA pairs, https://docs.gsplat.studio/whl). The build is narrowed to the device's own
+    architecture (``TORCH_CUDA_ARCH_LIST``) and runs one job per core (``MAX_JOBS``) unless those
+    are set; it is cached in torch's extension folder (``TORCH_EXTENSIONS_DIR``) for later runs.
+
+    Raises:
+        RuntimeError: on CUDA, when the kernels did not build (no nvcc, a compiler error).
+    """
+    figures = {
+        "version": _version("gsplat"),
+        "installed_from": os.environ.get("SND_GSPLAT_SOURCE", "already installed"),
+        "install_seconds": float(os.environ.get("SND_GSPLAT_INSTALL_SECONDS", "0")),
+    }
+    if figures["version"] is None:
+        raise RuntimeError("gsplat is not installed: carry its wheel in .whl/ (docs/performance.md) or pip install gsplat")
+    if device != "cuda":
+        figures["kernels"] = "not needed: on CPU the torch twin renders"
+        return figures
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    os.environ.setdefault("MAX_JOBS", str(_cpu_count() or 4))
+    figures.update({"torch_cuda_arch_list": os.environ["TORCH_CUDA_ARCH_LIST"], "max_jobs": os.environ["MAX_JOBS"]})
+    start = time.perf_counter()
+    from gsplat.cuda._backend import _C  # builds (or loads the cached build of) the extension
+
+    figures["load_seconds"] = time.perf_counter() - start
+    if _C is None:
+        raise RuntimeError("gsplat's CUDA kernels did not build: see its messages above (is nvcc on the PATH?)")
+    figures["kernels"] = getattr(_C, "__file__", "loaded")
+    return figures
 
 
 def cuda_test_figures(out_dir: Path) -> dict | None:
@@ -185,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     env = commands.add_parser("environment", help="write the environment's figures")
     env.add_argument("json", type=Path)
+    kernels = commands.add_parser("gsplat", help="load gsplat's kernels (JIT compile on CUDA) and time it")
+    kernels.add_argument("json", type=Path)
+    kernels.add_argument("--device", default="cuda")
     rep = commands.add_parser("report", help="assemble figures.json and figures.md")
     rep.add_argument("out_dir", type=Path)
     rep.add_argument("--device", default="cuda")
@@ -192,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "environment":
         write_figures(args.json, environment())
+        return 0
+    if args.command == "gsplat":
+        figures = gsplat_kernels(args.device)
+        write_figures(args.json, figures)
+        print(figures)
         return 0
     result = report(args.out_dir, args.device, args.quick)
     failed = [name for name, part in result["parts"].items() if part["status"] != "ok"]

@@ -348,13 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-weights", action="store_true", help="the config's shapes with random weights and generated scenes")
     parser.add_argument("--quick", action="store_true", help="with --random-weights: 64x96 images (a smoke run)")
     parser.add_argument("--json", type=Path, default=None, help="also write the step figures to this JSON file")
+    parser.add_argument("--scenes-dir", type=Path, default=None, help="--random-weights: keep the generated scenes here for later runs")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     config = TrainingConfig.from_args(overrides)
     device = torch.device(args.device)
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as scenes_dir:
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as temporary:
         lifter = None
         if args.random_weights:
-            config, lifter = random_weights_config(config, Path(scenes_dir), args.quick)
+            config, lifter = random_weights_config(config, args.scenes_dir or Path(temporary), args.quick)
         config.validate()
         if args.steps > 0:
             figures = benchmark_steps(config, args.steps, args.warmup, device, lifter)

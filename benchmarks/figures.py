@@ -13,6 +13,7 @@ of its log as ``error``; a part that wrote no figures has ``figures`` null.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -64,7 +65,7 @@ def environment() -> dict:
         "driver": _command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
         "nvcc": _command(["nvcc", "--version"], last_line=True),
     }
-    for package in ("gsplat", "transformers", "accelerate", "peft", "snd_hf"):
+    for package in ("gsplat", "transformers", "accelerate", "peft", "snd-hf"):
         figures[package] = _version(package)
     return figures
 
@@ -74,9 +75,10 @@ def _cpu_count() -> int | None:
 
 
 def _version(package: str) -> str | None:
+    """The installed distribution's version, without importing it (None where it is not installed)."""
     try:
-        return __import__(package).__version__
-    except Exception:  # not installed, or broken: the report says "None"
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 

@@ -2,7 +2,7 @@
 # Every GPU figure of the package in one run: CUDA tests (max errors), rendering, the paper-shape
 # training step (ViT-S and ViT-B), extraction, a field fit and the environment.
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [--device cuda|cpu] [--quick]
+#   bash benchmarks/gpu_suite.sh OUT_DIR [--device cuda|cpu] [--quick] [--budget SECONDS]
 #
 # Parts, in order (each in OUT_DIR/logs/<part>.log, its figures in OUT_DIR/<part>.json):
 #   environment   GPU, driver, CUDA, torch, gsplat and package versions
@@ -16,12 +16,15 @@
 # A failed part is recorded (exit status and the end of its log) and the suite goes on; at the end
 # benchmarks/figures.py writes OUT_DIR/figures.json and OUT_DIR/figures.md with an entry for every
 # part. --quick runs every part's code path at toy shapes (the CPU dry run of CI); --device cpu
-# skips the CUDA-only tests (with their reason). Exit status: 0 when every part succeeded, else 1.
+# skips the CUDA-only tests (with their reason). --budget caps the whole run: each part's time limit
+# shrinks to what is left (less REPORT_SECONDS for the report), and parts that no longer fit are
+# recorded as failed with exit status 124, so the report is written inside the budget.
+# Exit status: 0 when every part succeeded, else 1.
 # The exact device command and the time budget are in docs/performance.md.
 set -u
 
 usage() {
-    echo "usage: bash benchmarks/gpu_suite.sh OUT_DIR [--device cuda|cpu] [--quick]" >&2
+    echo "usage: bash benchmarks/gpu_suite.sh OUT_DIR [--device cuda|cpu] [--quick] [--budget SECONDS]" >&2
     exit 2
 }
 
@@ -30,15 +33,21 @@ OUT_DIR=$1
 shift
 DEVICE=cuda
 QUICK=0
+BUDGET=0  # seconds; 0: no cap
+REPORT_SECONDS=20
 while [ $# -gt 0 ]; do
     case $1 in
         --device) [ $# -ge 2 ] || usage; DEVICE=$2; shift 2 ;;
         --device=*) DEVICE=${1#--device=}; shift ;;
         --quick) QUICK=1; shift ;;
+        --budget) [ $# -ge 2 ] || usage; BUDGET=$2; shift 2 ;;
+        --budget=*) BUDGET=${1#--budget=}; shift ;;
         *) echo "gpu_suite.sh: error: unknown argument '$1'" >&2; usage ;;
     esac
 done
 case $DEVICE in cuda | cpu) ;; *) echo "gpu_suite.sh: error: --device must be cuda or cpu, got '$DEVICE'" >&2; exit 2 ;; esac
+case $BUDGET in '' | *[!0-9]*) echo "gpu_suite.sh: error: --budget must be whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
+SUITE_START=$(date +%s)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$OUT_DIR/logs" || exit 2
@@ -59,12 +68,21 @@ seconds_since() {
 # run_part NAME TIMEOUT_S COMMAND...: the command's output goes to logs/NAME.log; its exit status
 # (124 when it ran past TIMEOUT_S) and wall seconds to parts.tsv.
 run_part() {
-    local name=$1 limit=$2 start code
+    local name=$1 limit=$2 start code left
     shift 2
     echo "== $name: $*"
+    if [ "$BUDGET" -gt 0 ]; then
+        left=$((BUDGET - REPORT_SECONDS - ($(date +%s) - SUITE_START)))
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
     start=$(date +%s%N)
-    timeout "$limit" "$@" >"$OUT_DIR/logs/$name.log" 2>&1
-    code=$?
+    if [ "$limit" -gt 0 ]; then
+        timeout "$limit" "$@" >"$OUT_DIR/logs/$name.log" 2>&1
+        code=$?
+    else
+        echo "not run: the suite's --budget of $BUDGET s was spent" >"$OUT_DIR/logs/$name.log"
+        code=124
+    fi
     printf '%s\t%d\t%s\n' "$name" "$code" "$(seconds_since "$start")" >>"$OUT_DIR/parts.tsv"
     echo "   exit $code after $(tail -n 1 "$OUT_DIR/parts.tsv" | cut -f 3) s"
 }
@@ -99,22 +117,24 @@ fi
 # bf16 on the GPU (the paper's setting); CPU autocast to bf16 is many times slower than float32.
 if [ "$DEVICE" = cuda ]; then PRECISION=(--mixed_precision bf16); else PRECISION=(--mixed_precision no); fi
 
-run_part environment 60 "$PYTHON" benchmarks/figures.py environment "$OUT_DIR/environment.json"
+run_part environment 300 "$PYTHON" benchmarks/figures.py environment "$OUT_DIR/environment.json"
 install_gsplat >"$OUT_DIR/logs/gsplat_install.log" 2>&1
 # On CUDA the first use of gsplat compiles its kernels (minutes; docs/performance.md).
 run_part gsplat 480 "$PYTHON" benchmarks/figures.py gsplat "$OUT_DIR/gsplat.json" --device "$DEVICE"
 rm -f "$OUT_DIR/cuda_errors.json" "$OUT_DIR/cuda_tests.xml"
-run_part cuda_tests 300 env SND_MAX_ERRORS="$OUT_DIR/cuda_errors.json" "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider \
+run_part cuda_tests 600 env SND_MAX_ERRORS="$OUT_DIR/cuda_errors.json" "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider \
     --junitxml="$OUT_DIR/cuda_tests.xml" tests/splatting/test_render_gsplat.py tests/training/test_step_cuda.py
-run_part render 300 "$PYTHON" benchmarks/bench_render.py --paper --device "$DEVICE" --json "$OUT_DIR/render.json" "${QUICK_FLAG[@]}"
+run_part render 600 "$PYTHON" benchmarks/bench_render.py --paper --device "$DEVICE" --json "$OUT_DIR/render.json" "${QUICK_FLAG[@]}"
 for size in vits14 vitb14; do
-    run_part "train_$size" 600 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" --random-weights --config "scannetpp_$size" \
-        "${TRAIN_STEPS[@]}" "${PRECISION[@]}" --json "$OUT_DIR/train_$size.json" "${QUICK_FLAG[@]}"
+    # Both configs train on the same generated scenes (same size, gap and seed): made once.
+    run_part "train_$size" 900 "$PYTHON" benchmarks/bench_train.py --device "$DEVICE" --random-weights --config "scannetpp_$size" \
+        "${TRAIN_STEPS[@]}" "${PRECISION[@]}" --scenes-dir "$OUT_DIR/scenes" --json "$OUT_DIR/train_$size.json" "${QUICK_FLAG[@]}"
 done
-run_part extract 300 "$PYTHON" benchmarks/bench_extract.py --device "$DEVICE" --variants small base --dtypes bfloat16 \
+run_part extract 600 "$PYTHON" benchmarks/bench_extract.py --device "$DEVICE" --variants small base --dtypes bfloat16 \
     "${EXTRACT[@]}" --json "$OUT_DIR/extract.json"
-run_part fields 300 "$PYTHON" benchmarks/bench_fields.py --device "$DEVICE" --scenes 1 "${FIELDS[@]}" --json "$OUT_DIR/fields.json"
+run_part fields 900 "$PYTHON" benchmarks/bench_fields.py --device "$DEVICE" --scenes 1 "${FIELDS[@]}" --json "$OUT_DIR/fields.json"
 
+rm -rf "$OUT_DIR/scenes"
 QUICK_REPORT=()
 [ "$QUICK" = 1 ] && QUICK_REPORT=(--quick)
 "$PYTHON" benchmarks/figures.py report "$OUT_DIR" --device "$DEVICE" "${QUICK_REPORT[@]}" || exit 1

@@ -97,10 +97,22 @@ def test_write_figures_turns_non_finite_numbers_into_null(tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [([], "usage: bash benchmarks/gpu_suite.sh OUT_DIR"), (["out", "--fast"], "unknown argument '--fast'"),
-     (["out", "--device", "tpu"], "--device must be cuda or cpu, got 'tpu'")],
+     (["out", "--device", "tpu"], "--device must be cuda or cpu, got 'tpu'"),
+     (["out", "--budget", "8m"], "--budget must be whole seconds, got '8m'")],
 )  # fmt: skip
 def test_suite_rejects_bad_arguments_in_one_line(tmp_path, arguments, message):
     arguments = [str(tmp_path / a) if a == "out" else a for a in arguments]
     result = subprocess.run(["bash", str(SUITE), *arguments], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_spent_budget_still_writes_the_report(tmp_path):
+    result = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out"), "--device", "cpu", "--budget", "1"], capture_output=True, text=True, timeout=300
+    )
+    report = json.loads((tmp_path / "out" / "figures.json").read_text())
+    assert result.returncode == 1
+    for name in figures.PARTS:
+        assert report["parts"][name]["exit_code"] == 124
+        assert report["parts"][name]["error"] == "not run: the suite's --budget of 1 s was spent"

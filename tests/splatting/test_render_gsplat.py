@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="gsplat's kernels need a CUDA device"),
 ]
 
-DEVICE, BACKEND = "cuda", "gsplat"  # the side under test; the torch twin on CPU is the reference
+DEVICE, BACKEND = "cuda", "gsplat"  # the side under test; the torch twin on the same device is the reference
 OUTPUT_TOLERANCE = 1e-4  # max error relative to the twin's largest magnitude, per output
 GRADIENT_TOLERANCE = 1e-3  # the same for gradients (gsplat accumulates them with float atomics)
 
@@ -54,7 +54,7 @@ def _random_scene(batch: int, views: int, count: int, channels: int, seed: int, 
 
 
 def _render_with_gradients(gaussians: Gaussians, cameras, size, backend: str, device: str, cotangents):
-    """Outputs and the gradients of ``Σ cotangent · output`` w.r.t. the four Gaussian tensors, on CPU."""
+    """Outputs and the gradients of ``Σ cotangent · output`` w.r.t. the four Gaussian tensors, moved to CPU."""
     inputs = [t.to(device).requires_grad_() for t in (gaussians.means, gaussians.covariances, gaussians.opacities, gaussians.features)]
     out = render_features(Gaussians(*inputs), *(c.to(device) for c in cameras), size, backend=backend)
     features_cotangent, alpha_cotangent, depth_cotangent = (c.to(device) for c in cotangents)
@@ -81,7 +81,7 @@ def test_gsplat_outputs_and_gradients_match_the_torch_twin(batch, views, extreme
         # The depth's only where alpha is well above 0: the expected depth divides by alpha.
         torch.randn(batch, views, 1, *size, generator=generator) * (alpha > 0.5),
     )
-    expected, expected_gradients = _render_with_gradients(gaussians, cameras, size, "torch", "cpu", cotangents)
+    expected, expected_gradients = _render_with_gradients(gaussians, cameras, size, "torch", DEVICE, cotangents)
     actual, actual_gradients = _render_with_gradients(gaussians, cameras, size, BACKEND, DEVICE, cotangents)
     errors = {name: record_max_error(name, actual[name], expected[name])[1] for name in expected}
     errors.update(

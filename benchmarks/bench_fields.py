@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+from figures import write_figures
 
 from snd_hf.data.synthetic import render_synthetic_scene
 from snd_hf.fields.evaluate import evaluate_scene
@@ -43,6 +45,8 @@ def main() -> None:
     parser.add_argument("--model", default="snd_hf/assets/default", help="2D teacher")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="60 steps per stage, for a smoke run")
+    parser.add_argument("--device", default="cpu", help="where the fields are fitted: cpu or cuda (gsplat)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = FitConfig(appearance_steps=60, feature_steps=60) if args.quick else FitConfig()
@@ -52,7 +56,7 @@ def main() -> None:
     for index in range(args.first_scene, args.first_scene + args.scenes):
         scene = scene_from_arrays(render_synthetic_scene(index, args.frames, 96, 128, args.seed, glossy=True))
         wall, cpu = time.perf_counter(), time.process_time()
-        scores = evaluate_scene(scene, args.model, config)
+        scores = evaluate_scene(scene, args.model, config, device=args.device)
         scores.seconds["total wall"], scores.seconds["total cpu"] = time.perf_counter() - wall, time.process_time() - cpu
         results.append(scores)
         row = {name: mean(values.values()) for name, values in scores.iou.items()}
@@ -77,6 +81,14 @@ def main() -> None:
     cpus = [s.seconds["appearance cpu"] + s.seconds["features (disentangled) cpu"] for s in results]
     print(f"\nfit of (i) per scene: {mean(fits):.0f} s wall (max {max(fits):.0f} s), {mean(cpus):.0f} s CPU; whole evaluation per scene "
           f"{mean(s.seconds['total wall'] for s in results):.0f} s wall, {mean(s.seconds['total cpu'] for s in results):.0f} s CPU")
+    if args.json is not None:
+        write_figures(args.json, {
+            "device": args.device, "scenes": args.scenes, "frames": args.frames, "quick": args.quick,
+            "miou": {name: mean(v for s in results for v in s.iou[name].values()) for name in labels},
+            "highlight_iou": mean(s.highlight_iou for s in results),
+            "fit_seconds": mean(fits), "evaluation_seconds": mean(s.seconds["total wall"] for s in results),
+            "seconds": [s.seconds for s in results],
+        })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,12 +3,19 @@
 Run:  PYTHONPATH=. python benchmarks/bench_render.py                  (CPU, torch backend)
       PYTHONPATH=. python benchmarks/bench_render.py --device cuda    (gsplat backend)
       PYTHONPATH=. python benchmarks/bench_render.py --quick          (smaller sweeps)
+      PYTHONPATH=. python benchmarks/bench_render.py --device cuda --paper --json render.json
 
 1. One pass vs 3 channels at a time (C = 384, a 64x96 target rendered from 2x64x96 Gaussians, the
    original's 128 calls per view), timed in the same run: prints the ratio and the peak memory of
    the one-pass render (forward, and forward + backward w.r.t. the features).
 2. Scaling: render time and peak memory against image size, Gaussian count and channel count,
    printed as a table and drawn as a log-log plot (``--plot``, PNG, drawn with pillow).
+
+``--paper`` replaces both with the paper's shapes: 2 context views of 576x880 (one Gaussian per
+pixel, 1,013,760) into one 576x880 target, C = 384 and 768, one pass against 3 channels per pass,
+forward and backward (w.r.t. means, covariances, opacities and features) in ms and peak memory;
+with ``--quick`` the same comparison at toy shapes (48x64, C = 6 and 12). ``--json`` writes the
+figures of either.
 
 Peak memory: CPU, the process's resident set sampled every 2 ms above its level before the call;
 CUDA, ``torch.cuda.max_memory_allocated`` above the allocation before the call.
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from figures import write_figures
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -99,40 +107,67 @@ class PeakMemory:
             return int(statm.read().split()[1]) * 4096
 
 
-def timed_render(gaussians, cameras, size, backend, repeats: int = 1, grad: bool = False):
-    """Best time (s) and peak memory (MiB) of render_features."""
+def render_pass(gaussians: Gaussians, cameras, size, backend, grad: bool, chunk: int | None = None) -> None:
+    """One render of every channel, in one call (``chunk`` None) or ``chunk`` channels per call (the
+    original: 3); with ``grad``, also the backward of the features' sum w.r.t. every Gaussian tensor."""
+    chunk = chunk or gaussians.features.shape[-1]
+    inputs = [t.detach().requires_grad_(grad) for t in (gaussians.means, gaussians.covariances, gaussians.opacities, gaussians.features)]
+    with torch.set_grad_enabled(grad):
+        for first in range(0, inputs[3].shape[-1], chunk):
+            part = Gaussians(*inputs[:3], inputs[3][..., first : first + chunk])
+            out = render_features(part, *cameras, size, backend=backend)
+            if grad:
+                out.features.sum().backward()
+            del out
+
+
+def timed_render(gaussians, cameras, size, backend, repeats: int = 1, grad: bool = False, chunk: int | None = None):
+    """Best time (s) and peak memory (MiB) of :func:`render_pass`."""
     best, peak = float("inf"), 0.0
     for _ in range(repeats):
         with PeakMemory(gaussians.means.device.type) as memory:
             start = time.perf_counter()
-            if grad:
-                features = gaussians.features.detach().requires_grad_()
-                out = render_features(gaussians.with_features(features), *cameras, size, backend=backend)
-                out.features.sum().backward()
-            else:
-                with torch.no_grad():
-                    out = render_features(gaussians, *cameras, size, backend=backend)
+            render_pass(gaussians, cameras, size, backend, grad, chunk)
             if gaussians.means.is_cuda:
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)
         peak = max(peak, memory.peak)
-        del out
     return best, peak
 
 
 def three_at_a_time(gaussians, cameras, size, backend) -> float:
-    """The original's scheme: 3 channels per render call."""
-    start = time.perf_counter()
-    channels = gaussians.features.shape[-1]
-    with torch.no_grad():
-        parts = [
-            render_features(gaussians.with_features(gaussians.features[..., i : i + 3]), *cameras, size, backend=backend).features
-            for i in tqdm(range(0, channels, 3), desc="3 channels per call", leave=False)
-        ]
-        torch.cat(parts, dim=2)
-    if gaussians.means.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    """The original's scheme: 3 channels per render call (forward only)."""
+    return timed_render(gaussians, cameras, size, backend, chunk=3)[0]
+
+
+def paper_comparison(device: str, backend: str, quick: bool, repeats: int) -> dict:
+    """One pass against 3 channels per pass at the paper's shapes (``--paper``); prints and returns the figures."""
+    size, channel_counts = ((48, 64), (6, 12)) if quick else ((576, 880), (384, 768))
+    rows = []
+    print(f"{'C':>5} {'scheme':<16} {'fwd ms':>9} {'bwd ms':>9} {'fwd MiB':>9} {'fwd+bwd MiB':>12}")
+    for channels in channel_counts:
+        gaussians, cameras, target = scene(size, size, channels, device)
+        for scheme, chunk in (("one pass", None), ("3 per pass", 3)):
+            forward, forward_mib = timed_render(gaussians, cameras, target, backend, repeats=repeats, chunk=chunk)
+            both, both_mib = timed_render(gaussians, cameras, target, backend, repeats=repeats, grad=True, chunk=chunk)
+            row = {"channels": channels, "scheme": scheme, "forward_ms": 1000 * forward, "backward_ms": 1000 * (both - forward),
+                   "forward_peak_mib": forward_mib, "forward_backward_peak_mib": both_mib}  # fmt: skip
+            rows.append(row)
+            print(f"{channels:>5} {scheme:<16} {row['forward_ms']:>9.1f} {row['backward_ms']:>9.1f} {forward_mib:>9.0f} {both_mib:>12.0f}", flush=True)
+        one, three = rows[-2], rows[-1]
+        print(f"C={channels}: 3 per pass / one pass: forward {three['forward_ms'] / one['forward_ms']:.1f}x, "
+              f"forward + backward {(three['forward_ms'] + three['backward_ms']) / (one['forward_ms'] + one['backward_ms']):.1f}x")  # fmt: skip
+    return {
+        "device": device,
+        "backend": backend,
+        "context_views": 2,
+        "context_size": list(size),
+        "target_size": list(size),
+        "gaussians": gaussians.num_gaussians,
+        "repeats": repeats,
+        "peak_memory_kind": "cuda max_memory_allocated" if device == "cuda" else "process RSS above its start",
+        "rows": rows,
+    }
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -184,11 +219,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sweeps and no 3-at-a-time run at C=384")
     parser.add_argument("--plot", type=Path, default=Path("outputs/bench_render.png"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--paper", action="store_true", help="only the one-pass comparison, at the paper's shapes")
+    parser.add_argument("--repeats", type=int, default=2, help="--paper: best of this many renders per figure")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = "gsplat" if args.device == "cuda" else "torch"
     print(f"backend {backend}, device {args.device}, {torch.get_num_threads()} threads")
+    if args.paper:
+        figures = paper_comparison(args.device, backend, args.quick, args.repeats)
+        if args.json is not None:
+            write_figures(args.json, figures)
+        return
 
     # 1. One pass against 3 channels per call.
     channels = 48 if args.quick else 384
@@ -227,6 +270,9 @@ def main() -> None:
         )
     plot(rows, args.plot)
     print(f"plot: {args.plot}")
+    if args.json is not None:
+        write_figures(args.json, {"device": args.device, "backend": backend, "channels": channels, "one_pass_s": one_pass,
+                                  "three_per_call_s": reference, "peak_mib": peak, "peak_grad_mib": peak_grad, "scaling": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

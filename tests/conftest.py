@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from snd_hf.files import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The reference fixtures (outputs of the original DINOv2, MVSplat and SnD code on random weights,
@@ -28,6 +31,38 @@ def require_fixtures(folder: Path = FIXTURES) -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return require_fixtures()
+
+
+# The CUDA tests' comparisons write their max errors (JSON, by test id) to the file this names;
+# benchmarks/gpu_suite.sh reports them as figures.
+MAX_ERRORS_ENV = "SND_MAX_ERRORS"
+
+
+@pytest.fixture(scope="session")
+def _max_errors():
+    errors: dict[str, dict[str, dict[str, float]]] = {}
+    yield errors
+    path = os.environ.get(MAX_ERRORS_ENV)
+    if path and errors:
+        text = json.dumps(errors, indent=2, sort_keys=True) + "\n"
+        atomic_write(Path(path), lambda temporary: Path(temporary).write_text(text))
+
+
+@pytest.fixture
+def record_max_error(request, _max_errors):
+    """``record(name, actual, expected)``: the max absolute error of ``actual`` against ``expected`` and
+    that error relative to ``expected``'s largest magnitude, kept under the test's id (written to
+    ``$SND_MAX_ERRORS`` at the end of the session) and returned as ``(max_abs, relative)``."""
+
+    def record(name: str, actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+        actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+        max_abs = (actual - expected).abs().max().item() if expected.numel() else 0.0
+        scale = expected.abs().max().item() if expected.numel() else 0.0
+        relative = max_abs / scale if scale > 0 else max_abs
+        _max_errors.setdefault(request.node.nodeid, {})[name] = {"max_abs": max_abs, "relative": relative}
+        return max_abs, relative
+
+    return record
 
 
 @pytest.fixture(autouse=True)

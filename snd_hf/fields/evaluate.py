@@ -82,6 +82,7 @@ def evaluate_scene(
     highlight_ratio: float = HIGHLIGHT_RATIO,
     min_pixels: int = 50,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> SceneScores:
     """Fit (i) and (ii) on the training views of one scene and score (i)-(iii) on the held-out views.
 
@@ -91,6 +92,7 @@ def evaluate_scene(
         hold_out: every ``hold_out``-th view (offset ``hold_out // 2``) is held out.
         threshold: cosine similarity of a selected Gaussian / pixel, all methods.
         min_pixels: objects with fewer pixels in the training or held-out views are skipped.
+        device: where the fields are fitted ("cuda" renders with gsplat).
     """
     if scene.instances is None:
         raise ValueError("the scene has no instance masks to score segmentation against")
@@ -110,7 +112,7 @@ def evaluate_scene(
     scores = SceneScores(objects=objects, glossy=[o for o in objects if o in scene.glossy_instances])
 
     start, cpu = time.perf_counter(), time.process_time()
-    appearance = fit_appearance(scene, config, train_views=train, progress=progress)
+    appearance = fit_appearance(scene, config, train_views=train, progress=progress, device=device)
     scores.seconds["appearance"], scores.seconds["appearance cpu"] = time.perf_counter() - start, time.process_time() - cpu
     fields = {}
     for name, disentangled in (("disentangled", True), ("single", False)):

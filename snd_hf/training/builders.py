@@ -176,10 +176,13 @@ def build_lifter(config: TrainingConfig) -> Lifter:
     return lifter.requires_grad_(False).eval()
 
 
-def build_splat_teacher(config: TrainingConfig) -> SplatTeacher:
-    """Lifting, splatting, blending and resampling of the teacher's context features."""
+def build_splat_teacher(config: TrainingConfig, lifter: Lifter | None = None) -> SplatTeacher:
+    """Lifting, splatting, blending and resampling of the teacher's context features.
+
+    ``lifter`` replaces the config's (benchmarks/bench_train.py passes MVSplat with random weights).
+    """
     return SplatTeacher(
-        build_lifter(config),
+        lifter if lifter is not None else build_lifter(config),
         blending=config.blending,
         resample=config.resample,
         coverage_threshold=config.coverage_threshold,

@@ -128,7 +128,8 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
 def _forward(model: SnDModel, images: torch.Tensor) -> DenseFeatures:
     output = model(_normalize(images), output_hidden_states=True)
     height, width = output.feature_map.shape[-2:]
-    prenorm = output.hidden_states[-1][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, height, width)
+    # The patches are the last h*w tokens, after CLS and any registers.
+    prenorm = output.hidden_states[-1][:, -height * width :].transpose(1, 2).reshape(images.shape[0], -1, height, width)
     return DenseFeatures(output.feature_map, output.pooler_output, prenorm)
 
 

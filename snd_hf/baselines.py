@@ -116,7 +116,8 @@ def _merge_mef_lora(state_dict: dict[str, torch.Tensor], pairs: list[tuple[torch
             check_state_dict(
                 {"w_a": w_a, "w_b": w_b}, {"w_a": (rank, width), "w_b": (width, rank)}, [], f"{path}: MEF's LoRA of block {block}"
             )
-            weight[rows] += (w_b.to(weight.dtype) @ w_a.to(weight.dtype))
+            # Deviation (docs/deviations.md, 40): merged into qkv; MEF adds B (A x) to the q and v outputs.
+            weight[rows] += w_b.to(weight.dtype) @ w_a.to(weight.dtype)
         merged[key] = weight
     return merged
 

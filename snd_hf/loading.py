@@ -706,6 +706,7 @@ def _from_timm_layout(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[
     hub_registers = "register_tokens" in state_dict
     if "mask_token" in state_dict or "cls_token" not in state_dict:
         return state_dict, "torch.hub registers" if hub_registers else "torch.hub"
+    # Deviation (docs/deviations.md, 40): timm's layout converted, not run in timm.
     state_dict = dict(state_dict)
     cls_token = state_dict["cls_token"]
     state_dict["mask_token"] = cls_token.new_zeros(1, cls_token.shape[-1])

@@ -21,6 +21,7 @@ __all__ = ["PAPER_RESIZE", "RESIZE_PROTOCOLS", "ResizeProtocol", "position_resiz
 
 ResizeProtocol = Literal["torchhub", "timm"]
 RESIZE_PROTOCOLS: tuple[str, ...] = ("torchhub", "timm")
+# Deviation (docs/deviations.md, 39): the paper's protocol per probe by default, one for all with --resize.
 PAPER_RESIZE: dict[str, ResizeProtocol] = {
     "depth": "timm",
     "segmentation": "timm",

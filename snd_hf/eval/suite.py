@@ -307,7 +307,7 @@ def evaluate(
         overwrite: replace the results of another evaluation in ``out_dir``.
         resize: the position-embedding resize of every probe, ``"torchhub"`` or ``"timm"``; None: per
             probe, the one the paper's code used (``snd_hf.eval.protocol.PAPER_RESIZE``). Recorded in
-            ``results.json`` as ``position_resize``.
+            ``results.json`` as ``resize`` (``"paper"`` for None) and, per probe, ``position_resize``.
 
     Returns:
         the JSON payload written to ``results.json``.
@@ -338,9 +338,10 @@ def evaluate(
         "preset": preset.name,
         "preset_settings": asdict(preset),
         "concat_with": concat_with,
-        "position_resize": {task: resize or PAPER_RESIZE[task] for task in tasks},
+        "resize": resize or "paper",
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
+    position_resize = {task: resize or PAPER_RESIZE[task] for task in tasks}
     earlier = _read_results(out_dir / "results.json")
     if earlier is not None and not overwrite:
         _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
@@ -363,14 +364,14 @@ def evaluate(
         if task == "correspondence":
             pictures.append(
                 _evaluate_correspondence(
-                    eval_data, feature_models, preset, store, cache_dir, out_dir, results, identity["position_resize"][task]
+                    eval_data, feature_models, preset, store, cache_dir, out_dir, results, position_resize[task]
                 )
             )
             continue
         train_reader, test_reader = eval_data.dense[task]
         train, test = load(train_reader, "train"), load(test_reader, "test")
         config = getattr(preset, task)
-        task_resize = identity["position_resize"][task]
+        task_resize = position_resize[task]
         predictions: dict[str, list[torch.Tensor]] = {}
         for feature_model in feature_models:
             scoring = {"metrics": METRICS_REVISION, "size": preset.input_short_side, "position_resize": task_resize}
@@ -396,6 +397,7 @@ def evaluate(
 
     payload = {
         **identity,
+        "position_resize": position_resize,
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
         "pictures": sorted(path.relative_to(out_dir).as_posix() for path in pictures),

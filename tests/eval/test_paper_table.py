@@ -72,3 +72,16 @@ def test_reported_numbers_only_for_the_papers_preset_and_data():
     assert "| mef | 0.5500 | — |" in table and "not measured here" in table
     assert "reported 0" not in paper_table(results, "nyuv2=/data/nyu", "cpu", widths)
     assert "reported 0" not in paper_table(results, "nyuv2=/data/nyu", "paper", {**widths, "snd": 768, "dinov2": 768})
+
+
+def test_resize_override_is_recorded(tmp_path):
+    from snd_hf.eval.suite import PRESETS, _customized, evaluate
+
+    tiny(0).save_pretrained(tmp_path / "model")
+    preset = _customized(PRESETS["cpu"], 5, "3x3x42x56")
+    payload = evaluate([f"m={tmp_path / 'model'}"], "synthetic", ("depth", "normals"), tmp_path / "out", preset, resize="torchhub")
+    assert payload["resize"] == "torchhub" and payload["position_resize"] == {"depth": "torchhub", "normals": "torchhub"}
+    with pytest.raises(FileExistsError, match="differs in resize"):
+        evaluate([f"m={tmp_path / 'model'}"], "synthetic", ("depth", "normals"), tmp_path / "out", preset)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        evaluate([f"m={tmp_path / 'model'}"], "synthetic", ("depth",), tmp_path / "other", preset, resize="bilinear")

@@ -187,3 +187,72 @@ def test_timm_forward_matches(hub_plain, hub_registers, tmp_path):
                 ours = model(pixel_values).last_hidden_state
             assert (ours - theirs).abs().max().item() <= TOLERANCE, (name, height, width)
             assert registers == (4 if "reg4" in name else 0)
+
+
+def tiny_hub_state_dict(num_register_tokens: int = 0) -> dict[str, torch.Tensor]:
+    config = SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56, num_register_tokens=num_register_tokens)
+    return to_original_state_dict(SnDModel(config).state_dict(), config)
+
+
+def _transformers_layout() -> dict[str, torch.Tensor]:
+    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)
+    return Dinov2WithRegistersModel(config).state_dict()
+
+
+@pytest.mark.parametrize(
+    "layout, build, message",
+    [
+        (
+            "compiled submodule",
+            lambda: {f"model._orig_mod.{key}": value for key, value in tiny_hub_state_dict().items()},
+            r"torch.compile's '_orig_mod.' prefix is inside the keys .*strip '_orig_mod.'",
+        ),
+        (
+            "Lightning module",
+            lambda: {"state_dict": {f"net.{key}": value for key, value in tiny_hub_state_dict().items()}, "epoch": 2, "pytorch-lightning_version": "2.1.3"},
+            r"every key starts with 'net.'.*PyTorch Lightning module's self.net\): save that module's own state_dict\(\), or strip 'net.'",
+        ),
+        (
+            "transformers registers",
+            _transformers_layout,
+            r"transformers' Dinov2Model / Dinov2WithRegistersModel layout .*give the torch.hub checkpoint",
+        ),
+        (
+            "timm with a head",
+            lambda: {**timm_layout(tiny_hub_state_dict()), "head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)},
+            r"unexpected \(2\): head.bias, head.weight; this is a timm model with a classifier head .*num_classes=0",
+        ),
+        (
+            "timm and torch.hub registers at once",
+            lambda: {**tiny_hub_state_dict(2), "reg_token": torch.zeros(1, 2, 32)},
+            r"both timm's reg_token and torch.hub's register_tokens",
+        ),
+        (
+            "peft, unmerged",
+            lambda: {
+                **{key.replace("attn.qkv.weight", "attn.qkv.base_layer.weight"): value for key, value in tiny_hub_state_dict().items()},
+                "blocks.0.attn.qkv.lora_A.default.weight": torch.zeros(4, 32),
+                "blocks.0.attn.qkv.lora_B.default.weight": torch.zeros(96, 4),
+            },
+            r"unmerged LoRA weights .*pass lora_alpha=",
+        ),
+    ],
+)
+def test_wrong_layouts_are_named_with_the_fix(layout, build, message, tmp_path):
+    torch.save(build(), tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match=message) as error:
+        SnDModel.from_original_checkpoint(tmp_path / "weights.pth", num_attention_heads=2)
+    assert "\n" not in str(error.value), layout
+
+
+def test_snd_convert_reads_the_timm_register_layout(tmp_path, capsys):
+    """`snd convert` of a FiT3D-reg file: a native folder with the registers and timm's resize."""
+    from snd_hf.cli import main
+
+    torch.manual_seed(0)
+    state_dict = tiny_hub_state_dict(2)
+    torch.save(timm_layout(state_dict), tmp_path / "fit3d_reg.pth")
+    assert main(["convert", str(tmp_path / "fit3d_reg.pth"), str(tmp_path / "native"), "--num-heads", "2"]) == 0
+    native = SnDModel.from_pretrained(tmp_path / "native")
+    assert native.config.num_register_tokens == 2 and native.config.interpolate_antialias
+    assert torch.equal(native.embeddings.register_tokens, state_dict["register_tokens"])

@@ -4,8 +4,6 @@ q and v slices of the last 4 blocks' qkv, then refine_conv on the final-norm pat
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 from torch import nn
@@ -13,9 +11,7 @@ from torch import nn
 from snd_hf import SnDModel
 from snd_hf.baselines import MEFModel, load_baseline
 from snd_hf.loading import CheckpointError
-from tests.test_layouts import SIZES, TOLERANCE, random_hub_state_dict
-
-RANK = 4
+from baseline_weights import SIZES, TOLERANCE, mef_checkpoint, random_hub_state_dict  # tests/ is on sys.path
 
 
 class UnmergedLoRAQKV(nn.Module):
@@ -32,27 +28,6 @@ class UnmergedLoRAQKV(nn.Module):
         qkv[:, :, : self.width] += (hidden_states @ self.w_a_q.T) @ self.w_b_q.T
         qkv[:, :, -self.width :] += (hidden_states @ self.w_a_v.T) @ self.w_b_v.T
         return qkv
-
-
-def mef_checkpoint(width: int = 384, seed: int = 2) -> dict:
-    """A Lightning checkpoint as MEF's `on_save_checkpoint` writes it, with random LoRA and refine_conv."""
-    generator = torch.Generator().manual_seed(seed)
-    checkpoint = {
-        "epoch": 3,
-        "global_step": 1200,
-        "pytorch-lightning_version": "2.1.3",
-        "state_dict": {"refine_conv": OrderedDict(
-            weight=torch.randn(width, width, 3, 3, generator=generator) * 0.02, bias=torch.randn(width, generator=generator) * 0.1
-        )},
-        "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4}}}},
-        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "best_model_score": None}},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(1200.0)}}, "param_groups": [{"lr": 1e-5, "params": [0]}]}],
-        "lr_schedulers": [],
-    }
-    for i in range(8):
-        checkpoint[f"w_a_{i:03d}"] = torch.randn(RANK, width, generator=generator) * 0.1
-        checkpoint[f"w_b_{i:03d}"] = torch.randn(width, RANK, generator=generator) * 0.1
-    return checkpoint
 
 
 def mef_reference(base_path, checkpoint: dict) -> nn.Module:

@@ -9,39 +9,18 @@ with `num_register_tokens=0` it is timm's plain DINOv2. timm itself is the refer
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+from baseline_weights import SIZES, TOLERANCE, random_hub_state_dict, timm_layout  # tests/ is on sys.path
 from snd_hf import SnDConfig, SnDModel
 from snd_hf.loading import CheckpointError, read_original_checkpoint, to_original_state_dict
 
-SIZES = [(224, 224), (448, 448), (476, 630), (518, 518)]
-TOLERANCE = 1e-5
 REGISTERS = 4
-
-
-def random_hub_state_dict(num_register_tokens: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A torch.hub `dinov2_vits14` (or `_reg`) state dict with random, non-trivial weights."""
-    torch.manual_seed(seed)
-    model = SnDModel(SnDConfig.from_variant("small", num_register_tokens=num_register_tokens))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lambda1" in name or "position" in name or "register" in name or "cls" in name:
-                parameter.normal_(0.0, 0.5)
-    return to_original_state_dict(model.state_dict(), model.config)
-
-
-def timm_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same weights as timm's `vit_small_patch14_dinov2` / `vit_small_patch14_reg4_dinov2` store them
-    (FiT3D's checkpoints): no mask_token; registers as `reg_token` with a pos_embed without class slot."""
-    timm = {key: value for key, value in state_dict.items() if key != "mask_token"}
-    if "register_tokens" in timm:
-        timm["reg_token"] = timm.pop("register_tokens")
-        timm["pos_embed"] = timm["pos_embed"][:, 1:]
-    return timm
 
 
 def reference_model(state_dict: dict[str, torch.Tensor], class_position: bool = True) -> Dinov2WithRegistersModel:
@@ -170,9 +149,9 @@ def test_timm_layout_refuses_other_missing_keys(hub_plain, tmp_path):
 def test_timm_forward_matches(hub_plain, hub_registers, tmp_path):
     """timm's own VisionTransformer (dynamic_img_size=True) on the same weights, where timm imports."""
     try:
-        import timm
-    except ImportError as error:  # timm needs torchvision, whose CUDA wheel does not load beside a CPU torch
-        pytest.skip(f"timm does not import here ({error})")
+        timm = importlib.import_module("timm")
+    except Exception as error:  # timm needs a torchvision built for the installed torch (not the CPU one here)
+        pytest.skip(f"timm's reference needs the 'timm' extra and a torchvision that loads beside this torch ({error!r})")
     for name, state_dict in (("vit_small_patch14_dinov2", hub_plain), ("vit_small_patch14_reg4_dinov2", hub_registers)):
         reference = timm.create_model(name, pretrained=False, dynamic_img_size=True, num_classes=0).eval()
         weights = timm_layout(state_dict)

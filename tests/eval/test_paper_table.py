@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 
+from baseline_weights import mef_checkpoint, timm_layout  # tests/ is on sys.path
 from snd_hf import SnDConfig, SnDModel
 from snd_hf.cli import main
 from snd_hf.eval.paper_table import paper_table
 from snd_hf.eval.protocol import position_resize
 from snd_hf.loading import save_original_checkpoint
-from tests.test_baselines import mef_checkpoint
-from tests.test_layouts import timm_layout
 
 
 def tiny(seed: int, **kwargs) -> SnDModel:

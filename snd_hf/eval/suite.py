@@ -7,8 +7,15 @@ Run it as::
     snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
     snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 \\
         --concat-with dinov2_vits14.pth          # FiT3D mode: original ⊕ fine-tuned features
+    snd eval all --model dinov2=dinov2_vits14.pth --model fit3d=fit3d_dinov2_small.pth \\
+        --model mef=dinov2_small.ckpt@dinov2_vits14.pth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
+                                                 # the paper's table (MEF: its .ckpt on its DINOv2)
 
 or from Python with ``evaluate(["snd=./snd-vits14"], "synthetic", tasks=("depth",), out_dir=...)``.
+
+Each probe resizes position embeddings as the paper's code did (``snd_hf.eval.protocol``; ``--resize``
+picks one protocol for all); ``results.json`` records it, and ``snd eval all`` ends with a table in
+the paper's layout (``snd_hf.eval.paper_table``).
 
 ``--data`` is ``synthetic`` (generated scenes, cached; every task, CPU-friendly) or ``KIND=ROOT``
 with KIND one of ``nyuv2`` (depth, normals), ``scannetpp`` (depth), ``kitti`` (depth),

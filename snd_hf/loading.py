@@ -219,11 +219,6 @@ def _layout_hint(keys: list[str]) -> str:
             " or save peft's merge_and_unload() result"
         )
     if any(key.startswith(("embeddings.", "encoder.layer.")) for key in keys):
-        if any(re.search(r"\.attention\.(q_proj|attention\.query)\.", key) for key in keys):
-            return (
-                "this is transformers' Dinov2Model / Dinov2WithRegistersModel layout (separate q/k/v): give the torch.hub"
-                " checkpoint of the same model (dinov2_vits14, dinov2_vits14_reg, ...)"
-            )
         return "this is snd-hf's native layout: load its folder with SnDModel.from_pretrained (snd convert DIR OUT.pth writes a .pth)"
     if any(key.startswith(("head.", "fc_norm.")) for key in keys):
         return (
@@ -668,14 +663,44 @@ def _flatten_block_chunks(state_dict: dict[str, torch.Tensor], path: Path) -> di
 # The resize numerics each layout's own forward uses, as SnDConfig fields (defaults that a sidecar or
 # the caller's config fields override): torch.hub's plain ViTs resize by scale factor with offset 0.1
 # (the SnDConfig default); its register ViTs (dinov2 hub/backbones.py), transformers'
-# Dinov2WithRegistersModel and timm with dynamic_img_size resize to the exact size with antialiasing.
+# Dinov2WithRegistersModel and timm with dynamic_img_size resize to the exact size with antialiasing;
+# transformers' Dinov2Model to the exact size without.
 EXACT_ANTIALIASED_RESIZE: dict[str, Any] = {"interpolate_offset": 0.0, "interpolate_antialias": True}
 LAYOUT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "torch.hub": {},
     "torch.hub registers": EXACT_ANTIALIASED_RESIZE,
     "timm": EXACT_ANTIALIASED_RESIZE,
     "timm registers": EXACT_ANTIALIASED_RESIZE,
+    "transformers": {"interpolate_offset": 0.0, "interpolate_antialias": False},
+    "transformers registers": EXACT_ANTIALIASED_RESIZE,
 }
+# transformers' Dinov2Model / Dinov2WithRegistersModel names (v5, and the v4 names of the Hub's
+# facebook/dinov2-* files) -> torch.hub names; then the pieces torch.hub keeps fused, in its order.
+_TRANSFORMERS_RENAMES: tuple[tuple[re.Pattern, str], ...] = tuple(
+    (re.compile(pattern + r"\Z"), replacement)
+    for pattern, replacement in (
+        (r"embeddings\.cls_token", "cls_token"),
+        (r"embeddings\.mask_token", "mask_token"),
+        (r"embeddings\.position_embeddings", "pos_embed"),
+        (r"embeddings\.register_tokens", "register_tokens"),
+        (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+        (r"encoder\.layer\.(\d+)\.norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+        (r"encoder\.layer\.(\d+)\.attention\.(?:o_proj|output\.dense)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+        (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
+        (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+        (r"encoder\.layer\.(\d+)\.mlp\.weights_in\.(weight|bias)", r"blocks.\1.mlp.w12.\2"),
+        (r"encoder\.layer\.(\d+)\.mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.w3.\2"),
+        (r"layernorm\.(weight|bias)", r"norm.\1"),
+    )
+)
+_TRANSFORMERS_FUSED: tuple[tuple[re.Pattern, str, tuple[str, ...]], ...] = (
+    (
+        re.compile(r"encoder\.layer\.(\d+)\.attention\.(?:(q|k|v)_proj|attention\.(query|key|value))\.(weight|bias)\Z"),
+        "blocks.{}.attn.qkv.{}",
+        ("q", "k", "v"),
+    ),
+    (re.compile(r"encoder\.layer\.(\d+)\.mlp\.(gate|up)_proj\.(weight|bias)\Z"), "blocks.{}.mlp.w12.{}", ("gate", "up")),
+)
 _MEF_KEY = re.compile(r"w_[ab]_\d{3}\Z")
 
 
@@ -687,6 +712,43 @@ def _refuse_mef(checkpoint: Mapping, path: Path) -> None:
             " DINOv2 weights): load it with snd_hf.baselines.load_baseline(path, base=DINOV2_WEIGHTS), or"
             f" snd eval --model mef={path}@DINOV2_WEIGHTS"
         )
+
+
+def _from_transformers_layout(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str] | None:
+    """A transformers `Dinov2Model` / `Dinov2WithRegistersModel` state dict (separate q, k, v) in the
+    torch.hub layout (q, k, v concatenated into `qkv` in that order; SwiGLU's gate and up into `w12`),
+    and its layout; None when the keys are not transformers' DINOv2. Keys it does not know are kept, for
+    the strict check to name."""
+    if "embeddings.cls_token" not in state_dict or not any(pattern.match(key) for key in state_dict for pattern, _, _ in _TRANSFORMERS_FUSED[:1]):
+        return None
+    converted: dict[str, torch.Tensor] = {}
+    pieces: dict[str, dict[str, torch.Tensor]] = {}
+    orders: dict[str, tuple[str, ...]] = {}
+    for key, tensor in state_dict.items():
+        for pattern, target, order in _TRANSFORMERS_FUSED:
+            if match := pattern.match(key):
+                block, *names, param = (group for group in match.groups() if group is not None)
+                name = {"query": "q", "key": "k", "value": "v"}.get(names[0], names[0])
+                fused = target.format(block, param)
+                pieces.setdefault(fused, {})[name] = tensor
+                orders[fused] = order
+                break
+        else:
+            for pattern, replacement in _TRANSFORMERS_RENAMES:
+                if pattern.match(key):
+                    converted[pattern.sub(replacement, key)] = tensor
+                    break
+            else:
+                converted[key] = tensor
+    for fused, parts in pieces.items():
+        missing = [name for name in orders[fused] if name not in parts]
+        if missing:
+            raise CheckpointError(f"{path}: transformers' DINOv2 layout lacks the {missing} part(s) of {fused}")
+        converted[fused] = torch.cat([parts[name] for name in orders[fused]])
+    registers = "register_tokens" in converted
+    if registers and converted["register_tokens"].shape[1] == 0:  # Dinov2WithRegisters with none
+        del converted["register_tokens"]
+    return converted, "transformers registers" if registers else "transformers"
 
 
 def _from_timm_layout(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -906,7 +968,7 @@ class OriginalCheckpoint:
 
     Attributes:
         state_dict: key -> tensor in the torch.hub DINOv2 naming.
-        layout: the layout the file was in: "torch.hub", "torch.hub registers", "timm" or "timm registers".
+        layout: the layout the file was in: "torch.hub", "timm", "transformers", or one of them + " registers".
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -939,6 +1001,8 @@ def read_original_checkpoint(
 
     Recognised layouts, unwrapped explicitly:
     - torch.hub DINOv2 (`dinov2_vits14`, ...) and its register models (`dinov2_vits14_reg`: `register_tokens`);
+    - transformers' `Dinov2Model` / `Dinov2WithRegistersModel` weights (separate q, k, v; v5 or v4 names),
+      fused into the torch.hub layout;
     - timm's DINOv2 (`vit_small_patch14_dinov2`, FiT3D's checkpoints: no `mask_token`, filled with zeros
       because inference never uses it) and its register models (`vit_small_patch14_reg4_dinov2`: `reg_token`
       and a `pos_embed` without class slot), converted to the torch.hub names;
@@ -980,7 +1044,7 @@ def read_original_checkpoint(
         check_finite(merged, f"{path} (after merging LoRA)")
     if notes:
         warnings.warn(f"{path}: " + "; ".join(notes), stacklevel=2)
-    return OriginalCheckpoint(*_from_timm_layout(merged, path))
+    return OriginalCheckpoint(*(_from_transformers_layout(merged, path) or _from_timm_layout(merged, path)))
 
 
 def save_original_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:

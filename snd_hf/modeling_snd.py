@@ -509,12 +509,13 @@ class SnDPreTrainedModel(PreTrainedModel):
         **config_overrides,
     ) -> SnDPreTrainedModel:
         """Build the model from an original torch.hub DINOv2 / SnD checkpoint (.pth or .safetensors), also
-        with registers, or timm's DINOv2 layout (FiT3D's checkpoints), with or without registers.
+        with registers, or from timm's (FiT3D's checkpoints) or transformers' DINOv2 layouts, with or without
+        registers.
 
         The architecture comes from the checkpoint's `.json` sidecar when snd-hf wrote one, else from the
-        tensor shapes and the layout (`snd_hf.loading.original_checkpoint_config`): register and timm
-        layouts resize position embeddings as their own forward does (`interpolate_offset=0`,
-        `interpolate_antialias=True`). `config_overrides` set what shapes cannot tell (`num_attention_heads`
+        tensor shapes and the layout (`snd_hf.loading.original_checkpoint_config`): register, timm and
+        transformers layouts resize position embeddings as their own forward does
+        (`snd_hf.loading.LAYOUT_CONFIG_DEFAULTS`). `config_overrides` set what shapes cannot tell (`num_attention_heads`
         when heads are not 64 wide, `size`, `blending`, the resize fields, ...). Weights load strictly;
         unmerged LoRA needs `lora_alpha` (+ `use_rslora`) or `lora_config` (see
         `snd_hf.loading.read_original_checkpoint`).

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 
 import pytest
 import torch
-from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from baseline_weights import SIZES, TOLERANCE, random_hub_state_dict, timm_layout  # tests/ is on sys.path
 from snd_hf import SnDConfig, SnDModel
@@ -23,8 +24,10 @@ from snd_hf.loading import CheckpointError, read_original_checkpoint, to_origina
 REGISTERS = 4
 
 
-def reference_model(state_dict: dict[str, torch.Tensor], class_position: bool = True) -> Dinov2WithRegistersModel:
-    """transformers' Dinov2WithRegistersModel holding torch.hub-layout weights (q, k, v split from qkv)."""
+def reference_model(
+    state_dict: dict[str, torch.Tensor], class_position: bool = True, registers_model: bool = True
+) -> Dinov2WithRegistersModel | Dinov2Model:
+    """transformers' Dinov2WithRegistersModel (or Dinov2Model) holding torch.hub-layout weights (q, k, v split from qkv)."""
     width = state_dict["cls_token"].shape[-1]
     registers = state_dict["register_tokens"].shape[1] if "register_tokens" in state_dict else 0
     config = Dinov2WithRegistersConfig(
@@ -57,7 +60,10 @@ def reference_model(state_dict: dict[str, torch.Tensor], class_position: bool = 
                 renamed[f"{layer}.{ours}.{param}"] = state_dict[f"{block}.{theirs}.{param}"]
         renamed[f"{layer}.layer_scale1.lambda1"] = state_dict[f"{block}.ls1.gamma"]
         renamed[f"{layer}.layer_scale2.lambda1"] = state_dict[f"{block}.ls2.gamma"]
-    model = Dinov2WithRegistersModel(config).eval()
+    if not registers_model:
+        config = Dinov2Config(**{key: getattr(config, key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "layer_norm_eps")})
+        del renamed["embeddings.register_tokens"]
+    model = (Dinov2WithRegistersModel if registers_model else Dinov2Model)(config).eval()
     model.load_state_dict(renamed, strict=True)
     return model
 
@@ -136,6 +142,27 @@ def test_register_model_round_trips_through_the_original_layout(hub_registers, t
         assert torch.equal(model(pixel_values).feature_map, again(pixel_values).feature_map)
 
 
+@pytest.mark.parametrize("registers", [0, REGISTERS])
+@pytest.mark.parametrize("names", ["v5", "v4"])
+def test_transformers_layouts(registers, names, hub_plain, hub_registers, tmp_path):
+    """transformers' Dinov2Model and Dinov2WithRegistersModel weights (v5 names, and the v4 names of the Hub's
+    facebook/dinov2-* files) load, with each model's own resize, and equal its forward."""
+    hub = hub_registers if registers else hub_plain
+    reference = reference_model(hub, registers_model=bool(registers))
+    state_dict = reference.state_dict()
+    if names == "v4":
+        old = {"q_proj": "attention.query", "k_proj": "attention.key", "v_proj": "attention.value", "o_proj": "output.dense"}
+        state_dict = {re.sub(r"attention\.(q_proj|k_proj|v_proj|o_proj)", lambda m: "attention." + old[m[1]], key): value for key, value in state_dict.items()}
+    torch.save(state_dict, tmp_path / "model.pth")
+    checkpoint = read_original_checkpoint(tmp_path / "model.pth")
+    assert checkpoint.layout == ("transformers registers" if registers else "transformers")
+    assert all(torch.equal(checkpoint.state_dict[key], value) for key, value in hub.items())
+    model = SnDModel.from_original_checkpoint(tmp_path / "model.pth")
+    assert model.config.interpolate_antialias == bool(registers)
+    if names == "v5":  # the v4 names hold the same tensors: one forward comparison per model suffices
+        assert_same_features(model, reference, registers)
+
+
 def test_timm_layout_refuses_other_missing_keys(hub_plain, tmp_path):
     """Only mask_token is ever filled: any other missing key is still refused by name."""
     timm = timm_layout(hub_plain)
@@ -192,9 +219,14 @@ def _transformers_layout() -> dict[str, torch.Tensor]:
             r"every key starts with 'net.'.*PyTorch Lightning module's self.net\): save that module's own state_dict\(\), or strip 'net.'",
         ),
         (
-            "transformers registers",
-            _transformers_layout,
-            r"transformers' Dinov2Model / Dinov2WithRegistersModel layout .*give the torch.hub checkpoint",
+            "snd-hf native weights",
+            lambda: SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56)).state_dict(),
+            r"this is snd-hf's native layout: load its folder with SnDModel.from_pretrained",
+        ),
+        (
+            "transformers layout without its value projection",
+            lambda: {key: value for key, value in _transformers_layout().items() if "layer.1.attention.v_proj" not in key},
+            r"transformers' DINOv2 layout lacks the \['v'\] part\(s\) of blocks.1.attn.qkv",
         ),
         (
             "timm with a head",

@@ -2,7 +2,7 @@
 
 A model is named on the command line as ``PATH`` or ``NAME=PATH``: an snd-hf checkpoint
 directory or Hub id (``SnDModel.from_pretrained``), an original-layout DINOv2 / SnD state
-dict ``.pth`` / ``.safetensors`` file in the torch.hub or timm layout, with or without registers
+dict ``.pth`` / ``.safetensors`` file in the torch.hub, timm or transformers layout, with or without registers
 (``SnDModel.from_original_checkpoint``: DINOv2, FiT3D, SnD), ``CKPT@BASE`` (MEF's Lightning checkpoint
 on the DINOv2 weights it was trained from, ``snd_hf.baselines.load_baseline``), or ``init:RUN_DIR``,
 the weights the training run in ``RUN_DIR`` started from (rebuilt from its ``config.yaml``: the

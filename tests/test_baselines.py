@@ -90,3 +90,15 @@ def test_mef_on_a_base_of_another_width_is_refused(files, tmp_path):
 def test_base_given_for_full_weights_is_refused(files):
     with pytest.raises(CheckpointError, match="not a MEF checkpoint.*without base="):
         load_baseline(files[1], base=files[1])
+
+
+def test_snd_eval_names_the_mef_fix(files, tmp_path, capsys):
+    """`snd eval --model mef=CKPT` without its base: one line naming MEF and the CKPT@BASE spec, exit 2."""
+    from snd_hf.cli import console_main
+
+    ckpt, _, _ = files
+    arguments = ["eval", "depth", "--model", f"mef={ckpt}", "--data", "synthetic", "--synthetic-size", "2x2x42x56"]
+    assert console_main([*arguments, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert error.startswith("snd: error: ")
+    assert "is a MEF checkpoint" in error and f"--model mef={ckpt}@DINOV2_WEIGHTS" in error

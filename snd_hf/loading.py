@@ -206,7 +206,7 @@ def _expected_shapes(config: SnDConfig, num_layers: int | None = None) -> dict[s
 
 def _layout_hint(keys: list[str]) -> str:
     """What the keys of a refused state dict look like and what to do about it, as one sentence ("" if
-    nothing is recognised): torch.compile or wrapper prefixes, peft, transformers or timm layouts."""
+    nothing is recognised): torch.compile or wrapper prefixes, peft, snd-hf native names, a timm head."""
     keys = [str(key) for key in keys]
     if any("._orig_mod." in "." + key for key in keys):
         return (

@@ -20,7 +20,7 @@ the paper's layout (``snd_hf.eval.paper_table``).
 ``--data`` is ``synthetic`` (generated scenes, cached; every task, CPU-friendly) or ``KIND=ROOT``
 with KIND one of ``nyuv2`` (depth, normals), ``scannetpp`` (depth), ``kitti`` (depth),
 ``ade20k`` / ``voc`` (segmentation), ``scannet1500`` (correspondence). Features are extracted
-once per model and image set and shared by the probes; each (weights, task, data, config)
+once per model, image set and resize protocol and shared by the probes; each (weights, task, data, config)
 result is cached as JSON under ``--cache-dir`` and reused by later runs.
 """
 

@@ -31,7 +31,11 @@ class SnDConfig(BackboneConfigMixin, PreTrainedConfig):
         Offset added to the patch grid before computing the bicubic scale factor when the position
         embeddings are resized, as the original DINOv2 does (0 resizes to the exact grid size instead).
     interpolate_antialias (`bool`, defaults to `False`):
-        Antialiasing in that bicubic resize (the original default).
+        Antialiasing in that bicubic resize (the original default). torch.hub's register models, transformers'
+        `Dinov2WithRegistersModel` and timm (`dynamic_img_size=True`) resize with offset 0 and antialiasing.
+    num_register_tokens (`int`, defaults to 0):
+        Register tokens (Darcet et al., "Vision Transformers Need Registers"), inserted after the CLS token once
+        the position embeddings are added, so tokens run [CLS, registers, patches]; they are not in `feature_map`.
     size (`str`, *optional*):
         The published variant these weights are (`"small"` or `"base"`), `None` for custom architectures.
     blending (`bool`, *optional*):
@@ -72,6 +76,7 @@ class SnDConfig(BackboneConfigMixin, PreTrainedConfig):
     use_swiglu_ffn: bool = False
     interpolate_offset: float | int = 0.1
     interpolate_antialias: bool = False
+    num_register_tokens: int = 0
     size: Literal["small", "base"] | None = None
     blending: bool | None = None
     training_info: dict[str, Any] | None = None

@@ -50,6 +50,7 @@ class CheckpointError(ValueError):
 ORIGINAL_TO_HF: tuple[tuple[str, str], ...] = (
     ("cls_token", "embeddings.cls_token"),
     ("mask_token", "embeddings.mask_token"),
+    ("register_tokens", "embeddings.register_tokens"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
     ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias"),
@@ -87,6 +88,7 @@ CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".ckpt", ".safete
 # The SnDConfig fields that decide the weights' keys and shapes (`original_shapes`).
 SHAPE_FIELDS: tuple[str, ...] = (
     "hidden_size", "num_hidden_layers", "mlp_ratio", "patch_size", "image_size", "num_channels", "qkv_bias", "use_swiglu_ffn",
+    "num_register_tokens",
 )
 MAX_LISTED = 20  # keys named per category in an error message
 EXTRA_LAYERS_LISTED = 2  # layers a native config declares beyond the weights whose keys are named one by one
@@ -167,6 +169,7 @@ def original_shapes(config: SnDConfig, num_layers: int | None = None) -> dict[st
     shapes: dict[str, tuple[int, ...]] = {
         "cls_token": (1, 1, width),
         "pos_embed": (1, 1 + grid * grid, width),
+        **({"register_tokens": (1, config.num_register_tokens, width)} if config.num_register_tokens else {}),
         "mask_token": (1, width),
         "patch_embed.proj.weight": (width, config.num_channels, config.patch_size, config.patch_size),
         "patch_embed.proj.bias": (width,),
@@ -202,6 +205,39 @@ def _expected_shapes(config: SnDConfig, num_layers: int | None = None) -> dict[s
     return renamed
 
 
+def _layout_hint(keys: list[str]) -> str:
+    """What the keys of a refused state dict look like and what to do about it, as one sentence ("" if
+    nothing is recognised): torch.compile or wrapper prefixes, peft, snd-hf native names, a timm head."""
+    keys = [str(key) for key in keys]
+    if any("._orig_mod." in "." + key for key in keys):
+        return (
+            "torch.compile's '_orig_mod.' prefix is inside the keys (a compiled submodule): save the state dict of the"
+            " module before compiling, or strip '_orig_mod.'"
+        )
+    if any(marker in "." + key for key in keys for marker in _PEFT_MARKERS):
+        return (
+            "these are peft LoRA weights: load the file itself with lora_alpha= or lora_config= so they are merged,"
+            " or save peft's merge_and_unload() result"
+        )
+    if any(key.startswith(("embeddings.", "encoder.layer.")) for key in keys):
+        return "this is snd-hf's native layout: load its folder with SnDModel.from_pretrained (snd convert DIR OUT.pth writes a .pth)"
+    if any(key.startswith(("head.", "fc_norm.")) for key in keys):
+        return (
+            "this is a timm model with a classifier head (head.*, fc_norm.*): save it built with num_classes=0"
+            " (timm.create_model(name, num_classes=0)), or drop those keys"
+        )
+    roots = {key.split(".", 1)[0] for key in keys}
+    if len(roots) == 1 and all("." in key for key in keys):
+        root = roots.pop()
+        inner = [key.split(".", 1)[1] for key in keys]
+        if "cls_token" in inner or any(key.startswith("blocks.") for key in inner):
+            return (
+                f"every key starts with '{root}.', the attribute of a wrapping module (e.g. a PyTorch Lightning module's"
+                f" self.{root}): save that module's own state_dict(), or strip '{root}.'"
+            )
+    return ""
+
+
 def convert_original_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: SnDConfig | None = None
 ) -> dict[str, torch.Tensor]:
@@ -217,7 +253,11 @@ def convert_original_state_dict(
     """
     config = infer_config_from_original(state_dict) if config is None else config
     renamed, unknown = _rename(state_dict, _FORWARD)
-    check_state_dict(renamed, _expected_shapes(config), unknown, "original state dict")
+    try:
+        check_state_dict(renamed, _expected_shapes(config), unknown, "original state dict")
+    except CheckpointError as error:
+        hint = _layout_hint(unknown)
+        raise CheckpointError(f"{error}; {hint}" if hint else str(error)) from None
     return renamed
 
 
@@ -236,9 +276,11 @@ def _require(state_dict: Mapping[str, torch.Tensor], key: str, source: str | Non
     if key in state_dict:
         return state_dict[key]
     _, unknown = _rename(state_dict, _FORWARD)
+    hint = _layout_hint(unknown)
     raise CheckpointError(
         f"{source or 'state dict'}: cannot infer the architecture: key {key!r} is missing (not a DINOv2 ViT state"
         f" dict?); keys it does not understand ({len(unknown)}): {_listing(sorted(unknown)) or 'none'}"
+        + (f"; {hint}" if hint else "")
     )
 
 
@@ -253,7 +295,14 @@ def _shape_fields(state_dict: Mapping[str, torch.Tensor], source: str | None = N
     num_positions = _require(state_dict, "pos_embed", source).shape[1] - 1
     grid = int(round(num_positions**0.5))
     if grid * grid != num_positions:
-        raise CheckpointError(f"{source or 'state dict'}: pos_embed has {num_positions} patch positions, not a square grid")
+        class_free = math.isqrt(num_positions + 1) ** 2 == num_positions + 1
+        hint = (
+            ": it has no class slot, timm's register layout (reg_token); read the file with load_original_checkpoint,"
+            " which converts it"
+            if class_free
+            else ""
+        )
+        raise CheckpointError(f"{source or 'state dict'}: pos_embed has {num_positions} patch positions, not a square grid{hint}")
     swiglu = "blocks.0.mlp.w12.weight" in state_dict
     if swiglu:
         mlp_ratio = state_dict["blocks.0.mlp.w12.weight"].shape[0] / 2 * 3 / 2 / hidden_size
@@ -268,6 +317,7 @@ def _shape_fields(state_dict: Mapping[str, torch.Tensor], source: str | None = N
         "num_channels": patch.shape[1],
         "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
         "use_swiglu_ffn": swiglu,
+        "num_register_tokens": state_dict["register_tokens"].shape[1] if "register_tokens" in state_dict else 0,
     }
 
 
@@ -358,20 +408,24 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def original_checkpoint_config(
-    path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], **overrides
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    defaults: Mapping[str, Any] | None = None,
+    **overrides,
 ) -> SnDConfig:
     """The `SnDConfig` of the original-layout checkpoint `path` (already read into `state_dict`).
 
     Read from its sidecar (`read_sidecar`) when there is one, checked against the tensor shapes;
-    otherwise inferred from the shapes (`infer_config_from_original`). `overrides` (config fields) win
-    over inference; one that contradicts the sidecar is refused.
+    otherwise inferred from the shapes (`infer_config_from_original`) with `defaults` (the layout's
+    `OriginalCheckpoint.config_defaults`) for what shapes cannot tell. `overrides` (config fields) win
+    over both; one that contradicts the sidecar is refused.
 
     Raises:
         CheckpointError: the sidecar disagrees with the tensors or with `overrides`.
     """
     recorded = read_sidecar(path)
     if recorded is None:
-        return infer_config_from_original(state_dict, source=str(path), **overrides)
+        return infer_config_from_original(state_dict, source=str(path), **{**(defaults or {}), **overrides})
     conflicts = [
         f"{name}={value!r} (sidecar: {recorded[name]!r})"
         for name, value in overrides.items()
@@ -546,6 +600,7 @@ def _unwrap(checkpoint: object, path: Path) -> tuple[dict[str, torch.Tensor], li
         checkpoint = checkpoint[present[0]]
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(checkpoint).__name__}")
+    _refuse_mef(checkpoint, path)
     not_tensors = sorted(str(key) for key, value in checkpoint.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{path}: state dict entries that are not tensors: {not_tensors[:10]}")
@@ -604,6 +659,126 @@ def _flatten_block_chunks(state_dict: dict[str, torch.Tensor], path: Path) -> di
         (f"blocks.{index[(int(chunked[key][1]), int(chunked[key][2]))]}.{chunked[key][3]}" if key in chunked else key): value
         for key, value in state_dict.items()
     }
+
+
+# The resize numerics each layout's own forward uses, as SnDConfig fields (defaults that a sidecar or
+# the caller's config fields override): torch.hub's plain ViTs resize by scale factor with offset 0.1
+# (the SnDConfig default); its register ViTs (dinov2 hub/backbones.py), transformers'
+# Dinov2WithRegistersModel and timm with dynamic_img_size resize to the exact size with antialiasing;
+# transformers' Dinov2Model to the exact size without.
+EXACT_ANTIALIASED_RESIZE: dict[str, Any] = {"interpolate_offset": 0.0, "interpolate_antialias": True}
+LAYOUT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "torch.hub": {},
+    "torch.hub registers": EXACT_ANTIALIASED_RESIZE,
+    "timm": EXACT_ANTIALIASED_RESIZE,
+    "timm registers": EXACT_ANTIALIASED_RESIZE,
+    "transformers": {"interpolate_offset": 0.0, "interpolate_antialias": False},
+    "transformers registers": EXACT_ANTIALIASED_RESIZE,
+}
+# transformers' Dinov2Model / Dinov2WithRegistersModel names (v5, and the v4 names of the Hub's
+# facebook/dinov2-* files) -> torch.hub names; then the pieces torch.hub keeps fused, in its order.
+_TRANSFORMERS_RENAMES: tuple[tuple[re.Pattern, str], ...] = tuple(
+    (re.compile(pattern + r"\Z"), replacement)
+    for pattern, replacement in (
+        (r"embeddings\.cls_token", "cls_token"),
+        (r"embeddings\.mask_token", "mask_token"),
+        (r"embeddings\.position_embeddings", "pos_embed"),
+        (r"embeddings\.register_tokens", "register_tokens"),
+        (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+        (r"encoder\.layer\.(\d+)\.norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+        (r"encoder\.layer\.(\d+)\.attention\.(?:o_proj|output\.dense)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+        (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
+        (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+        (r"encoder\.layer\.(\d+)\.mlp\.weights_in\.(weight|bias)", r"blocks.\1.mlp.w12.\2"),
+        (r"encoder\.layer\.(\d+)\.mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.w3.\2"),
+        (r"layernorm\.(weight|bias)", r"norm.\1"),
+    )
+)
+_TRANSFORMERS_FUSED: tuple[tuple[re.Pattern, str, tuple[str, ...]], ...] = (
+    (
+        re.compile(r"encoder\.layer\.(\d+)\.attention\.(?:(q|k|v)_proj|attention\.(query|key|value))\.(weight|bias)\Z"),
+        "blocks.{}.attn.qkv.{}",
+        ("q", "k", "v"),
+    ),
+    (re.compile(r"encoder\.layer\.(\d+)\.mlp\.(gate|up)_proj\.(weight|bias)\Z"), "blocks.{}.mlp.w12.{}", ("gate", "up")),
+)
+_MEF_KEY = re.compile(r"w_[ab]_\d{3}\Z")
+
+
+def _refuse_mef(checkpoint: Mapping, path: Path) -> None:
+    """Refuse MEF's Lightning checkpoint (its LoRA and refine_conv are not a ViT state dict), saying what to do."""
+    if any(_MEF_KEY.match(str(key)) for key in checkpoint):
+        raise CheckpointError(
+            f"{path} is a MEF checkpoint (PyTorch Lightning .ckpt: LoRA w_a_*/w_b_* and refine_conv, without the"
+            " DINOv2 weights): load it with snd_hf.baselines.load_baseline(path, base=DINOV2_WEIGHTS), or"
+            f" snd eval --model mef={path}@DINOV2_WEIGHTS"
+        )
+
+
+def _from_transformers_layout(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str] | None:
+    """A transformers `Dinov2Model` / `Dinov2WithRegistersModel` state dict (separate q, k, v) in the
+    torch.hub layout (q, k, v concatenated into `qkv` in that order; SwiGLU's gate and up into `w12`),
+    and its layout; None when the keys are not transformers' DINOv2. Keys it does not know are kept, for
+    the strict check to name."""
+    if "embeddings.cls_token" not in state_dict or not any(pattern.match(key) for key in state_dict for pattern, _, _ in _TRANSFORMERS_FUSED[:1]):
+        return None
+    converted: dict[str, torch.Tensor] = {}
+    pieces: dict[str, dict[str, torch.Tensor]] = {}
+    orders: dict[str, tuple[str, ...]] = {}
+    for key, tensor in state_dict.items():
+        for pattern, target, order in _TRANSFORMERS_FUSED:
+            if match := pattern.match(key):
+                block, *names, param = (group for group in match.groups() if group is not None)
+                name = {"query": "q", "key": "k", "value": "v"}.get(names[0], names[0])
+                fused = target.format(block, param)
+                pieces.setdefault(fused, {})[name] = tensor
+                orders[fused] = order
+                break
+        else:
+            for pattern, replacement in _TRANSFORMERS_RENAMES:
+                if pattern.match(key):
+                    converted[pattern.sub(replacement, key)] = tensor
+                    break
+            else:
+                converted[key] = tensor
+    for fused, parts in pieces.items():
+        missing = [name for name in orders[fused] if name not in parts]
+        if missing:
+            raise CheckpointError(f"{path}: transformers' DINOv2 layout lacks the {missing} part(s) of {fused}")
+        converted[fused] = torch.cat([parts[name] for name in orders[fused]])
+    registers = "register_tokens" in converted
+    if registers and converted["register_tokens"].shape[1] == 0:  # Dinov2WithRegisters with none
+        del converted["register_tokens"]
+    return converted, "transformers registers" if registers else "transformers"
+
+
+def _from_timm_layout(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A timm `vit_*_patch14_dinov2` / `vit_*_patch14_reg4_dinov2` state dict (FiT3D's checkpoints) in the
+    torch.hub layout, and the layout it was in.
+
+    timm's keys are torch.hub's except two things. timm keeps no `mask_token`: it is filled with zeros,
+    which changes no feature, since inference never masks patches (only DINOv2's iBOT pre-training
+    does); nothing else is ever filled. timm's register models keep `reg_token` [1, R, C] and a
+    class-free `pos_embed` [1, h*w, C], adding no position to CLS: here `register_tokens` and a zero
+    class slot in front of `pos_embed`, which adds the same nothing."""
+    registers = "reg_token" in state_dict
+    if registers and "register_tokens" in state_dict:
+        raise CheckpointError(
+            f"{path}: holds both timm's reg_token and torch.hub's register_tokens; give one model's state dict"
+        )
+    hub_registers = "register_tokens" in state_dict
+    if "mask_token" in state_dict or "cls_token" not in state_dict:
+        return state_dict, "torch.hub registers" if hub_registers else "torch.hub"
+    # Deviation (docs/deviations.md, 40): timm's layout converted, not run in timm.
+    state_dict = dict(state_dict)
+    cls_token = state_dict["cls_token"]
+    state_dict["mask_token"] = cls_token.new_zeros(1, cls_token.shape[-1])
+    if registers:
+        state_dict["register_tokens"] = state_dict.pop("reg_token")
+        if "pos_embed" in state_dict:
+            pos_embed = state_dict["pos_embed"]
+            state_dict["pos_embed"] = torch.cat((pos_embed.new_zeros(1, 1, pos_embed.shape[-1]), pos_embed), dim=1)
+    return state_dict, "timm registers" if registers else "timm"
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -788,15 +963,50 @@ def _merge_lora(
     return {re.sub(r"\.(?:base_layer|original_module)\.", ".", key): tensor for key, tensor in merged.items()}
 
 
+@dataclasses.dataclass
+class OriginalCheckpoint:
+    """An original-layout checkpoint read by `read_original_checkpoint`.
+
+    Attributes:
+        state_dict: key -> tensor in the torch.hub DINOv2 naming.
+        layout: the layout the file was in: "torch.hub", "timm", "transformers", or one of them + " registers".
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    layout: str
+
+    @property
+    def config_defaults(self) -> dict[str, Any]:
+        """`SnDConfig` fields for the position-embedding resize this layout's own forward uses
+        (`LAYOUT_CONFIG_DEFAULTS`)."""
+        return dict(LAYOUT_CONFIG_DEFAULTS[self.layout])
+
+
 def load_original_checkpoint(
     path: str | os.PathLike,
     lora_alpha: float | None = None,
     use_rslora: bool = False,
     lora_config: object = None,
 ) -> dict[str, torch.Tensor]:
+    """`read_original_checkpoint(...).state_dict`: the weights in torch.hub DINOv2 names."""
+    return read_original_checkpoint(path, lora_alpha, use_rslora, lora_config).state_dict
+
+
+def read_original_checkpoint(
+    path: str | os.PathLike,
+    lora_alpha: float | None = None,
+    use_rslora: bool = False,
+    lora_config: object = None,
+) -> OriginalCheckpoint:
     """Read an original-layout DINOv2 / SnD checkpoint into a plain state dict (original key names).
 
     Recognised layouts, unwrapped explicitly:
+    - torch.hub DINOv2 (`dinov2_vits14`, ...) and its register models (`dinov2_vits14_reg`: `register_tokens`);
+    - transformers' `Dinov2Model` / `Dinov2WithRegistersModel` weights (separate q, k, v; v5 or v4 names),
+      fused into the torch.hub layout;
+    - timm's DINOv2 (`vit_small_patch14_dinov2`, FiT3D's checkpoints: no `mask_token`, filled with zeros
+      because inference never uses it) and its register models (`vit_small_patch14_reg4_dinov2`: `reg_token`
+      and a `pos_embed` without class slot), converted to the torch.hub names;
     - the weights under a dict entry "teacher", "student", "model" or "state_dict" (DINOv2 writes
       `{"teacher": {...}}`; when several are present the first in that order is used, with a warning);
     - key prefixes on every key: `module.` (DDP), `_orig_mod.` (torch.compile), `base_model.model.` (peft);
@@ -810,15 +1020,17 @@ def load_original_checkpoint(
       `lora_alpha` (+ `use_rslora`) for one adapter, or `lora_config` (peft's adapter_config.json or a
       LoraConfig, or {adapter: config} for several, in merge order; per-module rank/alpha patterns are
       honoured). DoRA, embedding LoRA, AdaLoRA and unknown peft weights are refused by name.
-    Anything else, and every non-finite tensor, is a `CheckpointError`.
+    Anything else, and every non-finite tensor, is a `CheckpointError`; MEF's Lightning checkpoint is
+    refused with a pointer to `snd_hf.baselines.load_baseline`.
 
     Args:
-        path: a .pth/.pt (read with weights_only=True) or .safetensors file.
+        path: a .pth/.pt/.ckpt (read with weights_only=True) or .safetensors file.
         lora_alpha: LoRA alpha of the one unmerged adapter, if any.
         use_rslora: whether that adapter was trained with rank-stabilised scaling (alpha / sqrt(r)).
         lora_config: the peft config(s) of unmerged adapters, instead of lora_alpha.
     Returns:
-        key -> tensor in the torch.hub DINOv2 naming (not yet checked against an architecture).
+        the state dict in the torch.hub DINOv2 naming (not yet checked against an architecture) and the
+        layout it came in.
     """
     path = Path(path)
     state_dict, notes = _unwrap(read_checkpoint_file(path), path)
@@ -833,7 +1045,7 @@ def load_original_checkpoint(
         check_finite(merged, f"{path} (after merging LoRA)")
     if notes:
         warnings.warn(f"{path}: " + "; ".join(notes), stacklevel=2)
-    return merged
+    return OriginalCheckpoint(*(_from_transformers_layout(merged, path) or _from_timm_layout(merged, path)))
 
 
 def save_original_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -923,7 +1135,9 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "SHAPE_FIELDS",
     "CheckpointError",
+    "LAYOUT_CONFIG_DEFAULTS",
     "ORIGINAL_TO_HF",
+    "OriginalCheckpoint",
     "check_finite",
     "check_native_weights",
     "check_state_dict",
@@ -934,6 +1148,7 @@ __all__ = [
     "original_shapes",
     "read_checkpoint_file",
     "read_native_shapes",
+    "read_original_checkpoint",
     "read_sidecar",
     "save_original_checkpoint",
     "sidecar_path",

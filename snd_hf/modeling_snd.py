@@ -33,6 +33,7 @@ from .loading import (
     convert_original_state_dict,
     load_original_checkpoint,
     original_checkpoint_config,
+    read_original_checkpoint,
 )
 
 
@@ -41,14 +42,15 @@ class SnDModelOutput(ModelOutput):
     """Outputs of `SnDModel`.
 
     Args:
-        last_hidden_state: tokens after the final layer norm, CLS first. # [B, 1 + h*w, C]
+        last_hidden_state: tokens after the final layer norm: CLS, the R = `num_register_tokens` registers,
+            then the patches. # [B, 1 + R + h*w, C]
         pooler_output: the CLS token after the final layer norm. # [B, C]
         feature_map: the normed patch tokens as a map, h = H/14, w = W/14: the dense features SnD
             distils and evaluates. # [B, C, h, w]
         hidden_states: on request, the embeddings then each layer's output, before the final norm
-            (`hidden_states[-1]` is the original's `x_prenorm`). tuple of L+1 # [B, 1 + h*w, C]
+            (`hidden_states[-1]` is the original's `x_prenorm`). tuple of L+1 # [B, 1 + R + h*w, C]
         attentions: on request, each layer's attention probabilities (computed with eager attention
-            for that call whatever the attention implementation). tuple of L # [B, heads, 1 + h*w, 1 + h*w]
+            for that call whatever the attention implementation). tuple of L # [B, heads, N, N], N = 1 + R + h*w
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -159,13 +161,16 @@ def _bicubic_resize_traceable(
 
 
 class SnDEmbeddings(nn.Module):
-    """CLS token, optional mask tokens, patch embeddings and resized position embeddings."""
+    """CLS token, optional mask tokens, patch embeddings, resized position embeddings and register tokens."""
 
     def __init__(self, config: SnDConfig) -> None:
         super().__init__()
-        # Registration order gives the original state-dict order: cls_token, pos_embed, mask_token, patch_embed.
+        # Registration order gives the original state-dict order: cls_token, pos_embed, register_tokens,
+        # mask_token, patch_embed.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, config.hidden_size))
+        if config.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(1, config.num_register_tokens, config.hidden_size))
         self.mask_token = nn.Parameter(torch.zeros(1, config.hidden_size))
         self.patch_embeddings = SnDPatchEmbeddings(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -233,7 +238,10 @@ class SnDEmbeddings(nn.Module):
         return torch.cat((class_position, patch_position), dim=1).to(embeddings.dtype)
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """pixel_values [B, 3, H, W], bool_masked_pos [B, h*w] (True = replace by the mask token) -> [B, 1 + h*w, C]."""
+        """pixel_values [B, 3, H, W], bool_masked_pos [B, h*w] (True = replace by the mask token) -> [B, 1 + R + h*w, C].
+
+        Registers get no position embedding: they go in after it is added, between CLS and the patches
+        (dinov2 `prepare_tokens_with_masks`, transformers' `Dinov2WithRegistersEmbeddings`)."""
         _, _, height, width = pixel_values.shape
         embeddings = self.patch_embeddings(pixel_values)
         if bool_masked_pos is not None:
@@ -242,6 +250,9 @@ class SnDEmbeddings(nn.Module):
         cls_tokens = self.cls_token.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
         embeddings = torch.cat((cls_tokens, embeddings), dim=1)
         embeddings = embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        if hasattr(self, "register_tokens"):
+            registers = self.register_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
+            embeddings = torch.cat((embeddings[:, :1], registers, embeddings[:, 1:]), dim=1)
         return self.dropout(embeddings)
 
 
@@ -447,6 +458,8 @@ class SnDPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             init.zeros_(module.mask_token)
+            if hasattr(module, "register_tokens"):
+                init.normal_(module.register_tokens, mean=0.0, std=1e-6)  # the original's init
         elif isinstance(module, SnDLayerScale):
             init.constant_(module.lambda1, self.config.layerscale_value)
 
@@ -495,16 +508,21 @@ class SnDPreTrainedModel(PreTrainedModel):
         lora_config: object = None,
         **config_overrides,
     ) -> SnDPreTrainedModel:
-        """Build the model from an original torch.hub DINOv2 / SnD checkpoint (.pth or .safetensors).
+        """Build the model from an original torch.hub DINOv2 / SnD checkpoint (.pth or .safetensors), also
+        with registers, or from timm's (FiT3D's checkpoints) or transformers' DINOv2 layouts, with or without
+        registers.
 
         The architecture comes from the checkpoint's `.json` sidecar when snd-hf wrote one, else from the
-        tensor shapes (`snd_hf.loading.original_checkpoint_config`); `config_overrides` set what shapes
-        cannot tell (`num_attention_heads` when heads are not 64 wide, `size`, `blending`, ...). Weights
-        load strictly; unmerged LoRA needs `lora_alpha` (+ `use_rslora`) or `lora_config` (see
-        `snd_hf.loading.load_original_checkpoint`).
+        tensor shapes and the layout (`snd_hf.loading.original_checkpoint_config`): register, timm and
+        transformers layouts resize position embeddings as their own forward does
+        (`snd_hf.loading.LAYOUT_CONFIG_DEFAULTS`). `config_overrides` set what shapes cannot tell (`num_attention_heads`
+        when heads are not 64 wide, `size`, `blending`, the resize fields, ...). Weights load strictly;
+        unmerged LoRA needs `lora_alpha` (+ `use_rslora`) or `lora_config` (see
+        `snd_hf.loading.read_original_checkpoint`).
         """
-        state_dict = load_original_checkpoint(path, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_config=lora_config)
-        config = original_checkpoint_config(path, state_dict, **config_overrides)
+        checkpoint = read_original_checkpoint(path, lora_alpha=lora_alpha, use_rslora=use_rslora, lora_config=lora_config)
+        state_dict = checkpoint.state_dict
+        config = original_checkpoint_config(path, state_dict, checkpoint.config_defaults, **config_overrides)
         hf_state_dict = convert_original_state_dict(state_dict, config)
         with torch.device("meta"):
             model = cls(config)
@@ -546,15 +564,15 @@ class SnDPreTrainedModel(PreTrainedModel):
         output_hidden_states: bool,
         output_attentions: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Validated embeddings then encoder: (pre-norm tokens [B, 1 + h*w, C], hidden states, attentions)."""
+        """Validated embeddings then encoder: (pre-norm tokens [B, 1 + R + h*w, C], hidden states, attentions)."""
         self._check_pixel_values(pixel_values)
         embeddings = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         return self.encoder(embeddings, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
     def _tokens_to_map(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Patch tokens (CLS dropped) [B, 1 + h*w, C] of an H x W input -> map [B, C, h, w]."""
+        """Patch tokens (CLS and registers dropped) [B, 1 + R + h*w, C] of an H x W input -> map [B, C, h, w]."""
         patch = self.config.patch_size
-        patch_tokens = tokens[:, 1:]
+        patch_tokens = tokens[:, 1 + self.config.num_register_tokens :]
         feature_map = patch_tokens.reshape(tokens.shape[0], height // patch, width // patch, tokens.shape[-1])
         return feature_map.permute(0, 3, 1, 2).contiguous()
 
@@ -592,7 +610,7 @@ class SnDModel(SnDPreTrainedModel):
             bool_masked_pos: patches to replace by the mask token (DINOv2/iBOT pre-training). # [B, h*w]
             kwargs: ignored; accepted because transformers' pipelines and task models forward extra options.
         Returns:
-            `SnDModelOutput` with `last_hidden_state` [B, 1 + h*w, C], `pooler_output` [B, C],
+            `SnDModelOutput` with `last_hidden_state` [B, 1 + R + h*w, C], `pooler_output` [B, C],
             `feature_map` [B, C, h, w] and optionally `hidden_states` / `attentions`.
         """
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -639,7 +657,11 @@ class SnDModel(SnDPreTrainedModel):
         for index in layers:
             tokens = hidden_states[index + 1]
             tokens = self.layernorm(tokens) if norm else tokens
-            patches = self._tokens_to_map(tokens, *pixel_values.shape[-2:]) if reshape else tokens[:, 1:]
+            patches = (
+                self._tokens_to_map(tokens, *pixel_values.shape[-2:])
+                if reshape
+                else tokens[:, 1 + self.config.num_register_tokens :]
+            )
             outputs.append((patches, tokens[:, 0]) if return_class_token else patches)
         return tuple(outputs)
 

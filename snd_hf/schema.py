@@ -181,6 +181,7 @@ class ModelConfigSchema(_Schema):
     layerscale_value: Finite
     drop_path_rate: Probability
     interpolate_offset: Finite
+    num_register_tokens: Annotated[int, Field(ge=0, le=4096)] = 0
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> ModelConfigSchema:

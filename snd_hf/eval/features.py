@@ -2,7 +2,9 @@
 
 A model is named on the command line as ``PATH`` or ``NAME=PATH``: an snd-hf checkpoint
 directory or Hub id (``SnDModel.from_pretrained``), an original-layout DINOv2 / SnD state
-dict ``.pth`` / ``.safetensors`` file (``SnDModel.from_original_checkpoint``), or ``init:RUN_DIR``,
+dict ``.pth`` / ``.safetensors`` file in the torch.hub, timm or transformers layout, with or without registers
+(``SnDModel.from_original_checkpoint``: DINOv2, FiT3D, SnD), ``CKPT@BASE`` (MEF's Lightning checkpoint
+on the DINOv2 weights it was trained from, ``snd_hf.baselines.load_baseline``), or ``init:RUN_DIR``,
 the weights the training run in ``RUN_DIR`` started from (rebuilt from its ``config.yaml``: the
 baseline a run is compared against). With
 ``concat_with`` (FiT3D's probing mode) the features of a second model, usually the original
@@ -92,7 +94,12 @@ def _load_model(source: str) -> SnDModel:
 
         return initial_run_backbone(source.removeprefix(INIT_PREFIX))
     path = Path(source)
-    if path.suffix in (".pth", ".pt", ".safetensors") and path.is_file():
+    checkpoint, at, base = source.rpartition("@")
+    if at and not path.exists() and Path(checkpoint).is_file():
+        from snd_hf.baselines import load_baseline  # CKPT@BASE: MEF's checkpoint on its DINOv2 weights
+
+        return load_baseline(checkpoint, base=base)
+    if path.suffix in (".pth", ".pt", ".ckpt", ".safetensors") and path.is_file():
         return SnDModel.from_original_checkpoint(path)
     return SnDModel.from_pretrained(source).eval()
 
@@ -128,7 +135,8 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
 def _forward(model: SnDModel, images: torch.Tensor) -> DenseFeatures:
     output = model(_normalize(images), output_hidden_states=True)
     height, width = output.feature_map.shape[-2:]
-    prenorm = output.hidden_states[-1][:, 1:].transpose(1, 2).reshape(images.shape[0], -1, height, width)
+    # The patches are the last h*w tokens, after CLS and any registers.
+    prenorm = output.hidden_states[-1][:, -height * width :].transpose(1, 2).reshape(images.shape[0], -1, height, width)
     return DenseFeatures(output.feature_map, output.pooler_output, prenorm)
 
 

@@ -7,13 +7,20 @@ Run it as::
     snd eval depth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
     snd eval segmentation --model snd=./snd-vits14 --data ade20k=/data/ADEChallengeData2016 \\
         --concat-with dinov2_vits14.pth          # FiT3D mode: original ⊕ fine-tuned features
+    snd eval all --model dinov2=dinov2_vits14.pth --model fit3d=fit3d_dinov2_small.pth \\
+        --model mef=dinov2_small.ckpt@dinov2_vits14.pth --model snd=./snd-vits14 --data nyuv2=/data/nyu --preset paper
+                                                 # the paper's table (MEF: its .ckpt on its DINOv2)
 
 or from Python with ``evaluate(["snd=./snd-vits14"], "synthetic", tasks=("depth",), out_dir=...)``.
+
+Each probe resizes position embeddings as the paper's code did (``snd_hf.eval.protocol``; ``--resize``
+picks one protocol for all); ``results.json`` records it, and ``snd eval all`` ends with a table in
+the paper's layout (``snd_hf.eval.paper_table``).
 
 ``--data`` is ``synthetic`` (generated scenes, cached; every task, CPU-friendly) or ``KIND=ROOT``
 with KIND one of ``nyuv2`` (depth, normals), ``scannetpp`` (depth), ``kitti`` (depth),
 ``ade20k`` / ``voc`` (segmentation), ``scannet1500`` (correspondence). Features are extracted
-once per model and image set and shared by the probes; each (weights, task, data, config)
+once per model, image set and resize protocol and shared by the probes; each (weights, task, data, config)
 result is cached as JSON under ``--cache-dir`` and reused by later runs.
 """
 
@@ -24,6 +31,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -57,7 +65,9 @@ from snd_hf.eval.figures import (
     plot_grouped_bars,
 )
 from snd_hf.eval.metrics import METRICS_REVISION, ROTATION_BINS, DepthProtocol
+from snd_hf.eval.paper_table import paper_table
 from snd_hf.eval.probe import ProbeConfig
+from snd_hf.eval.protocol import PAPER_RESIZE, RESIZE_PROTOCOLS, position_resize
 from snd_hf.eval.synthetic import synthetic_eval_data
 from snd_hf.eval.tasks import (
     DenseArrays,
@@ -186,17 +196,23 @@ def _materialize(dataset: DenseDataset, key: str) -> DenseArrays:
 
 
 class _FeatureStore:
-    """Features per (model weights, image set, input size), extracted once and shared by the probes."""
+    """Features per (model weights, image set, resize protocol), extracted once and shared by the probes."""
 
     def __init__(self, short_side: int):
         self.short_side = short_side
-        self._cache: dict[tuple[str, str], DenseFeatures] = {}
+        self._cache: dict[tuple[str, str, str], DenseFeatures] = {}
 
-    def __call__(self, feature_model: FeatureModel, arrays: DenseArrays) -> DenseFeatures:
-        key = (feature_model.weights_hash, arrays.key)
+    def __call__(self, feature_model: FeatureModel, arrays: DenseArrays, resize: str) -> DenseFeatures:
+        key = (feature_model.weights_hash, arrays.key, resize)
         if key not in self._cache:
             size = _input_size(*arrays.images.shape[-2:], self.short_side, feature_model.model.config.patch_size)
-            self._cache[key] = extract_features(feature_model, arrays.images, size, description=f"{feature_model.name} {arrays.key}")
+            models = [feature_model.model] + ([feature_model.concat_with.model] if feature_model.concat_with else [])
+            with ExitStack() as stack:
+                for model in models:
+                    stack.enter_context(position_resize(model, resize))
+                self._cache[key] = extract_features(
+                    feature_model, arrays.images, size, description=f"{feature_model.name} {arrays.key}"
+                )
         return self._cache[key]
 
 
@@ -284,6 +300,7 @@ def evaluate(
     concat_with: str | None = None,
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
+    resize: str | None = None,
 ) -> dict:
     """Compare models on probing tasks and write ``results.json``, ``results.md`` and pictures.
 
@@ -302,6 +319,9 @@ def evaluate(
         concat_with: FiT3D mode, the model whose features are concatenated in front of each model's.
         cache_dir: result / generated-data cache; ``<out_dir>/cache`` when None.
         overwrite: replace the results of another evaluation in ``out_dir``.
+        resize: the position-embedding resize of every probe, ``"torchhub"`` or ``"timm"``; None: per
+            probe, the one the paper's code used (``snd_hf.eval.protocol.PAPER_RESIZE``). Recorded in
+            ``results.json`` as ``resize`` (``"paper"`` for None) and, per probe, ``position_resize``.
 
     Returns:
         the JSON payload written to ``results.json``.
@@ -317,6 +337,8 @@ def evaluate(
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
         raise ValueError(f"tasks must be among {TASKS}, got {unknown}")
+    if resize is not None and resize not in RESIZE_PROTOCOLS:
+        raise ValueError(f"resize must be one of {RESIZE_PROTOCOLS} or None (the paper's per probe), got {resize!r}")
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
@@ -333,8 +355,10 @@ def evaluate(
         "preset": preset.name,
         "preset_settings": asdict(preset),
         "concat_with": concat_with,
+        "resize": resize or "paper",
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
+    position_resize = {task: resize or PAPER_RESIZE[task] for task in tasks}
     if earlier is not None and not overwrite:
         _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
     store = _FeatureStore(preset.input_short_side)
@@ -354,14 +378,19 @@ def evaluate(
     for task in tasks:
         results[task], losses[task] = {}, {}
         if task == "correspondence":
-            pictures.append(_evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results))
+            pictures.append(
+                _evaluate_correspondence(
+                    eval_data, feature_models, preset, store, cache_dir, out_dir, results, position_resize[task]
+                )
+            )
             continue
         train_reader, test_reader = eval_data.dense[task]
         train, test = load(train_reader, "train"), load(test_reader, "test")
         config = getattr(preset, task)
+        task_resize = position_resize[task]
         predictions: dict[str, list[torch.Tensor]] = {}
         for feature_model in feature_models:
-            scoring = {"metrics": METRICS_REVISION, "size": preset.input_short_side}
+            scoring = {"metrics": METRICS_REVISION, "size": preset.input_short_side, "position_resize": task_resize}
             if task == "depth":
                 scoring.update(protocol=preset.depth_protocol, scale_invariant=preset.scale_invariant_depth)
             cache = _cache_path(cache_dir, feature_model, task, eval_data, {**asdict(config), **scoring})
@@ -372,7 +401,7 @@ def evaluate(
                 if shown.is_file():
                     predictions[feature_model.name] = list(load_file(shown)["predictions"])
                 continue
-            result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset)
+            result = _run_dense(task, train, test, feature_model, store, config, eval_data, preset, task_resize)
             if result.predictions:
                 atomic_write(shown, lambda temporary: save_file({"predictions": torch.stack(result.predictions)}, temporary))
             _write_json(cache, {"metrics": result.metrics, "model": feature_model.source, "task": task, "data": eval_data.name})
@@ -380,10 +409,11 @@ def evaluate(
             losses[task][feature_model.name] = result.losses
             predictions[feature_model.name] = result.predictions
         pictures += _dense_panels(task, test, predictions, eval_data, out_dir / task)
-        pictures += _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task)
+        pictures += _pca_panels(test, feature_models, store, preset.num_panels, out_dir / "pca" / task, task_resize)
 
     payload = {
         **identity,
+        "position_resize": position_resize,
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
         "pictures": sorted(path.relative_to(out_dir).as_posix() for path in pictures),
@@ -391,6 +421,9 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "results.json", payload)
     markdown = _markdown(results, eval_data.name, preset.name)
+    if len(tasks) > 1:
+        widths = {fm.name: fm.model.config.hidden_size for fm in feature_models}
+        markdown += "\n" + paper_table(results, data, preset.name, widths)
     atomic_write(out_dir / "results.md", lambda temporary: Path(temporary).write_text(markdown))
     if earlier is not None:
         _remove_stale_pictures(out_dir, earlier.get("pictures", []), payload["pictures"])
@@ -406,8 +439,9 @@ def _run_dense(
     config: ProbeConfig,
     eval_data: EvalData,
     preset: EvalPreset,
+    resize: str,
 ) -> TaskResult:
-    data = ProbeData(train, store(feature_model, train), test, store(feature_model, test))
+    data = ProbeData(train, store(feature_model, train, resize), test, store(feature_model, test, resize))
     if task == "depth":
         return run_depth(
             data, config, eval_data.min_depth, eval_data.max_depth, eval_data.crop, preset.num_panels,
@@ -418,16 +452,21 @@ def _run_dense(
     return run_segmentation(data, config, eval_data.num_classes, preset.num_panels)
 
 
-def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results) -> Path:
+def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results, resize) -> Path:
     pairs = _pair_inputs(eval_data.pairs, preset.correspondence_scale)
     images = DenseArrays(torch.cat([pair[0] for pair in pairs]), key=f"{eval_data.name}-pairs")
     for feature_model in feature_models:
-        config = {"num_matches": preset.num_matches, "scale": preset.correspondence_scale, "size": preset.input_short_side}
+        config = {
+            "num_matches": preset.num_matches,
+            "scale": preset.correspondence_scale,
+            "size": preset.input_short_side,
+            "position_resize": resize,
+        }
         cache = _cache_path(cache_dir, feature_model, "correspondence", eval_data, config)
         if cache.is_file():
             results["correspondence"][feature_model.name] = load_json(cache, MetricsSchema).metrics
             continue
-        patch = store(feature_model, images).patch
+        patch = store(feature_model, images, resize).patch
         result = run_correspondence(
             [patch[2 * i : 2 * i + 2] for i in range(len(pairs))],
             [pair[1] for pair in pairs],
@@ -466,12 +505,12 @@ def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torc
     return written
 
 
-def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path) -> list[Path]:
+def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path, resize: str) -> list[Path]:
     """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written."""
     labels = ["image", *(fm.name for fm in feature_models)]
     written = []
     for index in range(min(count, len(test))):
-        maps = [pca_rgb(store(fm, test).patch[index]) for fm in feature_models]
+        maps = [pca_rgb(store(fm, test, resize).patch[index]) for fm in feature_models]
         written.append(save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png", labels=labels))
     return written
 
@@ -482,7 +521,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         action="append",
         required=True,
-        help="PATH or NAME=PATH (repeat to compare); PATH init:RUN_DIR is the start of the training run in RUN_DIR",
+        help="PATH or NAME=PATH (repeat to compare); PATH init:RUN_DIR is the start of the training run in RUN_DIR;"
+        " CKPT@BASE is MEF's checkpoint on its DINOv2 weights",
     )
     parser.add_argument("--data", required=True, help="synthetic, or KIND=ROOT (nyuv2, scannetpp, kitti, ade20k, voc, scannet1500)")
     parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
@@ -490,6 +530,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT")
+    parser.add_argument(
+        "--resize",
+        choices=RESIZE_PROTOCOLS,
+        default=None,
+        help="position-embedding resize of every probe (default: per probe, the paper's: timm for depth and"
+        " segmentation, torchhub for normals and correspondence)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps (default: the preset's)")
     parser.add_argument(
         "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 8x6x96x128)"
@@ -522,7 +569,7 @@ def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | Non
 def run(args: argparse.Namespace) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
     preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
-    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite)
+    payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite, args.resize)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and {len(payload['pictures'])} pictures")
     return 0

@@ -39,9 +39,11 @@ def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkey
     arguments = ["eval", "all", "--model", f"a={first}", "--model", f"b={second}", "--data", "synthetic"]
     arguments += ["--out", str(out), "--preset", "cpu", "--steps", "15", "--synthetic-size", "4x3x42x56"]
     assert main(arguments) == 0
-    # Features once per model and image set (train frames, test frames, pair frames), shared by the probes.
-    assert sorted(calls) == ["a"] * 3 + ["b"] * 3
+    # Features once per model, image set and resize protocol (train and test frames under timm's resize for
+    # depth and segmentation and torch.hub's for normals, pair frames under torch.hub's), shared by the probes.
+    assert sorted(calls) == ["a"] * 5 + ["b"] * 5
     payload = json.loads((out / "results.json").read_text())
+    assert payload["position_resize"] == {"depth": "timm", "normals": "torchhub", "segmentation": "timm", "correspondence": "torchhub"}
     assert set(payload["results"]) == {"depth", "normals", "segmentation", "correspondence"}
     for task, per_model in payload["results"].items():
         assert set(per_model) == {"a", "b"}, task

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from snd_hf import SnDModel
+from snd_hf import SnDConfig, SnDModel
 from snd_hf.baselines import MEFModel, load_baseline
-from snd_hf.loading import CheckpointError
+from snd_hf.loading import CheckpointError, save_original_checkpoint
 from baseline_weights import SIZES, TOLERANCE, mef_checkpoint, random_hub_state_dict  # tests/ is on sys.path
 
 
@@ -30,13 +30,14 @@ class UnmergedLoRAQKV(nn.Module):
         return qkv
 
 
-def mef_reference(base_path, checkpoint: dict) -> nn.Module:
+def mef_reference(base_path, checkpoint: dict, **config_overrides) -> nn.Module:
     """MEF's FinetuneDINO feature path: torch.hub DINOv2 (the base), LoRA unmerged, refine_conv on x_norm_patchtokens."""
-    vit = SnDModel.from_original_checkpoint(base_path)  # torch.hub numerics: tests/test_modeling_snd.py
+    vit = SnDModel.from_original_checkpoint(base_path, **config_overrides)  # torch.hub numerics: tests/test_modeling_snd.py
     for k, layer in enumerate(vit.encoder.layer[-4:]):
         pairs = [checkpoint[f"w_{m}_{i:03d}"] for i in (2 * k, 2 * k + 1) for m in "ab"]
         layer.attention.qkv = UnmergedLoRAQKV(layer.attention.qkv, *pairs)
-    refine = nn.Conv2d(384, 384, 3, padding=1)
+    width = vit.config.hidden_size
+    refine = nn.Conv2d(width, width, 3, padding=1)
     refine.load_state_dict(checkpoint["state_dict"]["refine_conv"])
 
     def features(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -102,3 +103,19 @@ def test_snd_eval_names_the_mef_fix(files, tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
     assert error.startswith("snd: error: ")
     assert "is a MEF checkpoint" in error and f"--model mef={ckpt}@DINOV2_WEIGHTS" in error
+
+
+def test_mef_on_a_register_base(tmp_path):
+    """MEF trained with `reg=True` sits on dinov2_vits14_reg: registers and their resize come from the base."""
+    config = SnDConfig(hidden_size=32, num_hidden_layers=5, num_attention_heads=2, image_size=56, num_register_tokens=4)
+    torch.manual_seed(0)
+    save_original_checkpoint(SnDModel(config), tmp_path / "base.pth")
+    (tmp_path / "base.pth.json").unlink()  # as torch.hub publishes it: no sidecar
+    checkpoint = mef_checkpoint(width=32)
+    torch.save(checkpoint, tmp_path / "mef.ckpt")
+    model = load_baseline(tmp_path / "mef.ckpt", base=tmp_path / "base.pth", num_attention_heads=2)
+    assert model.config.num_register_tokens == 4 and model.config.interpolate_antialias
+    reference = mef_reference(tmp_path / "base.pth", checkpoint, num_attention_heads=2)
+    pixel_values = torch.randn(2, 3, 98, 126)
+    with torch.no_grad():
+        assert (model(pixel_values).feature_map - reference(pixel_values)).abs().max() <= TOLERANCE

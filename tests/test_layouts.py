@@ -267,3 +267,34 @@ def test_snd_convert_reads_the_timm_register_layout(tmp_path, capsys):
     native = SnDModel.from_pretrained(tmp_path / "native")
     assert native.config.num_register_tokens == 2 and native.config.interpolate_antialias
     assert torch.equal(native.embeddings.register_tokens, state_dict["register_tokens"])
+
+
+def test_registers_stay_out_of_every_dense_output():
+    """Tokens run [CLS, registers, patches]: feature maps, intermediate layers, backbone maps and the eval
+    features hold the patches only."""
+    from snd_hf import SnDBackbone, SnDImageProcessor
+    from snd_hf.eval.features import FeatureModel, extract_features
+
+    torch.manual_seed(0)
+    config = SnDConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56, num_register_tokens=3)
+    model = SnDModel(config).eval()
+    images = torch.rand(2, 3, 98, 126)
+    pixel_values = (images - 0.45) / 0.225
+    with torch.no_grad():
+        output = model(pixel_values, output_hidden_states=True)
+        (last,) = model.get_intermediate_layers(pixel_values, 1)
+        (last_map,) = model.get_intermediate_layers(pixel_values, 1, reshape=True)
+    patches = output.last_hidden_state[:, 4:]
+    assert output.last_hidden_state.shape == (2, 1 + 3 + 7 * 9, 32)
+    assert torch.equal(last, patches) and torch.equal(last_map, output.feature_map)
+    assert torch.equal(output.feature_map, patches.transpose(1, 2).reshape(2, 32, 7, 9))
+    backbone = SnDBackbone(SnDConfig(**{**config.to_dict(), "out_features": ["stage2"]})).eval()
+    backbone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(backbone(pixel_values).feature_maps[0], output.feature_map)
+    features = extract_features(FeatureModel("registers", "", model, "hash"), images, (98, 126))
+    mean, std = (torch.tensor(values)[:, None, None] for values in (SnDImageProcessor.image_mean, SnDImageProcessor.image_std))
+    with torch.no_grad():
+        reference = model((images - mean) / std, output_hidden_states=True)
+    assert torch.allclose(features.prenorm, reference.hidden_states[-1][:, 4:].transpose(1, 2).reshape(2, 32, 7, 9))
+    assert torch.allclose(features.patch, reference.feature_map)

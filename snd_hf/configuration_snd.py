@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from huggingface_hub.dataclasses import strict
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
+from transformers.utils import CONFIG_NAME
 
 from .schema import ModelConfigSchema, read_json, validate
 
@@ -100,6 +101,14 @@ class SnDConfig(BackboneConfigMixin, PreTrainedConfig):
         defaults = {field.name: field.default for field in dataclasses.fields(cls) if field.name in ModelConfigSchema.model_fields}
         validate(ModelConfigSchema, {**defaults, **values} if isinstance(values, dict) else values, source)
         return values
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> SnDConfig:
+        # AutoConfig / AutoModel read config.json themselves and pass its folder as name_or_path:
+        # checked here so that their errors name the file too.
+        if kwargs.get("name_or_path"):
+            cls.check_file(config_dict, os.path.join(str(kwargs["name_or_path"]), kwargs.get("subfolder") or "", CONFIG_NAME))
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoConfig, AutoModel
 
 from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.cli import console_main
@@ -49,9 +50,10 @@ def test_hostile_config_json_is_one_line_naming_file_and_key(tmp_path, capsys, c
     model = _tiny(folder)
     config = folder / "config.json"
     good = _edit(config, **changes)
-    with pytest.raises(SchemaError) as error:
-        SnDConfig.from_pretrained(folder)
-    assert str(error.value) == f"{config}: {problem}"
+    for load in (SnDConfig.from_pretrained, AutoConfig.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(SchemaError) as error:
+            load(folder)
+        assert str(error.value) == f"{config}: {problem}"
     with pytest.raises(CheckpointError) as error:
         SnDModel.from_pretrained(folder)
     assert str(error.value) == f"{config}: {problem}: the checkpoint's config is corrupt"

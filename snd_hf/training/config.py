@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from snd_hf.schema import MAX_IMAGE_SIDE, read_yaml
+from snd_hf.schema import MAX_IMAGE_SIDE, SchemaError, read_yaml
 
 # Shipped configs, in a source checkout (train.py passes its own folder's configs/ explicitly).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
@@ -170,6 +170,10 @@ class TrainingConfig:
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise ValueError(f"Unknown training config key(s) in {path}: {unknown}.")
+        try:
+            cls(**values)  # the file's own values first: a wrong or non-finite one names the file
+        except ValueError as error:
+            raise SchemaError(f"{path}: {error}") from None
         return cls.from_dict({**values, **(overrides or {})}, source=f"{path} or the command line")
 
     @classmethod

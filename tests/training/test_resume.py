@@ -129,6 +129,9 @@ def test_yaml_tags_are_one_line_and_never_run(tmp_path, capsys):
     assert error.startswith(f"train.py: error: {config}: could not determine a constructor for the tag")
     assert "tag:yaml.org,2002:python/object/apply:os.mkdir" in error and "(line 2)" in error
     assert not marker.exists() and not (tmp_path / "never").exists()
+    config.write_text("seed: 1\nlearning_rate: .nan\n")
+    error = _one_line_error(["--config", str(config), "--output_dir", str(tmp_path / "never")], capsys)
+    assert error == f"train.py: error: {config}: learning_rate must be a finite number, got nan. (add --debug for the traceback)"
 
 
 SAVE_WITH_A_FILE_SIZE_LIMIT = """

@@ -56,6 +56,8 @@ def ids_fingerprint(ids: Sequence[str]) -> str:
 class FileImages:
     """A checked list of image files (see :func:`snd_hf.extract.check_images`); ids are the file stems."""
 
+    streaming = False
+
     def __init__(self, paths: Sequence[Path]):
         self.paths = list(paths)
         self.ids = [path.stem for path in self.paths]

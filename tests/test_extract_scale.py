@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,8 +169,8 @@ def test_two_processes_write_what_one_process_writes(images, tmp_path):
     assert main(extract(*images, "--out", one)) == 0
     code, output = launch(extract(*images, "--out", two))
     assert code == 0, output
-    written = [line.split()[0] for line in output.splitlines() if line.startswith(str(two)) and ".safetensors" in line]
-    assert sorted(written) == sorted(str(two / f"{path.stem}.safetensors") for path in images)  # each image exactly once
+    written = re.findall(rf"{re.escape(str(two))}/(\w+)\.safetensors \(", output)  # each process's report per image
+    assert sorted(written) == [path.stem for path in images]  # each image exactly once
     assert sorted(path.name for path in two.iterdir()) == sorted(path.name for path in one.iterdir())
     expected = per_image(one)
     assert_same_features(expected, {k: {"feature_map": f, "cls": c} for k, (f, c) in per_image(two).items()})
@@ -191,7 +192,8 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_completes_them(image
     # Process 1 (shards 5-9) kills itself (SIGKILL) after 6 images: mid-way through its second shard.
     code, output = launch(arguments, SND_EXTRACT_TEST_KILL="1:6")
     assert code != 0
-    assert not (out / INDEX_JSON).exists() and json.loads((out / "snd_run.json").read_text())["status"] == "running"
+    # The main process either stopped on the broken process group ("failed") or was killed by the launcher.
+    assert not (out / INDEX_JSON).exists() and json.loads((out / "snd_run.json").read_text())["status"] in ("failed", "running")
     first = {path.name: path.stat().st_mtime_ns for path in out.glob("shard-*.parquet")}
     assert "shard-00005-of-00010.parquet" in first and "shard-00006-of-00010.parquet" not in first
     for name in first:  # what the killed run left is whole

@@ -211,3 +211,22 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_completes_them(image
     reference = tmp_path / "reference"
     assert main(extract(*images, "--out", reference)) == 0
     assert_same_features(per_image(reference), read_rows(out))
+
+
+def test_dtype_is_part_of_the_run(images, tmp_path):
+    from snd_hf.extract import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert main(extract(*images[:3], "--out", full, "--format", "shards")) == 0
+    assert main(extract(*images[:3], "--out", half, "--format", "shards", "--dtype", "bfloat16")) == 0
+    assert "dtype" not in json.loads((full / "snd_run.json").read_text())["identity"]  # float32 folders keep their identity
+    assert json.loads((half / "snd_run.json").read_text())["identity"]["dtype"] == "torch.bfloat16"
+    assert json.loads((half / INDEX_JSON).read_text())["dtype"] == "bfloat16"
+    reference, rounded = read_rows(full), read_rows(half)
+    for image_id, row in reference.items():  # float32 on disk either way, within bfloat16's rounding
+        assert rounded[image_id]["feature_map"].dtype == torch.float32
+        torch.testing.assert_close(rounded[image_id]["feature_map"], row["feature_map"], atol=0.1, rtol=0.05)
+    with pytest.raises(FileExistsError, match="another model or preprocessing"):
+        main(extract(*images[:3], "--out", half, "--format", "shards"))

@@ -29,7 +29,8 @@ At scale (see docs/scale.md)::
 - **Outputs**: ``--format files`` (the default, above) or ``--format shards``: Parquet shards of
   ``--shard-size`` images plus an index (:mod:`snd_hf.feature_shards`; no PCA pictures).
 - **Resuming**: a run stopped in any way (even ``kill -9``) and started again with the same arguments redoes
-  only the images or shards not written: every file is written whole or not at all. Other arguments into the
+  only the images or shards not written: every file is written whole or not at all (an image whose files are
+  there is not extracted again: delete them to redo it). Other arguments into the
   same folder are refused by the run manifest (a shards run's identity also holds its shard size and its
   images, or for a streamed dataset its name, split and number of processes).
 """
@@ -373,14 +374,17 @@ def _extract_files(args, state, images: FileImages | DatasetImages, model, proce
         outputs = [name for image_id in ids for name in output_names(image_id)]
         folder, metadata = open_run_folder(out, "snd extract", model, processor, outputs, str(args.model), args.overwrite)
         run_folder.enter_context(folder)
-        return metadata, [i for i, image_id in enumerate(ids) if not all((out / name).is_file() for name in output_names(image_id))]
+        missing = [i for i, image_id in enumerate(ids) if not all((out / name).is_file() for name in output_names(image_id))]
+        return metadata, missing
 
     metadata, pending = main_then_share(state, claim)
     with run_folder:
         if len(pending) < len(ids) and state.is_main_process:
             print(f"{out}: {len(ids) - len(pending)} of {len(ids)} images already extracted; extracting the other {len(pending)}")
         with state.split_between_processes(pending) as mine:
-            progress = tqdm(images.items(mine), total=len(mine), desc="snd extract", unit="image", disable=not state.is_local_main_process)
+            progress = tqdm(
+                images.items(mine), total=len(mine), desc="snd extract", unit="image", disable=not state.is_local_main_process
+            )
             features = extract_to_folder(model, processor, progress, out, metadata, args.pca_scale, args.batch_size)
             for feature_path, picture, image_features in _stop_after(features, _kill_point(state.process_index)):
                 channels, height, width = image_features.feature_map.shape
@@ -448,6 +452,13 @@ def _extract_stream(args, state, images: DatasetImages, model, processor) -> Non
         folder, metadata = open_run_folder(
             out, "snd extract", model, processor, [INDEX_JSON, INDEX_PARQUET], str(args.model), args.overwrite, identity=layout
         )
+        earlier = folder.read_manifest()
+        # A stream's shards are not known in advance, so the manifest cannot list them for --overwrite to remove.
+        if earlier is not None and earlier.get("identity") != folder.identity and any(out.glob("shard-*.parquet")):
+            raise FileExistsError(
+                f"{out} holds the shards of another run ({earlier.get('info', {})}, see {folder.manifest_path}); remove"
+                " them or choose another output folder"
+            )
         run_folder.enter_context(folder)
         return metadata
 
@@ -465,7 +476,8 @@ def _extract_stream(args, state, images: DatasetImages, model, processor) -> Non
                 if first is None:
                     break
                 name = f"{prefix}{k:05d}.parquet"
-                written = write_shard(out / name, itertools.chain([first], itertools.islice(features, size - 1)), metadata["weights_sha256"], args.batch_size)
+                rows = itertools.chain([first], itertools.islice(features, size - 1))
+                written = write_shard(out / name, rows, metadata["weights_sha256"], args.batch_size)
                 print(f"{out / name} ({written} images)")
         state.wait_for_everyone()
         if state.is_main_process:

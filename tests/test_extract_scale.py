@@ -96,9 +96,10 @@ def test_shards_hold_the_per_image_features_and_load_with_datasets(images, tmp_p
     assert streamed["image_id"] == "im00" and torch.equal(streamed["feature_map"], dataset[0]["feature_map"])
 
 
-def test_datasets_input_gives_the_features_of_the_files(images, tmp_path):
+def test_datasets_input_gives_the_features_of_the_files(images, tmp_path, monkeypatch):
     import datasets
 
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # the imagefolder's Arrow copy
     files = tmp_path / "files"
     assert main(extract(*images[:9], "--out", files)) == 0
     expected = per_image(files)
@@ -112,7 +113,7 @@ def test_datasets_input_gives_the_features_of_the_files(images, tmp_path):
     assert_same_features(expected, read_rows(streamed))
     assert sorted(path.name for path in streamed.glob("shard-*")) == [f"shard-00000-of-00001-0000{k}.parquet" for k in range(3)]
     with pytest.raises(FileExistsError, match="holds the shards of another run"):  # a stream's shards are not listed
-        main(extract("--dataset", subset, "--streaming", "--out", streamed, "--format", "shards", "--shortest-edge", "42", "--overwrite"))
+        main(extract("--dataset", subset, "--streaming", "--out", streamed, "--format", "shards", "--shard-size", "4") + ["--shortest-edge", "42", "--overwrite"])
     indexed = tmp_path / "indexed"  # the same folder as an indexed dataset, per-image layout
     assert main(extract("--dataset", subset, "--out", indexed)) == 0
     assert_same_features(expected, {k: {"feature_map": f, "cls": c} for k, (f, c) in per_image(indexed).items()})
@@ -177,7 +178,7 @@ def test_two_processes_write_what_one_process_writes(images, tmp_path):
     expected = per_image(one)
     assert_same_features(expected, {k: {"feature_map": f, "cls": c} for k, (f, c) in per_image(two).items()})
     assert json.loads((two / "snd_run.json").read_text())["status"] == "complete"
-    code, output = launch(extract(*images, "--out", two, "--shortest-edge", "42"))  # refused by the main process...
+    code, output = launch(extract(*images, "--out", two) + ["--shortest-edge", "42"])  # refused by the main process...
     assert code != 0 and output.count("another model or preprocessing") == 2, output  # ...and so by both
 
     streamed = tmp_path / "streamed"  # a streamed imagefolder, split between the processes by datasets

@@ -327,10 +327,10 @@ def evaluate(
         eval_data = open_data(data, preset, cache_dir)
         feature_models = [load_feature_model(spec, concat_with) for spec in models]
     tasks = [task for task in tasks if task in eval_data.tasks]
-    for feature_model in feature_models:
-        for module in (feature_model.model, feature_model.concat_with and feature_model.concat_with.model):
-            if module is not None:
-                module.to(state.device)
+    for feature_model in feature_models:  # each process extracts on its own device (its GPU under the launcher)
+        feature_model.model.to(state.device)
+        if feature_model.concat_with is not None:
+            feature_model.concat_with.model.to(state.device)
     names = [feature_model.name for feature_model in feature_models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")

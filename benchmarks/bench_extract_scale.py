@@ -12,7 +12,9 @@ needed, then runs ``snd extract --format shards`` on them:
   processes under ``accelerate launch`` (``ACCELERATE_USE_CPU=true`` on CPU), each with ``--threads`` torch
   threads, so N processes use N times the threads of one. Each process times its own ``snd extract`` from after
   its imports and process-group start to its end (the last process to finish closes the run), so the figure is
-  the extraction's, not Python's start-up.
+  the extraction's, not Python's start-up. The CPU time each process used is printed too: on a busy machine the
+  wall-clock speed-up says more about the other load than about the split, while CPU seconds that add up to
+  one process's say the split itself costs nothing.
 - **Memory**: each process's peak resident memory (``VmHWM``, Linux) for every count in ``--counts``, in
   ``--processes`` processes; the goal is a flat line (the largest count within 1.2x of the smallest).
 
@@ -50,11 +52,12 @@ PROCESS = textwrap.dedent(
     torch.set_num_threads(int(sys.argv[1]))
     state = process_state()
     state.wait_for_everyone()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     main(sys.argv[2:])
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak_kb = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
-    print("bench " + json.dumps({"rank": state.process_index, "seconds": seconds, "peak_kb": peak_kb}), flush=True)
+    report = {"rank": state.process_index, "seconds": seconds, "cpu_seconds": cpu, "peak_kb": peak_kb}
+    print("bench " + json.dumps(report), flush=True)
     """
 )
 
@@ -125,12 +128,20 @@ def main() -> None:
         if not args.skip_throughput:
             count = args.throughput_images
             print(f"throughput, {count} images ({load()}):")
-            one = run_extract(1, args.threads, args.device, arguments(count, folder / "one"))[0]["seconds"]
-            print(f"  1 process  x {args.threads} thread(s): {one:7.2f} s  {count / one:7.1f} images/s  ({load()})", flush=True)
-            many = max(report["seconds"] for report in run_extract(args.processes, args.threads, args.device, arguments(count, folder / "many")))
+            alone = run_extract(1, args.threads, args.device, arguments(count, folder / "one"))
+            one = alone[0]["seconds"]
             print(
-                f"  {args.processes} processes x {args.threads} thread(s): {many:7.2f} s  {count / many:7.1f} images/s  "
-                f"speed-up {one / many:.2f}x (goal >= {0.85 * args.processes:.1f}x)  ({load()})",
+                f"  1 process  x {args.threads} thread(s): {one:7.2f} s  {count / one:7.1f} images/s, CPU"
+                f" {alone[0]['cpu_seconds']:.1f} s  ({load()})",
+                flush=True,
+            )
+            reports = run_extract(args.processes, args.threads, args.device, arguments(count, folder / "many"))
+            many = max(report["seconds"] for report in reports)
+            cpu = " + ".join(f"{report['cpu_seconds']:.1f}" for report in reports)
+            print(
+                f"  {args.processes} processes x {args.threads} thread(s): {many:7.2f} s  {count / many:7.1f} images/s, CPU"
+                f" {cpu} s  speed-up {one / many:.2f}x"
+                f" (goal >= {0.85 * args.processes:.1f}x)  ({load()})",
                 flush=True,
             )
         if not args.skip_memory:

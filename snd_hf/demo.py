@@ -45,6 +45,7 @@ from .extract import (
     load_model,
     load_processor,
     open_run_folder,
+    output_names,
 )
 from .hub import SND_HUB_REPO
 from .images import load_rgb, rgb_to_float
@@ -112,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
     compare = args.images is None and (args.init is not None or name == EMBEDDED)
     # A demo folder follows the model of its latest run: another model's files are replaced, not mixed.
     extra_outputs = [PANEL, CORRESPONDENCE] if compare else [PANEL]
-    folder, metadata = open_run_folder(
-        args.out, "snd demo", model, processor, paths, name, args.overwrite, replace_other_run=True, extra_outputs=extra_outputs
-    )
+    outputs = [output for path in paths for output in output_names(path.stem)] + extra_outputs
+    folder, metadata = open_run_folder(args.out, "snd demo", model, processor, outputs, name, args.overwrite, replace_other_run=True)
     with folder:
         written = list(extract_to_folder(model, processor, paths, args.out, metadata, args.pca_scale, args.batch_size))
 

@@ -14,13 +14,36 @@ every file's header is checked before the model loads, then each image is decode
 the number of images. The output folder is a :class:`snd_hf.run_folder.RunFolder`: ``snd_run.json``
 records the model and preprocessing, a re-run with another model is refused unless ``--overwrite``,
 and a lock keeps two runs from writing into it at once.
+
+At scale (see docs/scale.md)::
+
+    accelerate launch --multi_gpu --num_processes 8 -m snd_hf.cli extract --dataset my/images --streaming \
+        --model david-shavin/SnD --format shards --out features/
+
+- **Processes**: under ``accelerate launch`` each process (GPU, node, or CPU process with
+  ``ACCELERATE_USE_CPU=true``) extracts its part (``PartialState.split_between_processes`` of the images or
+  shards still to do; ``datasets.distributed.split_dataset_by_node`` of a streamed dataset), in batches on its
+  device, in bfloat16 where the device supports it (``--dtype auto``; float32 on CPU). The main process alone
+  checks the inputs and claims the output folder; the others wait for it and stop with its error.
+- **Inputs**: image files, or ``--dataset``: any `datasets` image dataset (:mod:`snd_hf.image_inputs`).
+- **Outputs**: ``--format files`` (the default, above) or ``--format shards``: Parquet shards of
+  ``--shard-size`` images plus an index (:mod:`snd_hf.feature_shards`; no PCA pictures).
+- **Resuming**: a run stopped in any way (even ``kill -9``) and started again with the same arguments redoes
+  only the images or shards not written: every file is written whole or not at all (an image whose files are
+  there is not extracted again: delete them to redo it). Other arguments into the
+  same folder are refused by the run manifest (a shards run's identity also holds its shard size and its
+  images, or for a streamed dataset its name, split and number of processes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import math
 import os
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +53,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .distributed import main_then_share, process_state
+from .feature_shards import INDEX_JSON, INDEX_PARQUET, shard_rows, write_index, write_shard
 from .files import atomic_write
+from .image_inputs import DatasetImages, FileImages, ImageItem, ids_fingerprint, open_image_dataset
 from .image_processing_snd import SnDImageProcessor
 from .images import MAX_PIXELS, open_image, probe_image
 from .loading import weights_hash
@@ -42,6 +68,9 @@ from .visualization import pca_rgb, save_png
 PROCESSOR_CONFIG = "preprocessor_config.json"
 # Processor settings that do not change any pixel value: left out of a run's identity.
 NOT_IN_IDENTITY = ("max_pixels", "image_processor_type", "processor_class")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Test-only: "RANK:IMAGES" makes process RANK kill itself (SIGKILL) once it has extracted IMAGES images.
+KILL_ENV = "SND_EXTRACT_TEST_KILL"
 
 
 @dataclass
@@ -108,9 +137,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool, s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", type=Path, help="image files (anything pillow reads)")
+    parser.add_argument("images", nargs="*", type=Path, help="image files (anything pillow reads), or use --dataset")
+    parser.add_argument("--dataset", help="a datasets image dataset instead of files: a save_to_disk folder, an image folder, a Hub id")
+    parser.add_argument("--split", default="train", help="--dataset split")
+    parser.add_argument("--streaming", action="store_true", help="stream --dataset (IterableDataset; needs --format shards)")
+    parser.add_argument("--image-column", help="--dataset column holding the images (default: its first image column)")
     add_model_arguments(parser, model_required=True, shortest_edge=448)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--format", choices=["files", "shards"], default="files", help="one safetensors + PCA picture per image, or Parquet shards"
+    )
+    parser.add_argument("--shard-size", type=positive_int, default=1000, help="images per shard (--format shards)")
+    parser.add_argument(
+        "--dtype", choices=["auto", *DTYPES], default="auto", help="model dtype; auto: bfloat16 on GPUs that support it, else float32"
+    )
 
 
 def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS) -> list[Path]:
@@ -139,9 +179,9 @@ def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXEL
     return list(stems.values())
 
 
-def output_names(paths: Iterable[Path]) -> list[str]:
-    """The files a run writes for ``paths``: ``{stem}.safetensors`` and ``{stem}_pca.png`` each."""
-    return [name for path in paths for name in (f"{path.stem}.safetensors", f"{path.stem}_pca.png")]
+def output_names(image_id: str) -> tuple[str, str]:
+    """The files a run writes for one image: ``{id}.safetensors`` and ``{id}_pca.png``."""
+    return f"{image_id}.safetensors", f"{image_id}_pca.png"
 
 
 def load_processor(model_source: str | os.PathLike, shortest_edge: int, max_pixels: int = MAX_PIXELS) -> SnDImageProcessor:
@@ -157,9 +197,12 @@ def load_processor(model_source: str | os.PathLike, shortest_edge: int, max_pixe
 
 
 def run_identity(model: torch.nn.Module, processor: SnDImageProcessor) -> dict[str, Any]:
-    """What determines the features a run writes: the weights and every pixel-changing processor setting."""
+    """What determines the features a run writes: the weights, their dtype when not float32, and every
+    pixel-changing processor setting."""
     settings = {key: value for key, value in processor.to_dict().items() if key not in NOT_IN_IDENTITY}
-    return {"weights_sha256": weights_hash(model), "processor": settings}
+    dtype = next(model.parameters()).dtype
+    # float32 stays implicit: folders written before --dtype existed keep their identity.
+    return {"weights_sha256": weights_hash(model), "processor": settings, **({} if dtype == torch.float32 else {"dtype": str(dtype)})}
 
 
 @torch.no_grad()
@@ -178,26 +221,31 @@ def extract_features(model: SnDModel, processor: SnDImageProcessor, image: Any) 
     return run_model(model, processor(images=image, return_tensors="pt")["pixel_values"])[0]
 
 
-def preprocess_file(processor: SnDImageProcessor, path: Path) -> torch.Tensor:
-    """Decode one file and preprocess it: [3, H, W]. The decoded image is freed on return."""
-    image = open_image(path, max_pixels=processor.max_pixels)
+def preprocess_file(processor: SnDImageProcessor, item: ImageItem) -> torch.Tensor:
+    """Decode one image and preprocess it: [3, H, W]. The decoded image is freed on return."""
+    image = open_image(item.open(), source=item.source, max_pixels=processor.max_pixels)
     return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
+def as_item(image: ImageItem | Path) -> ImageItem:
+    """An image file as an item named after its stem; items as they are."""
+    return image if isinstance(image, ImageItem) else ImageItem(image.stem, image, str(image))
+
+
 def stream_features(
-    model: SnDModel, processor: SnDImageProcessor, paths: Iterable[Path], batch_size: int = 8
-) -> Iterator[tuple[Path, ImageFeatures]]:
+    model: SnDModel, processor: SnDImageProcessor, images: Iterable[ImageItem | Path], batch_size: int = 8
+) -> Iterator[tuple[ImageItem, ImageFeatures]]:
     """Features of each image, in order, holding at most ``batch_size`` preprocessed images and one decoded
     image at a time. A batch also ends where the preprocessed size changes (other aspect ratio)."""
-    batch: list[tuple[Path, torch.Tensor]] = []
-    for path in paths:
-        pixel_values = preprocess_file(processor, path)  # [3, H, W]
+    batch: list[tuple[ImageItem, torch.Tensor]] = []
+    for item in map(as_item, images):
+        pixel_values = preprocess_file(processor, item)  # [3, H, W]
         if batch and (len(batch) == batch_size or batch[0][1].shape != pixel_values.shape):
-            yield from zip([p for p, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
+            yield from zip([i for i, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
             batch = []
-        batch.append((path, pixel_values))
+        batch.append((item, pixel_values))
     if batch:
-        yield from zip([p for p, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
+        yield from zip([i for i, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
 
 
 def save_features(features: ImageFeatures, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -217,7 +265,7 @@ def load_model(source: str | os.PathLike, size: str | None, blending: bool | Non
 def extract_to_folder(
     model: SnDModel,
     processor: SnDImageProcessor,
-    paths: Iterable[Path],
+    images: Iterable[ImageItem | Path],
     out: Path,
     metadata: dict[str, str],
     pca_scale: int = 14,
@@ -229,9 +277,10 @@ def extract_to_folder(
     Yields:
         per image: (safetensors path, PCA picture path, the features).
     """
-    for path, features in stream_features(model, processor, paths, batch_size):
-        feature_path = save_features(features, out / f"{path.stem}.safetensors", metadata)
-        picture = save_png(pca_rgb(features.feature_map), out / f"{path.stem}_pca.png", scale=pca_scale)
+    for item, features in stream_features(model, processor, images, batch_size):
+        feature_name, picture_name = output_names(item.image_id)
+        feature_path = save_features(features, out / feature_name, metadata)
+        picture = save_png(pca_rgb(features.feature_map), out / picture_name, scale=pca_scale)
         yield feature_path, picture, features
 
 
@@ -240,31 +289,202 @@ def open_run_folder(
     command: str,
     model: SnDModel,
     processor: SnDImageProcessor,
-    paths: Sequence[Path],
+    outputs: Sequence[str],
     model_name: str,
     overwrite: bool,
     replace_other_run: bool = False,
-    extra_outputs: Sequence[str] = (),
+    identity: dict[str, Any] | None = None,
 ) -> tuple[RunFolder, dict[str, str]]:
-    """The `RunFolder` for writing features of ``paths`` (and ``extra_outputs``) into ``out``, and the
-    safetensors metadata."""
-    identity = run_identity(model, processor)
+    """The `RunFolder` for writing ``outputs`` (file names) into ``out``, and the safetensors metadata.
+
+    ``identity``: what else than the model and preprocessing determines the outputs (a shards run's layout).
+    """
+    full_identity = {**run_identity(model, processor), **(identity or {})}
     info = {"model": model_name, "hidden_size": model.config.hidden_size, "patch_size": model.config.patch_size}
-    outputs = output_names(paths) + list(extra_outputs)
-    folder = RunFolder(out, command, identity, outputs, overwrite=overwrite, replace_other_run=replace_other_run, info=info)
-    return folder, {"model": model_name, "weights_sha256": identity["weights_sha256"]}
+    folder = RunFolder(
+        out, command, full_identity, list(outputs), overwrite=overwrite, replace_other_run=replace_other_run, info=info
+    )
+    return folder, {"model": model_name, "weights_sha256": full_identity["weights_sha256"]}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``--dtype``: ``auto`` is bfloat16 on a CUDA device that supports it (features within bfloat16 rounding of
+    float32's), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return DTYPES[name]
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if bool(args.images) == bool(args.dataset):
+        raise ValueError("snd extract takes image files or --dataset, not both or neither")
+    if args.streaming and not args.dataset:
+        raise ValueError("--streaming streams a --dataset; image files are read one by one anyway")
+    if args.streaming and args.format != "shards":
+        raise ValueError("--streaming writes --format shards: the images of a stream are not known in advance")
+
+
+def _open_images(args: argparse.Namespace, state) -> FileImages | DatasetImages:
+    """The run's images: checked files (headers read on the main process), or the dataset (opened on the main
+    process first, so the others find its cache ready)."""
+    if args.images:
+        return FileImages(main_then_share(state, lambda: check_images(args.images, args.max_pixels)))
+    with state.main_process_first():
+        return open_image_dataset(args.dataset, args.split, args.streaming, args.image_column)
+
+
+def _kill_point(rank: int) -> int | None:
+    """Test hook (``KILL_ENV``): how many images this process extracts before it kills itself."""
+    target, _, count = os.environ.get(KILL_ENV, "").partition(":")
+    return int(count) if target and int(target) == rank else None
+
+
+def _stop_after(values: Iterable, count: int | None) -> Iterator:
+    """``values``, this process killing itself (SIGKILL) after the ``count``-th (the ``KILL_ENV`` test hook)."""
+    for done, value in enumerate(values, 1):
+        yield value
+        if done == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rows(features: Iterable[tuple[ImageItem, ImageFeatures]]) -> Iterator[tuple[str, ImageFeatures]]:
+    return ((item.image_id, image_features) for item, image_features in features)
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = check_images(args.images, args.max_pixels)
+    _check_arguments(args)
+    state = process_state()
+    images = _open_images(args, state)
     processor = load_processor(args.model, args.shortest_edge, args.max_pixels)
-    model = load_model(args.model, args.size, args.blending, args.revision)
-    folder, metadata = open_run_folder(args.out, "snd extract", model, processor, paths, str(args.model), args.overwrite)
-    with folder:
-        progress = tqdm(paths, desc="snd extract", unit="image")
-        for feature_path, picture, features in extract_to_folder(
-            model, processor, progress, args.out, metadata, args.pca_scale, args.batch_size
-        ):
-            channels, height, width = features.feature_map.shape
-            progress.write(f"{feature_path} ({channels}x{height}x{width})  {picture}")
+    with state.main_process_first():  # one download of the weights, the other processes read its cache
+        model = load_model(args.model, args.size, args.blending, args.revision)
+    model.to(state.device, resolve_dtype(args.dtype, state.device))
+    if args.format == "files":
+        _extract_files(args, state, images, model, processor)
+    elif images.streaming:
+        _extract_stream(args, state, images, model, processor)
+    else:
+        _extract_shards(args, state, images, model, processor)
     return 0
+
+
+def _extract_files(args, state, images: FileImages | DatasetImages, model, processor) -> None:
+    """``--format files``: each process writes the files of its part of the images not written yet."""
+    ids = images.ids
+    out = args.out
+    run_folder = contextlib.ExitStack()
+
+    def claim() -> tuple[dict[str, str], list[int]]:
+        outputs = [name for image_id in ids for name in output_names(image_id)]
+        folder, metadata = open_run_folder(out, "snd extract", model, processor, outputs, str(args.model), args.overwrite)
+        run_folder.enter_context(folder)
+        missing = [i for i, image_id in enumerate(ids) if not all((out / name).is_file() for name in output_names(image_id))]
+        return metadata, missing
+
+    metadata, pending = main_then_share(state, claim)
+    with run_folder:
+        if len(pending) < len(ids) and state.is_main_process:
+            print(f"{out}: {len(ids) - len(pending)} of {len(ids)} images already extracted; extracting the other {len(pending)}")
+        with state.split_between_processes(pending) as mine:
+            progress = tqdm(
+                images.items(mine), total=len(mine), desc="snd extract", unit="image", disable=not state.is_local_main_process
+            )
+            features = extract_to_folder(model, processor, progress, out, metadata, args.pca_scale, args.batch_size)
+            for feature_path, picture, image_features in _stop_after(features, _kill_point(state.process_index)):
+                channels, height, width = image_features.feature_map.shape
+                progress.write(f"{feature_path} ({channels}x{height}x{width})  {picture}")
+        state.wait_for_everyone()
+
+
+def _index_info(args, model, metadata: dict[str, str]) -> dict[str, Any]:
+    return {
+        "format": "snd-hf feature shards",
+        **metadata,
+        "hidden_size": model.config.hidden_size,
+        "patch_size": model.config.patch_size,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "shard_size": args.shard_size,
+    }
+
+
+def _extract_shards(args, state, images: FileImages | DatasetImages, model, processor) -> None:
+    """``--format shards`` of files or an indexed dataset: shard k holds images k * size to (k + 1) * size, so
+    which shards are missing does not depend on the number of processes; each process writes its part of them."""
+    ids, size, out = images.ids, args.shard_size, args.out
+    count = math.ceil(len(ids) / size)
+    names = [f"shard-{k:05d}-of-{count:05d}.parquet" for k in range(count)]
+    layout = {"format": "shards", "shard_size": size, "images": ids_fingerprint(ids)}
+    run_folder = contextlib.ExitStack()
+
+    def claim() -> tuple[dict[str, str], list[int]]:
+        folder, metadata = open_run_folder(
+            out, "snd extract", model, processor, [*names, INDEX_JSON, INDEX_PARQUET], str(args.model), args.overwrite, identity=layout
+        )
+        run_folder.enter_context(folder)
+        return metadata, [k for k, name in enumerate(names) if not (out / name).is_file()]
+
+    metadata, pending = main_then_share(state, claim)
+    with run_folder:
+        if len(pending) < count and state.is_main_process:
+            print(f"{out}: {count - len(pending)} of {count} shards already written; writing the other {len(pending)}")
+        kill_after = _kill_point(state.process_index)
+        with state.split_between_processes(pending) as mine:
+            for k in tqdm(mine, desc="snd extract", unit="shard", disable=not state.is_local_main_process):
+                part = images.items(range(k * size, min(len(ids), (k + 1) * size)))
+                rows = _rows(_stop_after(stream_features(model, processor, part, args.batch_size), kill_after))
+                written = write_shard(out / names[k], rows, metadata["weights_sha256"], args.batch_size)
+                if kill_after is not None:
+                    kill_after -= written
+                print(f"{out / names[k]} ({written} images)")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            index = write_index(out, names, _index_info(args, model, metadata))
+            print(f"{out / INDEX_JSON}: {index['images']} images in {count} shards, {index['bytes_per_image']} bytes per image")
+
+
+def _extract_stream(args, state, images: DatasetImages, model, processor) -> None:
+    """``--format shards`` of a streamed dataset: process r of W writes its part of the stream
+    (``split_dataset_by_node``) as shards ``shard-r-of-W-k``; a rerun skips the rows of its complete shards."""
+    size, out = args.shard_size, args.out
+    rank, world = state.process_index, state.num_processes
+    prefix = f"shard-{rank:05d}-of-{world:05d}-"
+    layout = {"format": "shards", "shard_size": size, "dataset": args.dataset, "split": args.split,
+              "image_column": images.image_column, "processes": world}  # fmt: skip
+    run_folder = contextlib.ExitStack()
+
+    def claim() -> dict[str, str]:
+        folder, metadata = open_run_folder(
+            out, "snd extract", model, processor, [INDEX_JSON, INDEX_PARQUET], str(args.model), args.overwrite, identity=layout
+        )
+        earlier = folder.read_manifest()
+        # A stream's shards are not known in advance, so the manifest cannot list them for --overwrite to remove.
+        if earlier is not None and earlier.get("identity") != folder.identity and any(out.glob("shard-*.parquet")):
+            raise FileExistsError(
+                f"{out} holds the shards of another run ({earlier.get('info', {})}, see {folder.manifest_path}); remove"
+                " them or choose another output folder"
+            )
+        run_folder.enter_context(folder)
+        return metadata
+
+    metadata = main_then_share(state, claim)
+    with run_folder:
+        done = 0  # this process's complete shards: all full but maybe the last, which ends its part of the stream
+        while (out / f"{prefix}{done:05d}.parquet").is_file():
+            done += 1
+        finished = done > 0 and shard_rows(out / f"{prefix}{done - 1:05d}.parquet") < size
+        if not finished:
+            stream = stream_features(model, processor, images.stream(rank, world, skip=done * size), args.batch_size)
+            features = _rows(_stop_after(stream, _kill_point(rank)))
+            for k in itertools.count(done):
+                first = next(features, None)
+                if first is None:
+                    break
+                name = f"{prefix}{k:05d}.parquet"
+                rows = itertools.chain([first], itertools.islice(features, size - 1))
+                written = write_shard(out / name, rows, metadata["weights_sha256"], args.batch_size)
+                print(f"{out / name} ({written} images)")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            names = sorted(path.name for path in out.glob(f"shard-*-of-{world:05d}-*.parquet"))
+            index = write_index(out, names, _index_info(args, model, metadata))
+            print(f"{out / INDEX_JSON}: {index['images']} images in {len(names)} shards, {index['bytes_per_image']} bytes per image")

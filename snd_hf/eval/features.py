@@ -13,12 +13,15 @@ DINOv2, are concatenated in front of the compared model's along channels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from snd_hf.image_processing_snd import SnDImageProcessor
@@ -146,6 +149,7 @@ def extract_features(
     input_size: tuple[int, int],
     batch_size: int = 8,
     description: str = "features",
+    state: PartialState | None = None,
 ) -> DenseFeatures:
     """Features of a set of images, resized (bilinear, antialiased) to ``input_size``.
 
@@ -155,6 +159,10 @@ def extract_features(
         input_size: model input ``(H', W')``, multiples of the patch size.
         batch_size: images per forward pass.
         description: progress-bar label.
+        state: accelerate's state of a run in several processes (:func:`snd_hf.distributed.process_state`):
+            every process must call this with the same images; each runs its share of the batches
+            (``split_between_processes``) and gets every image's features back (``gather_object``). The batches
+            are the ones a single process runs, so the features are the same.
 
     Returns:
         features of every image, on CPU in float32.
@@ -165,13 +173,16 @@ def extract_features(
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
     device = next(feature_model.model.parameters()).device
-    parts = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False):
-        batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
-        if tuple(batch.shape[-2:]) != tuple(input_size):
-            batch = F.interpolate(batch, size=input_size, mode="bilinear", align_corners=False, antialias=True)
-        features = _forward(feature_model.model, batch)
-        if feature_model.concat_with is not None:
-            features = DenseFeatures.cat([_forward(feature_model.concat_with.model, batch), features], dim=1)
-        parts.append(DenseFeatures(*(getattr(features, f.name).float().cpu() for f in fields(DenseFeatures))))
-    return DenseFeatures.cat(parts)
+    starts = list(range(0, images.shape[0], batch_size))
+    distributed = state is not None and state.num_processes > 1
+    with state.split_between_processes(starts) if distributed else contextlib.nullcontext(starts) as mine:
+        parts = []
+        for start in tqdm(mine, desc=description, leave=False):
+            batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
+            if tuple(batch.shape[-2:]) != tuple(input_size):
+                batch = F.interpolate(batch, size=input_size, mode="bilinear", align_corners=False, antialias=True)
+            features = _forward(feature_model.model, batch)
+            if feature_model.concat_with is not None:
+                features = DenseFeatures.cat([_forward(feature_model.concat_with.model, batch), features], dim=1)
+            parts.append(DenseFeatures(*(getattr(features, f.name).float().cpu() for f in fields(DenseFeatures))))
+    return DenseFeatures.cat(gather_object(parts) if distributed else parts)

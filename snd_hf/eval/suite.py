@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -37,9 +38,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from snd_hf.distributed import process_state
 from snd_hf.eval.datasets import (
     TASKS,
     DenseDataset,
@@ -196,10 +199,12 @@ def _materialize(dataset: DenseDataset, key: str) -> DenseArrays:
 
 
 class _FeatureStore:
-    """Features per (model weights, image set, resize protocol), extracted once and shared by the probes."""
+    """Features per (model weights, image set, resize protocol), extracted once and shared by the probes; across
+    the processes of ``state`` while it is set (every process must then ask for the same features in turn)."""
 
-    def __init__(self, short_side: int):
+    def __init__(self, short_side: int, state: PartialState | None = None):
         self.short_side = short_side
+        self.state = state
         self._cache: dict[tuple[str, str, str], DenseFeatures] = {}
 
     def __call__(self, feature_model: FeatureModel, arrays: DenseArrays, resize: str) -> DenseFeatures:
@@ -211,7 +216,7 @@ class _FeatureStore:
                 for model in models:
                     stack.enter_context(position_resize(model, resize))
                 self._cache[key] = extract_features(
-                    feature_model, arrays.images, size, description=f"{feature_model.name} {arrays.key}"
+                    feature_model, arrays.images, size, description=f"{feature_model.name} {arrays.key}", state=self.state
                 )
         return self._cache[key]
 
@@ -323,8 +328,12 @@ def evaluate(
             probe, the one the paper's code used (``snd_hf.eval.protocol.PAPER_RESIZE``). Recorded in
             ``results.json`` as ``resize`` (``"paper"`` for None) and, per probe, ``position_resize``.
 
+    Under ``accelerate launch`` (see docs/scale.md) the processes share the feature extraction, each running
+    its part of the batches of every image set the tasks read (cached results or not); the probes, files and
+    pictures are then the main process's alone, with the features a single process would have extracted.
+
     Returns:
-        the JSON payload written to ``results.json``.
+        the JSON payload written to ``results.json`` (on the other processes of a launched run: an empty dict).
 
     Raises:
         FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
@@ -343,9 +352,15 @@ def evaluate(
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
     earlier = _read_results(out_dir / "results.json")  # a damaged one is refused before anything is generated
-    eval_data = open_data(data, preset, cache_dir)
+    state = process_state()
+    with state.main_process_first():  # generated data and downloads: made once, read by the other processes
+        eval_data = open_data(data, preset, cache_dir)
+        feature_models = [load_feature_model(spec, concat_with) for spec in models]
     tasks = [task for task in tasks if task in eval_data.tasks]
-    feature_models = [load_feature_model(spec, concat_with) for spec in models]
+    for feature_model in feature_models:  # each process extracts on its own device (its GPU under the launcher)
+        feature_model.model.to(state.device)
+        if feature_model.concat_with is not None:
+            feature_model.concat_with.model.to(state.device)
     names = [feature_model.name for feature_model in feature_models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
@@ -370,6 +385,19 @@ def evaluate(
         if id(reader) not in loaded:
             loaded[id(reader)] = _materialize(reader, f"{eval_data.name}-{split}{len(loaded)}")
         return loaded[id(reader)]
+
+    if state.num_processes > 1:
+        store.state = state
+        for task in tasks:
+            if task == "correspondence":
+                image_sets = [_pair_images(eval_data, preset)[1]]
+            else:
+                image_sets = [load(reader, split) for reader, split in zip(eval_data.dense[task], ("train", "test"))]
+            for feature_model, arrays in itertools.product(feature_models, image_sets):
+                store(feature_model, arrays, position_resize[task])
+        store.state = None
+        if not state.is_main_process:
+            return {}
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     losses: dict[str, dict[str, list[float]]] = {}
@@ -452,9 +480,14 @@ def _run_dense(
     return run_segmentation(data, config, eval_data.num_classes, preset.num_panels)
 
 
-def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results, resize) -> Path:
+def _pair_images(eval_data: EvalData, preset: EvalPreset) -> tuple[list, DenseArrays]:
+    """The correspondence pairs' inputs and their images, both views of each pair in turn."""
     pairs = _pair_inputs(eval_data.pairs, preset.correspondence_scale)
-    images = DenseArrays(torch.cat([pair[0] for pair in pairs]), key=f"{eval_data.name}-pairs")
+    return pairs, DenseArrays(torch.cat([pair[0] for pair in pairs]), key=f"{eval_data.name}-pairs")
+
+
+def _evaluate_correspondence(eval_data, feature_models, preset, store, cache_dir, out_dir, results, resize) -> Path:
+    pairs, images = _pair_images(eval_data, preset)
     for feature_model in feature_models:
         config = {
             "num_matches": preset.num_matches,
@@ -570,6 +603,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = TASKS if args.task == "all" else (args.task,)
     preset = _customized(PRESETS[args.preset], args.steps, args.synthetic_size)
     payload = evaluate(args.model, args.data, tasks, args.out, preset, args.concat_with, args.cache_dir, args.overwrite, args.resize)
+    if not payload:  # another process than the main one of a launched run
+        return 0
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'} and {len(payload['pictures'])} pictures")
     return 0

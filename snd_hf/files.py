@@ -1,5 +1,6 @@
 """File-system helpers: nothing the package writes is ever left half-written, and what an interrupted
-run leaves behind is cleared (temporaries) or put back (a moved-aside destination) by the next one.
+run leaves behind is cleared (temporaries) or put back (a moved-aside destination) by the next one;
+data pickles are read without running code from them (:func:`load_data_pickle`).
 
 Every writer in snd-hf goes through :func:`atomic_write` for one file, or builds a file or folder at
 :func:`make_temporary` and moves it in with :func:`replace_path`. Temporaries are named
@@ -10,9 +11,12 @@ stale ones (same host, process gone) from a live concurrent writer's, and never 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import io
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -221,6 +225,69 @@ def replace_path(temporary: Path, destination: Path) -> None:
     _remove(old)
 
 
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A data pickle that needs more than plain data (numpy arrays, numbers, strings, containers) to load."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes``; any other codec is refused."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafePickleError(f"_codecs.encode with the codec {encoding!r}")
+    return text.encode("latin1")
+
+
+@functools.cache
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The callables a pickle of numpy arrays, dtypes and scalars names, under numpy 1 and 2 module names."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Resolves only the globals of :func:`_numpy_globals`; dicts, lists, tuples, numbers, strings and
+    bytes need no global at all. Anything else (a class, a function such as ``os.system`` that a
+    ``__reduce__`` payload names) is refused before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _numpy_globals()[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"{module}.{name}") from None
+
+
+def load_data_pickle(path: str | os.PathLike) -> object:
+    """Read a data file written with :func:`pickle.dump` without running any code from it.
+
+    Admits numpy arrays (any dtype; object arrays of the admitted types), numpy dtypes and scalars,
+    Python numbers, strings, bytes, lists, tuples and dicts, as a dataset's packing holds them
+    (e.g. Probe3D's ``nyuv2_test.pkl``).
+
+    Raises:
+        UnsafePickleError (a ``ValueError``): the file names any other class or function (named in
+            the message, nothing of it was executed), or is not a readable pickle.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return _DataUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as error:
+        raise UnsafePickleError(
+            f"{path} needs {error} to load, which a data file may not: only numpy arrays, numbers, strings,"
+            " bytes, lists, tuples and dicts are read (nothing in the file was executed)"
+        ) from None
+    except Exception as error:  # truncated or corrupt: whatever pickle raises, one line naming the file
+        raise UnsafePickleError(f"{path} is not a readable pickle ({type(error).__name__}: {error})") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
     digest = hashlib.sha256()
@@ -236,10 +303,12 @@ __all__ = [
     "default_permissions",
     "OutOfRoomError",
     "explain_write_errors",
+    "load_data_pickle",
     "make_temporary",
     "old_copy",
     "replace_path",
     "restore_interrupted",
     "sha256_file",
+    "UnsafePickleError",
 ]
 

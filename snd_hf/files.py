@@ -123,11 +123,24 @@ def restore_interrupted(destination: Path) -> bool:
     return True
 
 
+# Checks every destination passes before anything is written to it: an open run folder
+# (`snd_hf.run_folder.RunFolder`) registers one to refuse files it does not own and to record
+# the ones it writes in its manifest, whichever code writes them.
+destination_checks: list[Callable[[Path], None]] = []
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is, or lies inside, one of our temporaries (module docstring)."""
+    return any(_owner(part) is not None for part in Path(path).parts)
+
+
 def make_temporary(destination: Path, directory: bool = False) -> Path:
     """Create an empty temporary file or folder beside `destination`, named so a later run can clean it
     if this process dies (module docstring); stale temporaries and an interrupted replacement of
-    `destination` are dealt with first."""
+    `destination` are dealt with first, after the open run folders' checks (`destination_checks`)."""
     destination = Path(destination)
+    for check in destination_checks:
+        check(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(destination.parent)
     restore_interrupted(destination)
@@ -212,6 +225,8 @@ def replace_path(temporary: Path, destination: Path) -> None:
     next write (here, or :func:`make_temporary`) or load (:func:`restore_interrupted`) puts it back.
     """
     temporary, destination = Path(temporary), Path(destination)
+    for check in destination_checks:
+        check(destination)
     default_permissions(temporary)
     restore_interrupted(destination)
     if not os.path.lexists(destination):
@@ -302,7 +317,9 @@ __all__ = [
     "clean_stale_temporaries",
     "default_permissions",
     "OutOfRoomError",
+    "destination_checks",
     "explain_write_errors",
+    "is_temporary",
     "load_data_pickle",
     "make_temporary",
     "old_copy",

@@ -1,36 +1,57 @@
-"""Output folders that hold one model's results: a run manifest and a lock against concurrent writers.
+"""Output folders written in place by one run at a time: a run manifest, a lock, and ownership of
+every file the run writes.
 
-`snd extract` and `snd demo` write per-image files (``{stem}.safetensors``, ``{stem}_pca.png``) into a
-folder that a later run may reuse. :class:`RunFolder` keeps such a folder from ever mixing runs:
+Every snd-hf command that writes files into an output folder (`snd extract`, `snd demo`, `snd eval`,
+`snd field segment`) opens it as a :class:`RunFolder`:
 
-- **Manifest** (``snd_run.json``): the command, the *identity* of what made the files (the weights'
-  SHA-256 and the preprocessing settings), the files the runs wrote, and the state of the last run
-  (``running`` / ``complete`` / ``failed``, with its PID and host). A run whose identity differs from
-  the manifest's is refused unless the caller replaces the earlier run (``snd extract --overwrite``):
-  then the files the manifest lists, and only those, are removed first. A file in the way that no
-  recorded run wrote is never replaced without ``overwrite``.
+- **Manifest** (``snd_run.json``): the command, the *identity* of what made the files (e.g. the
+  weights' SHA-256 and the preprocessing settings), every file the runs wrote (paths relative to the
+  folder), and the state of the last run (``running`` / ``complete`` / ``failed``, with its PID and
+  host). A run whose command or identity differs from the manifest's is refused unless the caller
+  replaces the earlier run (``--overwrite``): then the files the manifest lists, and only those, are
+  removed first. A non-empty folder without a manifest is refused without ``--overwrite``.
+- **Ownership, by construction**: while the folder is open, every write of the package's atomic
+  writer (:mod:`snd_hf.files`) into it is checked and recorded in the manifest *before* anything is
+  written: a file in the way that no recorded run wrote is never replaced without ``overwrite``. So a
+  command deletes or overwrites only what its manifest says it wrote, whichever code draws the file,
+  and never a path it read from a file a user can edit.
 - **Lock** (``.snd_run.lock``, :mod:`filelock`, an OS lock the kernel releases when its process
   dies): a second writer is refused at once, naming the PID that holds the folder. A run killed before
   it finished leaves its manifest in state ``running``; the next run finds the lock free, says so and
-  carries on (every file is written atomically, so what the dead run finished is whole).
+  carries on (every file is written atomically, so what the dead run finished is whole; its
+  temporaries are removed).
+
+Folders written as one set and swapped in whole (a feature field) use :func:`replace_folder`, which
+keeps the same manifest and refuses to replace a folder holding files it does not list.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .files import atomic_write
+from .files import (
+    atomic_write,
+    clean_stale_temporaries,
+    destination_checks,
+    is_temporary,
+    make_temporary,
+    replace_path,
+    restore_interrupted,
+)
 
 MANIFEST_NAME = "snd_run.json"
 LOCK_NAME = ".snd_run.lock"
+_OWN_NAMES = {MANIFEST_NAME, LOCK_NAME}
 
 
 def _normalise(value: Any) -> Any:
@@ -38,25 +59,86 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _listing(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s manifest, or None when it has none.
+
+    Raises:
+        ValueError: the manifest is not JSON, or lists an output outside ``folder`` (an absolute
+            path, ``..``, a backslash): a hand-edited manifest can never make a run delete elsewhere.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a valid run manifest ({error}); remove it to reuse {folder}") from None
+    outputs = manifest.get("outputs", []) if isinstance(manifest, dict) else None
+    if not isinstance(outputs, list) or not all(_is_inside_name(name) for name in outputs):
+        raise ValueError(f"{path} lists outputs outside {folder}; remove it to reuse the folder")
+    return manifest
+
+
+def _is_inside_name(name: object) -> bool:
+    """Whether ``name`` is a plain relative path below its folder (no ``..``, ``.``, root, backslash)."""
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every file and symbolic link below ``folder``, relative, sorted; the run folder's own files
+    and our temporaries left out."""
+    found = []
+    for directory, folders, files in os.walk(folder):
+        base = Path(directory).relative_to(folder)
+        links = [name for name in folders if (Path(directory) / name).is_symlink()]
+        found += [(base / name).as_posix() for name in links + files]
+        folders[:] = sorted(name for name in folders if name not in links and not is_temporary(Path(name)))
+    return sorted(name for name in found if name not in _OWN_NAMES and not is_temporary(Path(name)))
+
+
+def remove_outputs(folder: Path, names: Iterable[str]) -> None:
+    """Remove the recorded outputs ``names`` of ``folder`` (files or folders), and the folders they
+    leave empty; a name whose real path leads outside ``folder`` (a symbolic link) is left alone."""
+    root = folder.resolve()
+    for name in names:
+        path = folder / name
+        if not os.path.lexists(path) or not path.resolve().is_relative_to(root):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for parent in path.parents:
+            if parent.resolve() == root or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 class RunFolder:
     """Context manager owning ``folder`` for one run (see the module docstring).
 
     Args:
         folder: the output folder (created if missing).
-        command: the command writing it (recorded, e.g. ``"snd extract"``).
-        identity: JSON-able description of what determines the outputs' content; runs with equal
-            identities may share the folder.
-        outputs: file names (relative to ``folder``) this run will write.
-        overwrite: replace files in the way even if no recorded run wrote them, and replace an earlier
-            run of another identity.
+        command: the command writing it (recorded and compared, e.g. ``"snd extract"``).
+        identity: JSON-able description of what determines the outputs' content; runs of one command
+            with equal identities may share the folder.
+        outputs: paths (relative to ``folder``) this run will write, known in advance; any other file
+            the run writes is claimed when written.
+        overwrite: write into a non-empty folder without a manifest, replace files in the way even if
+            no recorded run wrote them, and replace an earlier run of another identity.
         replace_other_run: replace an earlier run of another identity (its listed files are removed), but
             still never a file no recorded run wrote.
         info: extra JSON-able facts recorded in the manifest (e.g. the model's name), not compared.
 
-    Raises (on entry, before anything in ``folder`` changes):
+    Raises (on entry, before anything in ``folder`` changes; or, for a file claimed during the run,
+    before that file is written):
         BlockingIOError: another process holds the folder.
-        FileExistsError: the folder holds another identity's results, or files no recorded run wrote,
-            and the options do not allow replacing them.
+        FileExistsError: the folder holds another run's results, files no recorded run wrote, or is a
+            non-empty folder no snd run wrote, and the options do not allow replacing them.
     """
 
     def __init__(
@@ -64,7 +146,7 @@ class RunFolder:
         folder: str | os.PathLike,
         command: str,
         identity: dict[str, Any],
-        outputs: list[str],
+        outputs: Iterable[str] = (),
         *,
         overwrite: bool = False,
         replace_other_run: bool = False,
@@ -82,15 +164,12 @@ class RunFolder:
         self._manifest: dict[str, Any] = {}
 
     def read_manifest(self) -> dict[str, Any] | None:
-        """The folder's manifest, or None when it has none."""
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{self.manifest_path} is not a valid run manifest ({error}); remove it to reuse {self.folder}") from None
+        """The folder's manifest, or None when it has none (see :func:`read_manifest`)."""
+        return read_manifest(self.folder)
 
     def __enter__(self) -> RunFolder:
+        if os.path.lexists(self.folder) and not self.folder.is_dir():
+            raise FileExistsError(f"{self.folder} exists and is not a folder; choose another output folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
@@ -102,16 +181,26 @@ class RunFolder:
                 " choose another output folder"
             ) from None
         try:
+            clean_stale_temporaries(self.folder)
             self._manifest = self._claim(self.read_manifest())
         except BaseException:
             self._lock.release()
             raise
+        destination_checks.append(self.check_destination)
         return self
 
     def _claim(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         """Check ``previous`` against this run, remove what this run replaces, write the new manifest."""
         recorded: list[str] = []
-        if previous is not None:
+        if previous is None:
+            foreign = _entries(self.folder)
+            if foreign and not self.overwrite:
+                raise FileExistsError(
+                    f"{self.folder} is not empty ({_listing(foreign)}) and no snd run wrote it (no {MANIFEST_NAME});"
+                    " pass --overwrite to write into it anyway (only the files this run writes are replaced), or"
+                    " choose another output folder"
+                )
+        else:
             if previous.get("status") == "running":  # we hold the lock, so that run is gone
                 print(
                     f"{self.folder}: the previous run (PID {previous.get('pid')} on {previous.get('host')}) stopped"
@@ -119,26 +208,25 @@ class RunFolder:
                     file=sys.stderr,
                 )
             recorded = list(previous.get("outputs", []))
-            if not all(isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name for name in recorded):
-                raise ValueError(f"{self.manifest_path} lists outputs outside {self.folder}; remove it to reuse the folder")
-        other_run = previous is not None and previous.get("identity") != self.identity
-        if other_run and not self.replace_other_run:
-            raise FileExistsError(
-                f"{self.folder} holds results of another model or preprocessing ({previous.get('info', {})}, see"
-                f" {self.manifest_path}); pass --overwrite to replace them, or choose another output folder"
-            )
-        foreign = [name for name in self.outputs if name not in recorded and (self.folder / name).exists()]
+            earlier = {"command": previous.get("command"), **(previous.get("identity") or {})}
+            current = {"command": self.command, **self.identity}
+            differ = sorted(key for key in {*earlier, *current} if earlier.get(key) != current.get(key))
+            if differ and not self.replace_other_run:
+                raise FileExistsError(
+                    f"{self.folder} holds the results of another run of another model, data or settings (it differs"
+                    f" in {', '.join(differ)}; see {self.manifest_path}); pass --overwrite to replace them, or choose"
+                    " another output folder"
+                )
+            if differ:
+                remove_outputs(self.folder, recorded)
+                print(f"{self.folder}: removed the {len(recorded)} files of the earlier run.", file=sys.stderr)
+                recorded = []
+        foreign = [name for name in self.outputs if name not in recorded and os.path.lexists(self.folder / name)]
         if foreign and not self.overwrite:
-            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise FileExistsError(
-                f"{self.folder} already holds {listed}, not written by a recorded run; pass --overwrite to replace"
-                " them, or choose another output folder"
+                f"{self.folder} already holds {_listing(foreign)}, not written by a recorded run; pass --overwrite to"
+                " replace them, or choose another output folder"
             )
-        if other_run:
-            for name in recorded:
-                (self.folder / name).unlink(missing_ok=True)
-            print(f"{self.folder}: removed the {len(recorded)} files of the earlier run of another model.", file=sys.stderr)
-            recorded = []
         manifest = {
             "command": self.command,
             "identity": self.identity,
@@ -152,11 +240,30 @@ class RunFolder:
         self._write(manifest)
         return manifest
 
+    def check_destination(self, destination: Path) -> None:
+        """Before ``destination`` is written: if it lies in this folder, refuse it when it is a file no
+        recorded run wrote (without ``overwrite``), and record it in the manifest otherwise."""
+        root = Path(os.path.abspath(self.folder))
+        path = Path(os.path.abspath(destination))
+        if path == root or not path.is_relative_to(root):
+            return
+        name = path.relative_to(root).as_posix()
+        if name in _OWN_NAMES or is_temporary(Path(name)) or name in self._manifest["outputs"]:
+            return
+        if os.path.lexists(path) and not self.overwrite:
+            raise FileExistsError(
+                f"{path} was not written by an snd run in {self.folder}; pass --overwrite to replace it, or choose"
+                " another output folder"
+            )
+        self._manifest["outputs"] = sorted({*self._manifest["outputs"], name})
+        self._write(self._manifest)  # recorded before it is written: a kill leaves it owned, not foreign
+
     def _write(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2) + "\n"
         atomic_write(self.manifest_path, lambda temporary: Path(temporary).write_text(text))
 
     def __exit__(self, kind, error, traceback) -> None:
+        destination_checks.remove(self.check_destination)
         try:
             self._manifest["status"] = "complete" if error is None else "failed"
             self._manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -167,4 +274,58 @@ class RunFolder:
             self._lock.release()
 
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder"]
+def replace_folder(
+    destination: str | os.PathLike,
+    build: Callable[[Path], object],
+    command: str,
+    identity: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a folder as one set: ``build(temporary)`` fills a temporary folder beside ``destination``,
+    its manifest (``snd_run.json``) lists every file, and it is swapped in whole
+    (:func:`snd_hf.files.replace_path`); a kill at any point leaves the previous folder or the new one.
+
+    An existing ``destination`` is replaced only when it is an empty folder or holds nothing but the
+    files its own manifest lists (a set the package wrote), or with ``overwrite``; the check runs
+    before building and again just before the swap.
+
+    Raises:
+        FileExistsError: ``destination`` is a file, or holds files no snd run wrote (the first are
+            named), and ``overwrite`` is False. Nothing is changed.
+    """
+    destination = Path(destination)
+    check_replaceable(destination, overwrite)
+    staging = make_temporary(destination, directory=True)
+    try:
+        build(staging)
+        files = _entries(staging)
+        manifest = {"command": command, "identity": _normalise(identity or {}), "status": "complete", "outputs": files}
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        check_replaceable(destination, overwrite)  # again: the user may have added files meanwhile
+        replace_path(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def check_replaceable(destination: Path, overwrite: bool = False) -> None:
+    """Refuse (``FileExistsError``) to replace ``destination`` unless it is missing, an empty folder, or
+    holds nothing but what its manifest lists; ``overwrite`` allows any folder (never a file)."""
+    restore_interrupted(destination)
+    if not os.path.lexists(destination):
+        return
+    if destination.is_symlink() or not destination.is_dir():
+        raise FileExistsError(f"{destination} exists and is not a folder; choose another output folder")
+    if overwrite:
+        return
+    manifest = read_manifest(destination) or {}
+    foreign = [name for name in _entries(destination) if name not in set(manifest.get("outputs", []))]
+    if foreign:
+        raise FileExistsError(
+            f"{destination} holds files no snd run wrote there ({_listing(foreign)}); they would be deleted:"
+            " move them, or choose another output folder"
+        )
+
+
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "read_manifest", "remove_outputs", "replace_folder"]

@@ -190,7 +190,10 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     def extract(*arguments):
         return main(["extract", *arguments, "--out", str(out), "--shortest-edge", "28"])
 
-    assert extract(str(first), "--model", str(folder)) == 0
+    with pytest.raises(FileExistsError, match=r"out is not empty \(notes.txt\) and no snd run wrote it"):
+        extract(str(first), "--model", str(folder))  # a user's folder: written into only when asked
+    assert sorted(path.name for path in out.iterdir()) == [".snd_run.lock", "notes.txt"]
+    assert extract(str(first), "--model", str(folder), "--overwrite") == 0
     record = json.loads((out / "snd_run.json").read_text())
     assert record["identity"]["weights_sha256"] == weights_hash(model) and record["status"] == "complete"
     assert record["identity"]["processor"]["size"] == {"shortest_edge": 28}
@@ -201,9 +204,9 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     assert json.loads((out / "snd_run.json").read_text())["outputs"][:2] == ["first.safetensors", "first_pca.png"]
 
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    with pytest.raises(FileExistsError, match="another model or preprocessing.*--overwrite"):
+    with pytest.raises(FileExistsError, match="another run of another model.*differs in weights_sha256.*--overwrite"):
         extract(str(first), "--model", str(tmp_path / "other"))
-    with pytest.raises(FileExistsError, match="another model or preprocessing"):  # other preprocessing, same weights
+    with pytest.raises(FileExistsError, match="differs in processor;"):  # other preprocessing, same weights
         main(["extract", str(first), "--model", str(folder), "--out", str(out), "--shortest-edge", "42"])
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 

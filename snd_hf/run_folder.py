@@ -170,6 +170,8 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         if os.path.lexists(self.folder) and not self.folder.is_dir():
             raise FileExistsError(f"{self.folder} exists and is not a folder; choose another output folder")
+        if self.folder.is_dir() and self.read_manifest() is None:
+            self._refuse_a_foreign_folder()  # before the lock file is created in it
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
@@ -193,13 +195,7 @@ class RunFolder:
         """Check ``previous`` against this run, remove what this run replaces, write the new manifest."""
         recorded: list[str] = []
         if previous is None:
-            foreign = _entries(self.folder)
-            if foreign and not self.overwrite:
-                raise FileExistsError(
-                    f"{self.folder} is not empty ({_listing(foreign)}) and no snd run wrote it (no {MANIFEST_NAME});"
-                    " pass --overwrite to write into it anyway (only the files this run writes are replaced), or"
-                    " choose another output folder"
-                )
+            self._refuse_a_foreign_folder()
         else:
             if previous.get("status") == "running":  # we hold the lock, so that run is gone
                 print(
@@ -239,6 +235,15 @@ class RunFolder:
         }
         self._write(manifest)
         return manifest
+
+    def _refuse_a_foreign_folder(self) -> None:
+        foreign = _entries(self.folder)
+        if foreign and not self.overwrite:
+            raise FileExistsError(
+                f"{self.folder} is not empty ({_listing(foreign)}) and no snd run wrote it (no {MANIFEST_NAME});"
+                " pass --overwrite to write into it anyway (only the files this run writes are replaced), or"
+                " choose another output folder"
+            )
 
     def check_destination(self, destination: Path) -> None:
         """Before ``destination`` is written: if it lies in this folder, refuse it when it is a file no

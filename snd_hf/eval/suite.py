@@ -69,6 +69,7 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
+from snd_hf.run_folder import RunFolder
 from snd_hf.visualization import pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
@@ -207,42 +208,6 @@ def _write_json(path: Path, payload: object) -> None:
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=True)))
 
 
-def _read_results(path: Path) -> dict | None:
-    """An earlier ``results.json`` (``{}`` when unreadable), or None when there is none."""
-    if not path.exists():
-        return None
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return earlier if isinstance(earlier, dict) else {}
-
-
-def _refuse_another_evaluation(path: Path, earlier: dict, identity: dict) -> None:
-    """Raise FileExistsError when the earlier ``results.json`` at ``path`` records an evaluation other than ``identity``."""
-    current = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
-    differ = [key for key, value in current.items() if earlier.get(key) != value]
-    if differ:
-        raise FileExistsError(
-            f"{path} holds the results of another evaluation (it differs in {', '.join(differ)}): pass --overwrite"
-            " to replace them, or choose another --out"
-        )
-
-
-def _remove_stale_pictures(out_dir: Path, earlier: list, current: list[str]) -> None:
-    """Delete the pictures an earlier evaluation listed and this one did not redraw (only inside ``out_dir``)."""
-    root = out_dir.resolve()
-    for name in set(map(str, earlier)) - set(current):
-        path = (out_dir / name).resolve()
-        if path.is_relative_to(root) and path.is_file():
-            path.unlink()
-            # Folders the earlier evaluation's pictures left empty go too.
-            for folder in path.parents:
-                if folder == root or any(folder.iterdir()):
-                    break
-                folder.rmdir()
-
-
 def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
     lines = [f"# Probe results on {data_name} (preset {preset})", ""]
     for task, per_model in results.items():
@@ -282,9 +247,10 @@ def evaluate(
 
     ``results.json`` records what was evaluated: the data, the tasks, every preset setting
     (overrides included), ``concat_with``, each model's source and weights' SHA-256, and the
-    pictures written. A folder whose ``results.json`` records another evaluation is refused unless
-    ``overwrite``; the same evaluation run again replaces its results. Pictures of the earlier
-    evaluation that this one did not redraw are deleted once the new results are written.
+    pictures written. ``out_dir`` is a :class:`snd_hf.run_folder.RunFolder` of that identity: a
+    folder holding another evaluation (or anything no snd run wrote) is refused unless
+    ``overwrite``, which removes the files its manifest lists and only those; a second concurrent
+    evaluation into it is refused; the same evaluation run again replaces its own results.
 
     Args:
         models: ``PATH`` or ``NAME=PATH`` per model.
@@ -300,8 +266,9 @@ def evaluate(
         the JSON payload written to ``results.json``.
 
     Raises:
-        FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
-            (raised before any probe runs).
+        FileExistsError: ``out_dir`` holds another evaluation's results, or files no snd run wrote,
+            and ``overwrite`` is False (raised before any probe runs).
+        BlockingIOError: another process is writing ``out_dir``.
     """
     if not models:
         raise ValueError("models must name at least one model")
@@ -311,23 +278,28 @@ def evaluate(
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
-    eval_data = open_data(data, preset, cache_dir)
-    tasks = [task for task in tasks if task in eval_data.tasks]
+    # Dataset readers are opened (and their layout checked) first; only the synthetic set is written,
+    # into the cache, so it is generated inside the run folder.
+    eval_data = None if data == "synthetic" else open_data(data, preset, cache_dir)
     feature_models = [load_feature_model(spec, concat_with) for spec in models]
     names = [feature_model.name for feature_model in feature_models]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
     identity = {
         "data": data,
-        "tasks": tasks,
+        "tasks": list(tasks),
         "preset": preset.name,
         "preset_settings": asdict(preset),
         "concat_with": concat_with,
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
-    earlier = _read_results(out_dir / "results.json")
-    if earlier is not None and not overwrite:
-        _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
+    with RunFolder(out_dir, "snd eval", identity, overwrite=overwrite):
+        return _evaluate(feature_models, eval_data or open_data(data, preset, cache_dir), tasks, out_dir, preset, cache_dir, identity)
+
+
+def _evaluate(feature_models, eval_data, tasks, out_dir, preset, cache_dir, identity) -> dict:
+    """`evaluate` inside its run folder: every file written here is owned by it."""
+    tasks = [task for task in tasks if task in eval_data.tasks]
     store = _FeatureStore(preset.input_short_side)
     # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
     # featurised once: arrays are keyed by reader, so the feature store sees one image set.
@@ -375,16 +347,14 @@ def evaluate(
 
     payload = {
         **identity,
+        "tasks": tasks,
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
         "pictures": sorted(path.relative_to(out_dir).as_posix() for path in pictures),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "results.json", payload)
     markdown = _markdown(results, eval_data.name, preset.name)
     atomic_write(out_dir / "results.md", lambda temporary: Path(temporary).write_text(markdown))
-    if earlier is not None:
-        _remove_stale_pictures(out_dir, earlier.get("pictures", []), payload["pictures"])
     return payload
 
 
@@ -480,7 +450,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT (only the files its snd_run.json lists), or write into a folder no snd run wrote")
     parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps (default: the preset's)")
     parser.add_argument(
         "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 8x6x96x128)"

@@ -160,7 +160,7 @@ class RunFolder:
         self.replace_other_run = replace_other_run or overwrite
         self.info = _normalise(info or {})
         self.manifest_path = self.folder / MANIFEST_NAME
-        self._lock = FileLock(self.folder / LOCK_NAME)
+        self._lock: FileLock | None = None
         self._manifest: dict[str, Any] = {}
 
     def read_manifest(self) -> dict[str, Any] | None:
@@ -172,16 +172,7 @@ class RunFolder:
             raise FileExistsError(f"{self.folder} exists and is not a folder; choose another output folder")
         if self.folder.is_dir() and self.read_manifest() is None:
             self._refuse_a_foreign_folder()  # before the lock file is created in it
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            holder = self.read_manifest() or {}
-            who = f"PID {holder['pid']} on {holder['host']}" if "pid" in holder else "another process"
-            raise BlockingIOError(
-                f"{self.folder} is being written by {who} ({holder.get('command', 'a run')}); wait for it to finish or"
-                " choose another output folder"
-            ) from None
+        self._lock = lock_folder(self.folder)
         try:
             clean_stale_temporaries(self.folder)
             self._manifest = self._claim(self.read_manifest())
@@ -279,6 +270,29 @@ class RunFolder:
             self._lock.release()
 
 
+def lock_folder(folder: Path) -> FileLock:
+    """Take ``folder``'s lock (created if missing), held until released or until this process ends.
+
+    Raises:
+        BlockingIOError: another process holds it (named from the folder's manifest when it has one).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = read_manifest(folder) or {}
+        except ValueError:
+            holder = {}
+        who = f"PID {holder['pid']} on {holder['host']}" if "pid" in holder else "another process"
+        raise BlockingIOError(
+            f"{folder} is being written by {who} ({holder.get('command', 'a run')}); wait for it to finish or"
+            " choose another output folder"
+        ) from None
+    return lock
+
+
 def replace_folder(
     destination: str | os.PathLike,
     build: Callable[[Path], object],
@@ -333,4 +347,4 @@ def check_replaceable(destination: Path, overwrite: bool = False) -> None:
         )
 
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "read_manifest", "remove_outputs", "replace_folder"]
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "lock_folder", "read_manifest", "remove_outputs", "replace_folder"]

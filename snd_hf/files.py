@@ -124,9 +124,16 @@ def restore_interrupted(destination: Path) -> bool:
 
 
 # Checks every destination passes before anything is written to it: an open run folder
-# (`snd_hf.run_folder.RunFolder`) registers one to refuse files it does not own and to record
-# the ones it writes in its manifest, whichever code writes them.
+# (`snd_hf.run_folder.RunFolder`) registers one to refuse files it does not own, whichever code
+# writes them.
 destination_checks: list[Callable[[Path], None]] = []
+# Takers of finished temporaries: `take(temporary, destination)` returning True keeps the temporary
+# to move it in later itself (an open run folder commits its run's files together at its end).
+deferred_moves: list[Callable[[Path, Path], bool]] = []
+
+
+def _deferred(temporary: Path, destination: Path) -> bool:
+    return any(take(temporary, destination) for take in deferred_moves)
 
 
 def is_temporary(path: Path) -> bool:
@@ -211,7 +218,8 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
         with explain_write_errors(path):
             write(str(temporary))
         default_permissions(temporary)
-        os.replace(temporary, path)
+        if not _deferred(temporary, path):
+            os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -228,6 +236,8 @@ def replace_path(temporary: Path, destination: Path) -> None:
     for check in destination_checks:
         check(destination)
     default_permissions(temporary)
+    if _deferred(temporary, destination):
+        return
     restore_interrupted(destination)
     if not os.path.lexists(destination):
         temporary.rename(destination)

@@ -11,15 +11,19 @@ Every snd-hf command that writes files into an output folder (`snd extract`, `sn
   replaces the earlier run (``--overwrite``): then the files the manifest lists, and only those, are
   removed first. A non-empty folder without a manifest is refused without ``--overwrite``.
 - **Ownership, by construction**: while the folder is open, every write of the package's atomic
-  writer (:mod:`snd_hf.files`) into it is checked and recorded in the manifest *before* anything is
-  written: a file in the way that no recorded run wrote is never replaced without ``overwrite``. So a
-  command deletes or overwrites only what its manifest says it wrote, whichever code draws the file,
-  and never a path it read from a file a user can edit.
+  writer (:mod:`snd_hf.files`) into it is checked *before* anything is written: a file in the way
+  that no recorded run wrote is never replaced without ``overwrite``. So a command deletes or
+  overwrites only what its manifest says it wrote, whichever code draws the file, and never a path it
+  read from a file a user can edit.
+- **One set per run**: the run's finished files stay under temporary names until the run ends; then
+  the list of moves (and of the earlier run's files to remove) is written into the manifest (the
+  commit point) and carried out. A run that fails or is killed before the commit point leaves the
+  folder's earlier set untouched (its temporaries are removed by the next run); one killed after it
+  is completed by the next run. The folder holds the old complete set or the new one.
 - **Lock** (``.snd_run.lock``, :mod:`filelock`, an OS lock the kernel releases when its process
   dies): a second writer is refused at once, naming the PID that holds the folder. A run killed before
   it finished leaves its manifest in state ``running``; the next run finds the lock free, says so and
-  carries on (every file is written atomically, so what the dead run finished is whole; its
-  temporaries are removed).
+  carries on.
 
 Folders written as one set and swapped in whole (a feature field) use :func:`replace_folder`, which
 keeps the same manifest and refuses to replace a folder holding files it does not list.
@@ -42,6 +46,7 @@ from filelock import FileLock, Timeout
 from .files import (
     atomic_write,
     clean_stale_temporaries,
+    deferred_moves,
     destination_checks,
     is_temporary,
     make_temporary,
@@ -126,15 +131,15 @@ class RunFolder:
         command: the command writing it (recorded and compared, e.g. ``"snd extract"``).
         identity: JSON-able description of what determines the outputs' content; runs of one command
             with equal identities may share the folder.
-        outputs: paths (relative to ``folder``) this run will write, known in advance; any other file
-            the run writes is claimed when written.
+        outputs: paths (relative to ``folder``) this run will write, known in advance (checked on
+            entry); any other file the run writes is checked when written.
         overwrite: write into a non-empty folder without a manifest, replace files in the way even if
             no recorded run wrote them, and replace an earlier run of another identity.
         replace_other_run: replace an earlier run of another identity (its listed files are removed), but
             still never a file no recorded run wrote.
         info: extra JSON-able facts recorded in the manifest (e.g. the model's name), not compared.
 
-    Raises (on entry, before anything in ``folder`` changes; or, for a file claimed during the run,
+    Raises (on entry, before anything in ``folder`` changes; or, for a file checked during the run,
     before that file is written):
         BlockingIOError: another process holds the folder.
         FileExistsError: the folder holds another run's results, files no recorded run wrote, or is a
@@ -160,8 +165,13 @@ class RunFolder:
         self.replace_other_run = replace_other_run or overwrite
         self.info = _normalise(info or {})
         self.manifest_path = self.folder / MANIFEST_NAME
+        self._root = Path(os.path.abspath(self.folder))
         self._lock: FileLock | None = None
         self._manifest: dict[str, Any] = {}
+        self._kept: set[str] = set()  # the committed outputs this run keeps (same identity)
+        self._replaceable: set[str] = set()  # the committed outputs this run may replace
+        self._moves: dict[str, Path] = {}  # destination name -> this run's finished temporary
+        self._committed = False
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The folder's manifest, or None when it has none (see :func:`read_manifest`)."""
@@ -174,40 +184,44 @@ class RunFolder:
             self._refuse_a_foreign_folder()  # before the lock file is created in it
         self._lock = lock_folder(self.folder)
         try:
-            clean_stale_temporaries(self.folder)
-            self._manifest = self._claim(self.read_manifest())
+            previous = self.read_manifest()
+            if previous is not None and "commit" in previous:  # a run killed while moving its files in
+                previous = self._finish_commit(previous)
+                print(f"{self.folder}: completed the commit of a run killed while moving its files in.", file=sys.stderr)
+            for directory, _, _ in os.walk(self.folder):  # the temporaries of killed runs, at any depth
+                clean_stale_temporaries(Path(directory))
+            self._manifest = self._claim(previous)
         except BaseException:
             self._lock.release()
             raise
         destination_checks.append(self.check_destination)
+        deferred_moves.append(self._take)
         return self
 
     def _claim(self, previous: dict[str, Any] | None) -> dict[str, Any]:
-        """Check ``previous`` against this run, remove what this run replaces, write the new manifest."""
-        recorded: list[str] = []
+        """Check ``previous`` against this run and record that this run is under way (the committed
+        set it describes is unchanged until :meth:`__exit__` commits)."""
         if previous is None:
             self._refuse_a_foreign_folder()
-        else:
-            if previous.get("status") == "running":  # we hold the lock, so that run is gone
-                print(
-                    f"{self.folder}: the previous run (PID {previous.get('pid')} on {previous.get('host')}) stopped"
-                    " before finishing; the files it completed are kept.",
-                    file=sys.stderr,
-                )
-            recorded = list(previous.get("outputs", []))
-            earlier = {"command": previous.get("command"), **(previous.get("identity") or {})}
-            current = {"command": self.command, **self.identity}
-            differ = sorted(key for key in {*earlier, *current} if earlier.get(key) != current.get(key))
-            if differ and not self.replace_other_run:
-                raise FileExistsError(
-                    f"{self.folder} holds the results of another run of another model, data or settings (it differs"
-                    f" in {', '.join(differ)}; see {self.manifest_path}); pass --overwrite to replace them, or choose"
-                    " another output folder"
-                )
-            if differ:
-                remove_outputs(self.folder, recorded)
-                print(f"{self.folder}: removed the {len(recorded)} files of the earlier run.", file=sys.stderr)
-                recorded = []
+            previous = {}
+        if previous.get("status") == "running":  # we hold the lock, so that run is gone
+            print(
+                f"{self.folder}: the previous run (PID {previous.get('pid')} on {previous.get('host')}) stopped"
+                " before finishing; nothing of it was kept.",
+                file=sys.stderr,
+            )
+        recorded = set(previous.get("outputs", []))
+        earlier = {"command": previous.get("command"), **(previous.get("identity") or {})}
+        current = {"command": self.command, **self.identity}
+        differ = sorted(key for key in {*earlier, *current} if earlier.get(key) != current.get(key)) if recorded else []
+        if differ and not self.replace_other_run:
+            raise FileExistsError(
+                f"{self.folder} holds the results of another run of another model, data or settings (it differs"
+                f" in {', '.join(differ)}; see {self.manifest_path}); pass --overwrite to replace them, or choose"
+                " another output folder"
+            )
+        self._replaceable = recorded
+        self._kept = set() if differ else recorded
         foreign = [name for name in self.outputs if name not in recorded and os.path.lexists(self.folder / name)]
         if foreign and not self.overwrite:
             raise FileExistsError(
@@ -215,15 +229,15 @@ class RunFolder:
                 " replace them, or choose another output folder"
             )
         manifest = {
-            "command": self.command,
-            "identity": self.identity,
-            "info": self.info,
+            **previous,
             "status": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "running_command": self.command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "outputs": sorted(set(recorded) | set(self.outputs)),
         }
+        for stale in ("finished", "error"):
+            manifest.pop(stale, None)
         self._write(manifest)
         return manifest
 
@@ -236,38 +250,110 @@ class RunFolder:
                 " choose another output folder"
             )
 
+    def _name(self, destination: Path) -> str | None:
+        """``destination`` relative to the folder, or None when it is not one of the run's outputs."""
+        path = Path(os.path.abspath(destination))
+        if path == self._root or not path.is_relative_to(self._root):
+            return None
+        name = path.relative_to(self._root).as_posix()
+        return None if name in _OWN_NAMES or is_temporary(Path(name)) else name
+
     def check_destination(self, destination: Path) -> None:
         """Before ``destination`` is written: if it lies in this folder, refuse it when it is a file no
-        recorded run wrote (without ``overwrite``), and record it in the manifest otherwise."""
-        root = Path(os.path.abspath(self.folder))
-        path = Path(os.path.abspath(destination))
-        if path == root or not path.is_relative_to(root):
+        recorded run wrote (without ``overwrite``)."""
+        name = self._name(destination)
+        if name is None or name in self._replaceable or name in self._moves:
             return
-        name = path.relative_to(root).as_posix()
-        if name in _OWN_NAMES or is_temporary(Path(name)) or name in self._manifest["outputs"]:
-            return
-        if os.path.lexists(path) and not self.overwrite:
+        if os.path.lexists(destination) and not self.overwrite:
             raise FileExistsError(
-                f"{path} was not written by an snd run in {self.folder}; pass --overwrite to replace it, or choose"
-                " another output folder"
+                f"{Path(os.path.abspath(destination))} was not written by an snd run in {self.folder}; pass"
+                " --overwrite to replace it, or choose another output folder"
             )
-        self._manifest["outputs"] = sorted({*self._manifest["outputs"], name})
-        self._write(self._manifest)  # recorded before it is written: a kill leaves it owned, not foreign
+
+    def _take(self, temporary: Path, destination: Path) -> bool:
+        """Keep a finished file of this run to move it in with the others at the end (see the module
+        docstring); files outside the folder are not ours to take."""
+        name = self._name(destination)
+        if name is None:
+            return False
+        earlier = self._moves.get(name)
+        if earlier is not None and earlier != Path(temporary):  # written twice: the last one counts
+            shutil.rmtree(earlier) if earlier.is_dir() else earlier.unlink(missing_ok=True)
+        self._moves[name] = Path(temporary)
+        return True
 
     def _write(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2) + "\n"
         atomic_write(self.manifest_path, lambda temporary: Path(temporary).write_text(text))
 
+    def _commit(self) -> None:
+        """Move this run's files in as one set: the list of moves is written to the manifest first
+        (the commit point), then carried out; a kill in between is completed by the next run."""
+        foreign = [
+            name for name in self._moves if name not in self._replaceable and os.path.lexists(self.folder / name)
+        ]
+        if foreign and not self.overwrite:  # put there while the run worked
+            raise FileExistsError(
+                f"{self.folder} now holds {_listing(sorted(foreign))}, not written by a recorded run; nothing of this"
+                " run was moved in: pass --overwrite to replace them, or choose another output folder"
+            )
+        outputs = self._kept | set(self.outputs) | set(self._moves)
+        self._manifest["commit"] = {
+            "command": self.command,
+            "identity": self.identity,
+            "info": self.info,
+            "outputs": sorted(outputs),
+            "moves": sorted([Path(os.path.abspath(path)).relative_to(self._root).as_posix(), name] for name, path in self._moves.items()),
+            "remove": sorted(self._replaceable - outputs),
+        }
+        self._write(self._manifest)
+        self._committed = True
+        self._manifest = self._finish_commit(self._manifest)
+
+    def _finish_commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Carry out the commit recorded in ``manifest`` (again: what is done already is skipped)."""
+        commit = manifest["commit"]
+        pairs = commit.get("moves", [])
+        names = [name for pair in pairs for name in pair] + commit.get("remove", []) + commit.get("outputs", [])
+        if not all(_is_inside_name(name) for name in names):
+            raise ValueError(f"{self.manifest_path} names files outside {self.folder}; remove it to reuse the folder")
+        for temporary, name in pairs:
+            if os.path.lexists(self.folder / temporary):
+                replace_path(self.folder / temporary, self.folder / name)
+            else:
+                restore_interrupted(self.folder / name)
+        remove_outputs(self.folder, commit.get("remove", []))
+        if commit.get("remove"):
+            print(f"{self.folder}: removed the {len(commit['remove'])} files of the earlier run that this one did not rewrite.", file=sys.stderr)
+        del manifest["commit"]
+        manifest.update({key: commit[key] for key in ("command", "identity", "info", "outputs")})
+        manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._write(manifest)
+        return manifest
+
     def __exit__(self, kind, error, traceback) -> None:
         destination_checks.remove(self.check_destination)
+        deferred_moves.remove(self._take)
         try:
-            self._manifest["status"] = "complete" if error is None else "failed"
-            self._manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             if error is not None:
-                self._manifest["error"] = f"{kind.__name__}: {error}"
-            self._write(self._manifest)
+                self._fail(kind, error)
+                return
+            try:
+                self._commit()
+            except BaseException as failure:
+                if not self._committed:  # before the commit point: the earlier set stands
+                    self._fail(type(failure), failure)
+                raise  # after it: the next run completes the commit
         finally:
             self._lock.release()
+
+    def _fail(self, kind, error) -> None:
+        """Drop this run's files (the folder keeps its earlier set) and record the failure."""
+        self._manifest.pop("commit", None)
+        for temporary in self._moves.values():
+            shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
+        self._manifest.update(status="failed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=f"{kind.__name__}: {error}")
+        self._write(self._manifest)
 
 
 def lock_folder(folder: Path) -> FileLock:
@@ -287,7 +373,7 @@ def lock_folder(folder: Path) -> FileLock:
             holder = {}
         who = f"PID {holder['pid']} on {holder['host']}" if "pid" in holder else "another process"
         raise BlockingIOError(
-            f"{folder} is being written by {who} ({holder.get('command', 'a run')}); wait for it to finish or"
+            f"{folder} is being written by {who} ({holder.get('running_command', holder.get('command', 'a run'))}); wait for it to finish or"
             " choose another output folder"
         ) from None
     return lock

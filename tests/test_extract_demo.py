@@ -211,7 +211,7 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
     assert extract(str(first), "--model", str(tmp_path / "other"), "--overwrite") == 0
-    assert "removed the 4 files of the earlier run" in capsys.readouterr().err
+    assert "removed the 2 files of the earlier run that this one did not rewrite" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
         "first.safetensors", "first_pca.png", "notes.txt", "snd_run.json"
     ]  # second.* went with the first model

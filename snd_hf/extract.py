@@ -177,7 +177,10 @@ def extract_features(model: SnDModel, processor: SnDImageProcessor, image: Any) 
 def preprocess_file(processor: SnDImageProcessor, path: Path) -> torch.Tensor:
     """Decode one file and preprocess it: [3, H, W]. The decoded image is freed on return."""
     image = open_image(path, max_pixels=processor.max_pixels)
-    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+    try:
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+    except ValueError as error:  # e.g. a strip whose resized size exceeds the pixel cap
+        raise ValueError(f"{path}: {error}") from None
 
 
 def stream_features(

@@ -74,16 +74,16 @@ def _remove(path: Path) -> None:
 _swept: set[Path] = set()
 
 
-def clean_stale_temporaries(directory: Path) -> list[Path]:
+def clean_stale_temporaries(directory: Path, again: bool = False) -> list[Path]:
     """Remove the temporaries in `directory` that an interrupted snd-hf process on this host left behind.
 
     Only names of our own pattern (module docstring) whose process no longer exists are removed, each
     with a logged message; a concurrent writer's temporaries (process alive, or another host) stay.
-    Each directory is swept once per process. Returns the removed paths.
+    Each directory is swept once per process, unless `again`. Returns the removed paths.
     """
     directory = Path(directory)
     key = directory.resolve()
-    if key in _swept or not directory.is_dir():
+    if (key in _swept and not again) or not directory.is_dir():
         return []
     _swept.add(key)
     removed = []

@@ -184,13 +184,7 @@ class RunFolder:
             self._refuse_a_foreign_folder()  # before the lock file is created in it
         self._lock = lock_folder(self.folder)
         try:
-            previous = self.read_manifest()
-            if previous is not None and "commit" in previous:  # a run killed while moving its files in
-                previous = self._finish_commit(previous)
-                print(f"{self.folder}: completed the commit of a run killed while moving its files in.", file=sys.stderr)
-            for directory, _, _ in os.walk(self.folder):  # the temporaries of killed runs, at any depth
-                clean_stale_temporaries(Path(directory))
-            self._manifest = self._claim(previous)
+            self._manifest = self._claim(_recover_locked(self.folder))
         except BaseException:
             self._lock.release()
             raise
@@ -283,8 +277,7 @@ class RunFolder:
         return True
 
     def _write(self, manifest: dict[str, Any]) -> None:
-        text = json.dumps(manifest, indent=2) + "\n"
-        atomic_write(self.manifest_path, lambda temporary: Path(temporary).write_text(text))
+        _write_manifest(self.folder, manifest)
 
     def _commit(self) -> None:
         """Move this run's files in as one set: the list of moves is written to the manifest first
@@ -308,28 +301,7 @@ class RunFolder:
         }
         self._write(self._manifest)
         self._committed = True
-        self._manifest = self._finish_commit(self._manifest)
-
-    def _finish_commit(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Carry out the commit recorded in ``manifest`` (again: what is done already is skipped)."""
-        commit = manifest["commit"]
-        pairs = commit.get("moves", [])
-        names = [name for pair in pairs for name in pair] + commit.get("remove", []) + commit.get("outputs", [])
-        if not all(_is_inside_name(name) for name in names):
-            raise ValueError(f"{self.manifest_path} names files outside {self.folder}; remove it to reuse the folder")
-        for temporary, name in pairs:
-            if os.path.lexists(self.folder / temporary):
-                replace_path(self.folder / temporary, self.folder / name)
-            else:
-                restore_interrupted(self.folder / name)
-        remove_outputs(self.folder, commit.get("remove", []))
-        if commit.get("remove"):
-            print(f"{self.folder}: removed the {len(commit['remove'])} files of the earlier run that this one did not rewrite.", file=sys.stderr)
-        del manifest["commit"]
-        manifest.update({key: commit[key] for key in ("command", "identity", "info", "outputs")})
-        manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        self._write(manifest)
-        return manifest
+        self._manifest = _finish_commit(self.folder, self._manifest)
 
     def __exit__(self, kind, error, traceback) -> None:
         destination_checks.remove(self.check_destination)
@@ -354,6 +326,65 @@ class RunFolder:
             shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
         self._manifest.update(status="failed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=f"{kind.__name__}: {error}")
         self._write(self._manifest)
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(folder / MANIFEST_NAME, lambda temporary: Path(temporary).write_text(text))
+
+
+def _finish_commit(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Carry out the commit recorded in ``manifest`` (again: what is done already is skipped)."""
+    commit = manifest["commit"]
+    pairs = commit.get("moves", [])
+    names = [name for pair in pairs for name in pair] + commit.get("remove", []) + commit.get("outputs", [])
+    if not all(_is_inside_name(name) for name in names):
+        raise ValueError(f"{folder / MANIFEST_NAME} names files outside {folder}; remove it to reuse the folder")
+    for temporary, name in pairs:
+        if os.path.lexists(folder / temporary):
+            replace_path(folder / temporary, folder / name)
+        else:
+            restore_interrupted(folder / name)
+    remove_outputs(folder, commit.get("remove", []))
+    if commit.get("remove"):
+        print(f"{folder}: removed the {len(commit['remove'])} files of the earlier run that this one did not rewrite.", file=sys.stderr)
+    del manifest["commit"]
+    manifest.update({key: commit[key] for key in ("command", "identity", "info", "outputs")})
+    manifest.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def _recover_locked(folder: Path) -> dict[str, Any] | None:
+    """Under ``folder``'s lock: complete a commit a killed run left half done, remove the
+    temporaries of killed runs at any depth; returns the manifest (None without one)."""
+    manifest = read_manifest(folder)
+    if manifest is not None and "commit" in manifest:
+        manifest = _finish_commit(folder, manifest)
+        print(f"{folder}: completed the commit of a run killed while moving its files in.", file=sys.stderr)
+    for directory, _, _ in os.walk(folder):
+        clean_stale_temporaries(Path(directory), again=True)
+    return manifest
+
+
+def recover(folder: str | os.PathLike) -> None:
+    """Put ``folder`` (a run folder, or a folder swapped in whole) back in order after a killed
+    writer, as its next writer would: a folder moved aside is restored, a half-done commit completed,
+    and the temporaries of dead writers removed (inside it and beside it).
+
+    Raises:
+        BlockingIOError: a live writer holds the folder.
+    """
+    folder = Path(folder)
+    restore_interrupted(folder)
+    clean_stale_temporaries(folder.parent, again=True)
+    if not folder.is_dir() or not (folder / LOCK_NAME).exists():
+        return
+    lock = lock_folder(folder)
+    try:
+        _recover_locked(folder)
+    finally:
+        lock.release()
 
 
 def lock_folder(folder: Path) -> FileLock:
@@ -433,4 +464,4 @@ def check_replaceable(destination: Path, overwrite: bool = False) -> None:
         )
 
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "lock_folder", "read_manifest", "remove_outputs", "replace_folder"]
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "lock_folder", "read_manifest", "recover", "remove_outputs", "replace_folder"]

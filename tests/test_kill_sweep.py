@@ -1,0 +1,213 @@
+"""kill -9 at every file move of every writing command: the output is the old complete set or the new
+complete set, and what the kill left is cleared by the next run.
+
+Each command runs in a subprocess whose ``os.replace`` / ``os.rename`` (every commit point of the
+package's writers: a file or folder moved into place, a manifest written, a folder swapped) count
+their calls and SIGKILL the process just before the N-th. For each command an "old" run writes the
+folder, a reference "new" run replaces it (another model, seed or setting); then for each kill point
+a copy of the old folder is run into by the new command killed at that move, put in order with
+``run_folder.recover`` (what the next run does first) and compared file by file with the two
+references; for some points the whole new command is then run again, which must give the new set
+and leave no temporary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import snd_hf
+from snd_hf import SnDConfig, SnDModel
+from snd_hf.data.synthetic import generate_scenes
+from snd_hf.files import TEMPORARY_TAG
+from snd_hf.loading import save_original_checkpoint
+from snd_hf.run_folder import LOCK_NAME, MANIFEST_NAME, recover
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = str(Path(snd_hf.__file__).parent / "assets" / "default")
+FIT = ["--appearance-steps", "4", "--feature-steps", "4", "--init-stride", "2", "--init-views", "2", "--hold-out", "4",
+       "--feature-dim", "4", "--device", "cpu"]  # fmt: skip
+EVAL = ["--data", "synthetic", "--steps", "15", "--synthetic-size", "4x3x42x56"]
+
+# Runs `snd ARGS` with os.replace / os.rename killing the process before move number SND_KILL_AT.
+KILLER = """
+import os, signal, sys
+at, moves = int(os.environ["SND_KILL_AT"]), 0
+def counted(real):
+    def move(*args, **kwargs):
+        global moves
+        if moves == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        moves += 1
+        return real(*args, **kwargs)
+    return move
+os.replace, os.rename = counted(os.replace), counted(os.rename)
+from snd_hf.cli import main
+status = main(sys.argv[1:])
+sys.stderr.write(f"\\nMOVES={moves}\\n")
+sys.exit(status)
+"""
+
+
+def snd(argv: list[str], kill_at: int = -1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SND_KILL_AT": str(kill_at), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", KILLER, *argv], env=env, capture_output=True, text=True, timeout=600)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def state(folder: Path) -> dict[str, str] | None:
+    """Every file of ``folder`` by relative path and digest (the run folder's own bookkeeping aside)."""
+    if not folder.exists():
+        return None
+    return {
+        path.relative_to(folder).as_posix(): digest(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in (MANIFEST_NAME, LOCK_NAME)
+    }
+
+
+def which(now: dict, old: dict, new: dict) -> str | None:
+    """"old" when ``now`` is the old set byte for byte, "new" when it holds the new set's files and
+    none of the old run's (some outputs are not byte-reproducible: safetensors metadata order,
+    randomised PCA), None for anything else (a mix, or files missing)."""
+    if now == old:
+        return "old"
+    for name, files in now.items():
+        before, after = old[name] or {}, new[name] or {}
+        if files is None or files.keys() != after.keys():
+            return None
+        if any(digest == before.get(path) and after[path] != before.get(path) for path, digest in files.items()):
+            return None
+    return "new"
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporaries of the package's naming, or folders moved aside, anywhere below ``root``."""
+    return [p.relative_to(root).as_posix() for p in root.rglob("*") if TEMPORARY_TAG in p.name or p.name.endswith(".old")]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SnDModel(SnDConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)).eval()
+        model.save_pretrained(root / f"m{seed}")
+        save_original_checkpoint(model, root / f"m{seed}.pth")
+    for seed, name in ((0, "a.png"), (1, "b.png")):
+        pixels = torch.Generator().manual_seed(seed)
+        Image.fromarray((torch.rand(40, 60, 3, generator=pixels) * 255).byte().numpy()).save(root / name)
+    scenes = generate_scenes(root / "data", 1, 8, 24, 32, seed=1, progress=False, glossy=True)
+    scene = scenes / "scenes" / "synth_0000"
+    assert snd(["field", "fit", str(scene), "--model", EMBEDDED, "--out", str(root / "room.field"), *FIT]).returncode == 0
+    return root, scene
+
+
+def commands(inputs) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """command -> (old argv, new argv, output folders), ``{out}`` standing for the working folder."""
+    root, scene = inputs
+    m0, m1, a, b, field = (str(root / name) for name in ("m0", "m1", "a.png", "b.png", "room.field"))
+    return {
+        "extract": (
+            ["extract", a, "--model", m0, "--out", "{out}/features", "--shortest-edge", "28"],
+            ["extract", a, b, "--model", m1, "--out", "{out}/features", "--shortest-edge", "28", "--overwrite"],
+            ["features"],
+        ),
+        "demo": (
+            ["demo", "--images", a, "--model", m0, "--out", "{out}/demo", "--shortest-edge", "28"],
+            ["demo", "--images", a, b, "--model", m1, "--out", "{out}/demo", "--shortest-edge", "28"],
+            ["demo"],
+        ),
+        "convert": (
+            ["convert", str(root / "m0.pth"), "{out}/native"],
+            ["convert", str(root / "m1.pth"), "{out}/native", "--overwrite"],
+            ["native"],
+        ),
+        "synth": (
+            ["synth", "--out", "{out}/data", "--scenes", "1", "--frames", "2", "--size", "16x16", "--seed", "0"],
+            ["synth", "--out", "{out}/data", "--scenes", "1", "--frames", "3", "--size", "16x16", "--seed", "1"],
+            ["data"],
+        ),
+        "eval": (
+            ["eval", "depth", "--model", f"a={m0}", *EVAL, "--out", "{out}/eval"],
+            ["eval", "depth", "--model", f"a={m1}", *EVAL, "--out", "{out}/eval", "--overwrite"],
+            ["eval"],
+        ),
+        "field fit": (
+            ["field", "fit", str(scene), "--model", EMBEDDED, "--out", "{out}/room.field", *FIT, "--seed", "0"],
+            ["field", "fit", str(scene), "--model", EMBEDDED, "--out", "{out}/room.field", *FIT, "--seed", "1"],
+            ["room.field"],
+        ),
+        "field segment": (
+            ["field", "segment", field, "--view", "1", "--click", "16,16", "--out", "{out}/segment"],
+            ["field", "segment", field, "--view", "2", "--click", "8,8", "--out", "{out}/segment", "--overwrite"],
+            ["segment"],
+        ),
+        "field edit": (
+            ["field", "edit", field, "--select", "1:16,16", "--recolor", "0.9,0.1,0.1", "--out", "{out}/edit", "--save-field", "{out}/edited.field"],
+            ["field", "edit", field, "--select", "1:16,16", "--recolor", "0.1,0.9,0.1", "--out", "{out}/edit", "--save-field", "{out}/edited.field", "--overwrite"],
+            ["edit", "edited.field"],
+        ),
+    }  # fmt: skip
+
+
+def _argv(template: list[str], out: Path) -> list[str]:
+    return [word.replace("{out}", str(out)) for word in template]
+
+
+# Commands whose every run is long: a sample of their kill points (first, last, middle ones).
+SAMPLED = {"eval": 6, "field fit": 8}
+
+
+@pytest.mark.parametrize("command", ["extract", "demo", "convert", "synth", "eval", "field fit", "field segment", "field edit"])
+def test_kill_at_every_move_leaves_the_old_or_the_new_set(inputs, tmp_path, command, record_property):
+    old_argv, new_argv, outputs = commands(inputs)[command]
+    base = tmp_path / "base"
+    base.mkdir()
+    assert snd(_argv(old_argv, base)).returncode == 0
+    old = {name: state(base / name) for name in outputs}
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference, symlinks=True)
+    finished = snd(_argv(new_argv, reference))
+    assert finished.returncode == 0, finished.stderr
+    new = {name: state(reference / name) for name in outputs}
+    assert new != old
+    moves = int(re.search(r"MOVES=(\d+)", finished.stderr).group(1))
+    points = list(range(moves))
+    if command in SAMPLED:
+        count = SAMPLED[command]
+        points = sorted({0, 1, moves - 2, moves - 1, *points[:: max(1, moves // count)]} & set(points))
+    seen = {"old": 0, "new": 0}
+    for point in points:
+        work = tmp_path / f"killed_at_{point}"
+        shutil.copytree(base, work, symlinks=True)
+        killed = snd(_argv(new_argv, work), kill_at=point)
+        assert killed.returncode == -9, (point, killed.returncode, killed.stderr[-2000:])
+        for name in outputs:
+            recover(work / name)  # what the next run does first
+        side = which({name: state(work / name) for name in outputs}, old, new)
+        assert side is not None, f"{command}: kill before move {point} of {moves} left a mixed output"
+        seen[side] += 1
+        assert not leftovers(work), (point, leftovers(work))
+        if point in (points[0], points[len(points) // 2], points[-1]):  # the next run completes the new set
+            again = snd(_argv(new_argv, work))
+            assert again.returncode == 0, again.stderr
+            assert which({name: state(work / name) for name in outputs}, old, new) == "new" and not leftovers(work)
+        shutil.rmtree(work)
+    record_property("kill_points", f"{command}: {len(points)} kills of {moves} moves, {seen['old']} old set, {seen['new']} new set")
+    print(f"{command}: {len(points)} kills of {moves} moves -> {seen['old']} old set, {seen['new']} new set")
+    assert seen["old"] and seen["new"]  # kills fell on both sides of the commit

@@ -268,7 +268,7 @@ class RunFolder:
         """Keep a finished file of this run to move it in with the others at the end (see the module
         docstring); files outside the folder are not ours to take."""
         name = self._name(destination)
-        if name is None:
+        if name is None or not Path(os.path.abspath(temporary)).is_relative_to(self._root):
             return False
         earlier = self._moves.get(name)
         if earlier is not None and earlier != Path(temporary):  # written twice: the last one counts

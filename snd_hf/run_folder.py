@@ -138,6 +138,8 @@ class RunFolder:
         replace_other_run: replace an earlier run of another identity (its listed files are removed), but
             still never a file no recorded run wrote.
         info: extra JSON-able facts recorded in the manifest (e.g. the model's name), not compared.
+        caches: subfolders (e.g. ``"cache"``) whose files are cache entries keyed by what they hold,
+            valid for any run: they stay when another run is replaced.
 
     Raises (on entry, before anything in ``folder`` changes; or, for a file checked during the run,
     before that file is written):
@@ -156,9 +158,11 @@ class RunFolder:
         overwrite: bool = False,
         replace_other_run: bool = False,
         info: dict[str, Any] | None = None,
+        caches: Iterable[str] = (),
     ) -> None:
         self.folder = Path(folder)
         self.command = command
+        self.caches = tuple(f"{name.rstrip('/')}/" for name in caches)
         self.identity = _normalise(identity)
         self.outputs = list(outputs)
         self.overwrite = overwrite
@@ -215,7 +219,7 @@ class RunFolder:
                 " another output folder"
             )
         self._replaceable = recorded
-        self._kept = set() if differ else recorded
+        self._kept = {name for name in recorded if name.startswith(self.caches)} if differ else recorded
         foreign = [name for name in self.outputs if name not in recorded and os.path.lexists(self.folder / name)]
         if foreign and not self.overwrite:
             raise FileExistsError(

@@ -242,7 +242,10 @@ def test_kill_at_every_move_leaves_the_old_or_the_new_set(inputs, snd, tmp_path,
         if point in (points[0], points[len(points) // 2], points[-1]):  # the next run completes the new set
             again = snd(_argv(new_argv, work))
             assert again.returncode == 0, again.stderr
-            assert all(which(state(work / name), old[name], new[name]) == "new" for name in outputs)
+            for name in outputs:
+                now = state(work / name)
+                assert which(now, old[name], new[name]) == "new", (point, name, sorted(set(now or {}) ^ set(new[name] or {})),
+                    sorted(path for path, sha in (now or {}).items() if sha == (old[name] or {}).get(path) != new[name].get(path)))
             assert not leftovers(work)
         shutil.rmtree(work)
     summary = f"{command}: {len(points)} kills of {moves} moves -> outputs found {seen['old']}x old set, {seen['new']}x new set"

@@ -122,3 +122,12 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_cleared(tmp_path,
     write_run(tmp_path, A, ["x.safetensors"])
     assert f"previous run (PID {holder.pid}" in capsys.readouterr().err
     assert manifest(tmp_path)["status"] == "complete" and (tmp_path / "x.safetensors").exists()
+
+
+def test_cache_entries_outlive_the_run_they_were_written_by(tmp_path):
+    (tmp_path / "cache").mkdir()
+    write_run(tmp_path, A, ["cache/scenes.pt", "x.safetensors"], caches=["cache"])
+    write_run(tmp_path, B, ["y.safetensors"], overwrite=True, caches=["cache"])
+    assert (tmp_path / "cache" / "scenes.pt").read_text() == "a cache/scenes.pt"  # valid for any run: kept
+    assert not (tmp_path / "x.safetensors").exists()  # A's result went with A
+    assert manifest(tmp_path)["outputs"] == ["cache/scenes.pt", "y.safetensors"]

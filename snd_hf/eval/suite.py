@@ -293,7 +293,7 @@ def evaluate(
         "concat_with": concat_with,
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
-    with RunFolder(out_dir, "snd eval", identity, overwrite=overwrite):
+    with RunFolder(out_dir, "snd eval", identity, overwrite=overwrite, caches=["cache"]):
         return _evaluate(feature_models, eval_data or open_data(data, preset, cache_dir), tasks, out_dir, preset, cache_dir, identity)
 
 

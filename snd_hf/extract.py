@@ -224,7 +224,10 @@ def extract_features(model: SnDModel, processor: SnDImageProcessor, image: Any) 
 def preprocess_file(processor: SnDImageProcessor, item: ImageItem) -> torch.Tensor:
     """Decode one image and preprocess it: [3, H, W]. The decoded image is freed on return."""
     image = open_image(item.open(), source=item.source, max_pixels=processor.max_pixels)
-    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+    try:
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+    except ValueError as error:  # e.g. a strip whose resized size exceeds the pixel cap
+        raise ValueError(f"{item.source}: {error}") from None
 
 
 def as_item(image: ImageItem | Path) -> ImageItem:

@@ -1,5 +1,6 @@
 """File-system helpers: nothing the package writes is ever left half-written, and what an interrupted
-run leaves behind is cleared (temporaries) or put back (a moved-aside destination) by the next one.
+run leaves behind is cleared (temporaries) or put back (a moved-aside destination) by the next one;
+data pickles are read without running code from them (:func:`load_data_pickle`).
 
 Every writer in snd-hf goes through :func:`atomic_write` for one file, or builds a file or folder at
 :func:`make_temporary` and moves it in with :func:`replace_path`. Temporaries are named
@@ -10,9 +11,12 @@ stale ones (same host, process gone) from a live concurrent writer's, and never 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import io
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -70,16 +74,16 @@ def _remove(path: Path) -> None:
 _swept: set[Path] = set()
 
 
-def clean_stale_temporaries(directory: Path) -> list[Path]:
+def clean_stale_temporaries(directory: Path, again: bool = False) -> list[Path]:
     """Remove the temporaries in `directory` that an interrupted snd-hf process on this host left behind.
 
     Only names of our own pattern (module docstring) whose process no longer exists are removed, each
     with a logged message; a concurrent writer's temporaries (process alive, or another host) stay.
-    Each directory is swept once per process. Returns the removed paths.
+    Each directory is swept once per process, unless `again`. Returns the removed paths.
     """
     directory = Path(directory)
     key = directory.resolve()
-    if key in _swept or not directory.is_dir():
+    if (key in _swept and not again) or not directory.is_dir():
         return []
     _swept.add(key)
     removed = []
@@ -119,11 +123,31 @@ def restore_interrupted(destination: Path) -> bool:
     return True
 
 
+# Checks every destination passes before anything is written to it: an open run folder
+# (`snd_hf.run_folder.RunFolder`) registers one to refuse files it does not own, whichever code
+# writes them.
+destination_checks: list[Callable[[Path], None]] = []
+# Takers of finished temporaries: `take(temporary, destination)` returning True keeps the temporary
+# to move it in later itself (an open run folder commits its run's files together at its end).
+deferred_moves: list[Callable[[Path, Path], bool]] = []
+
+
+def _deferred(temporary: Path, destination: Path) -> bool:
+    return any(take(temporary, destination) for take in deferred_moves)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is, or lies inside, one of our temporaries (module docstring)."""
+    return any(_owner(part) is not None for part in Path(path).parts)
+
+
 def make_temporary(destination: Path, directory: bool = False) -> Path:
     """Create an empty temporary file or folder beside `destination`, named so a later run can clean it
     if this process dies (module docstring); stale temporaries and an interrupted replacement of
-    `destination` are dealt with first."""
+    `destination` are dealt with first, after the open run folders' checks (`destination_checks`)."""
     destination = Path(destination)
+    for check in destination_checks:
+        check(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(destination.parent)
     restore_interrupted(destination)
@@ -194,7 +218,8 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
         with explain_write_errors(path):
             write(str(temporary))
         default_permissions(temporary)
-        os.replace(temporary, path)
+        if not _deferred(temporary, path):
+            os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -208,7 +233,11 @@ def replace_path(temporary: Path, destination: Path) -> None:
     next write (here, or :func:`make_temporary`) or load (:func:`restore_interrupted`) puts it back.
     """
     temporary, destination = Path(temporary), Path(destination)
+    for check in destination_checks:
+        check(destination)
     default_permissions(temporary)
+    if _deferred(temporary, destination):
+        return
     restore_interrupted(destination)
     if not os.path.lexists(destination):
         temporary.rename(destination)
@@ -219,6 +248,69 @@ def replace_path(temporary: Path, destination: Path) -> None:
     destination.rename(old)
     temporary.rename(destination)
     _remove(old)
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A data pickle that needs more than plain data (numpy arrays, numbers, strings, containers) to load."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes``; any other codec is refused."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafePickleError(f"_codecs.encode with the codec {encoding!r}")
+    return text.encode("latin1")
+
+
+@functools.cache
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The callables a pickle of numpy arrays, dtypes and scalars names, under numpy 1 and 2 module names."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = core.multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = core.numeric._frombuffer
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Resolves only the globals of :func:`_numpy_globals`; dicts, lists, tuples, numbers, strings and
+    bytes need no global at all. Anything else (a class, a function such as ``os.system`` that a
+    ``__reduce__`` payload names) is refused before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _numpy_globals()[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"{module}.{name}") from None
+
+
+def load_data_pickle(path: str | os.PathLike) -> object:
+    """Read a data file written with :func:`pickle.dump` without running any code from it.
+
+    Admits numpy arrays (any dtype; object arrays of the admitted types), numpy dtypes and scalars,
+    Python numbers, strings, bytes, lists, tuples and dicts, as a dataset's packing holds them
+    (e.g. Probe3D's ``nyuv2_test.pkl``).
+
+    Raises:
+        UnsafePickleError (a ``ValueError``): the file names any other class or function (named in
+            the message, nothing of it was executed), or is not a readable pickle.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return _DataUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as error:
+        raise UnsafePickleError(
+            f"{path} needs {error} to load, which a data file may not: only numpy arrays, numbers, strings,"
+            " bytes, lists, tuples and dicts are read (nothing in the file was executed)"
+        ) from None
+    except Exception as error:  # truncated or corrupt: whatever pickle raises, one line naming the file
+        raise UnsafePickleError(f"{path} is not a readable pickle ({type(error).__name__}: {error})") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -235,11 +327,15 @@ __all__ = [
     "clean_stale_temporaries",
     "default_permissions",
     "OutOfRoomError",
+    "destination_checks",
     "explain_write_errors",
+    "is_temporary",
+    "load_data_pickle",
     "make_temporary",
     "old_copy",
     "replace_path",
     "restore_interrupted",
     "sha256_file",
+    "UnsafePickleError",
 ]
 

@@ -196,10 +196,17 @@ class SnDImageProcessor(PilBackend):
         snap = self.snap if snap is None else snap
         patch_size = self.patch_size if patch_size is None else patch_size
         self._check_snap(snap, patch_size)
+        max_pixels = self.max_pixels if kwargs.get("max_pixels") is None else kwargs["max_pixels"]
         processed = []
         for image in images:
             # Deviation: one resize straight to the snapped size (SnD resized with PIL, then bilinearly in torch).
             height, width = self._output_size(image, do_resize, size, snap, patch_size)
+            if height * width > max_pixels:  # e.g. a 1x20000 strip brought to a shortest edge of 448
+                raise ValueError(
+                    f"an image of {image.shape[-2]}x{image.shape[-1]} pixels would be resized to {height}x{width}"
+                    f" = {height * width} pixels, more than max_pixels ({max_pixels}): crop it to a less extreme aspect"
+                    " ratio, or give a fixed size={'height': H, 'width': W}"
+                )
             if (height, width) != image.shape[-2:]:
                 image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)
             if image.dtype == np.uint8:  # float images are in [0, 1] already (process_image)

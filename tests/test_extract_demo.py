@@ -190,7 +190,10 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     def extract(*arguments):
         return main(["extract", *arguments, "--out", str(out), "--shortest-edge", "28"])
 
-    assert extract(str(first), "--model", str(folder)) == 0
+    with pytest.raises(FileExistsError, match=r"out is not empty \(notes.txt\) and no snd run wrote it"):
+        extract(str(first), "--model", str(folder))  # a user's folder: written into only when asked
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
+    assert extract(str(first), "--model", str(folder), "--overwrite") == 0
     record = json.loads((out / "snd_run.json").read_text())
     assert record["identity"]["weights_sha256"] == weights_hash(model) and record["status"] == "complete"
     assert record["identity"]["processor"]["size"] == {"shortest_edge": 28}
@@ -201,14 +204,14 @@ def test_extract_never_mixes_models_in_one_folder(tmp_path, tiny_checkpoint, cap
     assert json.loads((out / "snd_run.json").read_text())["outputs"][:2] == ["first.safetensors", "first_pca.png"]
 
     before = {path.name: path.read_bytes() for path in out.iterdir()}
-    with pytest.raises(FileExistsError, match="another model or preprocessing.*--overwrite"):
+    with pytest.raises(FileExistsError, match="another run of another model.*differs in weights_sha256.*--overwrite"):
         extract(str(first), "--model", str(tmp_path / "other"))
-    with pytest.raises(FileExistsError, match="another model or preprocessing"):  # other preprocessing, same weights
+    with pytest.raises(FileExistsError, match="differs in processor;"):  # other preprocessing, same weights
         main(["extract", str(first), "--model", str(folder), "--out", str(out), "--shortest-edge", "42"])
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
     assert extract(str(first), "--model", str(tmp_path / "other"), "--overwrite") == 0
-    assert "removed the 4 files of the earlier run" in capsys.readouterr().err
+    assert "removed the 2 files of the earlier run that this one did not rewrite" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
         "first.safetensors", "first_pca.png", "notes.txt", "snd_run.json"
     ]  # second.* went with the first model
@@ -227,3 +230,35 @@ def test_extract_names_a_decompression_bomb_before_loading_the_model(tmp_path):
     with pytest.raises(ImageDecodeError, match=r"good.png: too many pixels \(30x30 = 900 is over max_pixels = 899"):
         main(["extract", str(good), "--model", "not/loaded", "--out", str(tmp_path / "out"), "--max-pixels", "899"])
     assert not (tmp_path / "out").exists()
+
+
+def test_odd_names_out_inside_the_inputs_and_extreme_aspect_ratios(tiny_checkpoint, tmp_path, capsys):
+    from snd_hf.cli import console_main
+
+    folder, _ = tiny_checkpoint
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    odd = photos / "-été 1 ..png"  # a space, unicode, a leading dash, dots
+    write_image(odd, 40, 60)
+    before = {path.name: path.read_bytes() for path in photos.iterdir()}
+    options = ["--model", str(folder), "--shortest-edge", "28"]
+    # --out equal to the input folder: a folder no snd run wrote is refused, the inputs untouched.
+    assert console_main(["extract", str(odd), *options, "--out", str(photos)]) == 2
+    assert "my photos is not empty (-été 1 ..png) and no snd run wrote it" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in photos.iterdir()} == before
+    # ... with --overwrite it writes beside them, the inputs byte-identical; --out inside it is fine too.
+    for out in (photos, photos / "features" / ".." / "features"):
+        assert console_main(["extract", str(odd), *options, "--out", str(out), "--overwrite"]) == 0
+        assert (out / "-été 1 ..safetensors").is_file() and (out / "-été 1 ._pca.png").is_file()
+        assert (photos / odd.name).read_bytes() == before[odd.name]
+
+    # A 1x20000 strip brought to a shortest edge of 448 would be 448x8960000: one line naming the
+    # file before anything is allocated (it used to be killed for memory), and no feature written.
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 20000, 3), np.uint8)).save(strip)
+    out = tmp_path / "strip_out"
+    assert console_main(["extract", str(strip), "--model", str(folder), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"snd: error: {strip}: an image of 1x20000 pixels would be resized to 448x8960000")
+    assert "more than max_pixels (134217728)" in error
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("*.png"))

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from snd_hf.files import atomic_write
 from snd_hf.run_folder import LOCK_NAME, MANIFEST_NAME, RunFolder
 
 A = {"weights_sha256": "a" * 64, "processor": {"size": {"shortest_edge": 448}}}
@@ -36,10 +37,10 @@ def test_same_identity_shares_the_folder_and_the_manifest_lists_every_output(tmp
 
 
 def test_another_identity_is_refused_unless_replaced_and_never_touches_foreign_files(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
     write_run(tmp_path, A, ["x.safetensors", "y.safetensors"])
+    (tmp_path / "notes.txt").write_text("mine")
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    with pytest.raises(FileExistsError, match="another model.*--overwrite"):
+    with pytest.raises(FileExistsError, match="another run .*differs in weights_sha256; see .*--overwrite"):
         write_run(tmp_path, B, ["x.safetensors"])
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing changed
 
@@ -55,10 +56,18 @@ def test_another_identity_is_refused_unless_replaced_and_never_touches_foreign_f
 
 def test_files_no_recorded_run_wrote_are_not_replaced_without_overwrite(tmp_path):
     (tmp_path / "x.safetensors").write_text("from an older tool")
+    for options in ({}, {"replace_other_run": True}):  # a non-empty folder no run wrote
+        with pytest.raises(FileExistsError, match=r"is not empty \(x.safetensors\) and no snd run wrote it.*--overwrite"):
+            write_run(tmp_path, A, ["x.safetensors"], **options)
+    assert os.listdir(tmp_path) == ["x.safetensors"]  # not even a lock file left in it
+    assert (tmp_path / "x.safetensors").read_text() == "from an older tool"
+    write_run(tmp_path, A, ["y.safetensors"], overwrite=True)  # written beside it; the user's file untouched
+    assert (tmp_path / "x.safetensors").read_text() == "from an older tool"
     with pytest.raises(FileExistsError, match="already holds x.safetensors, not written by a recorded run"):
         write_run(tmp_path, A, ["x.safetensors"])
-    with pytest.raises(FileExistsError, match="not written by a recorded run"):
-        write_run(tmp_path, A, ["x.safetensors"], replace_other_run=True)
+    with pytest.raises(FileExistsError, match="x.safetensors was not written by an snd run"):  # claimed while running
+        with RunFolder(tmp_path, "test", A, []):
+            atomic_write(tmp_path / "x.safetensors", lambda temporary: open(temporary, "w").write("clobbered"))
     assert (tmp_path / "x.safetensors").read_text() == "from an older tool"
     write_run(tmp_path, A, ["x.safetensors"], overwrite=True)
     assert (tmp_path / "x.safetensors").read_text() == "a x.safetensors"
@@ -91,7 +100,7 @@ HOLDER = textwrap.dedent(
     lock = FileLock(os.path.join(folder, {lock!r}))
     lock.acquire()
     record = {{"identity": {identity!r}, "outputs": [], "status": "running", "pid": os.getpid(),
-              "host": socket.gethostname(), "command": "snd extract"}}
+              "host": socket.gethostname(), "command": "test"}}
     with open(os.path.join(folder, {manifest!r}), "w") as handle:
         json.dump(record, handle)
     print("ready", flush=True)
@@ -104,7 +113,7 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_cleared(tmp_path,
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(BlockingIOError, match=f"being written by PID {holder.pid} on .*snd extract"):
+        with pytest.raises(BlockingIOError, match=f"being written by PID {holder.pid} on .*\\(test\\)"):
             write_run(tmp_path, A, ["x.safetensors"])
         assert not (tmp_path / "x.safetensors").exists()
     finally:
@@ -113,3 +122,12 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_cleared(tmp_path,
     write_run(tmp_path, A, ["x.safetensors"])
     assert f"previous run (PID {holder.pid}" in capsys.readouterr().err
     assert manifest(tmp_path)["status"] == "complete" and (tmp_path / "x.safetensors").exists()
+
+
+def test_cache_entries_outlive_the_run_they_were_written_by(tmp_path):
+    (tmp_path / "cache").mkdir()
+    write_run(tmp_path, A, ["cache/scenes.pt", "x.safetensors"], caches=["cache"])
+    write_run(tmp_path, B, ["y.safetensors"], overwrite=True, caches=["cache"])
+    assert (tmp_path / "cache" / "scenes.pt").read_text() == "a cache/scenes.pt"  # valid for any run: kept
+    assert not (tmp_path / "x.safetensors").exists()  # A's result went with A
+    assert manifest(tmp_path)["outputs"] == ["cache/scenes.pt", "y.safetensors"]

@@ -23,10 +23,10 @@ semantics     Image (may be None)              class ids
 Images keep the source files' bytes, so a converted dataset decodes to exactly the tensors
 the folder reader gives. Typical use::
 
-    from snd_hf.data.hf import scenes_to_hf, load_scene_dataset
+    from snd_hf.data.hf import load_scene_dataset, save_scene_dataset, scenes_to_hf
     from snd_hf.data.scenes import SceneDataset
 
-    scenes_to_hf("data/synthetic").save_to_disk("data/synthetic_hf")   # or .to_parquet(...)
+    save_scene_dataset(scenes_to_hf("data/synthetic"), "data/synthetic_hf")  # or .to_parquet(...)
     dataset = SceneDataset("data/synthetic_hf", image_size=(96, 128))  # random access
     stream = StreamingSceneDataset(load_scene_dataset("user/repo", streaming=True))
 """
@@ -60,6 +60,7 @@ from snd_hf.data.scannetpp import (
 )
 from snd_hf.files import atomic_write
 from snd_hf.schema import read_json
+from snd_hf.run_folder import replace_folder
 
 # Bumped whenever the rows written for the same folder change: a cached conversion made by an
 # older converter (one that embedded frames without validating them) is then not reused.
@@ -160,7 +161,7 @@ def scenes_to_hf(
             refused by default.
 
     Returns:
-        a ``datasets.Dataset`` of the module schema (write it with ``save_to_disk`` or
+        a ``datasets.Dataset`` of the module schema (write it with :func:`save_scene_dataset` or
         ``to_parquet``; push it with ``push_to_hub``).
 
     Raises:
@@ -206,6 +207,18 @@ def _report_skips(dataset: datasets.Dataset, skipped: SkipLog | None, root: Path
     if counts:
         reasons = "; ".join(f"{reason}: {count} (first: {paths[reason][0]})" for reason, count in counts.items())
         warnings.warn(f"scenes_to_hf left out {sum(counts.values())} frames or scenes of {root}: {reasons}", stacklevel=3)
+
+
+def save_scene_dataset(dataset: datasets.Dataset, path: str | Path, overwrite: bool = False) -> Path:
+    """``dataset.save_to_disk(path)``, written beside ``path`` and swapped in whole
+    (:func:`snd_hf.run_folder.replace_folder`): an earlier dataset saved here is replaced, a folder
+    holding anything else is refused unless ``overwrite`` (``save_to_disk`` itself replaces any
+    folder without a word), and a kill leaves the earlier folder or the new one.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or holds files no snd save wrote, and ``overwrite`` is False.
+    """
+    return replace_folder(path, lambda folder: dataset.save_to_disk(str(folder)), "save_scene_dataset", overwrite=overwrite)
 
 
 def load_scene_dataset(

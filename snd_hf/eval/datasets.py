@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch.utils.data import Dataset
 
 from snd_hf.cameras import normalize_intrinsics
 from snd_hf.data.correspondence import relative_rotation_deg
+from snd_hf.files import load_data_pickle
 from snd_hf.images import load_rgb, open_image, rgb_to_float
 
 __all__ = [
@@ -156,8 +156,7 @@ class NYUv2Probe3D(DenseDataset):
         self.root = _check_root(root)
         self.split = split
         if split == "test":
-            with open(self.root / test_pickle, "rb") as handle:
-                packed = pickle.load(handle)
+            packed = load_data_pickle(self.root / test_pickle)  # read without running code from the file
             self.indices = [int(index) for index in np.asarray(packed["test_indices"]).reshape(-1)]
             self._packed = packed
         elif split in ("train", "valid", "trainval"):

@@ -82,8 +82,9 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
-from snd_hf.schema import MAX_IMAGE_SIDE, MetricsSchema, ResultsSchema, SchemaError, read_json, validate
+from snd_hf.schema import MAX_IMAGE_SIDE, MetricsSchema
 from snd_hf.schema import load as load_json
+from snd_hf.run_folder import RunFolder
 from snd_hf.visualization import pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
@@ -230,47 +231,6 @@ def _write_json(path: Path, payload: object) -> None:
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(payload, indent=2, allow_nan=True)))
 
 
-def _read_results(path: Path) -> dict | None:
-    """An earlier ``results.json`` checked by :class:`~snd_hf.schema.ResultsSchema`, or None when there is none.
-
-    Raises:
-        SchemaError: naming the file and the key that does not fit (nothing is written or deleted).
-    """
-    if not path.exists():
-        return None
-    try:
-        earlier = read_json(path)
-        validate(ResultsSchema, earlier, path)
-    except SchemaError as error:
-        raise SchemaError(f"{error}; restore the file or remove it (with the outputs it lists)") from None
-    return earlier
-
-
-def _refuse_another_evaluation(path: Path, earlier: dict, identity: dict) -> None:
-    """Raise FileExistsError when the earlier ``results.json`` at ``path`` records an evaluation other than ``identity``."""
-    current = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
-    differ = [key for key, value in current.items() if earlier.get(key) != value]
-    if differ:
-        raise FileExistsError(
-            f"{path} holds the results of another evaluation (it differs in {', '.join(differ)}): pass --overwrite"
-            " to replace them, or choose another --out"
-        )
-
-
-def _remove_stale_pictures(out_dir: Path, earlier: list, current: list[str]) -> None:
-    """Delete the pictures an earlier evaluation listed and this one did not redraw (only inside ``out_dir``)."""
-    root = out_dir.resolve()
-    for name in set(map(str, earlier)) - set(current):
-        path = (out_dir / name).resolve()
-        if path.is_relative_to(root) and path.is_file():
-            path.unlink()
-            # Folders the earlier evaluation's pictures left empty go too.
-            for folder in path.parents:
-                if folder == root or any(folder.iterdir()):
-                    break
-                folder.rmdir()
-
-
 def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
     lines = [f"# Probe results on {data_name} (preset {preset})", ""]
     for task, per_model in results.items():
@@ -311,9 +271,10 @@ def evaluate(
 
     ``results.json`` records what was evaluated: the data, the tasks, every preset setting
     (overrides included), ``concat_with``, each model's source and weights' SHA-256, and the
-    pictures written. A folder whose ``results.json`` records another evaluation is refused unless
-    ``overwrite``; the same evaluation run again replaces its results. Pictures of the earlier
-    evaluation that this one did not redraw are deleted once the new results are written.
+    pictures written. ``out_dir`` is a :class:`snd_hf.run_folder.RunFolder` of that identity: a
+    folder holding another evaluation (or anything no snd run wrote) is refused unless
+    ``overwrite``, which removes the files its manifest lists and only those; a second concurrent
+    evaluation into it is refused; the same evaluation run again replaces its own results.
 
     Args:
         models: ``PATH`` or ``NAME=PATH`` per model.
@@ -336,10 +297,9 @@ def evaluate(
         the JSON payload written to ``results.json`` (on the other processes of a launched run: an empty dict).
 
     Raises:
-        FileExistsError: ``out_dir`` holds another evaluation's results and ``overwrite`` is False
-            (raised before any probe runs).
-        SchemaError: ``out_dir``'s ``results.json`` is damaged or hand-edited (naming the key), raised
-            before anything is generated or written.
+        FileExistsError: ``out_dir`` holds another evaluation's results, or files no snd run wrote,
+            and ``overwrite`` is False (raised before any probe runs).
+        BlockingIOError: another process is writing ``out_dir``.
     """
     if not models:
         raise ValueError("models must name at least one model")
@@ -351,12 +311,11 @@ def evaluate(
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     cache_dir = out_dir / "cache" if cache_dir is None else Path(cache_dir)
-    earlier = _read_results(out_dir / "results.json")  # a damaged one is refused before anything is generated
     state = process_state()
-    with state.main_process_first():  # generated data and downloads: made once, read by the other processes
-        eval_data = open_data(data, preset, cache_dir)
-        feature_models = [load_feature_model(spec, concat_with) for spec in models]
-    tasks = [task for task in tasks if task in eval_data.tasks]
+    # Dataset readers are opened (and their layout checked) first; only the synthetic set is written,
+    # into the cache, so it is generated inside the run folder (by the main process, before the others read it).
+    eval_data = None if data == "synthetic" else open_data(data, preset, cache_dir)
+    feature_models = [load_feature_model(spec, concat_with) for spec in models]
     for feature_model in feature_models:  # each process extracts on its own device (its GPU under the launcher)
         feature_model.model.to(state.device)
         if feature_model.concat_with is not None:
@@ -366,7 +325,7 @@ def evaluate(
         raise ValueError(f"model names must be unique (use NAME=PATH), got {names}")
     identity = {
         "data": data,
-        "tasks": tasks,
+        "tasks": list(tasks),
         "preset": preset.name,
         "preset_settings": asdict(preset),
         "concat_with": concat_with,
@@ -374,11 +333,26 @@ def evaluate(
         "models": {fm.name: {"source": fm.source, "weights_sha256": fm.weights_hash} for fm in feature_models},
     }
     position_resize = {task: resize or PAPER_RESIZE[task] for task in tasks}
-    if earlier is not None and not overwrite:
-        _refuse_another_evaluation(out_dir / "results.json", earlier, identity)
-    store = _FeatureStore(preset.input_short_side)
-    # Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
-    # featurised once: arrays are keyed by reader, so the feature store sees one image set.
+    if not state.is_main_process:  # a launched run's other processes only share the feature extraction
+        state.wait_for_everyone()
+        eval_data = eval_data or open_data(data, preset, cache_dir)
+        _share_extraction(
+            state, _FeatureStore(preset.input_short_side), eval_data, feature_models, tasks, preset, position_resize,
+            _reader_arrays(eval_data),
+        )
+        return {}
+    with RunFolder(out_dir, "snd eval", identity, overwrite=overwrite, caches=["cache"]):
+        eval_data = eval_data or open_data(data, preset, cache_dir)
+        state.wait_for_everyone()
+        return _evaluate(feature_models, eval_data, tasks, out_dir, preset, cache_dir, identity, position_resize, state)
+
+
+def _reader_arrays(eval_data: EvalData):
+    """``load(reader, split) -> DenseArrays``, reading each reader once.
+
+    Readers shared by several tasks (NYUv2 depth + normals, the synthetic set) are read and
+    featurised once: arrays are keyed by reader, so the feature store sees one image set.
+    """
     loaded: dict[int, DenseArrays] = {}
 
     def load(reader: DenseDataset, split: str) -> DenseArrays:
@@ -386,18 +360,30 @@ def evaluate(
             loaded[id(reader)] = _materialize(reader, f"{eval_data.name}-{split}{len(loaded)}")
         return loaded[id(reader)]
 
+    return load
+
+
+def _share_extraction(state, store, eval_data, feature_models, tasks, preset, position_resize, load) -> None:
+    """Extract every image set the tasks read across the processes of ``state``: every process calls this with
+    the same arguments, so each asks for the same features in the same order."""
+    store.state = state
+    for task in [task for task in tasks if task in eval_data.tasks]:
+        if task == "correspondence":
+            image_sets = [_pair_images(eval_data, preset)[1]]
+        else:
+            image_sets = [load(reader, split) for reader, split in zip(eval_data.dense[task], ("train", "test"))]
+        for feature_model, arrays in itertools.product(feature_models, image_sets):
+            store(feature_model, arrays, position_resize[task])
+    store.state = None
+
+
+def _evaluate(feature_models, eval_data, tasks, out_dir, preset, cache_dir, identity, position_resize, state) -> dict:
+    """`evaluate` inside its run folder, on the main process: every file written here is owned by it."""
+    tasks = [task for task in tasks if task in eval_data.tasks]
+    store = _FeatureStore(preset.input_short_side)
+    load = _reader_arrays(eval_data)
     if state.num_processes > 1:
-        store.state = state
-        for task in tasks:
-            if task == "correspondence":
-                image_sets = [_pair_images(eval_data, preset)[1]]
-            else:
-                image_sets = [load(reader, split) for reader, split in zip(eval_data.dense[task], ("train", "test"))]
-            for feature_model, arrays in itertools.product(feature_models, image_sets):
-                store(feature_model, arrays, position_resize[task])
-        store.state = None
-        if not state.is_main_process:
-            return {}
+        _share_extraction(state, store, eval_data, feature_models, tasks, preset, position_resize, load)
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     losses: dict[str, dict[str, list[float]]] = {}
@@ -441,20 +427,18 @@ def evaluate(
 
     payload = {
         **identity,
-        "position_resize": position_resize,
+        "tasks": tasks,
+        "position_resize": {task: position_resize[task] for task in tasks},
         "results": results,
         "final_training_loss": {task: {name: values[-1] for name, values in per.items() if values} for task, per in losses.items()},
         "pictures": sorted(path.relative_to(out_dir).as_posix() for path in pictures),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "results.json", payload)
     markdown = _markdown(results, eval_data.name, preset.name)
     if len(tasks) > 1:
         widths = {fm.name: fm.model.config.hidden_size for fm in feature_models}
-        markdown += "\n" + paper_table(results, data, preset.name, widths)
+        markdown += "\n" + paper_table(results, identity["data"], preset.name, widths)
     atomic_write(out_dir / "results.md", lambda temporary: Path(temporary).write_text(markdown))
-    if earlier is not None:
-        _remove_stale_pictures(out_dir, earlier.get("pictures", []), payload["pictures"])
     return payload
 
 
@@ -562,7 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
     parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
     parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT (only the files its snd_run.json lists), or write into a folder no snd run wrote")
     parser.add_argument(
         "--resize",
         choices=RESIZE_PROTOCOLS,

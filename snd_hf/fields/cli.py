@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from snd_hf.data.frames import decode_image, open_image
+from snd_hf.files import sha256_file
+from snd_hf.run_folder import RunFolder
 from snd_hf.schema import number_option
 from snd_hf.visualization import save_panel
 
-from .field import MIN_SH_DEGREE, FeatureField
+from .field import MIN_SH_DEGREE, WEIGHTS_NAME, FeatureField
 from .fit import FitConfig, fit_field
 from .pictures import CAPTION_HEIGHT, captioned, field_panels, grey, normalised, overlay
 from .scene import load_scene
@@ -43,6 +45,7 @@ from .segment import (
 )
 
 UPSCALE = 3  # pictures are drawn at 3x the field's resolution
+OVERWRITE_HELP = "replace the panels of another run in OUT (only the files its snd_run.json lists), or write into a folder no snd run wrote"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -116,6 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     segment.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
     segment.add_argument("--highlight-ratio", type=number_option(float, 0), default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
     segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
+    segment.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     edit = commands.add_parser("edit", help="recolour, remove reflections or change roughness of a selection",
                                formatter_class=parser.formatter_class)  # fmt: skip
@@ -128,6 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--roughness", type=number_option(float, 0, MAX_ROUGHNESS), help="Ref-NeRF roughness of the selection's reflections (0: as fitted)")
     edit.add_argument("--save-field", type=Path, help="also write the edited field here")
     edit.add_argument("--out", type=Path, required=True, help="folder for the before/after PNG panels")
+    edit.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,6 +181,12 @@ def _select(field: FeatureField, view: int | None, click: tuple[int, int], thres
     return select_by_click(field, view, click, threshold)
 
 
+def _panel_folder(args: argparse.Namespace, command: str, settings: dict) -> RunFolder:
+    """The run folder of ``--out``: panels of another field or selection are never mixed into it."""
+    identity = {"field_sha256": sha256_file(args.field / WEIGHTS_NAME), "settings": settings}
+    return RunFolder(args.out, command, identity, overwrite=args.overwrite, info={"field": str(args.field)})
+
+
 def run_segment(args: argparse.Namespace) -> int:
     field = _load(args.field)
     selection = _select(field, args.view, args.click, args.threshold, args.image, args.model)
@@ -184,11 +195,13 @@ def run_segment(args: argparse.Namespace) -> int:
     with torch.no_grad():
         colors = normalised(field.render(features=False)).color("full").clamp(0, 1)
     height = (field.cameras.image_size[0] + CAPTION_HEIGHT) * UPSCALE
-    for index, name in enumerate(field.view_names):
-        row = [captioned(colors[index], f"view {index}"), captioned(overlay(colors[index], masks[index]), "3D selection")]
-        if highlights is not None:
-            row.append(captioned(grey(highlights[index].float(), 1.0), "highlights"))
-        save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
+    settings = {name: str(getattr(args, name)) for name in ("view", "click", "image", "threshold", "highlight_ratio")}
+    with _panel_folder(args, "snd field segment", settings):
+        for index, name in enumerate(field.view_names):
+            row = [captioned(colors[index], f"view {index}"), captioned(overlay(colors[index], masks[index]), "3D selection")]
+            if highlights is not None:
+                row.append(captioned(grey(highlights[index].float(), 1.0), "highlights"))
+            save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
     print(f"selected {selection.count} of {field.num_gaussians} Gaussians (cosine >= {selection.threshold:.2f}); "
           f"{len(field.view_names)} panels in {args.out}")  # fmt: skip
     return 0
@@ -214,15 +227,18 @@ def run_edit(args: argparse.Namespace) -> int:
         after = normalised(edited.render(features=False))
     masks = selection_masks(field, selection)
     height = (field.cameras.image_size[0] + CAPTION_HEIGHT) * UPSCALE
-    for index, name in enumerate(field.view_names):
-        row = [
-            captioned(overlay(before.color("full")[index], masks[index]), "selection"),
-            captioned(before.color("full")[index].clamp(0, 1), "before"),
-            captioned(after.color("full")[index].clamp(0, 1), "after"),
-            captioned(grey(after.specular[index].abs().mean(0), 0.25), "specular after"),
-        ]
-        save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
+    settings = {name: str(getattr(args, name)) for name in ("select", "threshold", "remove_reflections", "specular_scale", "recolor", "roughness")}
+    with _panel_folder(args, "snd field edit", settings):
+        for index, name in enumerate(field.view_names):
+            row = [
+                captioned(overlay(before.color("full")[index], masks[index]), "selection"),
+                captioned(before.color("full")[index].clamp(0, 1), "before"),
+                captioned(after.color("full")[index].clamp(0, 1), "after"),
+                captioned(grey(after.specular[index].abs().mean(0), 0.25), "specular after"),
+            ]
+            save_panel(row, args.out / f"{index:03d}_{Path(name).stem}.png", height=height)
     if args.save_field is not None:
         edited.save(args.save_field)
     print(f"edited {selection.count} Gaussians; {len(field.view_names)} before/after panels in {args.out}")
     return 0
+

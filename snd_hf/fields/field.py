@@ -32,15 +32,13 @@ views' features (:class:`FeatureSpace`), which remembers the model it came from.
 
 A field is saved as a folder holding ``field.safetensors`` (tensors) and ``field.json``
 (configuration, names, the SHA-256 of the tensors file), written beside the destination and moved
-into place complete.
+into place complete (:func:`snd_hf.run_folder.replace_folder`, with the folder's ``snd_run.json``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -52,7 +50,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from snd_hf.cameras import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
-from snd_hf.files import replace_path, sha256_file
+from snd_hf.files import restore_interrupted, sha256_file
+from snd_hf.run_folder import replace_folder
 from snd_hf.schema import MIN_SH_DEGREE, FieldConfigSchema, SchemaError
 from snd_hf.schema import load as load_json
 from snd_hf.splatting.gaussians import Gaussians
@@ -488,38 +487,33 @@ class FeatureField(nn.Module):
     def save(self, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
         """Write the field to the folder ``path`` (``field.safetensors`` + ``field.json``).
 
-        The folder is assembled beside ``path`` and moved into place complete; an existing field
-        folder is replaced, any other existing folder or file is refused.
+        The folder is assembled beside ``path`` and swapped in complete
+        (:func:`snd_hf.run_folder.replace_folder`): an earlier saved folder is replaced whole; a
+        folder holding anything its ``snd_run.json`` does not list (a user's files) is refused, never
+        deleted; a kill at any point leaves the earlier folder or the new one.
 
         Args:
             extra: called with the folder being assembled, to add files (e.g. pictures) before the move.
 
         Raises:
-            FileExistsError: ``path`` exists and is not a saved field.
-            ValueError: a tensor holds NaN or inf (nothing is written).
+            FileExistsError: ``path`` is a file or holds files no save wrote (named in the message).
+            ValueError: a tensor holds NaN or inf (nothing is written: a good field is never replaced by
+                one that does not load).
         """
-        path = Path(path)
         tensors = self.state_tensors()
         bad = _non_finite(tensors)
         if bad:  # a field that would not load again never replaces a good one
             raise ValueError(f"the field holds non-finite values in {bad}; nothing was written to {path}")
-        if path.exists() and not (path.is_dir() and (path / CONFIG_NAME).is_file()):
-            if not (path.is_dir() and not any(path.iterdir())):
-                raise FileExistsError(f"{path} exists and is not a feature field; choose another output folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            structure = {key: value for key, value in self.config().items() if key in _STRUCTURE}
-            save_file(tensors, staging / WEIGHTS_NAME, metadata={_STRUCTURE_KEY: json.dumps(structure)})
-            config = {**self.config(), "weights_sha256": sha256_file(staging / WEIGHTS_NAME)}
-            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=1))
+        structure = {key: value for key, value in self.config().items() if key in _STRUCTURE}
+
+        def build(folder: Path) -> None:
+            save_file(tensors, folder / WEIGHTS_NAME, metadata={_STRUCTURE_KEY: json.dumps(structure)})
+            config = {**self.config(), "weights_sha256": sha256_file(folder / WEIGHTS_NAME)}
+            (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1))
             if extra is not None:
-                extra(staging)
-            replace_path(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
+                extra(folder)
+
+        return replace_folder(path, build, "snd field", {"format_version": FORMAT_VERSION})
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> FeatureField:
@@ -530,6 +524,7 @@ class FeatureField(nn.Module):
             ValueError: a file is truncated, modified or inconsistent (naming it and the problem).
         """
         path = Path(path)
+        restore_interrupted(path)  # a save killed between its two renames left the field aside
         config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not path.is_dir():
             raise FileNotFoundError(f"feature field {path} not found (a folder written by `snd field fit`)")

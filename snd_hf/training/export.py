@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..files import make_temporary, replace_path
 from ..loading import save_original_checkpoint
 from ..modeling_snd import SnDModel
 
@@ -35,8 +35,9 @@ def save_native(
 ) -> Path:
     """Write ``backbone`` (LoRA merged) as a native SnD directory (config, weights, processor), atomically.
 
-    The files are written into a temporary sibling folder and moved in one by one with
-    ``os.replace``, so ``directory`` may already hold other things (checkpoints, logs).
+    The files are written into a temporary sibling folder and moved in one by one
+    (:func:`snd_hf.files.replace_path`), so ``directory`` may already hold other things
+    (checkpoints, logs).
 
     Args:
         backbone: the trained backbone (SnDModel or PeftModel).
@@ -50,14 +51,14 @@ def save_native(
     model.config.size = size
     model.config.blending = blending
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".tmp-{directory.name}-native"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # with preprocessor_config.json, so AutoImageProcessor and pipeline() work on it
-    directory.mkdir(exist_ok=True)
-    for item in tmp.iterdir():
-        os.replace(item, directory / item.name)
-    tmp.rmdir()
+    staging = make_temporary(directory, directory=True)
+    try:
+        model.save_pretrained(staging)  # with preprocessor_config.json, so AutoImageProcessor and pipeline() work on it
+        directory.mkdir(exist_ok=True)
+        for item in sorted(staging.iterdir(), key=lambda item: item.name == "config.json"):  # the entry point last
+            replace_path(item, directory / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 

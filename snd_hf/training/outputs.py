@@ -27,6 +27,7 @@ from pathlib import Path
 from ..data.synthetic import MARKER_NAME
 from ..files import atomic_write, default_permissions
 from ..schema import read_json
+from ..run_folder import lock_folder
 from .checkpoints import stale_temporary_checkpoints
 
 EXPORT_MANIFEST = "export.json"  # lists the files of the final export (written last)
@@ -37,6 +38,7 @@ _READY = ".export-ready"  # ... once complete, while it is swapped in
 _OLD = ".export-old"  # the previous export while it is swapped out
 # The native model's entry point: moved out first and in last, so a half-swapped folder never loads.
 _ENTRY = "config.json"
+_locks: dict[Path, object] = {}  # the output folders this process trains into, locked until it ends
 _TEMPORARY = re.compile(r"^(\.tmp-.*|\..*\.tmp)$")  # our temporaries: files.atomic_write and the .tmp-* folders
 
 
@@ -88,12 +90,15 @@ def check_synthetic_dataset_path(path: str | Path) -> None:
 def prepare_output_dir(output_dir: str | Path, *, overwrite: bool) -> list[str]:
     """Make ``output_dir`` ready for a run (main process only); returns what was done, one line each.
 
-    Removes temporaries a killed run left (``.tmp-*`` folders, ``.*.tmp`` files, unfinished
+    Takes the folder's lock first (:func:`snd_hf.run_folder.lock_folder`, held until the process
+    ends): a second trainer writing the same ``output_dir`` is refused at once (``BlockingIOError``),
+    before anything in it changes. Then removes temporaries a killed run left (``.tmp-*`` folders, ``.*.tmp`` files, unfinished
     checkpoints), completes a final export it left half-swapped and, with ``overwrite``, removes an
     earlier run's outputs (:data:`RUN_FILES` and the files its ``export.json`` lists).
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.resolve() not in _locks:
+        _locks[output_dir.resolve()] = lock_folder(output_dir)
     notes = []
     if (output_dir / _READY).is_dir():
         _swap_in_export(output_dir)

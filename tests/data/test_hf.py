@@ -13,6 +13,7 @@ from snd_hf.data.hf import (
     HFScenes,
     StreamingSceneDataset,
     load_scene_dataset,
+    save_scene_dataset,
     scene_features,
     scenes_to_hf,
 )
@@ -50,8 +51,7 @@ def test_schema_one_row_per_frame(converted):
 @pytest.mark.parametrize("storage", ["save_to_disk", "parquet", "in_memory"])
 def test_round_trip_gives_the_folder_tensors(tiny_scenes, converted, tmp_path, storage):
     if storage == "save_to_disk":
-        converted.save_to_disk(str(tmp_path / "saved"))
-        root = tmp_path / "saved"
+        root = save_scene_dataset(converted, tmp_path / "saved")
     elif storage == "parquet":
         converted.to_parquet(str(tmp_path / "pq" / "train.parquet"))
         root = tmp_path / "pq"
@@ -62,6 +62,21 @@ def test_round_trip_gives_the_folder_tensors(tiny_scenes, converted, tmp_path, s
     from_hf = SceneDataset(root, **options)
     assert [scene.scene_id for scene in from_hf.scenes] == [scene.scene_id for scene in folder.scenes]
     _assert_same_samples([folder[i] for i in range(len(folder))], [from_hf[i] for i in range(len(from_hf))])
+
+
+def test_saving_a_dataset_never_replaces_a_users_folder(converted, tmp_path):
+    mydata = tmp_path / "mydata"
+    (mydata / "sub").mkdir(parents=True)
+    (mydata / "sub" / "a.csv").write_text("1,2")
+    with pytest.raises(FileExistsError, match=r"mydata holds files no snd run wrote there \(sub/a.csv\)"):
+        save_scene_dataset(converted, mydata)  # datasets' own save_to_disk replaces it without a word
+    assert (mydata / "sub" / "a.csv").read_text() == "1,2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no staging left
+    saved = save_scene_dataset(converted, tmp_path / "saved")
+    save_scene_dataset(converted.select(range(2)), saved)  # its own earlier save is replaced whole
+    assert load_scene_dataset(saved).num_rows == 2
+    save_scene_dataset(converted, mydata, overwrite=True)
+    assert load_scene_dataset(mydata).num_rows == converted.num_rows and not (mydata / "sub").exists()
 
 
 def test_streaming_matches_random_access(tiny_scenes, converted, tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +124,74 @@ def test_scannet_pairs_bundle(tmp_path):
     assert pair.rotation_deg == pytest.approx(30.0, abs=1e-4)
     torch.testing.assert_close(pair.intrinsics[0], torch.tensor([[0.5, 0, 0.5], [0, 0.5, 0.5], [0, 0, 1]]))
     torch.testing.assert_close(pair.extrinsics[1, :3, 3], torch.tensor([1.0, 2.0, 3.0]))
+
+
+class _Payload:
+    """Unpickling this creates a file: the dataset reader must refuse it before anything runs."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("planted", ["beside", "inside", "os.system"])
+def test_nyuv2_test_pickle_payload_never_runs(tmp_path, planted):
+    marker = tmp_path / "pwned"
+    packed = {"images": np.zeros((1, 3, 4, 5), np.uint8), "depths": np.zeros((1, 4, 5), np.float32),
+              "snorms": np.zeros((1, 3, 4, 5), np.float32), "test_indices": np.array([[0]])}
+    if planted == "beside":
+        packed["extra"] = _Payload(marker)
+    elif planted == "inside":  # an object array whose element is the payload
+        packed["images"] = np.array([_Payload(marker)], dtype=object)
+    else:
+        packed = _System(f"touch {marker}")
+    payload = pickle.dumps(packed)
+    assert not marker.exists()
+    (tmp_path / "nyuv2_test.pkl").write_bytes(payload)
+    with pytest.raises(ValueError) as refused:
+        NYUv2Probe3D(tmp_path, "test")
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path / "nyuv2_test.pkl") in message and "nothing in the file was executed" in message
+    expected = "posix.system" if planted == "os.system" else "pathlib"
+    assert expected in message
+    assert not marker.exists()
+
+
+class _System:
+    def __init__(self, command) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_nyuv2_test_pickle_of_the_real_structure_loads_identically(tmp_path, protocol):
+    rng = np.random.default_rng(3)
+    packed = {
+        "images": rng.integers(0, 256, (3, 3, 4, 5), dtype=np.uint8),
+        "depths": rng.uniform(0.5, 9.0, (3, 4, 5)).astype(np.float32),
+        "snorms": rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
+        "test_indices": np.array([[2], [0]]),
+        "scenes": ["bedroom_0001", "kitchen_0002", "office_0003"],  # extra plain entries are read too
+        "scale": np.float64(1.5),
+        "ids": (1, 2.5, b"raw", None, True),
+    }
+    (tmp_path / "nyuv2_test.pkl").write_bytes(pickle.dumps(packed, protocol=protocol))
+    dataset = NYUv2Probe3D(tmp_path, "test")
+    read = dataset._packed
+    assert read.keys() == packed.keys()
+    for key in ("images", "depths", "snorms", "test_indices"):
+        assert read[key].dtype == packed[key].dtype and np.array_equal(read[key], packed[key])
+    assert read["scenes"] == packed["scenes"] and read["ids"] == packed["ids"] and read["scale"] == 1.5
+    assert dataset.indices == [2, 0]
+    assert torch.equal(dataset[1].image, torch.from_numpy(packed["images"][0].astype(np.float32) / 255.0))
+
+
+def test_a_truncated_test_pickle_is_one_line_naming_it(tmp_path):
+    (tmp_path / "nyuv2_test.pkl").write_bytes(pickle.dumps({"images": np.zeros((2, 3))})[:-20])
+    with pytest.raises(ValueError, match=r"nyuv2_test.pkl is not a readable pickle") as refused:
+        NYUv2Probe3D(tmp_path, "test")
+    assert "\n" not in str(refused.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from snd_hf.cli import console_main, main
 from snd_hf.eval.features import load_feature_model, parse_model_spec
 from snd_hf.eval.suite import PRESETS, _customized, evaluate
 from snd_hf.loading import save_original_checkpoint
+from snd_hf.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +116,13 @@ def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsy
         ([f"a={first}"], ("normals",), preset, "tasks"),
         ([f"a={first}"], ("depth",), _customized(PRESETS["cpu"], 16, "4x3x42x56"), "preset, preset_settings"),
     ):
-        with pytest.raises(FileExistsError, match=f"differs in {differ}\\): pass --overwrite"):
+        with pytest.raises(FileExistsError, match=f"differs in {differ}; see .*snd_run.json\\); pass --overwrite"):
             evaluate(models, "synthetic", tasks, out, other, cache_dir=cache)
         assert (out / "results.json").read_text() == before
     arguments = ["eval", "normals", "--model", f"a={first}", "--data", "synthetic", "--out", str(out)]
     arguments += ["--steps", "15", "--synthetic-size", "4x3x42x56", "--cache-dir", str(cache)]
     assert console_main(arguments) == 2
-    message = f"snd: error: {out / 'results.json'} holds the results of another evaluation (it differs in tasks): pass --overwrite"
+    message = f"snd: error: {out} holds the results of another run of another model, data or settings (it differs in tasks; see"
     assert message in capsys.readouterr().err
     depth_pictures = json.loads(before)["pictures"]
     assert depth_pictures == [f"depth/panel_0{i}.png" for i in range(3)] + [f"pca/depth/pca_0{i}.png" for i in range(3)]
@@ -144,3 +146,46 @@ def test_panels_are_labelled_and_drawn_from_cached_results(checkpoints, tmp_path
         assert two.width > one.width and two.height == one.height
         # The panel above the images holds the captions: not all white.
         assert min(two.convert("L").crop((0, 0, two.width, 8)).getdata()) < 128
+
+
+def _tree(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_hand_edited_results_json_never_deletes_user_files(checkpoints, tmp_path):
+    (first, _), _ = checkpoints
+    out, preset, cache = tmp_path / "out", _small_preset(), tmp_path / "cache"
+    evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)
+    user = {"notes.txt": b"my notes", "mydata/a.csv": b"1,2\n", "r": b"r", "e": b"e", "s": b"s", "pca/keep.png": b"png"}
+    for name, data in user.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    drawn = sorted(json.loads((out / "results.json").read_text())["pictures"])
+    for pictures in (["notes.txt", "mydata/a.csv", "results.md", "../cache/results"], "results"):
+        record = json.loads((out / "results.json").read_text())
+        record["pictures"] = pictures  # the earlier code deleted every listed path it did not redraw
+        (out / "results.json").write_text(json.dumps(record))
+        evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)  # the same evaluation again
+        after = _tree(out)
+        assert {name: after[name] for name in user} == user  # byte-identical
+        assert sorted(json.loads(after["results.json"])["pictures"]) == drawn and "results.md" in after
+
+
+def test_eval_into_a_user_folder_or_beside_a_running_eval_is_refused(checkpoints, tmp_path):
+    (first, _), _ = checkpoints
+    preset, cache = _small_preset(), tmp_path / "cache"
+    mine = tmp_path / "mine"
+    (mine / "depth").mkdir(parents=True)
+    (mine / "results.md").write_text("my own results")
+    (mine / "depth" / "panel_00.png").write_bytes(b"my own panel")
+    before = _tree(mine)
+    with pytest.raises(FileExistsError, match=r"mine is not empty \(depth/panel_00.png, results.md\) and no snd run wrote it"):
+        evaluate([f"a={first}"], "synthetic", ("depth",), mine, preset, cache_dir=cache)
+    assert _tree(mine) == before
+
+    # Two evaluations into one folder at once: the second is refused at once; the first's results stand.
+    out = tmp_path / "out"
+    with RunFolder(out, "snd eval", {"held": "by a concurrent evaluation"}):
+        with pytest.raises(BlockingIOError, match=f"{out} is being written by PID {os.getpid()} .*snd eval"):
+            evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)
+    assert not (out / "results.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -83,3 +84,21 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(scene_dir, field_dir, 
 
     message = _error(["field", "edit", str(field_dir), "--select", "0:3,3", "--out", str(out)], capsys)
     assert "nothing to edit" in message
+
+
+def test_segment_runs_of_two_fields_never_mix_in_one_out(field_dir, tmp_path, capsys):
+    other = tmp_path / "other.field"
+    assert snd_main(["field", "edit", str(field_dir), "--select", "1:16,16", "--recolor", "0.9,0.1,0.1",
+                     "--out", str(tmp_path / "edit"), "--save-field", str(other)]) == 0  # fmt: skip
+    out = tmp_path / "seg"
+    segment = ["--view", "1", "--click", "16,16", "--out", str(out)]
+    assert snd_main(["field", "segment", str(field_dir), *segment]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    message = _error(["field", "segment", str(other), *segment], capsys)
+    assert "holds the results of another run" in message and "differs in field_sha256" in message and "--overwrite" in message
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert snd_main(["field", "segment", str(other), *segment, "--overwrite"]) == 0
+    manifest = json.loads((out / "snd_run.json").read_text())
+    assert manifest["info"]["field"] == str(other) and len(manifest["outputs"]) == 6
+    assert sorted(path.name for path in out.glob("*.png")) == sorted(manifest["outputs"])  # the other field's only
+    assert all((out / name).read_bytes() != before[name] for name in manifest["outputs"])  # all redrawn (red selection differs)

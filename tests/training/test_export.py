@@ -40,7 +40,7 @@ def test_merged_native_and_original_exports_reproduce_the_adapted_model(tmp_path
     auto = AutoModel.from_pretrained(tmp_path / "native")
     assert loaded.config.training_info == info and loaded.config.blending is True
     assert (tmp_path / "native" / "keep.txt").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixels).feature_map, expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(auto(pixels).feature_map, expected, atol=1e-5, rtol=1e-5)

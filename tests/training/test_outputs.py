@@ -9,6 +9,7 @@ import pytest
 
 import snd_hf.training.outputs as outputs
 from snd_hf.data.synthetic import ensure_synthetic_scenes
+from snd_hf.run_folder import LOCK_NAME, lock_folder
 from snd_hf.training.outputs import (
     LossLog,
     check_output_dir,
@@ -121,7 +122,7 @@ def test_export_swap_never_mixes_two_exports_whenever_it_is_killed(tmp_path, mon
             assert len(contents) == 4
         notes = prepare_output_dir(run, overwrite=False)  # the next run completes the swap
         assert _export_contents(run) == {n: "B" for n in _export_contents(reference)}, moves
-        assert sorted(p.name for p in run.iterdir()) == sorted([p.name for p in reference.iterdir()] + ["losses.jsonl"])
+        assert sorted(p.name for p in run.iterdir() if p.name != LOCK_NAME) == sorted([p.name for p in reference.iterdir()] + ["losses.jsonl"])
         assert bool(notes) != finished
         if finished:
             break
@@ -144,5 +145,19 @@ def test_prepare_removes_stale_temporaries_and_with_overwrite_the_earlier_run(tm
     assert (run / "checkpoints" / "step_4").is_dir() and _export_contents(run)["config.json"] == "A"
 
     notes = prepare_output_dir(run, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's file stays
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]  # the user's file stays
     assert notes[0].startswith("--overwrite_output_dir: removed the earlier run's checkpoints, losses.jsonl, config.yaml, config.json")
+
+
+def test_a_second_trainer_into_one_output_dir_is_refused_before_anything_changes(tmp_path):
+    run = tmp_path / "run"
+    write_final_export(run, _write_export("A"), step=2)
+    (run / ".tmp-export").mkdir()  # what the first trainer is writing right now
+    holder = lock_folder(run)  # the first trainer (another process: its own lock)
+    try:
+        with pytest.raises(BlockingIOError, match=f"{run} is being written by"):
+            prepare_output_dir(run, overwrite=True)  # the second, with --overwrite_output_dir
+        assert (run / ".tmp-export").is_dir() and _export_contents(run)["config.json"] == "A"
+    finally:
+        holder.release()
+    assert prepare_output_dir(run, overwrite=True)[-1].startswith("--overwrite_output_dir: removed")

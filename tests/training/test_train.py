@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from snd_hf import SnDModel
+from snd_hf.run_folder import LOCK_NAME
 from snd_hf.training import TrainingConfig, list_checkpoints
 from snd_hf.training.builders import PRETRAINED_2D, prepare_scenes
 from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
@@ -303,7 +304,7 @@ def test_used_output_dir_resume_overwrite_and_a_kill_during_the_final_export(sce
         exported, saved = (torch.load(d / name, weights_only=True) for d in (out, out / "checkpoints" / "step_4" / "export"))
         assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved), name
     assert json.loads((out / "export.json").read_text())["step"] == 4
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LOCK_NAME]  # no temporary left
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4]
 
     # A checkpoint folder with a pickle payload is refused; the payload never runs.

@@ -1,0 +1,256 @@
+"""kill -9 at every file move of every writing command: the output is the old complete set or the new
+complete set, and what the kill left is cleared by the next run.
+
+Each command runs in a subprocess whose ``os.replace`` / ``os.rename`` (every commit point of the
+package's writers: a file or folder moved into place, a manifest written, a folder swapped) count
+their calls and SIGKILL the process just before the N-th. For each command an "old" run writes the
+folder, a reference "new" run replaces it (another model, seed or setting); then for each kill point
+a copy of the old folder is run into by the new command killed at that move, put in order with
+``run_folder.recover`` (what the next run does first) and compared file by file with the two
+references; for some points the whole new command is then run again, which must give the new set
+and leave no temporary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import snd_hf
+from snd_hf import SnDConfig, SnDModel
+from snd_hf.data.synthetic import generate_scenes
+from snd_hf.files import TEMPORARY_TAG
+from snd_hf.loading import save_original_checkpoint
+from snd_hf.run_folder import LOCK_NAME, MANIFEST_NAME, recover
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = str(Path(snd_hf.__file__).parent / "assets" / "default")
+FIT = ["--appearance-steps", "4", "--feature-steps", "4", "--init-stride", "2", "--init-views", "2", "--hold-out", "4",
+       "--feature-dim", "4", "--device", "cpu"]  # fmt: skip
+EVAL = ["--data", "synthetic", "--steps", "15", "--synthetic-size", "4x3x42x56"]
+
+# A warm process (imports done once) that forks one child per job: the child runs `snd ARGV` with
+# os.replace / os.rename killing it with SIGKILL before move number KILL_AT, its output going to LOG.
+SERVER = """
+import json, os, signal, sys
+import snd_hf.cli, snd_hf.convert, snd_hf.data.synthetic, snd_hf.demo, snd_hf.eval.suite, snd_hf.extract, snd_hf.fields.cli
+for line in sys.stdin:
+    job = json.loads(line)
+    child = os.fork()
+    if child == 0:
+        log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        moves = [0]
+        def counted(real):
+            def move(*args, **kwargs):
+                if moves[0] == job["kill_at"]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                moves[0] += 1
+                return real(*args, **kwargs)
+            return move
+        os.replace, os.rename = counted(os.replace), counted(os.rename)
+        try:
+            status = snd_hf.cli.main(job["argv"])
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            status = 3
+        sys.stdout.flush()
+        sys.stderr.write(f"\\nMOVES={moves[0]}\\n")
+        sys.stderr.flush()
+        os._exit(status or 0)
+    _, wait = os.waitpid(child, 0)
+    print(-os.WTERMSIG(wait) if os.WIFSIGNALED(wait) else os.WEXITSTATUS(wait), flush=True)
+"""
+
+
+class Server:
+    def __init__(self, logs: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.logs, self.jobs = logs, 0
+
+    def __call__(self, argv: list[str], kill_at: int = -1) -> subprocess.CompletedProcess:
+        self.jobs += 1
+        log = self.logs / f"job_{self.jobs}.log"
+        self.process.stdin.write(json.dumps({"argv": argv, "kill_at": kill_at, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        status = int(self.process.stdout.readline())
+        return subprocess.CompletedProcess(argv, status, "", log.read_text(errors="replace"))
+
+
+@pytest.fixture(scope="module")
+def snd(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("logs"))
+    yield server
+    server.process.stdin.close()
+    server.process.wait(timeout=60)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def state(folder: Path) -> dict[str, str] | None:
+    """Every file of ``folder`` by relative path and digest (the run folder's own bookkeeping aside)."""
+    if not folder.exists():
+        return None
+    return {
+        path.relative_to(folder).as_posix(): digest(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name not in (MANIFEST_NAME, LOCK_NAME)
+    }
+
+
+def which(now: dict | None, old: dict | None, new: dict | None) -> str | None:
+    """For one output: "old" when ``now`` is the old set byte for byte, "new" when it holds the new
+    set's files and none of the old run's (some outputs are not byte-reproducible: safetensors
+    metadata order, randomised PCA), None for anything else (a mix, or files missing)."""
+    if now == old:
+        return "old"
+    before, after = old or {}, new or {}
+    if now is None or now.keys() != after.keys():
+        return None
+    if any(digest == before.get(path) and after[path] != before.get(path) for path, digest in now.items()):
+        return None
+    return "new"
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporaries of the package's naming, or folders moved aside, anywhere below ``root``."""
+    return [p.relative_to(root).as_posix() for p in root.rglob("*") if TEMPORARY_TAG in p.name or p.name.endswith(".old")]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, snd):
+    root = tmp_path_factory.mktemp("inputs")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SnDModel(SnDConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, image_size=56)).eval()
+        model.save_pretrained(root / f"m{seed}")
+        save_original_checkpoint(model, root / f"m{seed}.pth")
+    for seed, name in ((0, "a.png"), (1, "b.png")):
+        pixels = torch.Generator().manual_seed(seed)
+        Image.fromarray((torch.rand(40, 60, 3, generator=pixels) * 255).byte().numpy()).save(root / name)
+    scenes = generate_scenes(root / "data", 1, 8, 24, 32, seed=1, progress=False, glossy=True)
+    scene = scenes / "scenes" / "synth_0000"
+    assert snd(["field", "fit", str(scene), "--model", EMBEDDED, "--out", str(root / "room.field"), *FIT]).returncode == 0
+    return root, scene
+
+
+def commands(inputs) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """command -> (old argv, new argv, output folders), ``{out}`` standing for the working folder."""
+    root, scene = inputs
+    m0, m1, a, b, field = (str(root / name) for name in ("m0", "m1", "a.png", "b.png", "room.field"))
+    return {
+        "extract": (
+            ["extract", a, "--model", m0, "--out", "{out}/features", "--shortest-edge", "28"],
+            ["extract", a, b, "--model", m1, "--out", "{out}/features", "--shortest-edge", "28", "--overwrite"],
+            ["features"],
+        ),
+        "demo": (
+            ["demo", "--images", a, "--model", m0, "--out", "{out}/demo", "--shortest-edge", "28"],
+            ["demo", "--images", a, b, "--model", m1, "--out", "{out}/demo", "--shortest-edge", "28"],
+            ["demo"],
+        ),
+        "convert": (
+            ["convert", str(root / "m0.pth"), "{out}/native"],
+            ["convert", str(root / "m1.pth"), "{out}/native", "--overwrite"],
+            ["native"],
+        ),
+        "synth": (
+            ["synth", "--out", "{out}/data", "--scenes", "1", "--frames", "2", "--size", "16x16", "--seed", "0"],
+            ["synth", "--out", "{out}/data", "--scenes", "1", "--frames", "3", "--size", "16x16", "--seed", "1"],
+            ["data"],
+        ),
+        "eval": (
+            ["eval", "depth", "--model", f"a={m0}", *EVAL, "--out", "{out}/eval"],
+            ["eval", "depth", "--model", f"a={m1}", *EVAL, "--out", "{out}/eval", "--overwrite"],
+            ["eval"],
+        ),
+        "field fit": (
+            ["field", "fit", str(scene), "--model", EMBEDDED, "--out", "{out}/room.field", *FIT, "--seed", "0"],
+            ["field", "fit", str(scene), "--model", EMBEDDED, "--out", "{out}/room.field", *FIT, "--seed", "1"],
+            ["room.field"],
+        ),
+        "field segment": (
+            ["field", "segment", field, "--view", "1", "--click", "16,16", "--out", "{out}/segment"],
+            ["field", "segment", field, "--view", "2", "--click", "8,8", "--out", "{out}/segment", "--overwrite"],
+            ["segment"],
+        ),
+        "field edit": (
+            ["field", "edit", field, "--select", "1:16,16", "--recolor", "0.9,0.1,0.1", "--out", "{out}/edit", "--save-field", "{out}/edited.field"],
+            ["field", "edit", field, "--select", "1:16,16", "--recolor", "0.1,0.9,0.1", "--out", "{out}/edit", "--save-field", "{out}/edited.field", "--overwrite"],
+            ["edit", "edited.field"],
+        ),
+    }  # fmt: skip
+
+
+def _argv(template: list[str], out: Path) -> list[str]:
+    return [word.replace("{out}", str(out)) for word in template]
+
+
+# Commands whose every run is long: a sample of their kill points (first, last, evenly spaced ones).
+SAMPLED = {"eval": 6, "field fit": 6}
+
+
+@pytest.mark.parametrize("command", ["extract", "demo", "convert", "synth", "eval", "field fit", "field segment", "field edit"])
+def test_kill_at_every_move_leaves_the_old_or_the_new_set(inputs, snd, tmp_path, command, record_property):
+    old_argv, new_argv, outputs = commands(inputs)[command]
+    base = tmp_path / "base"
+    base.mkdir()
+    assert snd(_argv(old_argv, base)).returncode == 0
+    old = {name: state(base / name) for name in outputs}
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference, symlinks=True)
+    finished = snd(_argv(new_argv, reference))
+    assert finished.returncode == 0, finished.stderr
+    new = {name: state(reference / name) for name in outputs}
+    assert new != old
+    moves = int(re.search(r"MOVES=(\d+)", finished.stderr).group(1))
+    points = list(range(moves))
+    if command in SAMPLED:
+        count = SAMPLED[command]
+        points = sorted({0, 1, moves - 2, moves - 1, *points[:: max(1, moves // count)]} & set(points))
+    seen = {"old": 0, "new": 0}
+    for point in points:
+        work = tmp_path / f"killed_at_{point}"
+        shutil.copytree(base, work, symlinks=True)
+        killed = snd(_argv(new_argv, work), kill_at=point)
+        assert killed.returncode == -9, (point, killed.returncode, killed.stderr[-2000:])
+        for name in outputs:
+            recover(work / name)  # what the next run does first
+        # Each output (a command may write two: `field edit --out --save-field`) is one set or the other.
+        sides = {name: which(state(work / name), old[name], new[name]) for name in outputs}
+        assert None not in sides.values(), f"{command}: kill before move {point} of {moves} left a mixed output: {sides}"
+        for side in sides.values():
+            seen[side] += 1
+        assert not leftovers(work), (point, leftovers(work))
+        if point in (points[0], points[len(points) // 2], points[-1]):  # the next run completes the new set
+            again = snd(_argv(new_argv, work))
+            assert again.returncode == 0, again.stderr
+            for name in outputs:
+                now = state(work / name)
+                assert which(now, old[name], new[name]) == "new", (point, name, sorted(set(now or {}) ^ set(new[name] or {})),
+                    sorted(path for path, sha in (now or {}).items() if sha == (old[name] or {}).get(path) != new[name].get(path)))
+            assert not leftovers(work)
+        shutil.rmtree(work)
+    summary = f"{command}: {len(points)} kills of {moves} moves -> outputs found {seen['old']}x old set, {seen['new']}x new set"
+    record_property("kill_points", summary)
+    print(summary)
+    # Kills before the commit point keep the old set; those after it (none for a single swap, whose
+    # last move is its commit) leave the new one.
+    assert seen["old"]

@@ -305,7 +305,8 @@ def open_run_folder(
     full_identity = {**run_identity(model, processor), **(identity or {})}
     info = {"model": model_name, "hidden_size": model.config.hidden_size, "patch_size": model.config.patch_size}
     folder = RunFolder(
-        out, command, full_identity, list(outputs), overwrite=overwrite, replace_other_run=replace_other_run, info=info
+        out, command, full_identity, list(outputs), overwrite=overwrite, replace_other_run=replace_other_run, info=info,
+        resumable=command == "snd extract",
     )
     return folder, {"model": model_name, "weights_sha256": full_identity["weights_sha256"]}
 
@@ -423,6 +424,7 @@ def _extract_shards(args, state, images: FileImages | DatasetImages, model, proc
         folder, metadata = open_run_folder(
             out, "snd extract", model, processor, [*names, INDEX_JSON, INDEX_PARQUET], str(args.model), args.overwrite, identity=layout
         )
+        _refuse_other_shards(folder)
         run_folder.enter_context(folder)
         return metadata, [k for k, name in enumerate(names) if not (out / name).is_file()]
 
@@ -445,6 +447,17 @@ def _extract_shards(args, state, images: FileImages | DatasetImages, model, proc
             print(f"{out / INDEX_JSON}: {index['images']} images in {count} shards, {index['bytes_per_image']} bytes per image")
 
 
+def _refuse_other_shards(folder: RunFolder) -> None:
+    """Shards move in as they are finished (a stopped run resumes), so they never replace another run's shards:
+    the folder would mix two runs until the end."""
+    earlier = folder.read_manifest()
+    if earlier is not None and earlier.get("identity") not in (None, folder.identity) and any(folder.folder.glob("shard-*.parquet")):
+        raise FileExistsError(
+            f"{folder.folder} holds the shards of another run ({earlier.get('info', {})}, see {folder.manifest_path});"
+            " remove them or choose another output folder"
+        )
+
+
 def _extract_stream(args, state, images: DatasetImages, model, processor) -> None:
     """``--format shards`` of a streamed dataset: process r of W writes its part of the stream
     (``split_dataset_by_node``) as shards ``shard-r-of-W-k``; a rerun skips the rows of its complete shards."""
@@ -459,13 +472,7 @@ def _extract_stream(args, state, images: DatasetImages, model, processor) -> Non
         folder, metadata = open_run_folder(
             out, "snd extract", model, processor, [INDEX_JSON, INDEX_PARQUET], str(args.model), args.overwrite, identity=layout
         )
-        earlier = folder.read_manifest()
-        # A stream's shards are not known in advance, so the manifest cannot list them for --overwrite to remove.
-        if earlier is not None and earlier.get("identity") != folder.identity and any(out.glob("shard-*.parquet")):
-            raise FileExistsError(
-                f"{out} holds the shards of another run ({earlier.get('info', {})}, see {folder.manifest_path}); remove"
-                " them or choose another output folder"
-            )
+        _refuse_other_shards(folder)
         run_folder.enter_context(folder)
         return metadata
 

@@ -140,6 +140,10 @@ class RunFolder:
         info: extra JSON-able facts recorded in the manifest (e.g. the model's name), not compared.
         caches: subfolders (e.g. ``"cache"``) whose files are cache entries keyed by what they hold,
             valid for any run: they stay when another run is replaced.
+        resumable: for outputs written piece by piece (``snd extract``): while the run adds to a fresh
+            folder or to a run of the same command and identity, each finished file moves in at once
+            (whole, never half-written), and a run of the same identity that stopped before its end is
+            resumed: what it moved in is kept. Replacing another run stays all-or-nothing.
 
     Raises (on entry, before anything in ``folder`` changes; or, for a file checked during the run,
     before that file is written):
@@ -159,6 +163,7 @@ class RunFolder:
         replace_other_run: bool = False,
         info: dict[str, Any] | None = None,
         caches: Iterable[str] = (),
+        resumable: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.command = command
@@ -176,6 +181,9 @@ class RunFolder:
         self._replaceable: set[str] = set()  # the committed outputs this run may replace
         self._moves: dict[str, Path] = {}  # destination name -> this run's finished temporary
         self._committed = False
+        self.resumable = resumable
+        self._immediate = False  # finished files move in at once (resumable, not replacing another run)
+        self._present: set[str] = set()  # what the folder held when this run claimed it
 
     def read_manifest(self) -> dict[str, Any] | None:
         """The folder's manifest, or None when it has none (see :func:`read_manifest`)."""
@@ -202,12 +210,6 @@ class RunFolder:
         if previous is None:
             self._refuse_a_foreign_folder()
             previous = {}
-        if previous.get("status") == "running":  # we hold the lock, so that run is gone
-            print(
-                f"{self.folder}: the previous run (PID {previous.get('pid')} on {previous.get('host')}) stopped"
-                " before finishing; nothing of it was kept.",
-                file=sys.stderr,
-            )
         recorded = set(previous.get("outputs", []))
         earlier = {"command": previous.get("command"), **(previous.get("identity") or {})}
         current = {"command": self.command, **self.identity}
@@ -220,7 +222,20 @@ class RunFolder:
             )
         self._replaceable = recorded
         self._kept = {name for name in recorded if name.startswith(self.caches)} if differ else recorded
-        foreign = [name for name in self.outputs if name not in recorded and os.path.lexists(self.folder / name)]
+        self._immediate = self.resumable and not differ
+        self._present = set(_entries(self.folder))
+        if self._immediate and previous.get("status") in ("running", "failed") and previous.get("running") == current:
+            stopped = self._present - recorded  # moved in by the stopped run of this very identity
+            self._replaceable |= stopped
+            self._kept |= stopped
+        if previous.get("status") == "running":  # we hold the lock, so that run is gone
+            kept = "its finished files are kept and this run adds the rest" if self._kept - recorded else "nothing of it was kept"
+            print(
+                f"{self.folder}: the previous run (PID {previous.get('pid')} on {previous.get('host')}) stopped"
+                f" before finishing; {kept}.",
+                file=sys.stderr,
+            )
+        foreign = [name for name in self.outputs if name not in self._replaceable and os.path.lexists(self.folder / name)]
         if foreign and not self.overwrite:
             raise FileExistsError(
                 f"{self.folder} already holds {_listing(foreign)}, not written by a recorded run; pass --overwrite to"
@@ -232,6 +247,7 @@ class RunFolder:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "running_command": self.command,
+            "running": current,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         for stale in ("finished", "error"):
@@ -272,7 +288,7 @@ class RunFolder:
         """Keep a finished file of this run to move it in with the others at the end (see the module
         docstring); files outside the folder are not ours to take."""
         name = self._name(destination)
-        if name is None or not Path(os.path.abspath(temporary)).is_relative_to(self._root):
+        if self._immediate or name is None or not Path(os.path.abspath(temporary)).is_relative_to(self._root):
             return False
         earlier = self._moves.get(name)
         if earlier is not None and earlier != Path(temporary):  # written twice: the last one counts
@@ -295,6 +311,8 @@ class RunFolder:
                 " run was moved in: pass --overwrite to replace them, or choose another output folder"
             )
         outputs = self._kept | set(self.outputs) | set(self._moves)
+        if self._immediate:  # moved in as they were finished, by this process or the others of a launched run
+            outputs |= set(_entries(self.folder)) - (self._present - self._replaceable)
         self._manifest["commit"] = {
             "command": self.command,
             "identity": self.identity,

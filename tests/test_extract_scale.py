@@ -160,9 +160,9 @@ def test_a_rerun_extracts_only_what_is_missing_and_refuses_other_settings(images
     assert after.keys() == before.keys() | {"shard-00001-of-00003.parquet"} and all(after[k] == v for k, v in before.items())
     assert len(read_rows(shards)) == 6
     for other in (["--shard-size", "3"], ["--shortest-edge", "42"]):  # another layout, another preprocessing
-        with pytest.raises(FileExistsError, match="another model or preprocessing"):
+        with pytest.raises(FileExistsError, match="another run"):
             main(extract(*images[:6], "--out", shards, "--format", "shards", "--shard-size", "2") + other)
-    with pytest.raises(FileExistsError, match="another model or preprocessing"):  # other images into the same shards
+    with pytest.raises(FileExistsError, match="another run"):  # other images into the same shards
         main(extract(*images[1:7], "--out", shards, "--format", "shards", "--shard-size", "2"))
 
 
@@ -179,7 +179,7 @@ def test_two_processes_write_what_one_process_writes(images, tmp_path):
     assert_same_features(expected, {k: {"feature_map": f, "cls": c} for k, (f, c) in per_image(two).items()})
     assert json.loads((two / "snd_run.json").read_text())["status"] == "complete"
     code, output = launch(extract(*images, "--out", two) + ["--shortest-edge", "42"])  # refused by the main process...
-    assert code != 0 and output.count("another model or preprocessing") == 2, output  # ...and so by both
+    assert code != 0 and output.count("holds the results of another run") == 2, output  # ...and so by both
 
     streamed = tmp_path / "streamed"  # a streamed imagefolder, split between the processes by datasets
     code, output = launch(extract("--dataset", images[0].parent, "--streaming", "--out", streamed, "--format", "shards", "--shard-size", "8"))
@@ -233,5 +233,5 @@ def test_dtype_is_part_of_the_run(images, tmp_path):
     for image_id, row in reference.items():  # float32 on disk either way, within bfloat16's rounding
         assert rounded[image_id]["feature_map"].dtype == torch.float32
         torch.testing.assert_close(rounded[image_id]["feature_map"], row["feature_map"], atol=0.1, rtol=0.05)
-    with pytest.raises(FileExistsError, match="another model or preprocessing"):
+    with pytest.raises(FileExistsError, match="another run"):
         main(extract(*images[:3], "--out", half, "--format", "shards"))

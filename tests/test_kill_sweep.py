@@ -210,10 +210,16 @@ SWEPT = ["extract", "demo", "convert", "synth", "eval", "field fit", "field segm
 
 def test_every_snd_command_is_swept():
     """A new `snd` command must join the sweep (and so go through the shared writer and run folder)."""
+    import argparse
+
     from snd_hf.cli import COMMANDS
+    from snd_hf.fields.cli import add_arguments
 
     assert {command.split()[0] for command in SWEPT} == set(COMMANDS)
-    assert {command for command in SWEPT if command.startswith("field")} == {"field fit", "field segment", "field edit"}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    field_commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+    assert {command for command in SWEPT if command.startswith("field ")} == {f"field {name}" for name in field_commands}
 
 
 @pytest.mark.slow

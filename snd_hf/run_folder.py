@@ -38,7 +38,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout

@@ -33,8 +33,6 @@ from snd_hf.files import TEMPORARY_TAG
 from snd_hf.loading import save_original_checkpoint
 from snd_hf.run_folder import LOCK_NAME, MANIFEST_NAME, recover
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = str(Path(snd_hf.__file__).parent / "assets" / "default")
 FIT = ["--appearance-steps", "4", "--feature-steps", "4", "--init-stride", "2", "--init-views", "2", "--hold-out", "4",
@@ -207,7 +205,25 @@ def _argv(template: list[str], out: Path) -> list[str]:
 SAMPLED = {"eval": 6, "field fit": 6}
 
 
-@pytest.mark.parametrize("command", ["extract", "demo", "convert", "synth", "eval", "field fit", "field segment", "field edit"])
+SWEPT = ["extract", "demo", "convert", "synth", "eval", "field fit", "field segment", "field edit"]
+
+
+def test_every_snd_command_is_swept():
+    """A new `snd` command must join the sweep (and so go through the shared writer and run folder)."""
+    import argparse
+
+    from snd_hf.cli import COMMANDS
+    from snd_hf.fields.cli import add_arguments
+
+    assert {command.split()[0] for command in SWEPT} == set(COMMANDS)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    field_commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+    assert {command for command in SWEPT if command.startswith("field ")} == {f"field {name}" for name in field_commands}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", SWEPT)
 def test_kill_at_every_move_leaves_the_old_or_the_new_set(inputs, snd, tmp_path, command, record_property):
     old_argv, new_argv, outputs = commands(inputs)[command]
     base = tmp_path / "base"

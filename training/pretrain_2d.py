@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.data.synthetic import render_synthetic_scene
-from snd_hf.files import make_temporary, replace_path
+from snd_hf.run_folder import check_replaceable, replace_folder
 from snd_hf.schema import read_json
 from snd_hf.splatting.teacher import patch_features
 from snd_hf.training.dense_contrastive import (
@@ -109,12 +109,15 @@ def pretrain(args: argparse.Namespace) -> SnDModel:
 
 
 def _written_here(folder: Path) -> bool:
-    """Whether ``folder`` is an earlier output of this script (its config's training_info says so)."""
+    """Whether ``folder`` is an output of this script from before run manifests (the packaged asset):
+    its config's training_info says so and it holds nothing but the three files the script writes."""
     try:
         config = read_json(folder / "config.json")
+        names = {path.name for path in folder.iterdir()}
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and (config.get("training_info") or {}).get("role") == "pretrained_2d"
+    written = {"config.json", "model.safetensors", "preprocessor_config.json"}
+    return names <= written and isinstance(config, dict) and (config.get("training_info") or {}).get("role") == "pretrained_2d"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=NUM_HEADS)
     parser.add_argument("--overwrite", action="store_true", help="replace an --out folder this script did not write")
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.overwrite and not _written_here(args.out):
-        parser.error(f"--out {args.out} exists and is not an earlier output of this script: choose another folder or pass --overwrite")
+    overwrite = args.overwrite or _written_here(args.out)
+    try:  # before any work; a folder holding anything the script did not write is never replaced silently
+        check_replaceable(args.out, overwrite)
+    except FileExistsError as error:
+        parser.error(f"--out: {error}, or pass --overwrite")
 
     start = time.perf_counter()
     model = pretrain(args)
@@ -143,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python training/pretrain_2d.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
-    # Written whole into a temporary sibling, then moved into place.
-    staging = make_temporary(args.out, directory=True)
-    model.save_pretrained(staging)
-    SnDImageProcessor().save_pretrained(staging)
-    replace_path(staging, args.out)
+    def build(folder: Path) -> None:
+        model.save_pretrained(folder)
+        SnDImageProcessor().save_pretrained(folder)
+
+    replace_folder(args.out, build, "training/pretrain_2d.py", overwrite=overwrite)  # written whole aside, then swapped in
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -168,8 +168,9 @@ def load_scene(
     transforms_path = path / "transforms_train.json"
     if not transforms_path.is_file():
         raise FileNotFoundError(f"{transforms_path} not found: SCENE_DIR must be a scene folder in the ScanNet++ layout")
+    data = read_json(transforms_path)
     try:
-        frames, rejected = parse_transforms(read_json(transforms_path), str(transforms_path))
+        frames, rejected = parse_transforms(data, str(transforms_path))
     except FrameReadError as error:
         raise ValueError(str(error)) from None
     for error in rejected:  # the scene readers' frame checks: invalid cameras, unsupported file paths

@@ -31,6 +31,8 @@ from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "training" / "train.py"
+# train.py with the faults SND_TRAIN_TEST_KILL / SND_TRAIN_TEST_DUMP_RANKS as loop callbacks.
+TRAIN_WITH_FAULTS = Path(__file__).with_name("train_with_faults.py")
 DEFAULTS = TrainingConfig.from_args([])
 # A shorter run than the default for the resume/Hub/reliability tests.
 QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[28,42]"]
@@ -72,8 +74,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train(args: list[str], *, launcher: list[str] | None = None, expect_rc: int = 0, **env: str) -> subprocess.CompletedProcess:
-    """Run train.py (after ``launcher``, default python) and check its exit code."""
-    command = (launcher or [sys.executable]) + [str(TRAIN), *args]
+    """Run train.py (after ``launcher``, default python) and check its exit code; with test faults in ``env``, through the fault wrapper."""
+    script = TRAIN_WITH_FAULTS if any(name.startswith("SND_TRAIN_TEST_") for name in env) else TRAIN
+    command = (launcher or [sys.executable]) + [str(script), *args]
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(**env), capture_output=True, text=True, timeout=600)
     assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result

@@ -3,6 +3,7 @@
     python benchmarks/bench_snd_effect.py --seed 0 --out snd_effect_seed0.json
     python benchmarks/bench_snd_effect.py --seed 1 --out snd_effect_seed1.json
     python benchmarks/bench_snd_effect.py --held_out_seed 3000 --runs snd snd_blended   # validation rooms: choices are made here
+    python benchmarks/bench_snd_effect.py --models init=snd_hf/assets/pretrained_2d snd=snd_hf/assets/default   # score only
 
 From one start (the packaged 2D-pretrained tiny ViT) every run trains through
 ``snd_hf.training.loop.train``, the loop of training/train.py, with the same steps, data and
@@ -22,7 +23,7 @@ data order (the ``--seed``):
 on (``--held_out_seed``, default 2000; 32 rooms of 12 frames at the training size, 84x112):
 
 - correspondence (``snd_hf.eval.correspondence``, Probe3D's protocol at full resolution):
-  distinct view pairs, 2 per room at a gap of 4 frames and 1 at a gap of 8; recall at
+  distinct view pairs, 1 per room at a gap of 4 frames and 1 at a gap of 8; recall at
   5/10/20 px;
 - depth, surface normals and segmentation (``snd_hf.eval.tasks``: the linear heads, float64,
   with the stopping rule of ``snd_hf.eval.probe``) by 4-fold cross-validation over the rooms:
@@ -34,7 +35,8 @@ on (``--held_out_seed``, default 2000; 32 rooms of 12 frames at the training siz
   (mmseg's reduce_zero_label; ``seg_miou`` is a fraction).
 
 Recipe choices are made on validation rooms (``--held_out_seed 3000``), never on the held-out
-rooms. Any other ``--key value`` is a TrainingConfig override for every run. Prints a markdown
+rooms. Any other ``--key value`` is a TrainingConfig override for every run. ``--models
+NAME=PATH ...`` scores the given models instead of training any. Prints a markdown
 table and writes JSON: per model ``gap4_R@5`` ... ``gap8_R@20``, ``depth_log_rmse``, ``depth_d1``,
 ``normals_mean_deg``, ``seg_miou`` (fold means), their fold spreads under ``spread`` and their
 per-fold values under ``folds``; ``meta`` holds counts, timings and the config.
@@ -65,7 +67,7 @@ from snd_hf.training.loop import train
 
 HELD_OUT_SEED = 2000  # rooms that no training, pre-training or `snd eval` run uses
 HELD_OUT_ROOMS = 32
-PAIRS_PER_ROOM = {4: 2, 8: 1}  # gap (frames) -> distinct pairs per room: 32 x 3 = 96 pairs
+PAIRS_PER_ROOM = {4: 1, 8: 1}  # gap (frames) -> distinct pairs per room: 32 + 32 pairs
 PROBE_FRAMES = slice(0, None, 2)  # 6 of each room's 12 frames for the dense probes
 FOLDS = 4
 PROBE_GRID = 4  # ground truth at 4x the token grid
@@ -81,6 +83,13 @@ RUNS: dict[str, list[str]] = {
     "frozen_teacher": ["--targets", "self_distillation", "--teacher_mode", "frozen"],
 }
 COLUMNS = ("gap4_R@10", "gap4_R@20", "gap8_R@10", "depth_log_rmse", "normals_mean_deg", "seg_miou")
+
+
+def common_arguments(seed: int, work_dir: Path, steps: int | None, overrides: list[str]) -> list[str]:
+    """TrainingConfig arguments shared by every run: seed, scenes, steps, the command line's overrides."""
+    common = ["--seed", str(seed), "--dataset_path", str(work_dir / f"scenes_seed{seed}"), "--overwrite_output_dir"]
+    common += ["--save_steps", str(10**9)]  # one checkpoint, at the end: the runs are not resumed
+    return common + (["--max_steps", str(steps)] if steps is not None else []) + overrides
 
 
 def run_config(name: str, common: list[str]) -> TrainingConfig:
@@ -122,6 +131,7 @@ def dense_probes(feature_model, arrays: DenseArrays, size: tuple[int, int]) -> d
     """Depth, normals and segmentation by cross-validation over rooms: per metric mean, std and folds."""
     features = extract_features(feature_model, arrays.images, size)
     tasks = {
+        # Deviation: the depth head predicts on the token grid (docs/deviations.md, 39).
         "depth": functools.partial(run_depth, config=PROBE, min_depth=1e-3, max_depth=10.0, upsample=1),
         "normals": functools.partial(run_normals, config=PROBE),
         "segmentation": functools.partial(run_segmentation, config=PROBE, num_classes=len(SEGMENTATION_CLASSES)),
@@ -162,16 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (scores do not depend on it)")
     parser.add_argument("--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs to train")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME=PATH", help="score these models, train nothing")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # extra: TrainingConfig overrides
     torch.set_num_threads(args.threads)
 
     timings, start = {}, time.perf_counter()
-    common = ["--seed", str(args.seed), "--dataset_path", str(args.work_dir / f"scenes_seed{args.seed}"), "--overwrite_output_dir"]
-    common += ["--save_steps", str(10**9)] + (["--max_steps", str(args.steps)] if args.steps is not None else []) + extra
-    configs = {
-        name: run_config(name, common + ["--output_dir", str(args.work_dir / f"seed{args.seed}" / name)]) for name in args.runs
-    }
-    size = tuple(next(iter(configs.values())).image_size)
+    common = common_arguments(args.seed, args.work_dir, args.steps, extra)
+    runs = [] if args.models else args.runs
+    configs = {name: run_config(name, common + ["--output_dir", str(args.work_dir / f"seed{args.seed}" / name)]) for name in runs}
+    size = tuple(run_config("snd", common).image_size)
 
     # Training: every run through the loop of training/train.py.
     models, diagnostics = {}, {}
@@ -182,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {config.max_steps} steps in {timings[f'train {name}']:.0f} s", flush=True)
         models[name] = load_feature_model(f"{name}={output_dir}")
         diagnostics[name] = last_diagnostics(output_dir)
-    models = {"init": load_feature_model(f"init=init:{next(iter(configs.values())).output_dir}"), **models}
+    if args.models:
+        models = {feature_model.name: feature_model for feature_model in map(load_feature_model, args.models)}
+    else:
+        models = {"init": load_feature_model(f"init=init:{next(iter(configs.values())).output_dir}"), **models}
 
     # Scoring on the held-out rooms.
     tick = time.perf_counter()

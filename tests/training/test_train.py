@@ -385,3 +385,24 @@ def test_huge_learning_rate_stops_at_the_first_non_finite_step(scenes, tmp_path)
     assert [p.name for p in list_checkpoints(out)] == [f"step_{s}" for s in range(1, bad)]
     assert not (out / "model.safetensors").exists()  # no final export of a broken run
     _all_weights_finite(out)
+
+
+@pytest.mark.slow
+def test_benchmark_snd_run_and_train_py_give_bit_identical_weights(scenes, tmp_path):
+    """benchmarks/bench_snd_effect.py trains through snd_hf.training.loop.train, as train.py does."""
+    spec = importlib.util.spec_from_file_location("bench_snd_effect", REPO_ROOT / "benchmarks" / "bench_snd_effect.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shared = ["--image_size", "[28,42]", "--dataset_path", str(scenes), "--max_steps", "5"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the train.py subprocess (OMP_NUM_THREADS=1): float sums depend on it
+    try:
+        config = bench.run_config("snd", bench.common_arguments(0, tmp_path, 5, shared) + ["--output_dir", str(tmp_path / "bench")])
+        bench.train(config)
+    finally:
+        torch.set_num_threads(threads)
+    _train([*shared, "--seed", "0", "--output_dir", str(tmp_path / "script")])
+    from_bench, from_script = (load_file(tmp_path / run / "model.safetensors") for run in ("bench", "script"))
+    assert from_bench.keys() == from_script.keys()
+    for name, tensor in from_script.items():
+        assert torch.equal(from_bench[name], tensor), name

@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the recipe's)")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_snd_effect"), help="generated scenes and the runs' folders")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (scores do not depend on it)")
-    parser.add_argument("--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)")
+    parser.add_argument(
+        "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)"
+    )
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs to train")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME=PATH", help="score these models, train nothing")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # extra: TrainingConfig overrides

@@ -182,9 +182,9 @@ def _materialize(dataset: DenseDataset, key: str) -> DenseArrays:
             resized.append(value)
         return torch.stack(resized)
 
-    arrays = DenseArrays(stack("image", "bilinear"), stack("depth", "nearest"), stack("normals", "nearest"), stack("labels", "nearest"), key)
-    arrays.groups = getattr(dataset, "groups", None)  # rooms, where the reader knows them: the probes' stopping rule keeps them whole
-    return arrays
+    # Rooms, where the reader knows them: the probes' stopping rule sets whole rooms aside.
+    groups = getattr(dataset, "groups", None)
+    return DenseArrays(stack("image", "bilinear"), stack("depth", "nearest"), stack("normals", "nearest"), stack("labels", "nearest"), key, groups)
 
 
 class _FeatureStore:

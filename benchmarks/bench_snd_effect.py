@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the recipe's)")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_snd_effect"), help="generated scenes and the runs' folders")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (scores do not depend on it)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the probe heads give equal scores at any count; training and the float32 features may differ in their last bits)")
     parser.add_argument(
         "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)"
     )

@@ -1,43 +1,53 @@
-"""Does SnD make features 3D-aware? Held-out gains over the initialisation and over geometry-free controls.
+"""Does SnD make features 3D-aware and keep their semantics? Four probes on held-out rooms, against controls.
 
     python benchmarks/bench_snd_effect.py --seed 0 --out snd_effect_seed0.json
     python benchmarks/bench_snd_effect.py --seed 1 --out snd_effect_seed1.json
-    python benchmarks/bench_snd_effect.py --held_out_seed 3000 --runs snd --learning_rate 1e-3   # a recipe sweep
+    python benchmarks/bench_snd_effect.py --held_out_seed 3000 --runs snd snd_blended   # validation rooms: choices are made here
+    python benchmarks/bench_snd_effect.py --models init=snd_hf/assets/pretrained_2d snd=snd_hf/assets/default   # score only
 
-From one initialisation (the packaged 2D-pretrained tiny ViT, ``init: pretrained_2d``) this trains,
-with the same steps, batches, data order and teacher compute:
+From one start (the packaged 2D-pretrained tiny ViT) every run trains through
+``snd_hf.training.loop.train``, the loop of training/train.py, with the same steps, data and
+data order (the ``--seed``):
 
-- ``snd``: the default recipe (training/configs/synthetic_tiny.yaml): the teacher's context-view
-  tokens lifted with depth, splatted into the target view, distilled there;
-- ``self_distillation``: the teacher's own tokens of the target view (no second view, no geometry);
-- ``cross_view_copy``: the nearer context view's tokens at the same grid positions (a second view
-  but no geometry);
+- ``snd``: the default recipe (training/configs/synthetic_tiny.yaml, no blending);
+- ``snd_blended``: the same with blending 0.5 (the paper's with-blending variant);
+- ``paper_objective``: the paper's objective (DINO head, LoRA, EMA teacher) scaled to the tiny
+  model (training/configs/synthetic_tiny_paper.yaml); its row carries the collapse diagnostics
+  of its last step;
+- controls without geometry: ``self_distillation`` (the EMA teacher's own tokens of the target
+  view), ``cross_view_copy`` (the nearer context view's tokens at the same grid positions), and
+  ``frozen_teacher`` (the start's own tokens of the target view, a teacher that never moves: a
+  control that cannot drift).
 
-and scores the initialisation, the three runs and two feature-free baselines on rooms no run ever
-saw (generator seed 2000):
+``init`` is the start. Every model is scored with snd_hf.eval's probes on rooms no run trained
+on (``--held_out_seed``, default 2000; 32 rooms of 12 frames at the training size, 84x112):
 
-- correspondence (snd_hf.eval.correspondence, Probe3D's protocol: every valid pixel of view 0
-  matched to its nearest neighbour in view 1 with the ratio test, the 1000 best matches scored
-  against the true reprojection) on distinct view pairs, 4 per room at a gap of 4 frames and 2 at
-  a gap of 8, recall at 5/10/20 px of the 84x112 images;
-- a depth probe: ridge regression of each token's log depth on its features, fitted on the
-  training rooms' frames, scored (RMSE of log depth) on the held-out rooms' frames;
-- baselines without a network: ``position_only`` (Fourier features of the pixel position: a match
-  is "the same place in the image") and ``oracle`` (Fourier features of the true world point).
+- correspondence (``snd_hf.eval.correspondence``, Probe3D's protocol at full resolution):
+  distinct view pairs, 1 per room at a gap of 4 frames and 1 at a gap of 8; recall at
+  5/10/20 px;
+- depth, surface normals and segmentation (``snd_hf.eval.tasks``: the linear heads, float64,
+  with the stopping rule of ``snd_hf.eval.probe``) by 4-fold cross-validation over the rooms:
+  every fold of 8 rooms is tested by heads trained on the other 24 (of which 6 are set aside to
+  stop them); 6 frames per room; mean and spread (population std) over folds. The ground truth is
+  pooled to 4x the token grid (24x32), where the normal head predicts; the depth head predicts on
+  the token grid (upsample 1, a CPU choice: the protocol's 4x upsampling of 256 bin logits costs
+  about ten times more) and is resized to the ground truth. Segmentation scores the 6 real classes
+  (mmseg's reduce_zero_label; ``seg_miou`` is a fraction).
 
-Recipe choices are compared on validation rooms (``--held_out_seed 3000``), never on the held-out
-rooms; any other ``--key value`` is a TrainingConfig override for every run.
-
-Training scenes are generated with the run's seed (16 rooms of 12 frames); the seed also changes
-the data order. Prints a markdown table and writes JSON (keys per model: ``gap4_R@5`` ...
-``gap8_R@20``, ``depth_log_rmse``) with the timings and the number of distinct pairs.
+Recipe choices are made on validation rooms (``--held_out_seed 3000``), never on the held-out
+rooms. Any other ``--key value`` is a TrainingConfig override for every run. ``--models
+NAME=PATH ...`` scores the given models instead of training any. Prints a markdown
+table and writes JSON: per model ``gap4_R@5`` ... ``gap8_R@20``, ``depth_log_rmse``, ``depth_d1``,
+``normals_mean_deg``, ``seg_miou`` (fold means), their fold spreads under ``spread`` and their
+per-fold values under ``folds``; ``meta`` holds counts, timings and the config.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
-import math
 import platform
 import sys
 import time
@@ -46,158 +56,111 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from snd_hf.cameras import unproject_depth
-from snd_hf.data.scannetpp import FolderScenes
-from snd_hf.data.scenes import collate_scenes
 from snd_hf.eval.correspondence import correspondence_errors
-from snd_hf.eval.datasets import ViewPair
+from snd_hf.eval.features import extract_features, load_feature_model
 from snd_hf.eval.metrics import recall_at
-from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
-from snd_hf.splatting.teacher import patch_features
-from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
-from snd_hf.training.builders import (
-    build_backbone,
-    build_dataset,
-    build_optimizer,
-    build_scheduler,
-    build_splat_teacher,
-    build_student,
-    prepare_scenes,
-)
-from snd_hf.training.export import merged_backbone
-from snd_hf.training.operator_cache import OperatorCache
-from snd_hf.training.step import student_loss, teacher_targets
+from snd_hf.eval.probe import ProbeConfig
+from snd_hf.eval.synthetic import SEGMENTATION_CLASSES, SyntheticFrames, SyntheticPairs, render_scenes
+from snd_hf.eval.tasks import DenseArrays, cross_validate, run_depth, run_normals, run_segmentation
+from snd_hf.training import TrainingConfig
+from snd_hf.training.loop import train
 
 HELD_OUT_SEED = 2000  # rooms that no training, pre-training or `snd eval` run uses
-HELD_OUT_ROOMS = 8
-PAIRS_PER_ROOM = {4: 4, 8: 2}  # gap (frames) -> distinct pairs per room: 8 x 6 = 48 pairs
+HELD_OUT_ROOMS = 32
+PAIRS_PER_ROOM = {4: 1, 8: 1}  # gap (frames) -> distinct pairs per room: 32 + 32 pairs
+PROBE_FRAMES = slice(0, None, 2)  # 6 of each room's 12 frames for the dense probes
+FOLDS = 4
+PROBE_GRID = 4  # ground truth at 4x the token grid
+PROBE = ProbeConfig(steps=1500, batch_size=16, lr=2e-2, weight_decay=0.0, patience=3, eval_every=50)
 THRESHOLDS = (5.0, 10.0, 20.0)
-RUNS = ("snd", "self_distillation", "cross_view_copy")
-TARGETS = {"snd": "splat", "self_distillation": "self_distillation", "cross_view_copy": "cross_view_copy"}
-FOURIER_FREQUENCIES = 6
+# Each run: TrainingConfig arguments on top of the recipe (synthetic_tiny.yaml).
+RUNS: dict[str, list[str]] = {
+    "snd": [],
+    "snd_blended": ["--blending", "0.5"],
+    "paper_objective": ["--config", "synthetic_tiny_paper"],
+    "self_distillation": ["--targets", "self_distillation"],
+    "cross_view_copy": ["--targets", "cross_view_copy"],
+    "frozen_teacher": ["--targets", "self_distillation", "--teacher_mode", "frozen"],
+}
+COLUMNS = ("gap4_R@10", "gap4_R@20", "gap8_R@10", "depth_log_rmse", "normals_mean_deg", "seg_miou")
 
 
-def held_out_pairs(
-    config: TrainingConfig, seed: int = HELD_OUT_SEED
-) -> tuple[list[dict[str, torch.Tensor]], list[tuple[int, ViewPair]]]:
-    """The held-out rooms at the training image size and their distinct pairs, each with its gap in frames."""
-    rooms = render_scenes((HELD_OUT_ROOMS, config.synthetic_frames, *config.image_size), seed)
-    pairs = SyntheticPairs(rooms, gaps=PAIRS_PER_ROOM)
-    return rooms, [(pairs.gap(index), pairs[index]) for index in range(len(pairs))]
+def common_arguments(seed: int, work_dir: Path, steps: int | None, overrides: list[str]) -> list[str]:
+    """TrainingConfig arguments shared by every run: seed, scenes, steps, the command line's overrides."""
+    common = ["--seed", str(seed), "--dataset_path", str(work_dir / f"scenes_seed{seed}"), "--overwrite_output_dir"]
+    common += ["--save_steps", str(10**9)]  # one checkpoint, at the end: the runs are not resumed
+    return common + (["--max_steps", str(steps)] if steps is not None else []) + overrides
 
 
-def fourier_features(coordinates: torch.Tensor, frequencies: int = FOURIER_FREQUENCIES) -> torch.Tensor:
-    """sin/cos of ``2^k π x`` for every coordinate: ``[..., D]`` → ``[..., 2 · D · frequencies]`` (all of one norm)."""
-    scales = math.pi * 2.0 ** torch.arange(frequencies, dtype=coordinates.dtype)
-    angles = (coordinates[..., None] * scales).flatten(-2)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+def run_config(name: str, common: list[str]) -> TrainingConfig:
+    """The TrainingConfig of run ``name`` with ``common`` (seed, data, steps, overrides) on top."""
+    config = TrainingConfig.from_args(RUNS[name] + common)
+    config.validate()
+    return config
 
 
-def baseline_maps(name: str, pair: ViewPair) -> torch.Tensor:
-    """Feature maps of a network-free baseline at full resolution. [2, C, H, W]"""
-    _, height, width = pair.depths.shape
-    if name == "position_only":
-        rows, columns = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-        coordinates = torch.stack([columns / width, rows / height], dim=-1).expand(2, height, width, 2)
-    else:  # oracle: the true world point of every pixel (metres, over about a 10 m room)
-        coordinates = unproject_depth(pair.depths, pair.extrinsics, pair.intrinsics) / 10.0
-    return fourier_features(coordinates).permute(0, 3, 1, 2)
+def held_out(image_size: tuple[int, int], seed: int) -> tuple[DenseArrays, SyntheticPairs]:
+    """The held-out rooms: dense probe arrays (every other frame, ground truth at 4x the token grid) and the correspondence pairs."""
+    rooms = render_scenes((HELD_OUT_ROOMS, 12, *image_size), seed)
+    frames = SyntheticFrames([{key: value[PROBE_FRAMES] if value.dim() > 2 else value for key, value in room.items()} for room in rooms])
+    samples = [frames[index] for index in range(len(frames))]
+    grid = (PROBE_GRID * image_size[0] // 14, PROBE_GRID * image_size[1] // 14)
+    depth = F.interpolate(torch.stack([s.depth for s in samples])[:, None], size=grid, mode="area")[:, 0]
+    normals = F.normalize(F.interpolate(torch.stack([s.normals for s in samples]), size=grid, mode="area"), dim=1)
+    labels = F.interpolate(torch.stack([s.labels for s in samples])[:, None].float(), size=grid, mode="nearest")[:, 0].long()
+    arrays = DenseArrays(torch.stack([s.image for s in samples]), depth, normals, labels, f"held-out{seed}", frames.groups)
+    return arrays, SyntheticPairs(rooms, gaps=PAIRS_PER_ROOM)
 
 
-def correspondence_recalls(feature_maps, pairs: list[tuple[int, ViewPair]]) -> dict[str, float]:
-    """Recall at 5/10/20 px per gap, averaged over pairs. ``feature_maps(pair) -> [2, C, h, w]``."""
+def correspondence(feature_model, pairs: SyntheticPairs, size: tuple[int, int]) -> dict[str, float]:
+    """Recall at 5/10/20 px per gap, averaged over pairs."""
     per_gap: dict[int, list[dict[str, float]]] = {}
-    for gap, pair in pairs:
-        errors = correspondence_errors(feature_maps(pair), pair.depths, pair.extrinsics, pair.intrinsics)
-        per_gap.setdefault(gap, []).append(recall_at(errors, THRESHOLDS))
-    results = {}
-    for gap, recalls in sorted(per_gap.items()):
-        for threshold in THRESHOLDS:
-            key = f"recall@{threshold:g}px"
-            results[f"gap{gap}_R@{threshold:g}"] = sum(r[key] for r in recalls) / len(recalls)
-    return results
+    for index in range(len(pairs)):
+        pair = pairs[index]
+        features = extract_features(feature_model, pair.images, size).patch
+        errors = correspondence_errors(features, pair.depths, pair.extrinsics, pair.intrinsics)
+        per_gap.setdefault(pairs.gap(index), []).append(recall_at(errors, THRESHOLDS))
+    return {
+        f"gap{gap}_R@{threshold:g}": sum(r[f"recall@{threshold:g}px"] for r in recalls) / len(recalls)
+        for gap, recalls in sorted(per_gap.items())
+        for threshold in THRESHOLDS
+    }
 
 
-def token_log_depth(depth: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Log of each token's mean depth. [N, H, W] → [N, h·w]"""
-    return F.interpolate(depth[:, None], size=grid, mode="area").flatten(1).log()
+def dense_probes(feature_model, arrays: DenseArrays, size: tuple[int, int]) -> dict[str, dict]:
+    """Depth, normals and segmentation by cross-validation over rooms: per metric mean, std and folds."""
+    features = extract_features(feature_model, arrays.images, size)
+    tasks = {
+        # Deviation: the depth head predicts on the token grid (docs/deviations.md, 39).
+        "depth": functools.partial(run_depth, config=PROBE, min_depth=1e-3, max_depth=10.0, upsample=1),
+        "normals": functools.partial(run_normals, config=PROBE),
+        "segmentation": functools.partial(run_segmentation, config=PROBE, num_classes=len(SEGMENTATION_CLASSES)),
+    }
+    return {task: cross_validate(run, arrays, features, FOLDS) for task, run in tasks.items()}
 
 
-def depth_probe_rmse(train_features, train_depth, test_features, test_depth, ridge: float = 1e-3) -> float:
-    """RMSE of log depth of a ridge regression per token, fitted on train, scored on test.
-
-    Args:
-        train_features, test_features: token features. [N, C, h, w]
-        train_depth, test_depth: z-depth, all valid. [N, H, W]
-    """
-    grid = tuple(train_features.shape[-2:])
-
-    def design(features):
-        return features.flatten(2).transpose(1, 2).reshape(-1, features.shape[1]).double()
-
-    x_train, x_test = design(train_features), design(test_features)
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    x_train = torch.cat([x_train, torch.ones(len(x_train), 1, dtype=x_train.dtype)], dim=1)
-    x_test = torch.cat([x_test, torch.ones(len(x_test), 1, dtype=x_test.dtype)], dim=1)
-    y_train = token_log_depth(train_depth, grid).reshape(-1).double()
-    y_test = token_log_depth(test_depth, grid).reshape(-1).double()
-    gram = x_train.T @ x_train + ridge * len(x_train) * torch.eye(x_train.shape[1], dtype=x_train.dtype)
-    weights = torch.linalg.solve(gram, x_train.T @ y_train)
-    return float(((x_test @ weights - y_test) ** 2).mean().sqrt())
+def scores(correspondence_recalls: dict[str, float], dense: dict[str, dict]) -> dict:
+    """One model's row: the JSON keys (fold means), their spreads and per-fold values."""
+    picks = {
+        "depth_log_rmse": ("depth", "rmse_log", 1.0),
+        "depth_d1": ("depth", "d1", 1.0),
+        "normals_mean_deg": ("normals", "mean", 1.0),
+        "seg_miou": ("segmentation", "miou", 0.01),  # a fraction, like the recalls
+    }
+    row = dict(correspondence_recalls)
+    row["spread"], row["folds"] = {}, {}
+    for key, (task, metric, scale) in picks.items():
+        row[key] = dense[task][metric]["mean"] * scale
+        row["spread"][key] = dense[task][metric]["std"] * scale
+        row["folds"][key] = [value * scale for value in dense[task][metric]["folds"]]
+    row["probe_steps"] = {task: dense[task]["probe_steps"]["folds"] for task in dense}
+    return row
 
 
-@torch.no_grad()
-def model_features(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Patch features of images [N, 3, H, W] → [N, C, h, w]."""
-    return torch.cat([patch_features(model, images[i : i + batch_size, None])[:, 0] for i in range(0, len(images), batch_size)])
-
-
-def train_run(config: TrainingConfig, dataset, splat_teacher, operators: OperatorCache) -> torch.nn.Module:
-    """The training loop of training/train.py, cut down to one process: same builders, steps and data order."""
-    torch.manual_seed(config.seed)
-    student = build_student(config)
-    teacher = make_ema_teacher(student)
-    ema = ParameterEMA(teacher, student)
-    optimizer = build_optimizer(config, student)
-    scheduler = build_scheduler(config, optimizer)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate_scenes,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    step, epoch = 0, 0
-    student.train()
-    while step < config.max_steps:
-        dataset.set_epoch(epoch)
-        for batch in loader:
-            targets = teacher_targets(teacher, splat_teacher, batch, config, operators)
-            outputs = student_loss(student, teacher, batch, targets, config, step)
-            optimizer.zero_grad(set_to_none=True)
-            outputs.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if config.teacher_mode == "ema" and step % config.ema_every == 0:
-                ema.update(config.ema_momentum)
-            if step >= config.max_steps:
-                break
-        epoch += 1
-    return merged_backbone(student.backbone)
-
-
-def training_frames(root: Path, config: TrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [N, 3, H, W] and depth [N, H, W] of every frame of the training scenes (the depth probe's train split)."""
-    source = FolderScenes(root)
-    views = [
-        source.load_view(scene, position, tuple(config.image_size), ("depth",))
-        for scene in source.scenes
-        for position in range(len(scene))
-    ]
-    return torch.stack([v["image"] for v in views]), torch.stack([v["depth"] for v in views])
+def last_diagnostics(output_dir: Path) -> dict[str, float]:
+    """The collapse diagnostics (snd_hf.training.diagnostics) of a run's last logged step."""
+    last = json.loads((output_dir / "losses.jsonl").read_text().splitlines()[-1])
+    return {key: value for key, value in last.items() if key not in ("step", "loss", "lr")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,80 +168,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="training scenes, data order and initial draws")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the recipe's)")
-    parser.add_argument("--data_dir", type=Path, default=Path("outputs/bench_snd_effect"), help="generated training scenes")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_snd_effect"), help="generated scenes and the runs' folders")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the probe heads give equal scores at any count; training and the float32 features may differ in their last bits)")
     parser.add_argument(
-        "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (another seed: a validation set)"
+        "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)"
     )
-    parser.add_argument(
-        "--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which runs to train (recipe sweeps: --runs snd)"
-    )
-    # Any other --key value pairs are TrainingConfig overrides for every run.
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs to train")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME=PATH", help="score these models, train nothing")
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # extra: TrainingConfig overrides
+    torch.set_num_threads(args.threads)
 
     timings, start = {}, time.perf_counter()
-    overrides = ["--seed", str(args.seed), "--dataset_path", str(args.data_dir / f"scenes_seed{args.seed}")]
-    if args.steps is not None:
-        overrides += ["--max_steps", str(args.steps)]
-    base = TrainingConfig.from_args(overrides + extra)
-    base.validate()
+    common = common_arguments(args.seed, args.work_dir, args.steps, extra)
+    runs = [] if args.models else args.runs
+    configs = {name: run_config(name, common + ["--output_dir", str(args.work_dir / f"seed{args.seed}" / name)]) for name in runs}
+    size = tuple(run_config("snd", common).image_size)
 
-    # Data: training scenes (the run's seed) and the held-out rooms.
-    tick = time.perf_counter()
-    root = prepare_scenes(base, progress=False)
-    dataset = build_dataset(base, root)
-    rooms, pairs = held_out_pairs(base, args.held_out_seed)
-    timings["scenes"] = time.perf_counter() - tick
-
-    # Training: the same operator cache serves all runs (it depends on the views only).
-    splat_teacher = build_splat_teacher(base)
-    operators = OperatorCache(splat_teacher, base.operator_cache_mb * 2**20)
-    torch.manual_seed(base.seed)
-    models = {"init": merged_backbone(build_backbone(base))}
-    for name in args.runs:
+    # Training: every run through the loop of training/train.py.
+    models, diagnostics = {}, {}
+    for name, config in configs.items():
         tick = time.perf_counter()
-        config = TrainingConfig.from_dict({**base.to_dict(), "targets": TARGETS[name]})
-        models[name] = train_run(config, dataset, splat_teacher, operators).eval()
+        output_dir = train(config)
         timings[f"train {name}"] = time.perf_counter() - tick
-        print(f"{name}: {config.max_steps} steps in {timings[f'train {name}']:.0f} s "
-              f"(operator cache: {len(operators)} target views, {operators.nbytes / 2**20:.1f} MB)", flush=True)
+        print(f"{name}: {config.max_steps} steps in {timings[f'train {name}']:.0f} s", flush=True)
+        models[name] = load_feature_model(f"{name}={output_dir}")
+        diagnostics[name] = last_diagnostics(output_dir)
+    if args.models:
+        models = {feature_model.name: feature_model for feature_model in map(load_feature_model, args.models)}
+    else:
+        models = {"init": load_feature_model(f"init=init:{next(iter(configs.values())).output_dir}"), **models}
 
     # Scoring on the held-out rooms.
     tick = time.perf_counter()
-    train_images, train_depth = training_frames(root, base)
-    test_images = torch.cat([room["image"].permute(0, 3, 1, 2).float() for room in rooms])
-    test_depth = torch.cat([room["depth"].float() for room in rooms])
+    arrays, pairs = held_out(size, args.held_out_seed)
     results = {}
-    for name, model in models.items():
-        model.eval()
-        results[name] = correspondence_recalls(lambda pair, m=model: model_features(m, pair.images), pairs)
-        results[name]["depth_log_rmse"] = depth_probe_rmse(
-            model_features(model, train_images), train_depth, model_features(model, test_images), test_depth
-        )
-    for name in ("position_only", "oracle"):
-        results[name] = correspondence_recalls(lambda pair, n=name: baseline_maps(n, pair), pairs)
+    for name, feature_model in models.items():
+        results[name] = scores(correspondence(feature_model, pairs, size), dense_probes(feature_model, arrays, size))
+        if name in diagnostics:
+            results[name]["diagnostics"] = diagnostics[name]
+        print(f"scored {name} ({time.perf_counter() - tick:.0f} s)", flush=True)
     timings["scoring"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
 
-    counts = {f"gap{gap}": sum(1 for g, _ in pairs if g == gap) for gap in PAIRS_PER_ROOM}
+    counts = {f"gap{gap}": sum(1 for index in range(len(pairs)) if pairs.gap(index) == gap) for gap in PAIRS_PER_ROOM}
     report = {
         **results,
         "meta": {
             "seed": args.seed,
-            "distinct_pairs": counts,
-            "held_out_rooms": HELD_OUT_ROOMS,
             "held_out_seed": args.held_out_seed,
-            "steps": base.max_steps,
-            "image_size": base.image_size,
+            "held_out_rooms": HELD_OUT_ROOMS,
+            "distinct_pairs": counts,
+            "probe_images": len(arrays),
+            "folds": FOLDS,
+            "probe": dataclasses.asdict(PROBE),
+            "steps": {name: config.max_steps for name, config in configs.items()},
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "seconds": {key: round(value, 1) for key, value in timings.items()},
-            "config": base.to_dict(),
+            "config": {name: config.to_dict() for name, config in configs.items()},
         },
     }
-    print_table(results, counts)
+    print(markdown_table(results, counts, args.held_out_seed))
     print("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,14 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_table(results: dict[str, dict[str, float]], counts: dict[str, int]) -> None:
-    columns = [f"gap{gap}_R@{t:g}" for gap in PAIRS_PER_ROOM for t in THRESHOLDS] + ["depth_log_rmse"]
-    print(f"\nheld-out correspondence ({', '.join(f'{n} pairs at {k}' for k, n in counts.items())}) and depth probe:\n")
-    print("| model | " + " | ".join(columns) + " |")
-    print("| --- " * (len(columns) + 1) + "|")
-    for name, values in results.items():
-        cells = [f"{values[c]:.3f}" if c in values else "-" for c in columns]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+def markdown_table(results: dict[str, dict], counts: dict[str, int], held_out_seed: int) -> str:
+    """Fold means ± spreads (dense probes) and recalls (correspondence), one row per model."""
+    lines = [
+        f"\nheld-out rooms (seed {held_out_seed}): correspondence on {', '.join(f'{n} pairs at {k}' for k, n in counts.items())};"
+        f" dense probes: mean ± std over {FOLDS} folds of rooms\n",
+        "| model | " + " | ".join(COLUMNS) + " |",
+        "| --- " * (len(COLUMNS) + 1) + "|",
+    ]
+    for name, row in results.items():
+        cells = [f"{row[c]:.3f}" + (f" ± {row['spread'][c]:.3f}" if c in row["spread"] else "") for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

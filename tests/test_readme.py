@@ -101,7 +101,7 @@ SHORTER: dict[str, tuple[str, str]] = {
     "snd eval all --model init=init:outputs/snd-synthetic-tiny --model snd=outputs/snd-synthetic-tiny --data synthetic "
     "--out eval_out": (
         "--steps 20 --synthetic-size 4x3x48x64",
-        "150 probe steps per task and model, on 48 generated 96x128 frames",
+        "probes trained to their stopping rule (at most 1500 steps) per task and model, on 192 generated 96x128 frames",
     ),
     "snd field fit data/glossy/scenes/synth_0000 --model snd_hf/assets/default --hold-out 4 --out room.field": (
         "--appearance-steps 8 --feature-steps 8",

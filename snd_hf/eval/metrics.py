@@ -41,13 +41,13 @@ __all__ = [
 ]
 
 DEPTH_METRICS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
-NORMAL_METRICS = ("rmse", "recall_11.25", "recall_22.5", "recall_30")
+NORMAL_METRICS = ("mean", "rmse", "recall_11.25", "recall_22.5", "recall_30")
 # Relative-rotation bins (degrees, [low, high)) of Probe3D's ScanNet pair evaluation; the last is closed.
 ROTATION_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0, 60.0), (60.0, 180.0))
 # Whose per-image depth protocol to follow; they differ only for images without a scored pixel.
 DepthProtocol = Literal["fit3d", "probe3d"]
 # Bumped whenever a metric's definition changes, so that cached probe results are recomputed.
-METRICS_REVISION = 2
+METRICS_REVISION = 3
 
 
 def depth_eval_mask(
@@ -198,7 +198,7 @@ def normal_metrics(prediction: torch.Tensor, target: torch.Tensor, valid: torch.
         return {name: 0.0 for name in NORMAL_METRICS}
     cosine = torch.nn.functional.cosine_similarity(prediction.double(), target.double(), dim=0)[valid]
     error = torch.rad2deg(torch.acos(cosine.clamp(-1.0, 1.0)))
-    values = {"rmse": float((error**2).mean().sqrt())}
+    values = {"mean": float(error.mean()), "rmse": float((error**2).mean().sqrt())}
     for threshold in (11.25, 22.5, 30):
         values[f"recall_{threshold}"] = 100.0 * float((error < threshold).double().mean())
     return values

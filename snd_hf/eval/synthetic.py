@@ -3,7 +3,13 @@
 Scenes are rendered from a held-out seed (never the training scenes' seed 0); the first three
 quarters of the scenes train the probes and the rest test them, so test rooms are unseen. Every
 frame brings RGB, exact z-depth, camera-frame normals and semantic classes; all frame pairs of
-each test scene form the correspondence set. The rendered arrays are cached as one
+each test scene form the correspondence set.
+
+Segmentation scores only real classes, as mmseg's ``reduce_zero_label`` does for ADE20K: the
+generator's class 0 ("unlabelled") becomes the ignore index and the others shift down by one, so
+the probe has one output per real class (``SEGMENTATION_CLASSES``). A real class absent from a
+test split's ground truth is scored as mmseg scores it (``SegmentationMeter``): IoU 0 if the
+probe predicts it anywhere, otherwise no IoU at all (NaN, left out of the mean). The rendered arrays are cached as one
 ``.pt`` file per parameter set.
 """
 
@@ -22,13 +28,21 @@ from snd_hf.data.synthetic import SEMANTIC_CLASSES, render_synthetic_scene
 from snd_hf.eval.datasets import IGNORE_INDEX, DenseSample, EvalData, ViewPair
 from snd_hf.files import atomic_write
 
-__all__ = ["HELD_OUT_SEED", "SyntheticFrames", "SyntheticPairs", "render_scenes", "synthetic_eval_data"]
+__all__ = [
+    "HELD_OUT_SEED",
+    "SEGMENTATION_CLASSES",
+    "SyntheticFrames",
+    "SyntheticPairs",
+    "render_scenes",
+    "synthetic_eval_data",
+]
 
 HELD_OUT_SEED = 1000
+SEGMENTATION_CLASSES: tuple[str, ...] = SEMANTIC_CLASSES[1:]  # the probe's classes: "unlabelled" is ignored
 
 
 class SyntheticFrames(torch.utils.data.Dataset):
-    """Frames of generated scenes as ``DenseSample``.
+    """Frames of generated scenes as ``DenseSample``, labels reduced to ``SEGMENTATION_CLASSES``.
 
     Args:
         scenes: rendered scenes (``render_synthetic_scene`` arrays as tensors).
@@ -36,14 +50,17 @@ class SyntheticFrames(torch.utils.data.Dataset):
 
     def __init__(self, scenes: list[dict[str, torch.Tensor]]):
         self.frames = [(scene, index) for scene in scenes for index in range(scene["image"].shape[0])]
+        # The scene of every frame: probes keep whole rooms apart (validation, cross-validation).
+        self.groups = torch.tensor([number for number, scene in enumerate(scenes) for _ in range(scene["image"].shape[0])])
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, index: int) -> DenseSample:
         scene, frame = self.frames[index]
-        labels = scene["semantic"][frame].clone()
-        labels[labels == 0] = IGNORE_INDEX  # class 0 is "unlabelled"
+        # mmseg's reduce_zero_label: class 0 ("unlabelled") → ignored, every real class c → c - 1.
+        semantic = scene["semantic"][frame].long()
+        labels = torch.where(semantic == 0, IGNORE_INDEX, semantic - 1).to(scene["semantic"].dtype)
         return DenseSample(
             image=scene["image"][frame].permute(2, 0, 1).float(),
             depth=scene["depth"][frame].float(),
@@ -142,5 +159,5 @@ def synthetic_eval_data(cache_dir: str | Path, size: tuple[int, int, int, int], 
         dense={"depth": (train, test), "normals": (train, test), "segmentation": (train, test)},
         pairs=SyntheticPairs(scenes[split:]),
         max_depth=10.0,
-        num_classes=len(SEMANTIC_CLASSES),
+        num_classes=len(SEGMENTATION_CLASSES),
     )

@@ -5,11 +5,17 @@ augmentations or slide inference of the original probes (docs/deviations.md, 14)
 
 Each ``run_*`` function takes the train / test ground truth as tensors and the features of one
 model (``DenseFeatures``), and returns the dataset-level metrics plus the predictions of the
-first test images (for the qualitative panels).
+first test images (for the qualitative panels); ``cross_validate`` repeats one over folds of rooms.
+
+Deviation (docs/deviations.md, 39): the heads train and predict in float64. Summation order
+changes with the number of threads, and in float32 those rounding differences grow over a
+probe's steps into different scores.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,10 +34,19 @@ from snd_hf.eval.metrics import (
     normal_metrics,
 )
 from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
-from snd_hf.eval.probe import ProbeConfig, train_probe
+from snd_hf.eval.probe import ProbeConfig, ProbeFit, stopping_split, train_probe
 from snd_hf.eval.segmentation import SegmentationProbe, segmentation_loss
 
-__all__ = ["DenseArrays", "ProbeData", "TaskResult", "run_correspondence", "run_depth", "run_normals", "run_segmentation"]
+__all__ = [
+    "DenseArrays",
+    "ProbeData",
+    "TaskResult",
+    "cross_validate",
+    "run_correspondence",
+    "run_depth",
+    "run_normals",
+    "run_segmentation",
+]
 
 
 @dataclass
@@ -44,6 +59,8 @@ class DenseArrays:
         normals: camera-frame unit normals, 0 = missing. [N, 3, H, W]
         labels: class ids, 255 = ignored. [N, H, W]
         key: identifies the images (dataset, split, size) in the feature cache.
+        groups: the room (scene) of every image: probes set validation rooms aside and
+            ``cross_validate`` folds by it; None when unknown. [N]
     """
 
     images: torch.Tensor
@@ -51,9 +68,16 @@ class DenseArrays:
     normals: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     key: str = ""
+    groups: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def subset(self, indices: torch.Tensor, key: str) -> DenseArrays:
+        """The images at ``indices`` (and their ground truth) under a new cache ``key``. [n]"""
+        take = [None if value is None else value[indices] for value in (self.images, self.depth, self.normals, self.labels, self.groups)]
+        images, depth, normals, labels, groups = take
+        return DenseArrays(images, depth, normals, labels, key, groups)
 
 
 @dataclass
@@ -73,6 +97,26 @@ class TaskResult:
     metrics: dict[str, float]
     losses: list[float] = field(default_factory=list)
     predictions: list[torch.Tensor] = field(default_factory=list)
+    probe_steps: int | None = None  # steps of the head that was scored
+
+
+def _as_float64(value: torch.Tensor) -> torch.Tensor:
+    return value.double() if value.is_floating_point() else value
+
+
+def _fit(probe: torch.nn.Module, loss_of, train: DenseArrays, config: ProbeConfig, description: str) -> ProbeFit:
+    """Train a float64 ``probe`` with ``loss_of(indices, step)`` on the training images not set aside for the stopping rule."""
+    probe.double()
+    fit_indices, held = stopping_split(len(train), train.groups, config)
+
+    def validation_loss() -> float:
+        chunks = held.split(config.batch_size)
+        return sum(float(loss_of(chunk, math.inf)) * len(chunk) for chunk in chunks) / len(held)
+
+    return train_probe(
+        probe, lambda indices, step: loss_of(fit_indices[indices], step), len(fit_indices), config, description,
+        validation_loss if len(held) else None,
+    )  # fmt: skip
 
 
 def _predict_in_batches(predict, num_samples: int, batch_size: int) -> list[torch.Tensor]:
@@ -93,24 +137,28 @@ def run_depth(
     num_predictions: int = 3,
     protocol: DepthProtocol = "fit3d",
     scale_invariant: bool = False,
+    upsample: int = 4,
 ) -> TaskResult:
     """Depth probe: train on ``data.train``, per-image metrics on ``data.test`` averaged.
 
     ``protocol`` ("fit3d" drops test images without a scored pixel, "probe3d" counts them as zeros) and
     ``scale_invariant`` (Probe3D's least-squares scale-and-shift alignment per image before the
-    metrics) are passed to ``depth_metrics``.
+    metrics) are passed to ``depth_metrics``; ``upsample`` is the head's factor from the patch grid
+    to its prediction grid (the protocol's 4).
     """
     _seeded(config)
-    probe = DepthProbe(data.train_features.patch.shape[1], data.train_features.cls.shape[1], min_depth, max_depth)
+    probe = DepthProbe(data.train_features.patch.shape[1], data.train_features.cls.shape[1], min_depth, max_depth, upsample=upsample)
 
-    def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        prediction = probe(data.train_features.patch[indices], data.train_features.cls[indices])
-        return depth_probe_loss(prediction, data.train.depth[indices], max_depth, warm_up=step < config.loss_warmup_steps)
+    def batch_loss(indices: torch.Tensor, step: float) -> torch.Tensor:
+        features = data.train_features
+        prediction = probe(_as_float64(features.patch[indices]), _as_float64(features.cls[indices]))
+        target = _as_float64(data.train.depth[indices])
+        return depth_probe_loss(prediction, target, max_depth, warm_up=step < config.loss_warmup_steps)
 
-    losses = train_probe(probe, batch_loss, len(data.train), config, "depth probe")
+    fit = _fit(probe, batch_loss, data.train, config, "depth probe")
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        prediction = probe(data.test_features.patch[indices], data.test_features.cls[indices])
+        prediction = probe(_as_float64(data.test_features.patch[indices]), _as_float64(data.test_features.cls[indices]))
         return F.interpolate(prediction[:, None], size=data.test.depth.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
     predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
@@ -118,7 +166,7 @@ def run_depth(
     per_image = [
         depth_metrics(predictions[i], data.test.depth[i], valid[i], protocol, scale_invariant) for i in range(len(data.test))
     ]
-    return TaskResult(average_metrics(per_image), losses, list(predictions[:num_predictions]))
+    return TaskResult(average_metrics(per_image), fit.losses, list(predictions[:num_predictions].float()), fit.best_step)
 
 
 def run_normals(
@@ -130,22 +178,22 @@ def run_normals(
     _seeded(config)
     probe = NormalProbe(data.train_features.prenorm.shape[1])
 
-    def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        normals, kappa = probe(data.train_features.prenorm[indices])
-        target = data.train.normals[indices]
+    def batch_loss(indices: torch.Tensor, step: float) -> torch.Tensor:
+        normals, kappa = probe(_as_float64(data.train_features.prenorm[indices]))
+        target = _as_float64(data.train.normals[indices])
         return normal_uncertainty_loss(normals, kappa, target, target.norm(dim=1) > 0.5)
 
-    losses = train_probe(probe, batch_loss, len(data.train), config, "normal probe")
+    fit = _fit(probe, batch_loss, data.train, config, "normal probe")
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        normals, _ = probe(data.test_features.prenorm[indices])
+        normals, _ = probe(_as_float64(data.test_features.prenorm[indices]))
         normals = F.interpolate(normals, size=data.test.normals.shape[-2:], mode="bilinear", align_corners=False)
         return F.normalize(normals, dim=1)
 
     predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
     valid = data.test.normals.norm(dim=1) > 0.5
-    per_image = [normal_metrics(predictions[i], data.test.normals[i], valid[i]) for i in range(len(data.test))]
-    return TaskResult(average_metrics(per_image), losses, list(predictions[:num_predictions]))
+    per_image = [normal_metrics(predictions[i], _as_float64(data.test.normals[i]), valid[i]) for i in range(len(data.test))]
+    return TaskResult(average_metrics(per_image), fit.losses, list(predictions[:num_predictions].float()), fit.best_step)
 
 
 def run_segmentation(
@@ -159,19 +207,66 @@ def run_segmentation(
     probe = SegmentationProbe(data.train_features.patch.shape[1], num_classes)
     size = tuple(data.train.labels.shape[-2:])
 
-    def batch_loss(indices: torch.Tensor, step: int) -> torch.Tensor:
-        return segmentation_loss(probe(data.train_features.patch[indices], size), data.train.labels[indices], IGNORE_INDEX)
+    def batch_loss(indices: torch.Tensor, step: float) -> torch.Tensor:
+        logits = probe(_as_float64(data.train_features.patch[indices]), size)
+        return segmentation_loss(logits, data.train.labels[indices], IGNORE_INDEX)
 
-    losses = train_probe(probe, batch_loss, len(data.train), config, "segmentation probe")
+    fit = _fit(probe, batch_loss, data.train, config, "segmentation probe")
     meter = SegmentationMeter(num_classes, IGNORE_INDEX)
 
     def predict(indices: torch.Tensor) -> torch.Tensor:
-        prediction = probe(data.test_features.patch[indices], tuple(data.test.labels.shape[-2:])).argmax(dim=1)
+        prediction = probe(_as_float64(data.test_features.patch[indices]), tuple(data.test.labels.shape[-2:])).argmax(dim=1)
         meter.update(prediction, data.test.labels[indices])
         return prediction
 
     predictions = torch.cat(_predict_in_batches(predict, len(data.test), config.batch_size))
-    return TaskResult(meter.compute(), losses, list(predictions[:num_predictions]))
+    return TaskResult(meter.compute(), fit.losses, list(predictions[:num_predictions]), fit.best_step)
+
+
+def cross_validate(
+    run: Callable[[ProbeData], TaskResult], arrays: DenseArrays, features: DenseFeatures, folds: int
+) -> dict[str, dict[str, float | list[float]]]:
+    """Score one probe by k-fold cross-validation over rooms: each fold of rooms is tested once, by a head trained on the others.
+
+    Args:
+        run: one task on one split, e.g. ``functools.partial(run_depth, config=..., ...)``.
+        arrays: every image, with ``groups`` (its room). [N, ...]
+        features: one model's features of ``arrays``. [N, ...]
+        folds: k, at most the number of rooms; the rooms, in sorted order, are cut into k
+            contiguous folds of (nearly) equal size.
+
+    Returns:
+        per metric: ``mean`` and ``std`` (population) over folds, the ``folds`` values, and
+        ``probe_steps`` (the kept head's steps per fold) under the key ``probe_steps``.
+
+    Raises:
+        ValueError: ``arrays`` has no groups, or fewer rooms than folds (or fewer than 2 folds).
+    """
+    if arrays.groups is None:
+        raise ValueError("cross-validation by room needs the room of every image (DenseArrays.groups)")
+    rooms = torch.unique(arrays.groups)
+    if folds < 2 or folds > len(rooms):
+        raise ValueError(f"folds must be between 2 and the number of rooms ({len(rooms)}), got {folds}")
+    per_fold: dict[str, list[float]] = {}
+    steps = []
+    for fold, test_rooms in enumerate(torch.tensor_split(rooms, folds)):
+        test = torch.isin(arrays.groups, test_rooms)
+        train_indices, test_indices = test.logical_not().nonzero()[:, 0], test.nonzero()[:, 0]
+        result = run(
+            ProbeData(
+                arrays.subset(train_indices, f"{arrays.key}-fold{fold}-train"), features[train_indices],
+                arrays.subset(test_indices, f"{arrays.key}-fold{fold}-test"), features[test_indices],
+            )
+        )  # fmt: skip
+        for name, value in result.metrics.items():
+            per_fold.setdefault(name, []).append(value)
+        steps.append(result.probe_steps)
+    summary: dict[str, dict[str, float | list[float]]] = {}
+    for name, values in per_fold.items():
+        folded = torch.tensor(values, dtype=torch.float64)
+        summary[name] = {"mean": float(folded.mean()), "std": float(folded.std(unbiased=False)), "folds": values}
+    summary["probe_steps"] = {"folds": steps}
+    return summary
 
 
 def run_correspondence(

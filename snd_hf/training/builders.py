@@ -148,23 +148,6 @@ def build_optimizer(config: TrainingConfig, student: torch.nn.Module) -> torch.o
     )
 
 
-def build_scheduler(
-    config: TrainingConfig, optimizer: torch.optim.Optimizer, num_processes: int = 1
-) -> torch.optim.lr_scheduler.OneCycleLR:
-    """The original's one-cycle cosine schedule over ``max_steps + 10`` steps (pct_start ``warmup_ratio``).
-
-    accelerate steps a prepared scheduler once per process per optimizer step, hence ``num_processes``.
-    """
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.learning_rate,
-        total_steps=(config.max_steps + 10) * num_processes,
-        pct_start=config.warmup_ratio,
-        anneal_strategy="cos",
-        cycle_momentum=False,
-    )
-
-
 def build_lifter(config: TrainingConfig) -> Lifter:
     """The frozen lifter: MVSplat from its checkpoint, or lifting with the scenes' depth."""
     if config.lifter == "mvsplat":

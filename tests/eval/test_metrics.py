@@ -68,6 +68,7 @@ def test_normal_metrics_hand_computed():
     prediction[0, 0, 1] = math.tan(math.radians(20))  # 20° off
     prediction[0, 0, 2] = 1.0  # 45° off
     metrics = normal_metrics(prediction, target, torch.ones(1, 3, dtype=torch.bool))
+    assert metrics["mean"] == pytest.approx((0 + 20 + 45) / 3, rel=1e-6)
     assert metrics["rmse"] == pytest.approx(math.sqrt((0 + 400 + 2025) / 3), rel=1e-6)
     assert metrics["recall_11.25"] == pytest.approx(100 / 3)
     assert metrics["recall_22.5"] == pytest.approx(200 / 3)

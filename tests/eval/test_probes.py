@@ -1,4 +1,6 @@
-"""Probes on generated scenes: the loss falls and the metric beats a trivial predictor.
+"""Probes on generated scenes: the loss falls, the metric beats a trivial predictor, segmentation
+scores only real classes as mmseg does, the stopping rule and cross-validation keep rooms apart,
+and the thread count does not change a score.
 
 Features are derived from the ground truth pooled to a 14-pixel patch grid, so the tests are fast
 and deterministic and check the heads, losses and metrics rather than a backbone.
@@ -6,6 +8,9 @@ and deterministic and check the heads, losses and metrics rather than a backbone
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,25 +25,30 @@ from snd_hf.eval.metrics import (
     normal_metrics,
 )
 from snd_hf.eval.normals import NormalProbe, normal_uncertainty_loss
-from snd_hf.eval.probe import ProbeConfig
-from snd_hf.eval.synthetic import SyntheticFrames, _render_scenes
+from snd_hf.eval.probe import ProbeConfig, stopping_split, train_probe
+from snd_hf.eval.synthetic import SEGMENTATION_CLASSES, SyntheticFrames, _render_scenes
 from snd_hf.eval.tasks import (
     DenseArrays,
     ProbeData,
+    TaskResult,
+    cross_validate,
     run_depth,
     run_normals,
     run_segmentation,
 )
 
 PATCH = 8
-NUM_CLASSES = 7
+NUM_CLASSES = len(SEGMENTATION_CLASSES)  # 6: "unlabelled" is not a class
 CONFIG = ProbeConfig(steps=40, batch_size=4, lr=5e-2, weight_decay=0.0)
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    scenes = _render_scenes(tmp_path_factory.mktemp("scenes"), (4, 4, 48, 64), seed=7)
+def scenes(tmp_path_factory):
+    return _render_scenes(tmp_path_factory.mktemp("scenes"), (4, 4, 48, 64), seed=7)
 
+
+@pytest.fixture(scope="module")
+def splits(scenes):
     def arrays(frames: SyntheticFrames, key: str) -> DenseArrays:
         samples = [frames[i] for i in range(len(frames))]
         return DenseArrays(
@@ -47,6 +57,7 @@ def splits(tmp_path_factory):
             normals=torch.stack([s.normals for s in samples]),
             labels=torch.stack([s.labels for s in samples]),
             key=key,
+            groups=frames.groups,
         )
 
     return arrays(SyntheticFrames(scenes[:3]), "train"), arrays(SyntheticFrames(scenes[3:]), "test")
@@ -148,3 +159,108 @@ def test_normal_loss_prefers_confident_correct_predictions():
     assert normals.shape == (2, 3, 12, 20) and kappa.shape == (2, 12, 20)
     torch.testing.assert_close(normals.norm(dim=1), torch.ones(2, 12, 20))
     assert float(kappa.min()) > 0
+
+
+def _mmseg_miou(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> float:
+    """mmseg 1.2.2's IoUMetric, rewritten here from its definition (mmseg imports mmcv, which is not installed):
+    per image ``intersect_and_union`` (ignored pixels dropped, torch.histc of intersection, prediction
+    and label over [0, num_classes - 1]), areas summed over images, then ``total_area_to_metrics``:
+    IoU = intersection / union per class, and the mean over classes with np.nanmean."""
+    totals = torch.zeros(3, num_classes, dtype=torch.float64)
+    for prediction, label in zip(predictions, labels):
+        keep = label != ignore_index
+        prediction, label = prediction[keep].double(), label[keep].double()
+        intersect = prediction[prediction == label]
+        histogram = [torch.histc(values, bins=num_classes, min=0, max=num_classes - 1) for values in (intersect, prediction, label)]
+        totals += torch.stack(histogram).double()
+    intersection, area_prediction, area_label = totals
+    iou = (intersection / (area_prediction + area_label - intersection)).numpy()
+    return float(np.nanmean(iou))
+
+
+def test_synthetic_labels_reduce_the_zero_label_as_mmseg(scenes, splits):
+    train, _ = splits
+    semantic = torch.stack([scene["semantic"][frame] for scene in scenes[:3] for frame in range(4)])
+    # mmseg's LoadAnnotations(reduce_zero_label=True): 0 -> 255, c -> c - 1.
+    expected = torch.where(semantic == 0, 255, semantic - 1)
+    assert torch.equal(train.labels.long(), expected)
+    assert set(train.labels.unique().tolist()) <= set(range(NUM_CLASSES)) | {255}
+
+
+def test_segmentation_probe_never_scores_an_ignored_class_and_matches_mmseg(splits):
+    train, test = splits
+    # Unlabelled (ignored) pixels in the test split: the generated rooms rarely show any.
+    labels = test.labels.clone()
+    labels[:, :6] = 255
+    test = dataclasses.replace(test, labels=labels)
+    result = run_segmentation(_probe_data(train, test), CONFIG, NUM_CLASSES, num_predictions=len(test))
+    predictions = torch.stack(result.predictions)
+    # One output per real class: a prediction can never be the ignored class.
+    assert predictions.min() >= 0 and predictions.max() < NUM_CLASSES
+    assert result.metrics["miou"] == pytest.approx(100 * _mmseg_miou(predictions, test.labels, NUM_CLASSES), abs=1e-9)
+    # A real class absent from the test ground truth: IoU 0 when predicted (it counts), NaN when not (left out).
+    labels = torch.tensor([[0, 0, 1, 255]])
+    for prediction in (torch.tensor([[0, 2, 1, 1]]), torch.tensor([[0, 0, 1, 2]])):
+        meter = SegmentationMeter(3)
+        meter.update(prediction, labels)
+        assert meter.compute()["miou"] == pytest.approx(100 * _mmseg_miou(prediction, labels, 3), abs=1e-9)
+
+
+def test_probe_scores_do_not_depend_on_the_thread_count(splits):
+    train, test = splits
+    data = _probe_data(train, test)
+    generator = torch.Generator().manual_seed(0)
+    for features in (data.train_features, data.test_features):  # not separable: the heads have work to do
+        features.patch.add_(torch.randn(features.patch.shape, generator=generator))
+    config = ProbeConfig(steps=60, batch_size=4, lr=2e-2, weight_decay=0.0, patience=2, eval_every=10)
+    threads = torch.get_num_threads()
+    scores = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results = [run_depth(data, config, 1e-3, 10.0), run_normals(data, config), run_segmentation(data, config, NUM_CLASSES)]
+            scores.append([(result.metrics, result.probe_steps) for result in results])
+    finally:
+        torch.set_num_threads(threads)
+    assert scores[0] == scores[1]
+
+
+def test_stopping_rule_keeps_the_best_head_and_sets_whole_rooms_aside():
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    config = ProbeConfig(steps=100, batch_size=2, lr=0.1, patience=2, eval_every=1, validation_fraction=0.25)
+    fit, held = stopping_split(8, groups, config)
+    assert held.tolist() == [6, 7] and fit.tolist() == [0, 1, 2, 3, 4, 5]  # the last of 4 rooms, whole
+    assert stopping_split(8, groups, ProbeConfig())[1].numel() == 0  # no stopping rule: nothing set aside
+
+    probe = torch.nn.Linear(1, 1, bias=False)
+    scripted = iter([3.0, 2.0, 1.0, 1.5, 1.2, 0.5])  # best after step 3, then two worse measurements
+    weights = []
+
+    def validation_loss() -> float:
+        weights.append(probe.weight.item())
+        return next(scripted)
+
+    result = train_probe(probe, lambda indices, step: (probe.weight - 5.0).pow(2).sum(), 4, config, validation_loss=validation_loss)
+    assert result.best_step == 3 and len(result.losses) == 5
+    assert [step for step, _ in result.validation] == [1, 2, 3, 4, 5]
+    assert probe.weight.item() == weights[2]  # the head of step 3 is kept
+
+
+def test_cross_validation_tests_every_room_once():
+    groups = torch.arange(8).repeat_interleave(2)
+    arrays = DenseArrays(images=groups.float()[:, None, None, None].expand(16, 3, 2, 2), key="x", groups=groups)
+    features = DenseFeatures(patch=torch.zeros(16, 1, 1, 1), cls=torch.zeros(16, 1), prenorm=torch.zeros(16, 1, 1, 1))
+    seen = []
+
+    def run(data: ProbeData) -> TaskResult:
+        train_rooms, test_rooms = set(data.train.groups.tolist()), set(data.test.groups.tolist())
+        assert not train_rooms & test_rooms and train_rooms | test_rooms == set(range(8))
+        seen.extend(sorted(test_rooms))
+        return TaskResult({"room": float(data.test.groups.double().mean())}, probe_steps=1)
+
+    summary = cross_validate(run, arrays, features, folds=4)
+    assert seen == list(range(8))
+    assert summary["room"]["folds"] == [0.5, 2.5, 4.5, 6.5]
+    assert summary["room"]["mean"] == pytest.approx(3.5) and summary["room"]["std"] == pytest.approx(5**0.5)
+    with pytest.raises(ValueError, match="folds must be between 2 and the number of rooms"):
+        cross_validate(run, arrays, features, folds=9)

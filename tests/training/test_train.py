@@ -32,6 +32,8 @@ from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = REPO_ROOT / "training" / "train.py"
+# train.py with the faults SND_TRAIN_TEST_KILL / SND_TRAIN_TEST_DUMP_RANKS as loop callbacks.
+TRAIN_WITH_FAULTS = Path(__file__).with_name("train_with_faults.py")
 DEFAULTS = TrainingConfig.from_args([])
 # A shorter run than the default for the resume/Hub/reliability tests.
 QUICK = ["--max_steps", "6", "--save_steps", "3", "--image_size", "[28,42]"]
@@ -73,8 +75,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _train(args: list[str], *, launcher: list[str] | None = None, expect_rc: int = 0, **env: str) -> subprocess.CompletedProcess:
-    """Run train.py (after ``launcher``, default python) and check its exit code."""
-    command = (launcher or [sys.executable]) + [str(TRAIN), *args]
+    """Run train.py (after ``launcher``, default python) and check its exit code; with test faults in ``env``, through the fault wrapper."""
+    script = TRAIN_WITH_FAULTS if any(name.startswith("SND_TRAIN_TEST_") for name in env) else TRAIN
+    command = (launcher or [sys.executable]) + [str(script), *args]
     result = subprocess.run(command, cwd=REPO_ROOT, env=_env(**env), capture_output=True, text=True, timeout=600)
     assert result.returncode == expect_rc, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -383,3 +386,24 @@ def test_huge_learning_rate_stops_at_the_first_non_finite_step(scenes, tmp_path)
     assert [p.name for p in list_checkpoints(out)] == [f"step_{s}" for s in range(1, bad)]
     assert not (out / "model.safetensors").exists()  # no final export of a broken run
     _all_weights_finite(out)
+
+
+@pytest.mark.slow
+def test_benchmark_snd_run_and_train_py_give_bit_identical_weights(scenes, tmp_path):
+    """benchmarks/bench_snd_effect.py trains through snd_hf.training.loop.train, as train.py does."""
+    spec = importlib.util.spec_from_file_location("bench_snd_effect", REPO_ROOT / "benchmarks" / "bench_snd_effect.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shared = ["--image_size", "[28,42]", "--dataset_path", str(scenes), "--max_steps", "5"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the train.py subprocess (OMP_NUM_THREADS=1): float sums depend on it
+    try:
+        config = bench.run_config("snd", bench.common_arguments(0, tmp_path, 5, shared) + ["--output_dir", str(tmp_path / "bench")])
+        bench.train(config)
+    finally:
+        torch.set_num_threads(threads)
+    _train([*shared, "--seed", "0", "--output_dir", str(tmp_path / "script")])
+    from_bench, from_script = (load_file(tmp_path / run / "model.safetensors") for run in ("bench", "script"))
+    assert from_bench.keys() == from_script.keys()
+    for name, tensor in from_script.items():
+        assert torch.equal(from_bench[name], tensor), name

@@ -40,7 +40,6 @@ from PIL import Image, ImageDraw
 
 from .eval.correspondence import correspondence_matches
 from .extract import (
-    add_model_arguments,
     check_images,
     extract_to_folder,
     load_model,
@@ -67,16 +66,6 @@ EMBEDDED_DESCRIPTION = (
 )
 MATCH_THRESHOLD_PX = 10.0
 SHOWN_MATCHES = 60
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, model_required=False, shortest_edge=224)
-    parser.add_argument("--images", nargs="+", type=Path, help="images to use instead of the packaged views")
-    parser.add_argument(
-        "--init", help="initial model (before SnD) for the correspondence picture (default: the embedded checkpoint's start)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("snd-demo"), help="output folder (default ./snd-demo)")
-    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the Hub before falling back")
 
 
 def demo_model(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
@@ -738,5 +739,13 @@ def load_backbone_weights(task_model: nn.Module, source: nn.Module | Mapping[str
     backbone.load_state_dict(state_dict, strict=True)
     return backbone
 
+
+# Registered where the classes are defined, so that any import of the model (`import snd_hf` does it
+# once transformers is imported, see snd_hf/__init__.py) lets AutoModel, AutoBackbone,
+# AutoImageProcessor and pipeline() read model type "snd" without trust_remote_code.
+AutoConfig.register(SnDConfig.model_type, SnDConfig, exist_ok=True)
+AutoModel.register(SnDConfig, SnDModel, exist_ok=True)
+AutoBackbone.register(SnDConfig, SnDBackbone, exist_ok=True)
+AutoImageProcessor.register(SnDConfig, SnDImageProcessor, exist_ok=True)
 
 __all__ = ["SnDBackbone", "SnDModel", "SnDModelOutput", "SnDPreTrainedModel", "load_backbone_weights"]

@@ -467,26 +467,6 @@ def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: 
     return written
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=(*TASKS, "all"), help="probe to run, or all")
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        help="PATH or NAME=PATH (repeat to compare); PATH init:RUN_DIR is the start of the training run in RUN_DIR",
-    )
-    parser.add_argument("--data", required=True, help="synthetic, or KIND=ROOT (nyuv2, scannetpp, kitti, ade20k, voc, scannet1500)")
-    parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
-    parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
-    parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT")
-    parser.add_argument("--steps", type=int, default=None, help="override every probe's training steps (default: the preset's)")
-    parser.add_argument(
-        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 8x6x96x128)"
-    )
-
-
 def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | None) -> EvalPreset:
     """The preset with the command line's overrides applied."""
     if steps is not None:

@@ -119,6 +119,7 @@ def test_convert_names_what_is_wrong_with_the_source(tmp_path, fixtures_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pth", "notes.pth"]
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     """`ulimit -f` (RLIMIT_FSIZE) in a subprocess, as the reliability probe did: the write fails half-way,
     the error says why in one sentence, the previous export is byte-identical and nothing is left over."""

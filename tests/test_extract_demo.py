@@ -108,6 +108,7 @@ def test_demo_offline_uses_embedded_checkpoint(hub, tmp_path, capsys):
         assert Image.open(out / "correspondence.png").width > 4 * view.width
 
 
+@pytest.mark.slow
 def test_demo_prefers_the_published_weights_when_the_hub_answers(hub, tmp_path, fixtures_dir, capsys):
     # A ViT-S/14 state dict in the original layout (zeros: only the key set and shapes matter here).
     shapes = json.loads((fixtures_dir / "dinov2" / "dinov2_vits14_keys.json").read_text())

@@ -132,6 +132,7 @@ def assert_variant(model, size: str, blending: bool) -> None:
     assert torch.isfinite(output.feature_map).all()
 
 
+@pytest.mark.slow
 def test_published_variants_download_convert_and_work_offline(hub, original_checkpoints):
     for (size, blending), data in original_checkpoints.items():
         hub.add_file(SND_HUB_REPO, VARIANT_FILES[(size, blending)], data)
@@ -153,6 +154,7 @@ def test_published_variants_download_convert_and_work_offline(hub, original_chec
     assert len(hub.requests) == served
 
 
+@pytest.mark.slow
 def test_missing_variant_and_revision(hub, original_checkpoints, tmp_path):
     hub.add_file("lab/snd-small", VARIANT_FILES[("small", True)], original_checkpoints[("small", True)])
     first = hub.head("lab/snd-small")

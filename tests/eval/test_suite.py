@@ -28,6 +28,7 @@ def checkpoints(tmp_path_factory):
     return paths, root / "tiny0.pth"
 
 
+@pytest.mark.slow
 def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkeypatch):
     (first, second), _ = checkpoints
     import snd_hf.eval.suite as suite
@@ -97,6 +98,7 @@ def test_model_spec_and_argument_errors(tmp_path):
         evaluate(["x"], "synthetic", tasks=("depthh",), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsys):
     (first, second), _ = checkpoints
     out = tmp_path / "out"
@@ -131,6 +133,7 @@ def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsy
     assert all((out / name).is_file() for name in replaced["pictures"])
 
 
+@pytest.mark.slow
 def test_panels_are_labelled_and_drawn_from_cached_results(checkpoints, tmp_path):
     (first, second), _ = checkpoints
     cache = tmp_path / "cache"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput
+from transformers.utils import logging as transformers_logging
 
 from .configuration_snd import SnDConfig
 from .files import atomic_write, default_permissions
@@ -421,6 +423,26 @@ class SnDEncoder(nn.Module):
         )
 
 
+# transformers' per-load and per-save bars: a model this small loads in a blink, and each bar is
+# two lines of noise in a log. Download bars (huggingface_hub's) stay.
+_WEIGHT_BARS = ("Loading weights", "Writing model shards")
+
+
+@contextmanager
+def _without_weight_bars() -> Iterator[None]:
+    """Switch off transformers' weight loading/writing progress bars (only those) for the block."""
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in _WEIGHT_BARS:
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    previous = transformers_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous)
+
+
 class SnDPreTrainedModel(PreTrainedModel):
     """Weight initialisation and capabilities shared by `SnDModel` and `SnDBackbone`."""
 
@@ -469,11 +491,12 @@ class SnDPreTrainedModel(PreTrainedModel):
         blending=False)`) or a native repo with one subfolder per variant; `size`/`blending` pick the
         variant (defaults "small", True). Other arguments are transformers' `from_pretrained` ones.
         See `snd_hf.hub`."""
-        if pretrained_model_name_or_path is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return hub_from_pretrained(
-            cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
-        )
+        with _without_weight_bars():
+            if pretrained_model_name_or_path is None:
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            return hub_from_pretrained(
+                cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
+            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
         """transformers' `save_pretrained`, plus the files that make the folder a complete SnD checkpoint.
@@ -489,7 +512,8 @@ class SnDPreTrainedModel(PreTrainedModel):
         would upload only the files it wrote itself)."""
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
-        super().save_pretrained(save_directory, is_main_process, **kwargs)
+        with _without_weight_bars():
+            super().save_pretrained(save_directory, is_main_process, **kwargs)
         if self.should_save_on_this_rank(is_main_process):
             folder = Path(save_directory)
             if not (folder / IMAGE_PROCESSOR_NAME).exists():

@@ -130,6 +130,9 @@ PRESETS: dict[str, EvalPreset] = {
 }
 
 
+DATA_KINDS = ("nyuv2", "scannetpp", "kitti", "ade20k", "voc", "scannet1500")  # --data KIND=ROOT
+
+
 def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
     """Open ``synthetic`` or ``KIND=ROOT`` (see the module docstring)."""
     if spec == "synthetic":
@@ -138,6 +141,10 @@ def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
     kind, separator, root = spec.partition("=")
     if not separator or not root:
         raise ValueError(f"--data must be 'synthetic' or KIND=ROOT, got {spec!r}")
+    if kind not in DATA_KINDS:
+        raise ValueError(f"unknown data kind {kind!r}: expected synthetic, {', '.join(DATA_KINDS[:-1])} or {DATA_KINDS[-1]}")
+    if not Path(root).exists():  # named as the user wrote it, before any reader's own argument names
+        raise FileNotFoundError(f"--data {spec}: {root} does not exist")
     if kind == "nyuv2":
         train, test = NYUv2Probe3D(root, "train"), NYUv2Probe3D(root, "test")
         return EvalData("nyuv2", {"depth": (train, test), "normals": (train, test)}, crop="eigen")
@@ -150,9 +157,7 @@ def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
         return EvalData("ade20k", {"segmentation": (ade20k(root, "training"), ade20k(root, "validation"))}, num_classes=150)
     if kind == "voc":
         return EvalData("voc2012", {"segmentation": (PascalVOC(root, "train"), PascalVOC(root, "val"))}, num_classes=21)
-    if kind == "scannet1500":
-        return EvalData("scannet1500", pairs=ScanNetPairs(root))
-    raise ValueError(f"unknown data kind {kind!r}: expected synthetic, nyuv2, scannetpp, kitti, ade20k, voc or scannet1500")
+    return EvalData("scannet1500", pairs=ScanNetPairs(root))  # the one kind left
 
 
 def _input_size(height: int, width: int, short_side: int, patch: int = 14) -> tuple[int, int]:

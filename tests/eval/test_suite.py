@@ -94,6 +94,11 @@ def test_model_spec_and_argument_errors(tmp_path):
         parse_model_spec("=x")
     with pytest.raises(ValueError, match="KIND=ROOT"):
         evaluate(["x"], "nyuv2", out_dir=tmp_path)
+    # A missing root is named as the command line wrote it, not by a reader's argument name.
+    with pytest.raises(FileNotFoundError, match=r"^--data nyuv2=missing: missing does not exist$"):
+        evaluate(["x"], "nyuv2=missing", out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown data kind 'nyu'"):
+        evaluate(["x"], "nyu=missing", out_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="tasks must be among"):
         evaluate(["x"], "synthetic", tasks=("depthh",), out_dir=tmp_path)
 

@@ -559,7 +559,7 @@ class SnDPreTrainedModel(PreTrainedModel):
         with tempfile.TemporaryDirectory() as work_dir:
             folder = Path(work_dir)
             self.save_pretrained(folder, max_shard_size=max_shard_size)
-            (folder / "README.md").write_text(model_card_of(self.config, repo_id, tags))
+            (folder / "README.md").write_text(model_card_of(self.config, repo_id, tags or ()))
             return api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload SnD model",
                 commit_description=commit_description, revision=revision, create_pr=create_pr,

@@ -141,8 +141,8 @@ def check_state_dict(
         layers: the config's layer count, when ``expected`` lists fewer layers than it has.
 
     Raises:
-        CheckpointError: one line naming both architectures when the weights are another width or
-            depth than expected (the key listing would be long and say less), else the listing.
+        CheckpointError: one line naming both architectures when the weights are another width than
+            expected (the key listing would be long and say less), else the listing.
     """
     _check_architecture(state_dict, expected, what, layers)
     missing = list(also_missing or []) + sorted(set(expected) - set(state_dict))  # summaries first: never cut off
@@ -175,16 +175,17 @@ def _architecture(shapes: Mapping[str, Any]) -> tuple[int, int] | None:
 
 
 def _check_architecture(state_dict: Mapping[str, Any], expected: Mapping[str, Any], what: str, layers: int | None) -> None:
+    """One line when the weights are another width than the config: every tensor would be listed as
+    misshaped. (Another depth alone keeps the listing, whose summary names the layers.)"""
     found, wanted = _architecture(state_dict), _architecture(expected)
-    if found is None or wanted is None:
+    if found is None or wanted is None or found[0] == wanted[0]:
         return
     wanted = (wanted[0], wanted[1] if layers is None else layers)
-    if found == wanted:
-        return
     name = next((_VIT_NAMES[size] for size, fields in SND_VARIANTS.items()
-                 if (fields["hidden_size"], fields["num_hidden_layers"]) == wanted), "the model")  # fmt: skip
+                 if (fields["hidden_size"], fields["num_hidden_layers"]) == wanted), None)  # fmt: skip
+    says = f"{name} {wanted}" if name else f"{wanted[0]} wide with {wanted[1]} layers"
     raise CheckpointError(
-        f"{what}: this checkpoint is {found[0]} wide with {found[1]} layers; the config says {name} {wanted}: "
+        f"{what}: this checkpoint is {found[0]} wide with {found[1]} layers; the config says {says}: "
         "build the config from the checkpoint (e.g. SnDConfig.from_pretrained(DIR, out_indices=[...]))"
     )
 

@@ -69,7 +69,7 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
-from snd_hf.visualization import pca_rgb, save_panel
+from snd_hf.visualization import PCAProjection, fit_pca, pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
 
@@ -463,12 +463,31 @@ def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torc
 
 
 def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path) -> list[Path]:
-    """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written."""
-    labels = ["image", *(fm.name for fm in feature_models)]
+    """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written.
+
+    The colours of one comparison share one PCA basis, fit on every shown map, so a colour means the
+    same feature direction in every panel and for every model; models whose channel counts differ
+    cannot share one and get one basis each, still shared across their images (the title says which).
+    """
+    shown = range(min(count, len(test)))
+    maps = {fm.name: [store(fm, test).patch[index] for index in shown] for fm in feature_models}
+    if not maps or not shown:
+        return []
+
+    def basis(features: list[torch.Tensor]) -> PCAProjection:
+        return fit_pca(torch.cat([feature.flatten(1) for feature in features], dim=1)[:, :, None])  # [C, N, 1]
+
+    if len({features[0].shape[0] for features in maps.values()}) == 1:
+        shared = basis([feature for features in maps.values() for feature in features])
+        bases, title = dict.fromkeys(maps, shared), "PCA colours: one basis for all models and images"
+    else:
+        bases = {name: basis(features) for name, features in maps.items()}
+        title = "PCA colours: one basis per model (channel counts differ), shared by its images"
+    labels = ["image", *maps]
     written = []
-    for index in range(min(count, len(test))):
-        maps = [pca_rgb(store(fm, test).patch[index]) for fm in feature_models]
-        written.append(save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png", labels=labels))
+    for index in shown:
+        pictures = [pca_rgb(maps[name][index], projection=bases[name]) for name in maps]
+        written.append(save_panel([test.images[index], *pictures], folder / f"pca_{index:02d}.png", title=title, labels=labels))
     return written
 
 

@@ -150,3 +150,33 @@ def test_panels_are_labelled_and_drawn_from_cached_results(checkpoints, tmp_path
         assert two.width > one.width and two.height == one.height
         # The panel above the images holds the captions: not all white.
         assert min(two.convert("L").crop((0, 0, two.width, 8)).getdata()) < 128
+
+
+def test_pca_panels_colour_every_model_in_one_basis(tmp_path):
+    # Model b's features are model a's times 3. Fit alone, each would get the same colours; in the
+    # comparison's one basis they differ, as the features do. A model of another width gets its own.
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from snd_hf.eval.suite import _pca_panels
+
+    class Test:
+        images = torch.rand(2, 3, 56, 70)
+
+        def __len__(self):
+            return 2
+
+    torch.manual_seed(0)
+    base = torch.randn(2, 8, 4, 5)
+    features = {"a": base, "b": base * 3, "a again": base.clone(), "wide": torch.randn(2, 16, 4, 5)}
+    store = lambda model, data: SimpleNamespace(patch=features[model.name])  # noqa: E731
+    models = [SimpleNamespace(name=name) for name in ("a", "b", "a again")]
+    paths = _pca_panels(Test(), models, store, 2, tmp_path / "shared")
+    assert [path.name for path in paths] == ["pca_00.png", "pca_01.png"]
+    panel = np.asarray(Image.open(paths[0]).convert("RGB"))[-56:]  # the pictures' row: image | a | b | a again
+    a, b, again = (panel[:, 74 * k + 2 : 74 * k + 68] for k in (1, 2, 3))
+    assert np.array_equal(a, again) and not np.array_equal(a, b)
+    (mixed,) = _pca_panels(Test(), [*models, SimpleNamespace(name="wide")], store, 1, tmp_path / "mixed")
+    assert Image.open(mixed).width > Image.open(paths[0]).width

@@ -194,7 +194,8 @@ def correspondence_picture(
         rows.append((label, np.asarray(canvas)))
     title = (
         f"Matches view 0 -> view 1 (nearest feature, ratio test, {SHOWN_MATCHES} of 1000 shown); green: within "
-        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection ({size[0]}x{size[1]} grid), red: not."
+        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection, measured in pixels of the {size[0]}x{size[1]} (HxW) "
+        "images the features were computed on (the size the model was trained at), red: not."
     )
     labels = [f"{label}: recall@{MATCH_THRESHOLD_PX:g}px {recalls[label]:.2f}" for label, _ in rows]
     return save_panel([row for _, row in rows], path, title=title, labels=labels, gap=12), recalls

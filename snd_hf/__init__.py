@@ -75,6 +75,8 @@ def __dir__() -> list[str]:
 
 def _register_unless_importing() -> None:
     """Import the registering module, unless a module of this package is half imported (it will)."""
+    # importlib flags a module whose code is running with __spec__._initializing (the flag behind
+    # its own "partially initialized module" errors); registering then could re-enter that module.
     if not any(
         getattr(getattr(module, "__spec__", None), "_initializing", False)
         for name, module in list(sys.modules.items())

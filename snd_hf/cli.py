@@ -1,8 +1,10 @@
 """The `snd` command line: `snd demo | extract | convert | synth | eval`.
 
-Each subcommand lives in the module that owns the feature, which exposes
-``add_arguments(parser)`` and ``run(args) -> int | None``. A module is imported only when
-its command runs, so `snd --help` stays fast and light. Every ``--help`` shows the defaults.
+Each subcommand's options live in a light module of :mod:`snd_hf.commands` (``add_arguments(parser)``,
+importing neither torch nor transformers) and its work in the module that owns the feature
+(``run(args) -> int | None``), imported only once the command line has parsed: `snd --help`,
+`snd --version`, every ``--help`` and every argument error answer before torch loads. Every
+``--help`` shows the defaults.
 
 Errors: the `snd` executable runs :func:`main` through :func:`run_with_errors`, so an expected
 failure (a missing file, a bad value, an unreachable Hub, a file that is not a checkpoint, a
@@ -21,30 +23,53 @@ import os
 import re
 import sys
 from collections.abc import Callable
-
-# The HTTP library of the Hub client, whichever it is (huggingface_hub re-exports it).
-from huggingface_hub.utils import httpx
+from typing import NamedTuple
 
 DISTRIBUTION = "snd-hf"
 DEBUG_FLAG = "--debug"
 EXIT_USER_ERROR = 2  # argparse's status for a bad command line
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
-# Register a command with one line: name -> (module, one-line help).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
-    "demo": ("snd_hf.demo", "feature extraction demo on packaged images (offline: embedded checkpoint)"),
-    "extract": ("snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
-    "synth": ("snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
-    "eval": ("snd_hf.eval.suite", "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)"),
-    "field": ("snd_hf.fields.cli", "disentangled 3D feature fields: fit a scene, click-segment in 3D, edit reflections"),
+
+class Command(NamedTuple):
+    """One `snd` subcommand: where its options and its work live, and its one-line help."""
+
+    arguments: str  # light module with add_arguments(parser)
+    runner: str  # module with run(args), imported only when the command runs
+    help: str
+
+
+# Register a command with one line.
+COMMANDS: dict[str, Command] = {
+    "convert": Command("snd_hf.commands.convert", "snd_hf.convert", "convert original DINOv2/SnD .pth <-> native snd-hf directory"),
+    "demo": Command("snd_hf.commands.demo", "snd_hf.demo", "feature extraction demo on packaged images (offline: embedded checkpoint)"),
+    "extract": Command("snd_hf.commands.extract", "snd_hf.extract", "dense SnD features of images: safetensors + PCA pictures"),
+    "synth": Command("snd_hf.commands.synth", "snd_hf.data.synthetic", "generate procedural indoor scenes in the ScanNet++ layout"),
+    "eval": Command(
+        "snd_hf.commands.evaluate", "snd_hf.eval.suite",
+        "compare models with frozen-feature probes (depth, normals, segmentation, correspondence)",
+    ),
+    "field": Command(
+        "snd_hf.commands.field", "snd_hf.fields.cli",
+        "disentangled 3D feature fields: fit a scene, click-segment in 3D, edit reflections",
+    ),
 }
 
 # Failures of the user's input or environment, not of snd-hf: shown as one line. OSError covers
 # missing files, permissions and huggingface_hub's errors (offline, not found, HTTP status: all
-# OSError); ValueError covers argument checks and CheckpointError; httpx.HTTPError covers a Hub
-# that cannot be reached (connection refused, timeout).
-USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, httpx.HTTPError)
+# OSError); ValueError covers argument checks and CheckpointError. A Hub that cannot be reached
+# (connection refused, timeout) raises the Hub client's HTTP error, added by `_hub_http_errors`.
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+
+
+def _hub_http_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP error of the Hub client's HTTP library, whichever it is, once the client is loaded:
+    not imported before (a third of `snd --version`'s time), since without the client none was raised."""
+    if "huggingface_hub.utils" not in sys.modules:
+        return ()
+    from huggingface_hub.utils import httpx
+
+    return (httpx.HTTPError,)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -79,11 +104,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error (also after the command)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
-        subparser.set_defaults(_module=module_name)
-        if _command_of(argv) == name:  # only the chosen command's module is imported
-            importlib.import_module(module_name).add_arguments(subparser)
+    for name, command in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=command.help, description=command.help, formatter_class=DefaultsHelpFormatter)
+        subparser.set_defaults(_runner=command.runner)
+        if _command_of(argv) == name:  # only the chosen command's options are read
+            importlib.import_module(command.arguments).add_arguments(subparser)
     return parser
 
 
@@ -97,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors propagate (the executable is :func:`console_main`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    return importlib.import_module(args._module).run(args) or 0
+    return importlib.import_module(args._runner).run(args) or 0
 
 
 def console_main(argv: list[str] | None = None) -> int:
@@ -115,7 +140,7 @@ def run_with_errors(
 
     ``--debug`` is taken out of ``argv`` wherever it stands and lets every exception through with
     its traceback. Without it, an error of a kind in ``USER_ERRORS`` (or a missing optional
-    dependency of snd-hf) prints ``{prog}: error: {message}`` as one line and returns 2, and Ctrl-C
+    dependency of snd-hf, or the Hub client's HTTP error) prints ``{prog}: error: {message}`` as one line and returns 2, and Ctrl-C
     prints ``{prog}: interrupted`` and returns 130. Anything else is a bug: it propagates, traceback
     and all. Use it as the ``__main__`` of a script::
 
@@ -147,7 +172,7 @@ def run_with_errors(
             raise  # an import the package does not declare: a bug
         print(f"{prog}: error: {error}: install it with pip install '{DISTRIBUTION}[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
-    except errors as error:
+    except (*errors, *_hub_http_errors()) as error:
         print(f"{prog}: error: {one_line(error)} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
 

@@ -39,7 +39,6 @@ from PIL import Image, ImageDraw
 
 from .eval.correspondence import correspondence_matches
 from .extract import (
-    add_model_arguments,
     check_images,
     extract_to_folder,
     load_model,
@@ -50,7 +49,7 @@ from .extract import (
 from .hub import SND_HUB_REPO
 from .images import load_rgb, rgb_to_float
 from .modeling_snd import SnDModel
-from .schema import number_option, read_json
+from .schema import read_json
 from .splatting.teacher import patch_features
 from .visualization import fit_pca, save_panel, to_uint8_image
 
@@ -68,16 +67,6 @@ EMBEDDED_DESCRIPTION = (
 )
 MATCH_THRESHOLD_PX = 10.0
 SHOWN_MATCHES = 60
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, model_required=False, shortest_edge=224)
-    parser.add_argument("--images", nargs="+", type=Path, help="images to use instead of the packaged views")
-    parser.add_argument(
-        "--init", help="initial model (before SnD) for the correspondence picture (default: the embedded checkpoint's start)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("snd-demo"), help="output folder (default ./snd-demo)")
-    parser.add_argument("--timeout", type=number_option(float, 0, 600), default=3.0, help="seconds to wait for the Hub before falling back")
 
 
 def demo_model(
@@ -205,7 +194,8 @@ def correspondence_picture(
         rows.append((label, np.asarray(canvas)))
     title = (
         f"Matches view 0 -> view 1 (nearest feature, ratio test, {SHOWN_MATCHES} of 1000 shown); green: within "
-        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection ({size[0]}x{size[1]} grid), red: not."
+        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection, measured in pixels of the {size[0]}x{size[1]} (HxW) "
+        "images the features were computed on (the size the model was trained at), red: not."
     )
     labels = [f"{label}: recall@{MATCH_THRESHOLD_PX:g}px {recalls[label]:.2f}" for label, _ in rows]
     return save_panel([row for _, row in rows], path, title=title, labels=labels, gap=12), recalls

@@ -62,7 +62,6 @@ from .images import MAX_PIXELS, open_image, probe_image
 from .loading import weights_hash
 from .modeling_snd import SnDModel
 from .run_folder import RunFolder
-from .schema import MAX_IMAGE_SIDE, number_option
 from .visualization import pca_rgb, save_png
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -88,94 +87,40 @@ class ImageFeatures:
     input_size: tuple[int, int]
 
 
-def parse_bool(text: str) -> bool:
-    choices = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    if text.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return choices[text.lower()]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool, shortest_edge: int) -> None:
-    """Options choosing the model, its preprocessing and the run, shared by `snd extract` and `snd demo`."""
-    parser.add_argument(
-        "--model",
-        required=model_required,
-        help="Hub repo id or local folder (native checkpoint, or laid out like david-shavin/SnD)",
-    )
-    parser.add_argument("--size", choices=["small", "base"], help="published variant size (default small)")
-    parser.add_argument("--blending", type=parse_bool, help="published variant: true (default) or false")
-    parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
-    parser.add_argument(
-        "--shortest-edge",
-        type=number_option(int, 14, MAX_IMAGE_SIDE),
-        default=shortest_edge,
-        help="resize the shortest image edge to this many pixels",
-    )
-    parser.add_argument("--pca-scale", type=number_option(int, 1, 64), default=14, help="PCA picture pixels per patch")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images run through the model at once")
-    parser.add_argument(
-        "--max-pixels",
-        type=positive_int,
-        default=MAX_PIXELS,
-        help="refuse images declaring more pixels than this, before decoding them",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the output folder's features of another model, and files no recorded run wrote",
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="*", type=Path, help="image files (anything pillow reads), or use --dataset")
-    parser.add_argument("--dataset", help="a datasets image dataset instead of files: a save_to_disk folder, an image folder, a Hub id")
-    parser.add_argument("--split", default="train", help="--dataset split")
-    parser.add_argument("--streaming", action="store_true", help="stream --dataset (IterableDataset; needs --format shards)")
-    parser.add_argument("--image-column", help="--dataset column holding the images (default: its first image column)")
-    add_model_arguments(parser, model_required=True, shortest_edge=448)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--format", choices=["files", "shards"], default="files", help="one safetensors + PCA picture per image, or Parquet shards"
-    )
-    parser.add_argument("--shard-size", type=positive_int, default=1000, help="images per shard (--format shards)")
-    parser.add_argument(
-        "--dtype", choices=["auto", *DTYPES], default="auto", help="model dtype; auto: bfloat16 on GPUs that support it, else float32"
-    )
-
-
 def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS) -> list[Path]:
     """Check every image before any work starts, reading only the file headers.
+
+    Every image is checked, so one run names all the bad ones.
 
     Returns:
         the paths, as `Path`.
 
     Raises:
-        FileNotFoundError: naming the first missing file.
-        ValueError: two images that would write the same output name, or a folder among them.
+        FileNotFoundError: naming a missing file, when it is the only bad one.
         snd_hf.images.ImageDecodeError: naming a file that is not an image or declares more than
-            ``max_pixels`` pixels.
+            ``max_pixels`` pixels, when it is the only bad one.
+        ValueError: two images that would write the same output name, or a folder among them; or
+            naming every bad file and what is wrong with each, when there are several.
     """
     stems: dict[str, Path] = {}
     for path in map(Path, paths):
         if path.stem in stems:
             raise ValueError(f"images {stems[path.stem]} and {path} would both write {path.stem}.safetensors")
         stems[path.stem] = path
+    problems: list[Exception] = []
     for path in stems.values():
         if path.is_dir():
             raise ValueError(f"{path} is a folder, not an image: pass its files (e.g. {path / '*.jpg'})")
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        probe_image(path, max_pixels=max_pixels)
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(f"image not found: {path}")
+            probe_image(path, max_pixels=max_pixels)
+        except (OSError, ValueError) as error:
+            problems.append(error)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(stems)} images cannot be used: " + "; ".join(map(str, problems)))
     return list(stems.values())
 
 

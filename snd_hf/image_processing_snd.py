@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +27,10 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .images import MAX_PIXELS, open_image, to_rgb, upright
 from .schema import MAX_DEPTH, ProcessorConfigSchema, SchemaError, check_depth, validate
+
+# Upscaling beyond this factor is said aloud (e.g. a 10x8 icon blown up to 448x560): the features then
+# describe interpolated pixels. Moderate upscaling (224 px photos to 448) is routine and stays quiet.
+MAX_QUIET_UPSCALE = 4.0
 
 
 class SnDImageProcessorKwargs(ImagesKwargs, total=False):
@@ -206,6 +211,14 @@ class SnDImageProcessor(PilBackend):
                     f"an image of {image.shape[-2]}x{image.shape[-1]} pixels would be resized to {height}x{width}"
                     f" = {height * width} pixels, more than max_pixels ({max_pixels}): crop it to a less extreme aspect"
                     " ratio, or give a fixed size={'height': H, 'width': W}"
+                )
+            scale = min(height / image.shape[-2], width / image.shape[-1])
+            if scale > MAX_QUIET_UPSCALE:
+                warnings.warn(
+                    f"an image of {image.shape[-2]}x{image.shape[-1]} pixels (HxW) is upscaled {scale:.0f}x to {height}x{width}: its "
+                    "features describe interpolated pixels (pass larger images, or a smaller size={'shortest_edge': ...})",
+                    UserWarning,
+                    stacklevel=2,
                 )
             if (height, width) != image.shape[-2:]:
                 image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)

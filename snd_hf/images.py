@@ -28,12 +28,15 @@ datasets. What it guarantees (tests in tests/test_images.py):
 from __future__ import annotations
 
 import os
+import sys
 import warnings
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PIXELS = 2**27  # 134,217,728: a 108 MP phone photo or a 100 MP medium-format frame passes
 WHITE = (255, 255, 255)
@@ -298,7 +301,9 @@ def to_rgb(
     source = "image" if source is None else source
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image, background, source)
-    if isinstance(image, torch.Tensor):
+    # Not imported here: `snd extract --help` reads MAX_PIXELS without torch; a tensor implies torch is loaded.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
     if not isinstance(image, np.ndarray):

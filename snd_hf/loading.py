@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as load_safetensors
 
-from .configuration_snd import SnDConfig
+from .configuration_snd import SND_VARIANTS, SnDConfig
 from .files import atomic_write, restore_interrupted, sha256_file
 from .schema import read_json
 
@@ -131,6 +131,7 @@ def check_state_dict(
     unknown: list[str],
     what: str,
     also_missing: list[str] | None = None,
+    layers: int | None = None,
 ) -> None:
     """Raise one CheckpointError listing every missing, unexpected and misshaped key.
 
@@ -140,7 +141,13 @@ def check_state_dict(
         unknown: keys already known to be unexpected (e.g. without an snd-hf name).
         what: names the checkpoint in the message.
         also_missing: summaries of further missing keys (e.g. layers the weights lack entirely).
+        layers: the config's layer count, when ``expected`` lists fewer layers than it has.
+
+    Raises:
+        CheckpointError: one line naming both architectures when the weights are another width than
+            expected (the key listing would be long and say less), else the listing.
     """
+    _check_architecture(state_dict, expected, what, layers)
     missing = list(also_missing or []) + sorted(set(expected) - set(state_dict))  # summaries first: never cut off
     unexpected = sorted(unknown + [key for key in state_dict if key not in expected])
     misshaped = [
@@ -155,6 +162,35 @@ def check_state_dict(
     ]
     if problems:
         raise CheckpointError(f"{what} does not match the expected weights; " + "; ".join(problems))
+
+
+_LAYER_KEY = re.compile(r"(?:encoder\.layer|blocks)\.(\d+)\.")
+_WIDTH_KEYS = ("embeddings.cls_token", "cls_token")  # snd-hf and original names; [1, 1, width]
+_VIT_NAMES = {"small": "ViT-S", "base": "ViT-B"}
+
+
+def _architecture(shapes: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(width, layers) of a state dict in either naming, or None when it holds no class token."""
+    width = next((_shape(shapes[key])[-1] for key in _WIDTH_KEYS if key in shapes), None)
+    if width is None:
+        return None
+    return width, len({int(match.group(1)) for key in shapes if (match := _LAYER_KEY.match(key))})
+
+
+def _check_architecture(state_dict: Mapping[str, Any], expected: Mapping[str, Any], what: str, layers: int | None) -> None:
+    """One line when the weights are another width than the config: every tensor would be listed as
+    misshaped. (Another depth alone keeps the listing, whose summary names the layers.)"""
+    found, wanted = _architecture(state_dict), _architecture(expected)
+    if found is None or wanted is None or found[0] == wanted[0]:
+        return
+    wanted = (wanted[0], wanted[1] if layers is None else layers)
+    name = next((_VIT_NAMES[size] for size, fields in SND_VARIANTS.items()
+                 if (fields["hidden_size"], fields["num_hidden_layers"]) == wanted), None)  # fmt: skip
+    says = f"{name} {wanted}" if name else f"{wanted[0]} wide with {wanted[1]} layers"
+    raise CheckpointError(
+        f"{what}: this checkpoint is {found[0]} wide with {found[1]} layers; the config says {says}: "
+        "build the config from the checkpoint (e.g. SnDConfig.from_pretrained(DIR, out_indices=[...]))"
+    )
 
 
 def original_shapes(config: SnDConfig, num_layers: int | None = None) -> dict[str, tuple[int, ...]]:
@@ -1114,7 +1150,7 @@ def check_native_weights(shapes: Mapping[str, tuple[int, ...]], config: SnDConfi
         if lacking
         else []
     )
-    check_state_dict(shapes, _expected_shapes(listing), [], what, also_missing=summary)
+    check_state_dict(shapes, _expected_shapes(listing), [], what, also_missing=summary, layers=declared)
 
 
 _NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "training_info", "architectures", "dtype")

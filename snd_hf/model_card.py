@@ -2,14 +2,17 @@
 ``model_cards/README.md``).
 
 ``build_model_card`` renders Hub model-card text: YAML front matter (library, pipeline tag, license,
-base model, datasets, tags) and a body filled from ``snd_hf/assets/model_card_template.md`` with the
-architecture, the training data and configuration, the number of steps and, when given, an
-evaluation table. The trainer writes it as ``README.md`` next to the weights before pushing.
+base model, datasets, tags) and a body filled from ``snd_hf/assets/model_card_template.md``, in the
+sections of the published card: the variant and what it is for, how to load it (and that `import
+snd_hf` is what lets transformers' Auto classes read it), the architecture, the training data and
+configuration, the number of steps, an evaluation table when given, limitations and the citation.
+Every path that writes a model writes it as ``README.md`` beside the weights: ``save_pretrained``
+(so the trainer's export and `snd convert`), ``push_to_hub`` and the trainer's upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -20,6 +23,9 @@ from .configuration_snd import SnDConfig
 
 TEMPLATE = Path(__file__).resolve().parent / "assets" / "model_card_template.md"
 TAGS = ["snd", "splat-and-distill", "dinov2", "3d-aware", "dense-features", "vision"]
+# The Hub shows ready-made loading snippets only for the libraries it knows; snd-hf is not one, so
+# the card's own "How to load" section says it (library_name still groups SnD models on the Hub).
+LIBRARY_NAME = "snd-hf"
 DATASET_IDS = {"scannetpp": "scannetpp"}  # training_config["dataset"] -> Hub `datasets` entry
 SIZE_NAMES = {"small": "ViT-S/14", "base": "ViT-B/14"}
 
@@ -27,12 +33,12 @@ SIZE_NAMES = {"small": "ViT-S/14", "base": "ViT-B/14"}
 def card_metadata(config: SnDConfig, training_config: Mapping[str, Any]) -> dict[str, Any]:
     """The YAML front matter of a trained checkpoint's card."""
     metadata: dict[str, Any] = {
-        "library_name": "snd-hf",
+        "library_name": LIBRARY_NAME,
         "pipeline_tag": "image-feature-extraction",
         "license": "mit",
         "tags": list(TAGS),
     }
-    if training_config.get("init") == "original" and config.size in SIZE_NAMES:
+    if training_config.get("init") in ("original", None) and config.size in SIZE_NAMES:
         metadata["base_model"] = f"facebook/dinov2-{config.size}"
     dataset = training_config.get("dataset")
     if dataset in DATASET_IDS:
@@ -43,7 +49,7 @@ def card_metadata(config: SnDConfig, training_config: Mapping[str, Any]) -> dict
 
 
 def _variant_line(config: SnDConfig, training_config: Mapping[str, Any]) -> str:
-    size = f"{SIZE_NAMES[config.size]} (`size=\"{config.size}\"`)" if config.size in SIZE_NAMES else "a custom size"
+    size = f"{SIZE_NAMES[config.size]} (`size=\"{config.size}\"`)" if config.size in SIZE_NAMES else f"a custom size ({config.hidden_size} channels, {config.num_hidden_layers} layers)"
     coefficient = training_config.get("blending")
     if config.blending is None:
         blending = "blending not recorded"
@@ -62,7 +68,8 @@ def _initialisation(training_config: Mapping[str, Any]) -> str:
         "random": "random (standard DINOv2 initialisation)",
         "original": f"original torch.hub DINOv2 weights{source}",
         "pretrained": f"an SnD checkpoint{source}",
-    }.get(init, "not recorded")
+        "pretrained_2d": "the packaged 2D-pretrained tiny ViT (`snd_hf/assets/pretrained_2d`, training/pretrain_2d.py)",
+    }.get(init, f"`{init}`" if init else "not recorded (the checkpoint's config.json has no training_info)")
 
 
 def _finetuning(training_config: Mapping[str, Any]) -> str:
@@ -135,6 +142,7 @@ def build_model_card(
     steps: int | None = None,
     eval_results: Mapping[str, Mapping[str, float]] | None = None,
     repo_id: str | None = None,
+    tags: Sequence[str] = (),
 ) -> str:
     """Render the Hub model card (YAML front matter + markdown body) of a trained SnD checkpoint.
 
@@ -145,6 +153,7 @@ def build_model_card(
         steps: optimizer steps trained.
         eval_results: task -> metric -> value (e.g. ``{"depth": {"rmse": 0.41}}``), shown as a table.
         repo_id: the Hub repo the card is for, used in the loading snippet.
+        tags: Hub tags added to the package's own.
     Returns:
         the card text, starting with ``---`` front matter.
     """
@@ -154,6 +163,7 @@ def build_model_card(
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     training_config = dict(training_config or {})
     metadata = card_metadata(config, training_config)
+    metadata["tags"] += [tag for tag in tags if tag not in metadata["tags"]]
     front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
     training_yaml = yaml.safe_dump(training_config, sort_keys=True) if training_config else "# not recorded\n"
     name = repo_id.split("/")[-1] if repo_id else f"SnD {SIZE_NAMES.get(config.size, 'student')}"
@@ -179,4 +189,16 @@ def build_model_card(
     return f"---\n{front_matter}---\n\n{body}"
 
 
-__all__ = ["build_model_card", "card_metadata"]
+def written_by_snd_hf(card: str) -> bool:
+    """Whether ``card`` (README.md text) is one this module wrote (its front matter names the library)."""
+    return bool(card.startswith("---\n") and f"\nlibrary_name: {LIBRARY_NAME}\n" in card.split("\n---\n", 1)[0] + "\n")
+
+
+def model_card_of(config: SnDConfig, repo_id: str | None = None, tags: Sequence[str] = ()) -> str:
+    """The card of the checkpoint ``config`` describes: its ``training_info`` (the trainer's
+    configuration and step, recorded in config.json) fills the training sections."""
+    info = config.training_info or {}
+    return build_model_card(config, training_config=info.get("config"), steps=info.get("step"), repo_id=repo_id, tags=tags)
+
+
+__all__ = ["build_model_card", "card_metadata", "model_card_of", "written_by_snd_hf"]

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi
 from torch import nn
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
@@ -24,10 +28,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput
+from transformers.utils import logging as transformers_logging
 
 from .configuration_snd import SnDConfig
+from .files import atomic_write, default_permissions
 from .hub import from_pretrained as hub_from_pretrained
 from .image_processing_snd import SnDImageProcessor
+from .model_card import model_card_of, written_by_snd_hf
 from .loading import (
     check_state_dict,
     convert_original_state_dict,
@@ -427,6 +434,26 @@ class SnDEncoder(nn.Module):
         )
 
 
+# transformers' per-load and per-save bars: a model this small loads in a blink, and each bar is
+# two lines of noise in a log. Download bars (huggingface_hub's) stay.
+_WEIGHT_BARS = ("Loading weights", "Writing model shards")
+
+
+@contextmanager
+def _without_weight_bars() -> Iterator[None]:
+    """Switch off transformers' weight loading/writing progress bars (only those) for the block."""
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in _WEIGHT_BARS:
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    previous = transformers_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous)
+
+
 class SnDPreTrainedModel(PreTrainedModel):
     """Weight initialisation and capabilities shared by `SnDModel` and `SnDBackbone`."""
 
@@ -477,27 +504,79 @@ class SnDPreTrainedModel(PreTrainedModel):
         blending=False)`) or a native repo with one subfolder per variant; `size`/`blending` pick the
         variant (defaults "small", True). Other arguments are transformers' `from_pretrained` ones.
         See `snd_hf.hub`."""
-        if pretrained_model_name_or_path is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        return hub_from_pretrained(
-            cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
-        )
+        with _without_weight_bars():
+            if pretrained_model_name_or_path is None:
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            return hub_from_pretrained(
+                cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, size=size, blending=blending, **kwargs
+            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
-        """transformers' `save_pretrained`, plus the default `SnDImageProcessor`'s `preprocessor_config.json`
-        when the folder has none, so that `AutoImageProcessor` and `pipeline("image-feature-extraction")`
-        work on every checkpoint saved or pushed (`push_to_hub` saves through here). A processor config
-        already in the folder is kept. With `push_to_hub=True` the folder is saved first, then pushed with
-        `push_to_hub` (transformers would upload only the files it wrote itself)."""
+        """transformers' `save_pretrained`, plus the files that make the folder a complete SnD checkpoint.
+
+        - the default `SnDImageProcessor`'s `preprocessor_config.json` when the folder has none, so that
+          `AutoImageProcessor` and `pipeline("image-feature-extraction")` work on every checkpoint saved
+          or pushed (a processor config already in the folder is kept);
+        - its model card, `README.md` (`snd_hf.model_card`: variant, initialisation, training, how to
+          load), unless the folder holds a README.md the package did not write;
+        - the written files get the permissions of a plain create (transformers leaves 0600).
+
+        With `push_to_hub=True` the folder is saved first, then pushed with `push_to_hub` (transformers
+        would upload only the files it wrote itself)."""
         push_to_hub = kwargs.pop("push_to_hub", False)
         hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "private") if key in kwargs}
-        super().save_pretrained(save_directory, is_main_process, **kwargs)
+        with _without_weight_bars():
+            super().save_pretrained(save_directory, is_main_process, **kwargs)
         if self.should_save_on_this_rank(is_main_process):
-            if not (Path(save_directory) / IMAGE_PROCESSOR_NAME).exists():
-                SnDImageProcessor().save_pretrained(save_directory)
+            folder = Path(save_directory)
+            if not (folder / IMAGE_PROCESSOR_NAME).exists():
+                SnDImageProcessor().save_pretrained(folder)
+            self._write_model_card(folder)
+            for path in [folder / "config.json", folder / IMAGE_PROCESSOR_NAME, *folder.glob("model*.safetensors*")]:
+                default_permissions(path)
             if push_to_hub:
-                repo_id = hub_options.pop("repo_id", Path(save_directory).name)
+                repo_id = hub_options.pop("repo_id", folder.name)
                 self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_options)
+
+    def _write_model_card(self, folder: Path, repo_id: str | None = None) -> None:
+        path = folder / "README.md"
+        if path.exists() and not written_by_snd_hf(path.read_text(errors="replace")):
+            return
+        card = model_card_of(self.config, repo_id)
+        atomic_write(path, lambda temporary: Path(temporary).write_text(card))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ):
+        """transformers' `push_to_hub` with the package's model card as README.md (transformers would
+        upload its generic card, or keep the repository's): the checkpoint is saved into a temporary
+        folder by `save_pretrained` and uploaded as one commit. Returns the commit's `CommitInfo`.
+
+        Args:
+            repo_id: the Hub repository (created if missing).
+            tags: extra Hub tags, added to the card's.
+            others: as transformers' `PushToHubMixin.push_to_hub`.
+        """
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as work_dir:
+            folder = Path(work_dir)
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            (folder / "README.md").write_text(model_card_of(self.config, repo_id, tags or ()))
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload SnD model",
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
+            )  # fmt: skip
 
     @classmethod
     def from_original_checkpoint(
@@ -760,5 +839,13 @@ def load_backbone_weights(task_model: nn.Module, source: nn.Module | Mapping[str
     backbone.load_state_dict(state_dict, strict=True)
     return backbone
 
+
+# Registered where the classes are defined, so that any import of the model (`import snd_hf` does it
+# once transformers is imported, see snd_hf/__init__.py) lets AutoModel, AutoBackbone,
+# AutoImageProcessor and pipeline() read model type "snd" without trust_remote_code.
+AutoConfig.register(SnDConfig.model_type, SnDConfig, exist_ok=True)
+AutoModel.register(SnDConfig, SnDModel, exist_ok=True)
+AutoBackbone.register(SnDConfig, SnDBackbone, exist_ok=True)
+AutoImageProcessor.register(SnDConfig, SnDImageProcessor, exist_ok=True)
 
 __all__ = ["SnDBackbone", "SnDModel", "SnDModelOutput", "SnDPreTrainedModel", "load_backbone_weights"]

@@ -28,6 +28,14 @@ def require_fixtures(folder: Path = FIXTURES) -> Path:
     return folder
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # That module is all slow tier, and merely importing it fetches transformers' sdist: the default
+    # tier (addopts -m "not slow") does not even collect it.
+    if collection_path.name == "test_transformers_common.py" and config.getoption("markexpr") == "not slow":
+        return True
+    return None
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return require_fixtures()

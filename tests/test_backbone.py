@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -14,6 +18,7 @@ from transformers import (
     UperNetForSemanticSegmentation,
 )
 
+import snd_hf
 from snd_hf import (
     CheckpointError,
     SnDBackbone,
@@ -189,3 +194,64 @@ def test_auto_backbone_from_a_hub_repo_id(hub, tmp_path):
         feature_maps = backbone(pixel_values).feature_maps
     for actual, expected in zip(feature_maps, _expected_stages(model, pixel_values, [1, 3]), strict=True):
         torch.testing.assert_close(actual, expected)
+
+
+PACKAGED = Path(snd_hf.__file__).parent / "assets" / "default"  # the package's own trained tiny model: 48 wide, 2 layers
+_RELOAD = """
+import sys
+import torch
+import snd_hf  # registers model type "snd" (transformers alone cannot read the backbone config)
+from transformers import DPTForDepthEstimation
+
+model = DPTForDepthEstimation.from_pretrained(sys.argv[1]).eval()
+torch.manual_seed(0)
+with torch.no_grad():
+    print(repr(model(torch.randn(1, 3, 56, 84)).predicted_depth.double().sum().item()))
+"""
+
+
+def _packaged_dpt() -> DPTForDepthEstimation:
+    backbone_config = SnDConfig.from_pretrained(PACKAGED, out_indices=[1, 2], reshape_hidden_states=False)
+    config = DPTConfig(
+        backbone_config=backbone_config, is_hybrid=False, hidden_size=backbone_config.hidden_size,
+        neck_hidden_sizes=[16, 32], reassemble_factors=[2, 1], fusion_hidden_size=16,
+    )  # fmt: skip
+    return DPTForDepthEstimation(config)
+
+
+def test_the_packaged_tiny_model_is_a_dpt_backbone_that_fine_tunes_saves_and_reloads_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = _packaged_dpt()
+    load_backbone_weights(model, PACKAGED)
+    assert_same_weights(model.backbone, SnDModel.from_pretrained(PACKAGED))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pixel_values, losses = torch.randn(2, 3, 56, 84), []
+    for _ in range(3):
+        loss = (model(pixel_values).predicted_depth - 1.0).abs().mean()  # L1 to a depth of 1 everywhere
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[2] < losses[0]
+    model.eval().save_pretrained(tmp_path / "dpt")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = model(torch.randn(1, 3, 56, 84)).predicted_depth.double().sum().item()
+    result = subprocess.run([sys.executable, "-c", _RELOAD, str(tmp_path / "dpt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_backbone_of_another_size_is_one_line_naming_both():
+    model = DPTForDepthEstimation(
+        DPTConfig(backbone_config=SnDConfig.from_variant("small", out_indices=[1, 2]), is_hybrid=False,
+                  neck_hidden_sizes=[16, 32], reassemble_factors=[2, 1], fusion_hidden_size=16)
+    )  # fmt: skip
+    with pytest.raises(CheckpointError) as error:
+        load_backbone_weights(model, PACKAGED)
+    assert str(error.value) == (
+        "SnD weights for the backbone: this checkpoint is 48 wide with 2 layers; the config says ViT-S (384, 12): "
+        "build the config from the checkpoint (e.g. SnDConfig.from_pretrained(DIR, out_indices=[...]))"
+    )
+    with pytest.raises(CheckpointError, match=r"^\S+model.safetensors: this checkpoint is 48 wide with 2 layers; the config says ViT-S \(384, 12\)"):
+        SnDModel.from_pretrained(PACKAGED, config=SnDConfig.from_variant("small"))

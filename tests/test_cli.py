@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -130,3 +131,84 @@ def test_every_option_shows_its_default(command):
             assert "default" in shown and str(action.default) in shown, f"snd {name} --help hides a default: {shown!r}"
             options_with_defaults.append(action)
     assert options_with_defaults or command == "convert"
+
+
+# Each command line runs in one fresh interpreter; after each, the heavy modules must still be absent.
+_LIGHT_COMMAND_LINES = [
+    ["--version"],
+    ["--help"],
+    ["extarct"],  # a typo of a command
+    *([name, "--help"] for name in COMMANDS),
+    *(["field", sub, "--help"] for sub in ("fit", "segment", "edit")),
+    ["extract", "a.png", "--modle", "m", "--out", "o"],  # a typo of an option
+    ["eval", "depth", "--model", "m", "--data", "synthetic", "--preset", "gpu"],  # a bad choice
+    ["synth", "--size", "96", "--out", "o"],  # a bad value
+    ["convert"],  # a missing argument
+]
+_LIGHT_CHECK = """
+import json, sys
+from snd_hf.cli import console_main
+loaded = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        console_main(argv)
+    except SystemExit as exit:
+        assert exit.code in (0, 2), (argv, exit.code)
+    loaded.append([name for name in ("torch", "transformers") if name in sys.modules])
+print(json.dumps(loaded))
+"""
+
+
+def test_help_version_and_argument_errors_import_neither_torch_nor_transformers():
+    result = subprocess.run(
+        [sys.executable, "-c", _LIGHT_CHECK, json.dumps(_LIGHT_COMMAND_LINES)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert dict(zip(map(" ".join, _LIGHT_COMMAND_LINES), loaded)) == {" ".join(argv): [] for argv in _LIGHT_COMMAND_LINES}
+    assert "snd: error: argument COMMAND: invalid choice: 'extarct'" in result.stderr
+    assert "snd extract: error: the following arguments are required: --model" in result.stderr
+
+
+_REGISTRATION_CHECK = """
+import sys
+{first}
+light = "torch" not in sys.modules  # after the first import alone
+{second}
+from transformers import AutoModel
+print(light, type(AutoModel.from_pretrained({folder!r})).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    "order",
+    [("import snd_hf", "import transformers"), pytest.param(("import transformers", "import snd_hf"), marks=pytest.mark.slow)],
+)
+def test_import_snd_hf_is_light_and_registers_the_auto_classes_in_either_order(order):
+    # `import snd_hf` alone loads no torch; once transformers is imported too (before or after), the
+    # Auto classes know model type "snd" without any snd_hf name having been touched.
+    folder = os.path.join(os.path.dirname(snd_hf.__file__), "assets", "default")
+    script = _REGISTRATION_CHECK.format(first=order[0], second=order[1], folder=folder)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    light, loaded = result.stdout.split()
+    assert loaded == "SnDModel" and (light == "True" or order[0] != "import snd_hf")
+
+
+def test_light_options_name_the_defaults_of_their_owners():
+    # snd_hf.commands writes out defaults that heavy modules own, so that --help needs no torch.
+    from dataclasses import asdict
+
+    from snd_hf.commands import evaluate, extract, field
+    from snd_hf.eval.protocol import RESIZE_PROTOCOLS
+    from snd_hf.extract import DTYPES
+    from snd_hf.eval.datasets import TASKS
+    from snd_hf.eval.suite import PRESETS
+    from snd_hf.fields.fit import FitConfig
+    from snd_hf.fields.segment import HIGHLIGHT_RATIO, MAX_ROUGHNESS, MAX_SPECULAR_SCALE, SIMILARITY
+
+    assert evaluate.TASKS == TASKS and set(evaluate.PRESET_NAMES) == set(PRESETS)
+    assert field.FIT_DEFAULTS == {name: asdict(FitConfig())[name] for name in field.FIT_DEFAULTS}
+    assert (field.SIMILARITY, field.HIGHLIGHT_RATIO) == (SIMILARITY, HIGHLIGHT_RATIO)
+    assert (field.MAX_SPECULAR_SCALE, field.MAX_ROUGHNESS) == (MAX_SPECULAR_SCALE, MAX_ROUGHNESS)
+    assert tuple(extract.DTYPE_NAMES) == tuple(DTYPES) and tuple(evaluate.RESIZE_PROTOCOLS) == tuple(RESIZE_PROTOCOLS)

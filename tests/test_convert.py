@@ -33,10 +33,14 @@ def test_convert_command_round_trip(tmp_path, fixtures_dir, capsys):
     source = fixtures_dir / "dinov2" / "tiny_b.pth"
     native = tmp_path / "native"
     assert snd(["convert", str(source), str(native), "--num-heads", "6", "--size", "small", "--blending", "false"]) == 0
-    assert sorted(p.name for p in native.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in native.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     config = json.loads((native / "config.json").read_text())
     assert (config["model_type"], config["num_attention_heads"], config["size"], config["blending"]) == ("snd", 6, "small", False)
-    assert f"wrote native SnD directory {native} (config.json, model.safetensors, preprocessor_config.json)" in capsys.readouterr().out
+    assert f"wrote native SnD directory {native} (README.md, config.json, model.safetensors, preprocessor_config.json)" in capsys.readouterr().out
+    card = (native / "README.md").read_text()  # the model card names the variant and how to load it
+    assert card.startswith("---\nlibrary_name: snd-hf\n") and "base_model: facebook/dinov2-small" in card
+    assert "Variant: ViT-S/14 (`size=\"small\"`), trained without blending: for multi-view correspondence." in card
+    assert "`import snd_hf` is what teaches" in card and "not recorded (the checkpoint's config.json has no training_info)" in card
 
     back = tmp_path / "back.pth"
     assert snd(["convert", str(native), str(back)]) == 0
@@ -115,6 +119,7 @@ def test_convert_names_what_is_wrong_with_the_source(tmp_path, fixtures_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pth", "notes.pth"]
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_old_file_and_says_so(tmp_path):
     """`ulimit -f` (RLIMIT_FSIZE) in a subprocess, as the reliability probe did: the write fails half-way,
     the error says why in one sentence, the previous export is byte-identical and nothing is left over."""

@@ -72,6 +72,10 @@ def test_extract_names_missing_and_unreadable_images(tmp_path, tiny_checkpoint):
         main(["extract", str(good), str(other / "good.png"), "--model", str(folder), "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="other is a folder, not an image"):
         main(["extract", str(other), "--model", "not/loaded", "--out", str(tmp_path / "out")])
+    # Several bad files: one run names them all, each with what is wrong.
+    with pytest.raises(ValueError) as error:
+        main(["extract", str(tmp_path / "missing.png"), str(good), str(tmp_path / "broken.png"), "--model", "not/loaded", "--out", str(tmp_path / "out")])
+    assert str(error.value).startswith(f"2 of 3 images cannot be used: image not found: {tmp_path / 'missing.png'}; {tmp_path / 'broken.png'}: unreadable image")
     assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
 
 
@@ -108,6 +112,7 @@ def test_demo_offline_uses_embedded_checkpoint(hub, tmp_path, capsys):
         assert Image.open(out / "correspondence.png").width > 4 * view.width
 
 
+@pytest.mark.slow
 def test_demo_prefers_the_published_weights_when_the_hub_answers(hub, tmp_path, fixtures_dir, capsys):
     # A ViT-S/14 state dict in the original layout (zeros: only the key set and shapes matter here).
     shapes = json.loads((fixtures_dir / "dinov2" / "dinov2_vits14_keys.json").read_text())

@@ -134,3 +134,12 @@ def test_pushed_checkpoints_carry_their_processor_config(hub, tmp_path):
     for repo in ("user/pushed", "user/saved-and-pushed"):
         assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(hub.files(repo))
         _check_processor_and_pipeline(repo, model)
+
+
+def test_a_tiny_image_blown_up_is_said_aloud_and_a_routine_upscale_is_not(recwarn):
+    processor = SnDImageProcessor()
+    with pytest.warns(UserWarning, match=r"an image of 8x10 pixels \(HxW\) is upscaled 56x to 448x560"):
+        assert processor(np.zeros((8, 10, 3), np.uint8), return_tensors="pt").pixel_values.shape == (1, 3, 448, 560)
+    recwarn.clear()
+    processor(np.zeros((224, 300, 3), np.uint8), return_tensors="pt")  # 2x: routine
+    assert not [w for w in recwarn if "upscaled" in str(w.message)]

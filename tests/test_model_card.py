@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -108,3 +109,55 @@ def test_card_is_accepted_by_the_hub(hub):
     api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id="me/carded")
     loaded = ModelCard.load("me/carded")
     assert loaded.data.library_name == "snd-hf" and loaded.data.pipeline_tag == "image-feature-extraction"
+
+
+PACKAGED = REPO_ROOT / "snd_hf" / "assets" / "default"  # trained by train.py from init: pretrained_2d
+
+
+def _assert_card_of_the_packaged_model(card: str, repo_id: str) -> None:
+    metadata, body = split_card(card)
+    assert metadata["library_name"] == "snd-hf" and "synthetic-data" in metadata["tags"]
+    assert "Variant: a custom size (48 channels, 2 layers), trained without blending: for multi-view correspondence." in body
+    assert "| initialisation | the packaged 2D-pretrained tiny ViT (`snd_hf/assets/pretrained_2d`" in body
+    assert "Steps: 2000 optimizer steps" in body and "(16 scenes x 12 frames), trained at 84x112 pixels" in body
+    assert f'SnDModel.from_pretrained("{repo_id}")' in body and "`import snd_hf` is what teaches" in body
+    assert "Shavin, David and Benaim, Sagie" in body
+
+
+def test_save_pretrained_writes_the_card_and_plain_permissions(tmp_path):
+    from snd_hf import SnDModel
+
+    model = SnDModel.from_pretrained(PACKAGED)
+    model.save_pretrained(tmp_path / "saved")
+    _assert_card_of_the_packaged_model((tmp_path / "saved" / "README.md").read_text(), "path/to/this/checkpoint")
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "saved").iterdir()}
+    assert modes == dict.fromkeys(["README.md", "config.json", "model.safetensors", "preprocessor_config.json"], 0o666 & ~umask)
+    # A card the package did not write is kept.
+    (tmp_path / "saved" / "README.md").write_text("# my notes\n")
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "README.md").read_text() == "# my notes\n"
+
+
+def test_push_to_hub_uploads_the_card_not_transformers_generic_one(hub):
+    from snd_hf import SnDModel
+
+    SnDModel.from_pretrained(PACKAGED).push_to_hub("me/snd-tiny", tags=["my-tag"])
+    card = ModelCard.load("me/snd-tiny")
+    assert "my-tag" in card.data.tags and "More Information Needed" not in card.content
+    _assert_card_of_the_packaged_model(card.content, "me/snd-tiny")
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(hub.files("me/snd-tiny"))
+
+
+def test_the_trainer_upload_card_records_its_init(hub, tmp_path):
+    import json
+
+    from snd_hf.training.push import push_final_model
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        (tmp_path / name).write_bytes((PACKAGED / name).read_bytes())
+    info = json.loads((PACKAGED / "config.json").read_text())["training_info"]
+    HfApi().create_repo("me/trained")
+    push_final_model(tmp_path, "me/trained", training_config=info["config"], step=info["step"])
+    _assert_card_of_the_packaged_model(ModelCard.load("me/trained").content, "me/trained")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
-import snd_hf  # noqa: F401  (registers the Auto classes)
+import snd_hf  # registers the Auto classes
 from snd_hf import SnDBackbone, SnDConfig, SnDModel
 
 TOLERANCE = 1e-4
@@ -233,3 +234,12 @@ def test_intermediate_layers_select_by_index():
         assert torch.equal(tokens, chosen) and torch.equal(tokens, hidden[index + 1][:, 1:])
     with pytest.raises(ValueError, match="n must select layers"):
         model.get_intermediate_layers(pixel_values, n=[3])
+
+
+def test_loading_and_saving_draw_no_weight_bars(tmp_path, capfd):
+    # transformers draws "Loading weights" / "Writing model shards" bars on every load and save.
+    model = SnDModel.from_pretrained(os.path.join(os.path.dirname(snd_hf.__file__), "assets", "default"))
+    model.save_pretrained(tmp_path)
+    SnDModel.from_pretrained(tmp_path)
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out and "Writing model shards" not in captured.err + captured.out

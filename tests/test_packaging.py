@@ -184,9 +184,9 @@ def test_ci_runs_readme_install_and_test_commands_in_a_fresh_venv():
     readme = [command for block in code_blocks(readme_text()) if block.language == "bash" for command in shell_commands(block.code)]
     installs = [command.partition("#")[0].strip() for command in readme if is_install(command)]
     tests = [command.partition("#")[0].strip() for command in readme if words(command)[:3] == ["python", "-m", "pytest"]]
-    assert installs and tests == ["python -m pytest -q"]
+    assert installs and tests == ["python -m pytest -q", "python -m pytest -q -m slow"]  # the two tiers
     ci = _ci_commands()
-    # Exactly README's install commands, in README's order, then pip check, then README's test command.
+    # Exactly README's install commands, in README's order, then pip check, then README's test commands.
     assert [line for line in ci if line.startswith("pip install") or line.startswith("python -m pip install")] == installs
     positions = [ci.index(command) for command in [*installs, "pip check", *tests]]
     assert positions == sorted(positions)

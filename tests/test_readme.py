@@ -132,7 +132,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, str], str]] = {
 NOT_RUN: dict[str, tuple[str, str]] = {
     "pip install torch==2.13.0": ("installs into the environment; .ci/run runs it in a fresh venv", "run_by_ci"),
     'pip install -e ".[test]"': ("installs into the environment; .ci/run runs it in a fresh venv", "run_by_ci"),
-    "python -m pytest -q": ("is this test suite; .ci/run runs it", "run_by_ci"),
+    "python -m pytest -q": ("is this test suite's default tier; .ci/run runs it", "run_by_ci"),
+    "python -m pytest -q -m slow": ("is this test suite's slow tier; .ci/run runs it", "run_by_ci"),
     "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": (
         "needs PyTorch's wheel index, which CI cannot reach; it must pin the torch that CI installs",
         "same_torch_as_ci",
@@ -380,6 +381,7 @@ def _apply_external(text: str, work: Path) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_readme_commands_and_blocks_run_as_written(workspace):
     work, hub, env = workspace
     runs = readme_runs(readme_text())

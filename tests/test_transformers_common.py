@@ -35,6 +35,9 @@ from transformers.models.auto import modeling_auto
 
 from snd_hf import SnDBackbone, SnDConfig, SnDModel
 
+# Hundreds of mixin tests and an sdist fetch: the slow tier (python -m pytest -q -m slow).
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("parameterized", reason="transformers' common tests need `parameterized` (the test extra)")
 
 VERSION = transformers.__version__

@@ -45,7 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..files import make_temporary, replace_path
-from ..schema import MAX_IMAGE_SIDE, number_option, read_json
+from ..schema import read_json
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
 SEMANTIC_CLASSES: tuple[str, ...] = ("unlabelled", "wall", "floor", "ceiling", "box", "sphere", "cylinder")
@@ -635,29 +635,6 @@ def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
         if recorded == parameters and all((out_dir / name).is_file() for name in files):
             return out_dir
     return generate_scenes(**arguments)
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x128), got {text!r}") from None
-    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):  # before any frame is allocated
-        raise argparse.ArgumentTypeError(f"both sides must be within [1, {MAX_IMAGE_SIDE}], got {text!r}")
-    return height, width
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenes", type=number_option(int, 1), default=8, help="number of rooms")
-    parser.add_argument("--frames", type=number_option(int, 1), default=24, help="frames per room")
-    parser.add_argument("--size", type=_parse_size, default=(96, 128), help="image size HxW")
-    parser.add_argument("--seed", type=number_option(int, 0), default=0, help="random seed of the rooms and camera paths")
-    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
-    parser.add_argument("--glossy", action="store_true", help="specular highlights on some objects, with their ground truth")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (gets scenes/<id>/...)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --out even if it holds files snd synth did not write (they are deleted)"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

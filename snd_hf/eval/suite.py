@@ -82,10 +82,10 @@ from snd_hf.eval.tasks import (
     run_segmentation,
 )
 from snd_hf.files import atomic_write
+from snd_hf.run_folder import RunFolder
 from snd_hf.schema import MAX_IMAGE_SIDE, MetricsSchema
 from snd_hf.schema import load as load_json
-from snd_hf.run_folder import RunFolder
-from snd_hf.visualization import pca_rgb, save_panel
+from snd_hf.visualization import PCAProjection, fit_pca, pca_rgb, save_panel
 
 __all__ = ["PRESETS", "TASKS", "EvalData", "EvalPreset", "evaluate", "open_data"]
 
@@ -148,6 +148,9 @@ PRESETS: dict[str, EvalPreset] = {
 }
 
 
+DATA_KINDS = ("nyuv2", "scannetpp", "kitti", "ade20k", "voc", "scannet1500")  # --data KIND=ROOT
+
+
 def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
     """Open ``synthetic`` or ``KIND=ROOT`` (see the module docstring)."""
     if spec == "synthetic":
@@ -156,6 +159,10 @@ def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
     kind, separator, root = spec.partition("=")
     if not separator or not root:
         raise ValueError(f"--data must be 'synthetic' or KIND=ROOT, got {spec!r}")
+    if kind not in DATA_KINDS:
+        raise ValueError(f"unknown data kind {kind!r}: expected synthetic, {', '.join(DATA_KINDS[:-1])} or {DATA_KINDS[-1]}")
+    if not Path(root).exists():  # named as the user wrote it, before any reader's own argument names
+        raise FileNotFoundError(f"--data {spec}: {root} does not exist")
     if kind == "nyuv2":
         train, test = NYUv2Probe3D(root, "train"), NYUv2Probe3D(root, "test")
         return EvalData("nyuv2", {"depth": (train, test), "normals": (train, test)}, crop="eigen")
@@ -168,9 +175,7 @@ def open_data(spec: str, preset: EvalPreset, cache_dir: str | Path) -> EvalData:
         return EvalData("ade20k", {"segmentation": (ade20k(root, "training"), ade20k(root, "validation"))}, num_classes=150)
     if kind == "voc":
         return EvalData("voc2012", {"segmentation": (PascalVOC(root, "train"), PascalVOC(root, "val"))}, num_classes=21)
-    if kind == "scannet1500":
-        return EvalData("scannet1500", pairs=ScanNetPairs(root))
-    raise ValueError(f"unknown data kind {kind!r}: expected synthetic, nyuv2, scannetpp, kitti, ade20k, voc or scannet1500")
+    return EvalData("scannet1500", pairs=ScanNetPairs(root))  # the one kind left
 
 
 def _input_size(height: int, width: int, short_side: int, patch: int = 14) -> tuple[int, int]:
@@ -526,42 +531,35 @@ def _dense_panels(task: str, test: DenseArrays, predictions: dict[str, list[torc
     return written
 
 
-def _pca_panels(test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path, resize: str) -> list[Path]:
-    """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written."""
-    labels = ["image", *(fm.name for fm in feature_models)]
+def _pca_panels(
+    test: DenseArrays, feature_models, store: _FeatureStore, count: int, folder: Path, resize: str
+) -> list[Path]:
+    """image | PCA colours of each model's patch features, for the first test images, each labelled; the paths written.
+
+    The colours of one comparison share one PCA basis, fit on every shown map, so a colour means the
+    same feature direction in every panel and for every model; models whose channel counts differ
+    cannot share one and get one basis each, still shared across their images (the title says which).
+    """
+    shown = range(min(count, len(test)))
+    maps = {fm.name: [store(fm, test, resize).patch[index] for index in shown] for fm in feature_models}
+    if not maps or not shown:
+        return []
+
+    def basis(features: list[torch.Tensor]) -> PCAProjection:
+        return fit_pca(torch.cat([feature.flatten(1) for feature in features], dim=1)[:, :, None])  # [C, N, 1]
+
+    if len({features[0].shape[0] for features in maps.values()}) == 1:
+        shared = basis([feature for features in maps.values() for feature in features])
+        bases, title = dict.fromkeys(maps, shared), "PCA colours: one basis for all models and images"
+    else:
+        bases = {name: basis(features) for name, features in maps.items()}
+        title = "PCA colours: one basis per model (channel counts differ), shared by its images"
+    labels = ["image", *maps]
     written = []
-    for index in range(min(count, len(test))):
-        maps = [pca_rgb(store(fm, test, resize).patch[index]) for fm in feature_models]
-        written.append(save_panel([test.images[index]] + maps, folder / f"pca_{index:02d}.png", labels=labels))
+    for index in shown:
+        pictures = [pca_rgb(maps[name][index], projection=bases[name]) for name in maps]
+        written.append(save_panel([test.images[index], *pictures], folder / f"pca_{index:02d}.png", title=title, labels=labels))
     return written
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=(*TASKS, "all"), help="probe to run, or all")
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        help="PATH or NAME=PATH (repeat to compare); PATH init:RUN_DIR is the start of the training run in RUN_DIR;"
-        " CKPT@BASE is MEF's checkpoint on its DINOv2 weights",
-    )
-    parser.add_argument("--data", required=True, help="synthetic, or KIND=ROOT (nyuv2, scannetpp, kitti, ade20k, voc, scannet1500)")
-    parser.add_argument("--out", default="eval_out", help="output folder (default: eval_out)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="probe lengths and sizes (default: cpu)")
-    parser.add_argument("--concat-with", default=None, help="FiT3D mode: concatenate this model's features in front")
-    parser.add_argument("--cache-dir", default=None, help="result and generated-data cache (default: OUT/cache)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of another evaluation in OUT (only the files its snd_run.json lists), or write into a folder no snd run wrote")
-    parser.add_argument(
-        "--resize",
-        choices=RESIZE_PROTOCOLS,
-        default=None,
-        help="position-embedding resize of every probe (default: per probe, the paper's: timm for depth and"
-        " segmentation, torchhub for normals and correspondence)",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="override every probe's (most) training steps (default: the preset's)")
-    parser.add_argument(
-        "--synthetic-size", default=None, metavar="SxFxHxW", help="generated benchmark: scenes x frames x height x width (default: the preset's, cpu 32x6x96x128)"
-    )
 
 
 def _customized(preset: EvalPreset, steps: int | None, synthetic_size: str | None) -> EvalPreset:

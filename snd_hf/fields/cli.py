@@ -21,7 +21,6 @@ import torch
 from snd_hf.data.frames import decode_image, open_image
 from snd_hf.files import sha256_file
 from snd_hf.run_folder import RunFolder
-from snd_hf.schema import number_option
 from snd_hf.visualization import save_panel
 
 from .field import MIN_SH_DEGREE, WEIGHTS_NAME, FeatureField
@@ -29,10 +28,6 @@ from .fit import FitConfig, fit_field
 from .pictures import CAPTION_HEIGHT, captioned, field_panels, grey, normalised, overlay
 from .scene import load_scene
 from .segment import (
-    HIGHLIGHT_RATIO,
-    MAX_ROUGHNESS,
-    MAX_SPECULAR_SCALE,
-    SIMILARITY,
     Selection,
     highlight_masks,
     image_click_feature,
@@ -45,95 +40,6 @@ from .segment import (
 )
 
 UPSCALE = 3  # pictures are drawn at 3x the field's resolution
-OVERWRITE_HELP = "replace the panels of another run in OUT (only the files its snd_run.json lists), or write into a folder no snd run wrote"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 96x128), got {text!r}") from None
-    return height, width
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        x, y = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a click must look like X,Y (pixel column,row), got {text!r}") from None
-    return x, y
-
-
-def _selection_spec(text: str) -> tuple[int, tuple[int, int]]:
-    view, separator, click = text.partition(":")
-    if not separator:
-        raise argparse.ArgumentTypeError(f"--select must look like VIEW:X,Y (e.g. 3:64,50), got {text!r}")
-    try:
-        return int(view), _pair(click)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--select must look like VIEW:X,Y (e.g. 3:64,50), got {text!r}") from None
-
-
-def _color(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0.0 <= value <= 1.0 for value in values):
-        raise argparse.ArgumentTypeError(f"a colour must be R,G,B in [0, 1] (e.g. 0.2,0.5,0.9), got {text!r}")
-    return values
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="field_command", required=True, metavar="{fit,segment,edit}")
-    defaults = FitConfig()
-
-    fit = commands.add_parser(
-        "fit",
-        help="fit a field to a scene folder (ScanNet++ layout)",
-        description="Fit a disentangled feature field to a scene folder; writes the field and pictures/ of its views.",
-        formatter_class=parser.formatter_class,  # snd's: every default shown
-    )
-    fit.add_argument("scene", type=Path, help="scene folder holding transforms_train.json, images/ and depth/")
-    fit.add_argument("--model", required=True, help="2D teacher: SnD checkpoint folder, Hub id or original .pth")
-    fit.add_argument("--out", type=Path, required=True, help="field folder to write")
-    fit.add_argument("--size", type=_size, help="resize the views to HxW (default: native)")
-    fit.add_argument("--hold-out", type=number_option(int, 0), default=0, help="keep every N-th view out of the fit (0: fit all)")
-    fit.add_argument("--appearance-steps", type=number_option(int, 0), default=defaults.appearance_steps, help="stage-1 (colour, geometry) steps")
-    fit.add_argument("--feature-steps", type=number_option(int, 0), default=defaults.feature_steps, help="stage-2 (features) steps")
-    fit.add_argument("--feature-dim", type=number_option(int, 1, 4096), default=defaults.feature_dim, help="PCA channels of the features")
-    fit.add_argument("--sh-degree", type=number_option(int, MIN_SH_DEGREE, 16), default=defaults.sh_degree, help="degree of the view-dependent parts (>= 2)")
-    fit.add_argument("--init-views", type=number_option(int, 1), default=defaults.init_views, help="views lifted to Gaussians")
-    fit.add_argument("--init-stride", type=number_option(int, 1), default=defaults.init_stride, help="pixel stride of the lifted views")
-    fit.add_argument("--single", action="store_true", help="a single view-independent feature field (baseline)")
-    fit.add_argument("--seed", type=number_option(int, 0), default=defaults.seed, help="random seed (the fit is deterministic given it)")
-    fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-
-    segment = commands.add_parser("segment", help="select an object in 3D with one click; highlight masks",
-                                  formatter_class=parser.formatter_class)  # fmt: skip
-    segment.add_argument("field", type=Path, help="field folder written by `snd field fit`")
-    segment.add_argument("--view", type=number_option(int, 0), help="view clicked in (index in the field's views)")
-    segment.add_argument("--click", type=_pair, required=True, help="X,Y pixel of the click")
-    segment.add_argument("--image", type=Path, help="click on this picture instead of a view (needs --model)")
-    segment.add_argument("--model", help="the field's teacher, to read the feature under a click on --image")
-    segment.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
-    segment.add_argument("--highlight-ratio", type=number_option(float, 0), default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
-    segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
-    segment.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-
-    edit = commands.add_parser("edit", help="recolour, remove reflections or change roughness of a selection",
-                               formatter_class=parser.formatter_class)  # fmt: skip
-    edit.add_argument("field", type=Path, help="field folder written by `snd field fit`")
-    edit.add_argument("--select", type=_selection_spec, required=True, help="VIEW:X,Y click selecting the object")
-    edit.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
-    edit.add_argument("--remove-reflections", action="store_true", help="remove the selection's specular colour")
-    edit.add_argument("--specular-scale", type=number_option(float, 0, MAX_SPECULAR_SCALE), help="multiply the selection's specular colour")
-    edit.add_argument("--recolor", type=_color, help="new diffuse colour R,G,B in [0, 1]")
-    edit.add_argument("--roughness", type=number_option(float, 0, MAX_ROUGHNESS), help="Ref-NeRF roughness of the selection's reflections (0: as fitted)")
-    edit.add_argument("--save-field", type=Path, help="also write the edited field here")
-    edit.add_argument("--out", type=Path, required=True, help="folder for the before/after PNG panels")
-    edit.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-
 
 def run(args: argparse.Namespace) -> int:
     return {"fit": run_fit, "segment": run_segment, "edit": run_edit}[args.field_command](args)
@@ -150,7 +56,7 @@ def run_fit(args: argparse.Namespace) -> int:
         seed=args.seed, sh_degree=args.sh_degree, feature_dim=args.feature_dim, init_views=args.init_views,
         init_stride=args.init_stride, appearance_steps=args.appearance_steps, feature_steps=args.feature_steps,
     )  # fmt: skip
-    field = fit_field(scene, args.model, config, train_views=train, disentangled=not args.single, device=args.device)
+    field = fit_field(scene, args.model, config, train_views=train, disentangled=not args.single, device=_device(args.device))
     field.info["held_out_views"] = held
 
     def pictures(folder: Path) -> None:
@@ -161,6 +67,11 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"wrote {path}: {field.num_gaussians} Gaussians, {field.feature_dim} feature channels, "
           f"{len(train)} views fitted ({len(held)} held out), pictures in {path / 'pictures'}")  # fmt: skip
     return 0
+
+
+def _device(name: str) -> str:
+    """``--device``: ``auto`` is cuda when a GPU is available, else cpu."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def _load(path: Path) -> FeatureField:

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -154,10 +155,17 @@ class TrainingConfig:
         """Build from a mapping, rejecting keys that are not fields (``source`` names the origin)."""
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
-            raise ValueError(
-                f"Unknown training config key(s) in {source}: {unknown}. Valid keys: {', '.join(cls.keys())}."
-            )
+            raise ValueError(f"Unknown training config key(s) in {source}: {cls._name_unknown(unknown)}.")
         return cls(**values)
+
+    @classmethod
+    def _name_unknown(cls, unknown: list[str]) -> str:
+        """Each unknown key with the closest valid one (a typo, mostly), not all the valid keys."""
+        named = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, cls.keys(), n=1)
+            named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        return ", ".join(named) + " (`python training/train.py --help` lists every key)"
 
     @classmethod
     def from_yaml(
@@ -169,7 +177,7 @@ class TrainingConfig:
             raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
-            raise ValueError(f"Unknown training config key(s) in {path}: {unknown}.")
+            raise ValueError(f"Unknown training config key(s) in {path}: {cls._name_unknown(unknown)}.")
         try:
             cls(**values)  # the file's own values first: a wrong or non-finite one names the file
         except ValueError as error:

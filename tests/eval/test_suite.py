@@ -30,6 +30,7 @@ def checkpoints(tmp_path_factory):
     return paths, root / "tiny0.pth"
 
 
+@pytest.mark.slow
 def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkeypatch):
     (first, second), _ = checkpoints
     import snd_hf.eval.suite as suite
@@ -97,10 +98,16 @@ def test_model_spec_and_argument_errors(tmp_path):
         parse_model_spec("=x")
     with pytest.raises(ValueError, match="KIND=ROOT"):
         evaluate(["x"], "nyuv2", out_dir=tmp_path)
+    # A missing root is named as the command line wrote it, not by a reader's argument name.
+    with pytest.raises(FileNotFoundError, match=r"^--data nyuv2=missing: missing does not exist$"):
+        evaluate(["x"], "nyuv2=missing", out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown data kind 'nyu'"):
+        evaluate(["x"], "nyu=missing", out_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="tasks must be among"):
         evaluate(["x"], "synthetic", tasks=("depthh",), out_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsys):
     (first, second), _ = checkpoints
     out = tmp_path / "out"
@@ -135,6 +142,7 @@ def test_eval_refuses_to_replace_another_evaluation(checkpoints, tmp_path, capsy
     assert all((out / name).is_file() for name in replaced["pictures"])
 
 
+@pytest.mark.slow
 def test_panels_are_labelled_and_drawn_from_cached_results(checkpoints, tmp_path):
     (first, second), _ = checkpoints
     cache = tmp_path / "cache"
@@ -189,3 +197,33 @@ def test_eval_into_a_user_folder_or_beside_a_running_eval_is_refused(checkpoints
         with pytest.raises(BlockingIOError, match=f"{out} is being written by PID {os.getpid()} .*snd eval"):
             evaluate([f"a={first}"], "synthetic", ("depth",), out, preset, cache_dir=cache)
     assert not (out / "results.json").exists()
+
+
+def test_pca_panels_colour_every_model_in_one_basis(tmp_path):
+    # Model b's features are model a's times 3. Fit alone, each would get the same colours; in the
+    # comparison's one basis they differ, as the features do. A model of another width gets its own.
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from snd_hf.eval.suite import _pca_panels
+
+    class Test:
+        images = torch.rand(2, 3, 56, 70)
+
+        def __len__(self):
+            return 2
+
+    torch.manual_seed(0)
+    base = torch.randn(2, 8, 4, 5)
+    features = {"a": base, "b": base * 3, "a again": base.clone(), "wide": torch.randn(2, 16, 4, 5)}
+    store = lambda model, data, resize: SimpleNamespace(patch=features[model.name])  # noqa: E731
+    models = [SimpleNamespace(name=name) for name in ("a", "b", "a again")]
+    paths = _pca_panels(Test(), models, store, 2, tmp_path / "shared", "torchhub")
+    assert [path.name for path in paths] == ["pca_00.png", "pca_01.png"]
+    panel = np.asarray(Image.open(paths[0]).convert("RGB"))[-56:]  # the pictures' row: image | a | b | a again
+    a, b, again = (panel[:, 74 * k + 2 : 74 * k + 68] for k in (1, 2, 3))
+    assert np.array_equal(a, again) and not np.array_equal(a, b)
+    (mixed,) = _pca_panels(Test(), [*models, SimpleNamespace(name="wide")], store, 1, tmp_path / "mixed", "torchhub")
+    assert Image.open(mixed).width > Image.open(paths[0]).width

@@ -24,6 +24,7 @@ def _energy_ratio(field, cameras) -> float:
     return float(out.features_dep.square().sum(1)[covered].sum() / out.features_ind.square().sum(1)[covered].sum())
 
 
+@pytest.mark.slow
 def test_features_of_3d_position_render_back_at_held_out_views(glossy_scene, glossy_appearance):
     truth = position_features(glossy_scene)
     field = fit_features(glossy_appearance, glossy_scene, truth, CONFIG, progress=False)
@@ -40,6 +41,7 @@ def test_features_of_3d_position_render_back_at_held_out_views(glossy_scene, glo
     assert _energy_ratio(field, glossy_scene.cameras[HELD_OUT]) < DEP_ENERGY_BOUND
 
 
+@pytest.mark.slow
 def test_f_dep_stays_near_zero_on_a_matte_scene(matte_scene):
     # The teacher is the image itself: on a matte (Lambertian) scene it does not depend on the view.
     appearance = fit_appearance(matte_scene, CONFIG, train_views=TRAIN, progress=False)
@@ -47,6 +49,7 @@ def test_f_dep_stays_near_zero_on_a_matte_scene(matte_scene):
     assert _energy_ratio(field, matte_scene.cameras[HELD_OUT]) < DEP_ENERGY_BOUND
 
 
+@pytest.mark.slow
 def test_f_dep_takes_the_highlights_of_a_glossy_scene(glossy_scene, glossy_appearance):
     field = fit_features(glossy_appearance, glossy_scene, CallableFeatures(lambda images, views: images, "rgb"), CONFIG, progress=False)
     with torch.no_grad():

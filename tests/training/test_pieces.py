@@ -73,7 +73,7 @@ def test_every_shipped_config_loads_and_paper_values_are_kept():
 
 
 def test_unknown_key_wrong_type_and_bad_choice_are_rejected():
-    with pytest.raises(ValueError, match="Unknown training config key.*'max_step'"):
+    with pytest.raises(ValueError, match=r"Unknown training config key.*'max_step' \(did you mean 'max_steps'\?\) \(`python"):
         TrainingConfig.from_args(["--max_step", "3"])
     with pytest.raises(TypeError, match="max_steps must be int"):
         TrainingConfig.from_args(["--max_steps", "many"])

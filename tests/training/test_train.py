@@ -219,6 +219,7 @@ def test_two_processes_run_the_default_config_with_the_one_process_schedule(scen
         assert record["lr"] == pytest.approx(expected, rel=1e-9), record
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_a_loadable_repo_with_card(scenes, tmp_path, hub):
     output_dir = tmp_path / "pushed"
     _train(

@@ -43,6 +43,11 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def pooled(parts: list[dict[str, tuple[float, int]]], key: str) -> float:
+    total, count = (sum(part[key][i] for part in parts) for i in (0, 1))
+    return total / count if count else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=3)
@@ -87,8 +92,8 @@ def main() -> None:
                 f"scene {index}, {name}: objects {scores.objects} glossy {scores.glossy} | mIoU (i) {row['disentangled']:.3f} "
                 f"(i, threshold) {row['disentangled threshold']:.3f} (ii) {row['single']:.3f} (iii) {row['2d']:.3f} | "
                 f"everything {mean(scores.everything_iou.values()):.3f} | highlight IoU {scores.highlight_iou:.3f} | "
-                f"specular change {sensitivity[name][-1]['highlights']:.3f} on highlights, {sensitivity[name][-1]['elsewhere']:.3f} "
-                f"elsewhere | fit (i) {fit:.0f} s wall, {fit_cpu:.0f} s CPU | per object {scores.iou} everything {scores.everything_iou}",
+                f"specular change {pooled(sensitivity[name][-1:], 'highlights'):.3f} on highlights, "
+                f"{pooled(sensitivity[name][-1:], 'elsewhere'):.4f} elsewhere | fit (i) {fit:.0f} s wall, {fit_cpu:.0f} s CPU | per object {scores.iou} everything {scores.everything_iou}",
                 flush=True,
             )
 
@@ -99,9 +104,9 @@ def main() -> None:
         "2d": "(iii) 2D features",
     }
     for name, scores_list in results.items():
-        change = mean(s["highlights"] for s in sensitivity[name]), mean(s["elsewhere"] for s in sensitivity[name])
+        change = pooled(sensitivity[name], "highlights"), pooled(sensitivity[name], "elsewhere")
         print(f"\nteacher {name}: features change by {change[0]:.3f} (relative) on highlight pixels under the specular term, "
-              f"{change[1]:.3f} elsewhere; (i) vs (ii) only means something where the 2D features are view-dependent")  # fmt: skip
+              f"{change[1]:.4f} elsewhere; (i) vs (ii) only means something where the 2D features are view-dependent")  # fmt: skip
         print("| method | mIoU, all objects | mIoU, glossy objects | segment everything | highlight IoU |")
         print("| --- | --- | --- | --- | --- |")
         for method, label in labels.items():

@@ -110,23 +110,30 @@ def matched_iou(predicted: torch.Tensor, truth: torch.Tensor, objects: list[int]
 
 def specular_sensitivity(
     feature_model, glossy: torch.Tensor, matte: torch.Tensor, highlights: torch.Tensor, short_side: int = 224
-) -> dict[str, float]:
+) -> dict[str, tuple[float, int]]:
     """How much a teacher's features change under the specular term: the same views with and without it.
 
     Per pixel (features upsampled bilinearly), ``‖T(glossy) - T(matte)‖ / ‖T(matte) - mean‖``,
-    the mean over the highlight pixels and over the other pixels.
+    summed over the highlight pixels and over the other pixels (sums and counts, so that scenes
+    pool; a scene may show no highlight).
 
     Args:
         glossy: the views with highlights, RGB in [0, 1]. [V, 3, H, W]
         matte: the same views without the specular term. [V, 3, H, W]
         highlights: the generator's highlight masks. [V, H, W] bool
+
+    Returns:
+        ``{"highlights": (sum, pixels), "elsewhere": (sum, pixels)}``.
     """
     source = as_feature_source(feature_model, short_side)
     views = torch.arange(len(glossy))
     with_term = upsample(teacher_features(source, glossy, views), glossy.shape[-2:])
     without = upsample(teacher_features(source, matte, views), matte.shape[-2:])
     change = (with_term - without).norm(dim=1) / (without - without.mean((0, 2, 3), keepdim=True)).norm(dim=1).clamp_min(1e-8)
-    return {"highlights": float(change[highlights].mean()), "elsewhere": float(change[~highlights].mean())}
+    return {
+        "highlights": (float(change[highlights].sum()), int(highlights.sum())),
+        "elsewhere": (float(change[~highlights].sum()), int((~highlights).sum())),
+    }
 
 
 def evaluate_scene(

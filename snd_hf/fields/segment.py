@@ -244,7 +244,11 @@ def neighbour_graph(field: FeatureField, exclude: torch.Tensor | None = None) ->
 
 
 def select_region(
-    field: FeatureField, seeds: torch.Tensor, query: torch.Tensor, graph: scipy.sparse.csr_matrix | None = None
+    field: FeatureField,
+    seeds: torch.Tensor,
+    query: torch.Tensor,
+    graph: scipy.sparse.csr_matrix | None = None,
+    largest: float = LARGEST_REGION,
 ) -> Selection:
     """The low-conductance region of the neighbour graph around ``seeds`` [S] (module docstring).
 
@@ -252,6 +256,7 @@ def select_region(
         seeds: indices of the Gaussians the region grows from. [S]
         query: the feature under the click, kept in the selection. [k]
         graph: :func:`neighbour_graph` of the field (built when None).
+        largest: the largest fraction of the Gaussians a region may hold.
     """
     graph = neighbour_graph(field) if graph is None else graph
     count = graph.shape[0]
@@ -263,15 +268,15 @@ def select_region(
     for _ in range(WALK_STEPS):
         score = RESTART * restart + (1.0 - RESTART) * (walk.T @ score)
     score = score / np.maximum(degree, 1e-12)
-    mask = torch.from_numpy(_sweep_cut(graph, score, degree))
+    mask = torch.from_numpy(_sweep_cut(graph, score, degree, largest))
     mask[seeds.cpu()] = True
     normalised = torch.from_numpy(score).to(field.means.dtype)
     threshold = float(normalised[mask].min())
     return Selection(mask=mask.to(field.means.device), similarity=normalised, threshold=threshold, query=query, method="region")
 
 
-def _sweep_cut(graph: scipy.sparse.csr_matrix, score: np.ndarray, degree: np.ndarray) -> np.ndarray:
-    """The prefix of the ranking by ``score`` with the smallest conductance (at most :data:`LARGEST_REGION`). [G] bool"""
+def _sweep_cut(graph: scipy.sparse.csr_matrix, score: np.ndarray, degree: np.ndarray, largest: float) -> np.ndarray:
+    """The prefix of the ranking by ``score`` with the smallest conductance (at most ``largest`` of the nodes). [G] bool"""
     count = len(score)
     order = np.argsort(-score, kind="stable")
     rank = np.empty(count, dtype=np.int64)
@@ -281,8 +286,7 @@ def _sweep_cut(graph: scipy.sparse.csr_matrix, score: np.ndarray, degree: np.nda
     inside = np.cumsum(np.bincount(np.maximum(rank[edges.row], rank[edges.col]), edges.data, count))
     volume = np.cumsum(degree[order])
     conductance = (volume - inside) / np.maximum(np.minimum(volume, volume[-1] - volume), 1e-12)
-    largest = max(1, int(LARGEST_REGION * count))
-    size = int(np.argmin(conductance[:largest])) + 1
+    size = int(np.argmin(conductance[: max(1, int(largest * count))])) + 1
     mask = np.zeros(count, dtype=bool)
     mask[order[:size]] = True
     return mask

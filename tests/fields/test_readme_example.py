@@ -8,6 +8,7 @@ frames and compares it with the ground-truth instance under the click.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from readme import code_blocks, readme_text, shell_commands, words  # tests/ is on sys.path (rootdir conftest)
@@ -44,6 +45,8 @@ def _option(argv: list[str], name: str) -> str:
 @pytest.mark.slow
 def test_readme_click_selects_its_object_in_held_out_frames(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "snd_hf").mkdir()  # README runs from the checkout: its --model snd_hf/assets/default
+    (tmp_path / "snd_hf" / "assets").symlink_to(Path(__file__).resolve().parents[2] / "snd_hf" / "assets")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     commands = _field_commands()
     for name in ("synth", "fit", "segment"):

@@ -205,10 +205,10 @@ def test_light_options_name_the_defaults_of_their_owners():
     from snd_hf.eval.datasets import TASKS
     from snd_hf.eval.suite import PRESETS
     from snd_hf.fields.fit import FitConfig
-    from snd_hf.fields.segment import HIGHLIGHT_RATIO, MAX_ROUGHNESS, MAX_SPECULAR_SCALE, SIMILARITY
+    from snd_hf.fields.segment import HIGHLIGHT_RATIO, MAX_ROUGHNESS, MAX_SPECULAR_SCALE, METHODS, SIMILARITY
 
     assert evaluate.TASKS == TASKS and set(evaluate.PRESET_NAMES) == set(PRESETS)
     assert field.FIT_DEFAULTS == {name: asdict(FitConfig())[name] for name in field.FIT_DEFAULTS}
     assert (field.SIMILARITY, field.HIGHLIGHT_RATIO) == (SIMILARITY, HIGHLIGHT_RATIO)
-    assert (field.MAX_SPECULAR_SCALE, field.MAX_ROUGHNESS) == (MAX_SPECULAR_SCALE, MAX_ROUGHNESS)
+    assert (field.MAX_SPECULAR_SCALE, field.MAX_ROUGHNESS, field.METHODS) == (MAX_SPECULAR_SCALE, MAX_ROUGHNESS, METHODS)
     assert tuple(extract.DTYPE_NAMES) == tuple(DTYPES) and tuple(evaluate.RESIZE_PROTOCOLS) == tuple(RESIZE_PROTOCOLS)

@@ -79,7 +79,7 @@ EXTERNAL: dict[str, tuple[str, str]] = {
 }
 
 # Paths that README commands write (they need not exist before the command).
-WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "eval_nyu", "eval_ade20k", "eval_scannet1500", "outputs/snd-tiny-2proc", "outputs/pretrained_2d", "outputs/snd-tiny-hub", "data/glossy", "room.field", "room-segment", "room-edit"}
+WRITTEN = {"features/", "snd-small/", "snd-small.pth", "data/synthetic", "data/synthetic_hf", "eval_out", "eval_nyu", "eval_ade20k", "eval_scannet1500", "outputs/snd-tiny-2proc", "outputs/pretrained_2d", "outputs/snd-tiny-hub", "data/glossy", "room.field", "room-segment", "room-segments", "room-edit"}
 
 # Runs too long for CI: README command (exact, continuation lines joined) -> (arguments appended, why).
 SHORTER: dict[str, tuple[str, str]] = {

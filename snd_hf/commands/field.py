@@ -21,6 +21,7 @@ FIT_DEFAULTS = {
 }
 SIMILARITY = 0.6
 HIGHLIGHT_RATIO = 0.5
+METHODS = ("region", "threshold")
 MAX_SPECULAR_SCALE = 1000.0
 MAX_ROUGHNESS = 1000.0
 OVERWRITE_HELP = (
@@ -96,10 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     segment.add_argument("field", type=Path, help="field folder written by `snd field fit`")
     segment.add_argument("--view", type=number_option(int, 0), help=VIEW_HELP)
-    segment.add_argument("--click", type=_pair, required=True, help="X,Y pixel of the click")
+    segment.add_argument("--click", type=_pair, help="X,Y pixel of the click (or --all)")
+    segment.add_argument("--all", action="store_true", help="segment everything into objects, no click")
     segment.add_argument("--image", type=Path, help="click on this picture instead of a view (needs --model)")
     segment.add_argument("--model", help="the field's teacher, to read the feature under a click on --image")
-    segment.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    segment.add_argument("--method", choices=METHODS, default="region",
+                         help="region: grow over the Gaussians' neighbour graph; threshold: cosine >= --threshold")  # fmt: skip
+    segment.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians (--method threshold)")
     segment.add_argument("--highlight-ratio", type=number_option(float, 0), default=HIGHLIGHT_RATIO, help="|f_dep| / |f_ind| of highlights")
     segment.add_argument("--out", type=Path, required=True, help="folder for the PNG panels")
     segment.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -112,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     edit.add_argument("field", type=Path, help="field folder written by `snd field fit`")
     edit.add_argument("--select", type=_selection_spec, required=True, help="VIEW:X,Y click selecting the object (VIEW as in segment --view)")
-    edit.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians")
+    edit.add_argument("--method", choices=METHODS, default="region", help="selection rule (see `snd field segment`)")
+    edit.add_argument("--threshold", type=number_option(float, -1, 1), default=SIMILARITY, help="cosine similarity of selected Gaussians (--method threshold)")
     edit.add_argument("--remove-reflections", action="store_true", help="remove the selection's specular colour")
     edit.add_argument("--specular-scale", type=number_option(float, 0, MAX_SPECULAR_SCALE), help="multiply the selection's specular colour")
     edit.add_argument("--recolor", type=_color, help="new diffuse colour R,G,B in [0, 1]")

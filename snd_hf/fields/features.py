@@ -14,6 +14,8 @@ that features of another model are refused instead of silently compared.
   fingerprint = SHA-256 of the architecture and weights (:func:`snd_hf.loading.weights_hash`).
 - :class:`TensorFeatures`: one precomputed map per scene view (tests, exact synthetic features).
 - :class:`CallableFeatures`: any function of ``(images, views)``; fingerprint = its name.
+- :class:`WithColour`: another source's features with the pixels' colour appended (a benchmark
+  teacher whose features see specular highlights, which add white light to the colour).
 
 :func:`fit_feature_space` fits the PCA that maps the C teacher channels to the field's k.
 """
@@ -124,6 +126,32 @@ class CallableFeatures:
         return self.function(images, views)
 
 
+@dataclass
+class WithColour:
+    """``source``'s features, upsampled to pixels, with ``weight`` x the pixel's RGB appended.
+
+    A teacher that sees highlights: a specular highlight adds white light, so these features
+    change with the view where the colour does, whatever ``source`` does. ``weight`` scales the
+    colour channels against the source's (the PCA of the field keeps the channels of largest
+    variance). [V, C + 3, H, W]
+    """
+
+    source: FeatureSource
+    weight: float = 8.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.name}+colour"
+
+    @property
+    def identity(self) -> str:
+        return hashlib.sha256(f"{self.source.identity}+colour:{self.weight}".encode()).hexdigest()
+
+    def __call__(self, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        features = upsample(teacher_features(self.source, images, views), tuple(images.shape[-2:]))
+        return torch.cat([features, self.weight * images.to(features)], dim=1)
+
+
 def as_feature_source(source, short_side: int = DEFAULT_SHORT_SIDE) -> FeatureSource:
     """Wrap what a user passes as the feature model.
 
@@ -134,7 +162,7 @@ def as_feature_source(source, short_side: int = DEFAULT_SHORT_SIDE) -> FeatureSo
             an object that already is a :class:`FeatureSource`.
         short_side: model input short side (models only).
     """
-    if isinstance(source, (ModelFeatures, TensorFeatures, CallableFeatures)):
+    if isinstance(source, (ModelFeatures, TensorFeatures, CallableFeatures, WithColour)):
         return source
     if isinstance(source, (str, Path)):
         return ModelFeatures(load_feature_model(str(source)), short_side)

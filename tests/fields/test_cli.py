@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -13,6 +14,7 @@ import snd_hf
 from snd_hf.cli import main as snd_main
 from snd_hf.data.synthetic import generate_scenes
 from snd_hf.fields.field import CONFIG_NAME, WEIGHTS_NAME, FeatureField
+from snd_hf.fields.pictures import MARK_COLOR
 
 MODEL = str(Path(snd_hf.__file__).parent / "assets" / "default")  # the embedded checkpoint
 FIT = ["--appearance-steps", "4", "--feature-steps", "4", "--init-stride", "2", "--init-views", "2", "--hold-out", "4",
@@ -47,14 +49,19 @@ def test_fit_writes_a_field_and_labelled_pictures(field_dir):
     assert len(field.view_names) == 6 and field.info["held_out_views"] == [2, 6]
     assert field.feature_dim == 4 and field.disentangled
     pictures = sorted((field_dir / "pictures").glob("*.png"))
-    assert pictures  # training and held-out views, each: image | render | diffuse | specular | f_ind | |f_dep|
+    assert len(pictures) == 5  # 3 training views and 2 held-out frames: image | render | diffuse | specular | f_ind | |f_dep|
     with Image.open(pictures[0]) as picture:
-        assert picture.height == 3 * (24 + 12) and picture.width > 6 * 3 * 32
+        assert picture.height > 3 * 24 and picture.width > 6 * 3 * 32  # pictures at 3x, with a title and captions
 
 
 def test_segment_and_edit_write_panels(field_dir, tmp_path):
     assert snd_main(["field", "segment", str(field_dir), "--view", "1", "--click", "16,16", "--out", str(tmp_path / "seg")]) == 0
     assert len(list((tmp_path / "seg").glob("*.png"))) == 6
+    with Image.open(sorted((tmp_path / "seg").glob("001_*.png"))[0]) as panel:
+        pixels = np.asarray(panel.convert("RGB"))
+    assert (pixels == MARK_COLOR).all(-1).sum() >= 2 * 13 * 9  # the cross (13 pixels, 9 each at 3x) in two pictures
+    assert snd_main(["field", "segment", str(field_dir), "--all", "--out", str(tmp_path / "all")]) == 0
+    assert len(list((tmp_path / "all").glob("*.png"))) == 6
     edited = tmp_path / "edited.field"
     argv = ["field", "edit", str(field_dir), "--select", "1:16,16", "--remove-reflections", "--recolor", "0.2,0.5,0.9",
             "--out", str(tmp_path / "edit"), "--save-field", str(edited)]  # fmt: skip
@@ -84,6 +91,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(scene_dir, field_dir, 
 
     message = _error(["field", "edit", str(field_dir), "--select", "0:3,3", "--out", str(out)], capsys)
     assert "nothing to edit" in message
+    message = _error(["field", "segment", str(field_dir), "--view", "0", "--out", str(out)], capsys)
+    assert "either --click X,Y" in message and not out.exists()
 
 
 def test_segment_runs_of_two_fields_never_mix_in_one_out(field_dir, tmp_path, capsys):

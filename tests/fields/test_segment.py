@@ -5,14 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snd_hf.fields.evaluate import click_for_object, iou
+from types import SimpleNamespace
+
+import scipy.sparse
+
+from snd_hf.fields.evaluate import click_for_object, iou, matched_iou, specular_sensitivity
+from snd_hf.fields.features import CallableFeatures, WithColour
 from snd_hf.fields.scene import Cameras
 from snd_hf.fields.segment import (
     click_feature,
     otsu_threshold,
     recolor,
     scale_specular,
+    segment_everything,
+    segment_masks,
     select_by_click,
+    select_region,
     selection_masks,
     set_roughness,
 )
@@ -28,17 +36,83 @@ def _objects(scene, minimum=50):
     return [int(i) for i in scene.instances.unique() if i >= 7 and (scene.instances[HELD_OUT] == i).sum() >= minimum]
 
 
-def _select(field, scene, instance):
+# Documented bounds: segment everything on the tiny scene with exact instance features, segments
+# matched to objects (Hungarian): mean and best IoU (touching objects merge into one segment).
+EVERYTHING_MEAN_IOU_BOUND, EVERYTHING_BEST_IOU_BOUND = 0.2, 0.45
+
+
+def _select(field, scene, instance, method="region"):
     position, pixel = click_for_object(scene, TRAIN, instance)
-    return select_by_click(field, position, pixel)
+    return select_by_click(field, position, pixel, method=method)
 
 
 def test_one_click_selects_the_object_in_held_out_views(instance_field, glossy_scene):
     objects = _objects(glossy_scene)
     assert len(objects) >= 3
     for instance in objects:
-        masks = selection_masks(instance_field, _select(instance_field, glossy_scene, instance), glossy_scene.cameras[HELD_OUT])
+        selection = _select(instance_field, glossy_scene, instance, "threshold")
+        masks = selection_masks(instance_field, selection, glossy_scene.cameras[HELD_OUT])
         assert iou(masks, glossy_scene.instances[HELD_OUT] == instance) >= CLICK_IOU_BOUND, instance
+
+
+def test_region_covers_the_clicked_object_and_stops_at_the_room(instance_field, glossy_scene):
+    # Exact instance features are random 8-channel codes: objects that touch are joined by edges
+    # far stronger than those to the room, so the region may take a touching object with it (the
+    # lowest-conductance cut is around the group); it takes the whole clicked object and of the
+    # room only pixels along the outlines.
+    truth = glossy_scene.instances[HELD_OUT]
+    for instance in _objects(glossy_scene):
+        selection = _select(instance_field, glossy_scene, instance, "region")
+        assert selection.method == "region"
+        masks = selection_masks(instance_field, selection, glossy_scene.cameras[HELD_OUT])
+        on_object = truth == instance
+        assert (masks & on_object).sum() >= 0.9 * on_object.sum(), instance
+        assert (masks & (truth < 7)).sum() <= 0.15 * masks.sum(), instance  # outline pixels of a 32x48 view
+
+
+def test_region_is_the_seeds_side_of_the_weakest_cut():
+    # Two 6-node cliques (weight 1) joined by one edge of weight 0.01: the walk from node 0 stays
+    # in its clique and the sweep cut stops there, at conductance 0.01 / 30.01.
+    clique = [(a, b) for a in range(6) for b in range(6) if a != b]
+    rows, columns = zip(*(clique + [(a + 6, b + 6) for a, b in clique] + [(5, 6), (6, 5)]))
+    weights = [1.0] * (2 * len(clique)) + [0.01, 0.01]
+    graph = scipy.sparse.csr_matrix((weights, (rows, columns)), shape=(12, 12))
+    field = SimpleNamespace(means=torch.zeros(12, 3))
+    selection = select_region(field, torch.tensor([0]), torch.zeros(4), graph, largest=0.5)
+    assert selection.mask.tolist() == [True] * 6 + [False] * 6
+    assert selection.method == "region" and selection.similarity[:6].min() > selection.similarity[6:].max()
+
+
+def test_segment_everything_finds_the_objects(instance_field, glossy_scene):
+    labels = segment_everything(instance_field)
+    assert labels.shape == (instance_field.num_gaussians,) and int(labels.max()) >= 3
+    masks = segment_masks(instance_field, labels, glossy_scene.cameras[HELD_OUT])
+    objects = _objects(glossy_scene)
+    scores = matched_iou(masks, glossy_scene.instances[HELD_OUT], objects)
+    assert sum(scores.values()) / len(objects) >= EVERYTHING_MEAN_IOU_BOUND, scores
+    assert max(scores.values()) >= EVERYTHING_BEST_IOU_BOUND, scores
+
+
+def test_matched_iou_pairs_segments_with_objects_one_to_one():
+    truth = torch.tensor([[[7, 7, 8, 8, 1]]])
+    predicted = torch.tensor([[[1, 1, 0, 0, -1]]])  # ids swapped, the room unsegmented
+    assert matched_iou(predicted, truth, [7, 8]) == {7: 1.0, 8: 1.0}
+    merged = torch.tensor([[[0, 0, 0, 0, -1]]])  # one segment for both: one object matched (IoU 0.5), one not
+    assert sorted(matched_iou(merged, truth, [7, 8]).values()) == [0.0, 0.5]
+
+
+def test_specular_sensitivity_and_the_colour_teacher(glossy_scene):
+    matte = glossy_scene.images.clone()
+    highlights = glossy_scene.highlights
+    glossy = torch.where(highlights[:, None], (matte + 0.5).clamp(max=1.0), matte)
+    per_pixel = CallableFeatures(lambda images, views: images.clone(), "pixels")  # a teacher without spatial mixing
+    change = specular_sensitivity(per_pixel, glossy, matte, highlights)
+    assert change["elsewhere"][0] == 0.0 and change["elsewhere"][1] == int((~highlights).sum())
+    assert change["highlights"][1] == int(highlights.sum()) > 0 and change["highlights"][0] > 0.0
+    teacher = WithColour(per_pixel, weight=4.0)
+    features = teacher(glossy[:2], torch.arange(2))
+    torch.testing.assert_close(features, torch.cat([glossy[:2], 4.0 * glossy[:2]], dim=1))
+    assert teacher.name == "pixels+colour" and teacher.identity != WithColour(per_pixel, weight=2.0).identity
 
 
 def test_removing_reflections_leaves_everything_else_bit_identical(instance_field, glossy_scene):

@@ -327,7 +327,7 @@ def _extract_files(args, state, images: FileImages | DatasetImages, model, proce
         outputs = [name for image_id in ids for name in output_names(image_id)]
         folder, metadata = open_run_folder(out, "snd extract", model, processor, outputs, str(args.model), args.overwrite)
         run_folder.enter_context(folder)
-        missing = [i for i, image_id in enumerate(ids) if not all((out / name).is_file() for name in output_names(image_id))]
+        missing = [i for i, image_id in enumerate(ids) if not all(folder.keeps(name) for name in output_names(image_id))]
         return metadata, missing
 
     metadata, pending = main_then_share(state, claim)
@@ -371,7 +371,7 @@ def _extract_shards(args, state, images: FileImages | DatasetImages, model, proc
         )
         _refuse_other_shards(folder)
         run_folder.enter_context(folder)
-        return metadata, [k for k, name in enumerate(names) if not (out / name).is_file()]
+        return metadata, [k for k, name in enumerate(names) if not folder.keeps(name)]
 
     metadata, pending = main_then_share(state, claim)
     with run_folder:

@@ -206,11 +206,14 @@ class SnDImageProcessor(PilBackend):
         for image in images:
             # Deviation: one resize straight to the snapped size (SnD resized with PIL, then bilinearly in torch).
             height, width = self._output_size(image, do_resize, size, snap, patch_size)
-            if height * width > max_pixels:  # e.g. a 1x20000 strip brought to a shortest edge of 448
+            # The resized image is capped like a decoded one (at least at the default cap, since a small
+            # max_pixels limits what is read, not what a small image may be resized to): e.g. a 1x20000
+            # strip brought to a shortest edge of 448 would need billions of pixels.
+            if height * width > max(max_pixels, MAX_PIXELS):
                 raise ValueError(
                     f"an image of {image.shape[-2]}x{image.shape[-1]} pixels would be resized to {height}x{width}"
-                    f" = {height * width} pixels, more than max_pixels ({max_pixels}): crop it to a less extreme aspect"
-                    " ratio, or give a fixed size={'height': H, 'width': W}"
+                    f" = {height * width} pixels, more than max_pixels ({max(max_pixels, MAX_PIXELS)}): crop it to a"
+                    " less extreme aspect ratio, or give a fixed size={'height': H, 'width': W}"
                 )
             scale = min(height / image.shape[-2], width / image.shape[-1])
             if scale > MAX_QUIET_UPSCALE:

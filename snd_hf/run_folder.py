@@ -189,6 +189,11 @@ class RunFolder:
         """The folder's manifest, or None when it has none (see :func:`read_manifest`)."""
         return read_manifest(self.folder)
 
+    def keeps(self, name: str) -> bool:
+        """Whether the output ``name`` (relative to the folder) is one this run keeps as it is: written by an
+        earlier run of the same command and identity (or by a stopped one, when resumable). Known once entered."""
+        return name in self._kept and os.path.lexists(self.folder / name)
+
     def __enter__(self) -> RunFolder:
         if os.path.lexists(self.folder) and not self.folder.is_dir():
             raise FileExistsError(f"{self.folder} exists and is not a folder; choose another output folder")

@@ -213,7 +213,7 @@ def test_every_snd_command_is_swept():
     import argparse
 
     from snd_hf.cli import COMMANDS
-    from snd_hf.fields.cli import add_arguments
+    from snd_hf.commands.field import add_arguments
 
     assert {command.split()[0] for command in SWEPT} == set(COMMANDS)
     parser = argparse.ArgumentParser()

@@ -38,6 +38,6 @@ def test_a_folder_holding_user_files_beside_an_earlier_output_is_refused_before_
     model = script.SnDModel.from_pretrained(script.ASSET)
     monkeypatch.setattr(script, "pretrain", lambda args: model)
     assert script.main(["--out", str(out)]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json", "snd_run.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "snd_run.json"]
     assert json.loads((out / "config.json").read_text())["training_info"]["role"] == "pretrained_2d"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pretrained"]  # no staging left

@@ -63,7 +63,7 @@ def render_images(num_scenes: int, frames: int, size: tuple[int, int], seed: int
     """Frames of generated rooms as one tensor in [0, 1]. [num_scenes · frames, 3, H, W]"""
     images = [
         torch.from_numpy(np.ascontiguousarray(render_synthetic_scene(index, frames, *size, seed)["image"]))
-        for index in tqdm(range(num_scenes), desc="rendering images", leave=False)
+        for index in tqdm(range(num_scenes), desc="rendering images", leave=False, disable=None)
     ]
     return torch.cat(images).permute(0, 3, 1, 2).float().contiguous()
 

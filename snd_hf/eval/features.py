@@ -177,7 +177,7 @@ def extract_features(
     distributed = state is not None and state.num_processes > 1
     with state.split_between_processes(starts) if distributed else contextlib.nullcontext(starts) as mine:
         parts = []
-        for start in tqdm(mine, desc=description, leave=False):
+        for start in tqdm(mine, desc=description, leave=False, disable=None):
             batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
             if tuple(batch.shape[-2:]) != tuple(input_size):
                 batch = F.interpolate(batch, size=input_size, mode="bilinear", align_corners=False, antialias=True)

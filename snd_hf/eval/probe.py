@@ -136,7 +136,7 @@ def train_probe(
     fit = ProbeFit(losses=[], best_step=total)
     best_loss, best_state, stale = math.inf, None, 0
     order = torch.empty(0, dtype=torch.long)
-    progress = tqdm(range(total), desc=description, leave=False)
+    progress = tqdm(range(total), desc=description, leave=False, disable=None)
     probe.train()
     for step in progress:
         # Epoch-style sampling: a fresh permutation whenever the previous one is used up.

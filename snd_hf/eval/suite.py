@@ -185,7 +185,7 @@ def _input_size(height: int, width: int, short_side: int, patch: int = 14) -> tu
 
 def _materialize(dataset: DenseDataset, key: str) -> DenseArrays:
     """Stack a dense reader into tensors at the first sample's size (others resized; labels nearest)."""
-    samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"reading {key}", leave=False)]
+    samples = [dataset[i] for i in tqdm(range(len(dataset)), desc=f"reading {key}", leave=False, disable=None)]
     if not samples:
         raise ValueError(f"dataset {key} is empty")
     size = tuple(samples[0].image.shape[-2:])

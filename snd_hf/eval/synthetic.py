@@ -123,7 +123,7 @@ def render_scenes(size: tuple[int, int, int, int], seed: int) -> list[dict[str, 
     """
     num_scenes, num_frames, height, width = size
     scenes = []
-    for index in tqdm(range(num_scenes), desc="rendering evaluation scenes", leave=False):
+    for index in tqdm(range(num_scenes), desc="rendering evaluation scenes", leave=False, disable=None):
         rendered = render_synthetic_scene(index, num_frames, height, width, seed)
         scenes.append({key: torch.from_numpy(np.asarray(value)) for key, value in rendered.items()})
         for key in ("image", "depth", "normals", "extrinsics", "intrinsics"):

@@ -104,7 +104,13 @@ def train(
             accelerator.print(note)
         write_run_config(config)  # config.yaml; a resume records the settings it changed
     accelerator.wait_for_everyone()
-    accelerator.print(f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}:\n{config.to_yaml()}")
+    # The whole configuration is in config.yaml; the terminal shows what differs from the defaults.
+    defaults = TrainingConfig().to_dict()
+    changed = ", ".join(f"{key}={value}" for key, value in config.to_dict().items() if value != defaults.get(key))
+    accelerator.print(
+        f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}; settings in"
+        f" {output_dir / 'config.yaml'}; changed from the defaults: {changed or 'none'}"
+    )
     if contention := cpu_contention(accelerator.device.type):
         accelerator.print(f"warning: {contention}")
 

@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
@@ -344,11 +345,14 @@ def evaluate(
     position_resize = {task: resize or PAPER_RESIZE[task] for task in tasks}
     if not state.is_main_process:  # a launched run's other processes only share the feature extraction
         state.wait_for_everyone()
-        eval_data = eval_data or open_data(data, preset, cache_dir)
-        _share_extraction(
-            state, _FeatureStore(preset.input_short_side), eval_data, feature_models, tasks, preset, position_resize,
-            _reader_arrays(eval_data),
-        )
+        # The main process owns --out, cache included (its run folder): the others generate what they
+        # need in a cache of their own (the synthetic set is deterministic given its seed).
+        with tempfile.TemporaryDirectory(prefix="snd-eval-") as private:
+            eval_data = eval_data or open_data(data, preset, Path(private))
+            _share_extraction(
+                state, _FeatureStore(preset.input_short_side), eval_data, feature_models, tasks, preset, position_resize,
+                _reader_arrays(eval_data),
+            )
         return {}
     with RunFolder(out_dir, "snd eval", identity, overwrite=overwrite, caches=["cache"]):
         eval_data = eval_data or open_data(data, preset, cache_dir)

@@ -131,7 +131,7 @@ def dense_probes(feature_model, arrays: DenseArrays, size: tuple[int, int]) -> d
     """Depth, normals and segmentation by cross-validation over rooms: per metric mean, std and folds."""
     features = extract_features(feature_model, arrays.images, size)
     tasks = {
-        # Deviation: the depth head predicts on the token grid (docs/deviations.md, 39).
+        # Deviation: the depth head predicts on the token grid (docs/deviations.md, 41).
         "depth": functools.partial(run_depth, config=PROBE, min_depth=1e-3, max_depth=10.0, upsample=1),
         "normals": functools.partial(run_normals, config=PROBE),
         "segmentation": functools.partial(run_segmentation, config=PROBE, num_classes=len(SEGMENTATION_CLASSES)),

@@ -27,7 +27,7 @@ class ProbeConfig:
         seed: seeds the initialisation of the head and the mini-batch order.
         loss_warmup_steps: first steps that use a loss's warm-up form (SigLoss: 100 in the original).
         patience: the stopping rule (Deviation: the published probes train fixed schedules;
-            docs/deviations.md, 39); None trains every step. Otherwise ``validation_fraction`` of
+            docs/deviations.md, 41); None trains every step. Otherwise ``validation_fraction`` of
             the training groups (rooms; images when the data has no groups) are set aside, the
             probe's loss on them is measured every ``eval_every`` steps, training stops once it
             has not improved for ``patience`` measurements in a row, and the head of the best

@@ -7,7 +7,7 @@ Each ``run_*`` function takes the train / test ground truth as tensors and the f
 model (``DenseFeatures``), and returns the dataset-level metrics plus the predictions of the
 first test images (for the qualitative panels); ``cross_validate`` repeats one over folds of rooms.
 
-Deviation (docs/deviations.md, 39): the heads train and predict in float64. Summation order
+Deviation (docs/deviations.md, 41): the heads train and predict in float64. Summation order
 changes with the number of threads, and in float32 those rounding differences grow over a
 probe's steps into different scores.
 """

@@ -230,7 +230,8 @@ def test_push_to_hub_uploads_a_loadable_repo_with_card(scenes, tmp_path, hub):
     assert set(files) >= {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
     assert not any(name.startswith("checkpoints/") for name in files)
     assert b"snd" in files["README.md"].lower()
-    assert not (output_dir / "README.md").exists()  # the card goes to the Hub only
+    # save_pretrained writes the package's card beside the weights too (the pushed one names the Hub repo).
+    assert all(b"import snd_hf" in card for card in (files["README.md"], (output_dir / "README.md").read_bytes()))
     pushed = SnDModel.from_pretrained("me/snd-tiny")
     local = SnDModel.from_pretrained(output_dir)
     for (name, a), (_, b) in zip(pushed.state_dict().items(), local.state_dict().items()):

@@ -2,7 +2,7 @@
 number of images grows.
 
     python benchmarks/bench_extract_scale.py                          # CPU: 2 x 1 thread vs 1 x 1 thread
-    python benchmarks/bench_extract_scale.py --counts 200 2000 --throughput-images 200
+    python benchmarks/bench_extract_scale.py --counts 200 2000 --throughput-images 200   # small: start-up costs show
     python benchmarks/bench_extract_scale.py --device cuda --processes 8 --model david-shavin/SnD
 
 Writes a few photo-like JPEGs (benchmarks/bench_extract_memory.py) and links them under as many names as
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--throughput-images", type=int, default=200)
+    parser.add_argument("--throughput-images", type=int, default=1000)
     parser.add_argument("--counts", type=int, nargs="+", default=[200, 2000], help="image counts of the memory runs")
     parser.add_argument("--size", default="480x640", help="image HxW")
     parser.add_argument("--distinct", type=int, default=8, help="distinct pictures, linked under every name")

@@ -1,7 +1,7 @@
 """Does SnD make features 3D-aware and keep their semantics? Four probes on held-out rooms, against controls.
 
     python benchmarks/bench_snd_effect.py --seed 0 --out snd_effect_seed0.json
-    python benchmarks/bench_snd_effect.py --seed 1 --out snd_effect_seed1.json
+    python benchmarks/bench_snd_effect.py --seed 1 --out snd_effect_seed1.json --processes 2   # two models at a time
     python benchmarks/bench_snd_effect.py --held_out_seed 3000 --runs snd snd_blended   # validation rooms: choices are made here
     python benchmarks/bench_snd_effect.py --models init=snd_hf/assets/pretrained_2d snd=snd_hf/assets/default   # score only
 
@@ -45,9 +45,11 @@ per-fold values under ``folds``; ``meta`` holds counts, timings and the config.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import json
+import multiprocessing
 import platform
 import sys
 import time
@@ -57,12 +59,14 @@ import torch
 import torch.nn.functional as F
 
 from snd_hf.eval.correspondence import correspondence_errors
-from snd_hf.eval.features import extract_features, load_feature_model
+from snd_hf.eval.features import FeatureModel, extract_features, load_feature_model
 from snd_hf.eval.metrics import recall_at
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.synthetic import SEGMENTATION_CLASSES, SyntheticFrames, SyntheticPairs, render_scenes
 from snd_hf.eval.tasks import DenseArrays, cross_validate, run_depth, run_normals, run_segmentation
+from snd_hf.loading import weights_hash
 from snd_hf.training import TrainingConfig
+from snd_hf.training.builders import initial_backbone, prepare_scenes
 from snd_hf.training.loop import train
 
 HELD_OUT_SEED = 2000  # rooms that no training, pre-training or `snd eval` run uses
@@ -99,17 +103,17 @@ def run_config(name: str, common: list[str]) -> TrainingConfig:
     return config
 
 
-def held_out(image_size: tuple[int, int], seed: int) -> tuple[DenseArrays, SyntheticPairs]:
+def held_out(image_size: tuple[int, int], seed: int, rooms: int = HELD_OUT_ROOMS) -> tuple[DenseArrays, SyntheticPairs]:
     """The held-out rooms: dense probe arrays (every other frame, ground truth at 4x the token grid) and the correspondence pairs."""
-    rooms = render_scenes((HELD_OUT_ROOMS, 12, *image_size), seed)
-    frames = SyntheticFrames([{key: value[PROBE_FRAMES] if value.dim() > 2 else value for key, value in room.items()} for room in rooms])
+    scenes = render_scenes((rooms, 12, *image_size), seed)
+    frames = SyntheticFrames([{key: value[PROBE_FRAMES] if value.dim() > 2 else value for key, value in room.items()} for room in scenes])
     samples = [frames[index] for index in range(len(frames))]
     grid = (PROBE_GRID * image_size[0] // 14, PROBE_GRID * image_size[1] // 14)
     depth = F.interpolate(torch.stack([s.depth for s in samples])[:, None], size=grid, mode="area")[:, 0]
     normals = F.normalize(F.interpolate(torch.stack([s.normals for s in samples]), size=grid, mode="area"), dim=1)
     labels = F.interpolate(torch.stack([s.labels for s in samples])[:, None].float(), size=grid, mode="nearest")[:, 0].long()
     arrays = DenseArrays(torch.stack([s.image for s in samples]), depth, normals, labels, f"held-out{seed}", frames.groups)
-    return arrays, SyntheticPairs(rooms, gaps=PAIRS_PER_ROOM)
+    return arrays, SyntheticPairs(scenes, gaps=PAIRS_PER_ROOM)
 
 
 def correspondence(feature_model, pairs: SyntheticPairs, size: tuple[int, int]) -> dict[str, float]:
@@ -163,6 +167,48 @@ def last_diagnostics(output_dir: Path) -> dict[str, float]:
     return {key: value for key, value in last.items() if key not in ("step", "loss", "lr")}
 
 
+@dataclasses.dataclass
+class Job:
+    """One model of the benchmark: a run to train (``spec`` None), the runs' start (``spec`` "init") or a model to load."""
+
+    name: str
+    config: TrainingConfig | None
+    spec: str | None
+    size: tuple[int, int]
+    held_out_seed: int
+    rooms: int
+    threads: int
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_cached(size: tuple[int, int], seed: int, rooms: int) -> tuple[DenseArrays, SyntheticPairs]:
+    return held_out(size, seed, rooms)
+
+
+def run_job(job: Job) -> tuple[str, dict, dict[str, float]]:
+    """Train (when the job has a config) and score one model: ``(name, row, timings)``."""
+    torch.set_num_threads(job.threads)
+    timings, tick = {}, time.perf_counter()
+    if job.spec is None:
+        output_dir = train(job.config)
+        timings[f"train {job.name}"] = time.perf_counter() - tick
+        print(f"{job.name}: {job.config.max_steps} steps in {timings[f'train {job.name}']:.0f} s", flush=True)
+        feature_model = load_feature_model(f"{job.name}={output_dir}")
+    elif job.spec == "init":  # the runs' start, rebuilt from their config
+        model = initial_backbone(job.config).eval()
+        feature_model = FeatureModel(job.name, "init", model, weights_hash(model))
+    else:
+        feature_model = load_feature_model(job.spec)
+    tick = time.perf_counter()
+    arrays, pairs = held_out_cached(job.size, job.held_out_seed, job.rooms)
+    row = scores(correspondence(feature_model, pairs, job.size), dense_probes(feature_model, arrays, job.size))
+    if job.spec is None:
+        row["diagnostics"] = last_diagnostics(Path(job.config.output_dir))
+    timings[f"score {job.name}"] = time.perf_counter() - tick
+    print(f"scored {job.name} ({timings[f'score {job.name}']:.0f} s)", flush=True)
+    return job.name, row, timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="training scenes, data order and initial draws")
@@ -174,41 +220,40 @@ def main(argv: list[str] | None = None) -> int:
         "--held_out_seed", type=int, default=HELD_OUT_SEED, help="generator seed of the scored rooms (3000: validation rooms)"
     )
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs to train")
+    parser.add_argument("--processes", type=int, default=1, help="models trained and scored at once, one process each (each with --threads)")
+    parser.add_argument("--rooms", type=int, default=HELD_OUT_ROOMS, help="held-out rooms (a multiple of the 4 folds)")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME=PATH", help="score these models, train nothing")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)  # extra: TrainingConfig overrides
     torch.set_num_threads(args.threads)
 
-    timings, start = {}, time.perf_counter()
+    start = time.perf_counter()
     common = common_arguments(args.seed, args.work_dir, args.steps, extra)
     runs = [] if args.models else args.runs
     configs = {name: run_config(name, common + ["--output_dir", str(args.work_dir / f"seed{args.seed}" / name)]) for name in runs}
-    size = tuple(run_config("snd", common).image_size)
-
-    # Training: every run through the loop of training/train.py.
-    models, diagnostics = {}, {}
-    for name, config in configs.items():
-        tick = time.perf_counter()
-        output_dir = train(config)
-        timings[f"train {name}"] = time.perf_counter() - tick
-        print(f"{name}: {config.max_steps} steps in {timings[f'train {name}']:.0f} s", flush=True)
-        models[name] = load_feature_model(f"{name}={output_dir}")
-        diagnostics[name] = last_diagnostics(output_dir)
+    first = next(iter(configs.values()), None) or run_config("snd", common)
+    size = tuple(first.image_size)
+    place = dict(size=size, held_out_seed=args.held_out_seed, rooms=args.rooms, threads=args.threads)
     if args.models:
-        models = {feature_model.name: feature_model for feature_model in map(load_feature_model, args.models)}
+        jobs = [Job(spec.partition("=")[0], None, spec, **place) for spec in args.models]
     else:
-        models = {"init": load_feature_model(f"init=init:{next(iter(configs.values())).output_dir}"), **models}
+        jobs = [Job("init", first, "init", **place)] + [Job(name, config, None, **place) for name, config in configs.items()]
 
-    # Scoring on the held-out rooms.
-    tick = time.perf_counter()
-    arrays, pairs = held_out(size, args.held_out_seed)
-    results = {}
-    for name, feature_model in models.items():
-        results[name] = scores(correspondence(feature_model, pairs, size), dense_probes(feature_model, arrays, size))
-        if name in diagnostics:
-            results[name]["diagnostics"] = diagnostics[name]
-        print(f"scored {name} ({time.perf_counter() - tick:.0f} s)", flush=True)
-    timings["scoring"] = time.perf_counter() - tick
+    # Every run trains through the loop of training/train.py; each model is scored on the held-out rooms.
+    if args.processes == 1:
+        done = [run_job(job) for job in jobs]
+    else:
+        # The runs are independent: one process each, longest first (init only scores). Their
+        # shared scenes are generated here first, so no two processes generate them at once.
+        for config in configs.values():
+            prepare_scenes(config)
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+            done = list(pool.map(run_job, jobs[1:] + jobs[:1]))
+        done = done[-1:] + done[:-1]
+    results = {name: row for name, row, _ in done}
+    timings = {key: value for _, _, seconds in done for key, value in seconds.items()}
     timings["total"] = time.perf_counter() - start
+    arrays, pairs = held_out_cached(size, args.held_out_seed, args.rooms)
 
     counts = {f"gap{gap}": sum(1 for index in range(len(pairs)) if pairs.gap(index) == gap) for gap in PAIRS_PER_ROOM}
     report = {
@@ -216,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "seed": args.seed,
             "held_out_seed": args.held_out_seed,
-            "held_out_rooms": HELD_OUT_ROOMS,
+            "held_out_rooms": args.rooms,
+            "processes": args.processes,
             "distinct_pairs": counts,
             "probe_images": len(arrays),
             "folds": FOLDS,
             "probe": dataclasses.asdict(PROBE),
             "steps": {name: config.max_steps for name, config in configs.items()},
-            "threads": torch.get_num_threads(),
+            "threads": args.threads,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "seconds": {key: round(value, 1) for key, value in timings.items()},
             "config": {name: config.to_dict() for name, config in configs.items()},

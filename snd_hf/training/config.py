@@ -99,6 +99,7 @@ class TrainingConfig:
     # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
     loss: Literal["dino_head", "cosine", "mse", "info_nce"] = "info_nce"  # the paper: "dino_head"
     contrastive_temperature: float = 0.2  # info_nce: softmax temperature over cosine similarities
+    same_segment_negatives: bool = True  # info_nce: a token's instance segment (same view) among its negatives
     teacher_mode: Literal["ema", "frozen"] = "ema"  # EMA of the student (ema_momentum, ema_every), or the start
     # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
     # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
@@ -107,6 +108,8 @@ class TrainingConfig:
     center_momentum: float | None = None  # dino_head: DINO centring of the teacher logits (DINO: 0.9); SnD: none
     teacher_temp_warmup: float | None = None  # dino_head: DINO's starting teacher temperature (0.04)...
     teacher_temp_warmup_steps: int = 0  # ...rising linearly to teacher_temp over these steps
+    sinkhorn_iterations: int = 0  # dino_head: Sinkhorn-Knopp centring of the teacher in place of softmax (DINOv2: 3); 0 = off
+    koleo_weight: float = 0.0  # weight of the KoLeo regulariser on the student's covered tokens (DINOv2: 0.1)
 
     # --- DINO heads (loss "dino_head") ----------------------------------------------------------
     head_hidden_dim: int = 128  # DINO head MLP width
@@ -259,6 +262,14 @@ class TrainingConfig:
             raise ValueError(
                 f"center_momentum and teacher_temp_warmup apply to loss 'dino_head' only, got loss {self.loss!r}."
             )
+        if self.sinkhorn_iterations < 0 or (self.sinkhorn_iterations and self.loss != "dino_head"):
+            raise ValueError(f"sinkhorn_iterations must be >= 0 and applies to loss 'dino_head' only, got {self.sinkhorn_iterations}.")
+        if self.sinkhorn_iterations and self.center_momentum is not None:
+            raise ValueError("sinkhorn_iterations and center_momentum are two centrings of the teacher: set one of them.")
+        if not 0.0 <= self.koleo_weight < math.inf:
+            raise ValueError(f"koleo_weight must be a finite number >= 0, got {self.koleo_weight}.")
+        if not self.same_segment_negatives and self.loss != "info_nce":
+            raise ValueError(f"same_segment_negatives applies to loss 'info_nce' only, got loss {self.loss!r}.")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be positive, got {self.contrastive_temperature}.")
         if self.operator_cache_mb <= 0:

@@ -16,9 +16,11 @@ from ..splatting.teacher import SplatTeacher, TeacherTargets
 from .config import TrainingConfig
 from .loss import (
     cosine_loss,
-    distillation_loss,
     info_nce_loss,
+    koleo_loss,
     mse_loss,
+    sinkhorn_knopp,
+    soft_cross_entropy,
     teacher_probabilities,
     teacher_temperature,
     update_center,
@@ -153,17 +155,27 @@ def student_loss(
             teacher_logits = teacher.logits(targets.features.float())
         temperature = teacher_temperature(step, config.teacher_temp, config.teacher_temp_warmup, config.teacher_temp_warmup_steps)
         center = teacher.head.center if config.center_momentum is not None else None
-        loss = distillation_loss(
-            logits, teacher_logits, coverage, student_temp=config.student_temp, teacher_temp=temperature, center=center
-        )
-        probabilities = teacher_probabilities(teacher_logits, temperature, center)
+        if config.sinkhorn_iterations:
+            # Deviation (DINOv2's Sinkhorn-Knopp centring, optional): SnD uses a plain softmax.
+            probabilities = sinkhorn_knopp(teacher_logits, coverage, temperature, config.sinkhorn_iterations)
+        else:
+            probabilities = teacher_probabilities(teacher_logits, temperature, center)
+        loss = soft_cross_entropy(logits, probabilities, coverage, config.student_temp)
         if center is not None:
             update_center(center, teacher_logits, coverage, config.center_momentum)
     # Deviation (objective, optional): "cosine", "mse" and "info_nce" use no head, the backbone tokens themselves.
     elif config.loss == "cosine":
         loss = cosine_loss(features, targets.features, coverage)
     elif config.loss == "info_nce":
-        loss = info_nce_loss(features, targets.features, coverage, temperature=config.contrastive_temperature)
+        segments = None
+        if not config.same_segment_negatives:
+            # Deviation (blended targets, optional): each token's instance id at its patch centre.
+            patch = batch["target"]["image"].shape[-1] // features.shape[-1]
+            segments = batch["target"]["mask"][..., patch // 2 :: patch, patch // 2 :: patch][..., : features.shape[-2], : features.shape[-1]]
+        loss = info_nce_loss(features, targets.features, coverage, temperature=config.contrastive_temperature, segments=segments)
     else:
         loss = mse_loss(features, targets.features, coverage)
+    if config.koleo_weight:
+        # Deviation (DINOv2's KoLeo, optional): SnD has no regulariser.
+        loss = loss + config.koleo_weight * koleo_loss(features, coverage)
     return StepOutputs(loss, features.detach(), targets.features, coverage, probabilities)

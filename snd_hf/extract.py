@@ -43,7 +43,6 @@ import itertools
 import json
 import math
 import os
-import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +67,6 @@ PROCESSOR_CONFIG = "preprocessor_config.json"
 # Processor settings that do not change any pixel value: left out of a run's identity.
 NOT_IN_IDENTITY = ("max_pixels", "image_processor_type", "processor_class")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# Test-only: "RANK:IMAGES" makes process RANK kill itself (SIGKILL) once it has extracted IMAGES images.
-KILL_ENV = "SND_EXTRACT_TEST_KILL"
 
 
 @dataclass
@@ -282,20 +279,6 @@ def _open_images(args: argparse.Namespace, state) -> FileImages | DatasetImages:
         return open_image_dataset(args.dataset, args.split, args.streaming, args.image_column)
 
 
-def _kill_point(rank: int) -> int | None:
-    """Test hook (``KILL_ENV``): how many images this process extracts before it kills itself."""
-    target, _, count = os.environ.get(KILL_ENV, "").partition(":")
-    return int(count) if target and int(target) == rank else None
-
-
-def _stop_after(values: Iterable, count: int | None) -> Iterator:
-    """``values``, this process killing itself (SIGKILL) after the ``count``-th (the ``KILL_ENV`` test hook)."""
-    for done, value in enumerate(values, 1):
-        yield value
-        if done == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _rows(features: Iterable[tuple[ImageItem, ImageFeatures]]) -> Iterator[tuple[str, ImageFeatures]]:
     return ((item.image_id, image_features) for item, image_features in features)
 
@@ -339,7 +322,7 @@ def _extract_files(args, state, images: FileImages | DatasetImages, model, proce
                 images.items(mine), total=len(mine), desc="snd extract", unit="image", disable=not state.is_local_main_process
             )
             features = extract_to_folder(model, processor, progress, out, metadata, args.pca_scale, args.batch_size)
-            for feature_path, picture, image_features in _stop_after(features, _kill_point(state.process_index)):
+            for feature_path, picture, image_features in features:
                 channels, height, width = image_features.feature_map.shape
                 progress.write(f"{feature_path} ({channels}x{height}x{width})  {picture}")
         state.wait_for_everyone()
@@ -377,14 +360,11 @@ def _extract_shards(args, state, images: FileImages | DatasetImages, model, proc
     with run_folder:
         if len(pending) < count and state.is_main_process:
             print(f"{out}: {count - len(pending)} of {count} shards already written; writing the other {len(pending)}")
-        kill_after = _kill_point(state.process_index)
         with state.split_between_processes(pending) as mine:
             for k in tqdm(mine, desc="snd extract", unit="shard", disable=not state.is_local_main_process):
                 part = images.items(range(k * size, min(len(ids), (k + 1) * size)))
-                rows = _rows(_stop_after(stream_features(model, processor, part, args.batch_size), kill_after))
+                rows = _rows(stream_features(model, processor, part, args.batch_size))
                 written = write_shard(out / names[k], rows, metadata["weights_sha256"], args.batch_size)
-                if kill_after is not None:
-                    kill_after -= written
                 print(f"{out / names[k]} ({written} images)")
         state.wait_for_everyone()
         if state.is_main_process:
@@ -429,7 +409,7 @@ def _extract_stream(args, state, images: DatasetImages, model, processor) -> Non
         finished = done > 0 and shard_rows(out / f"{prefix}{done - 1:05d}.parquet") < size
         if not finished:
             stream = stream_features(model, processor, images.stream(rank, world, skip=done * size), args.batch_size)
-            features = _rows(_stop_after(stream, _kill_point(rank)))
+            features = _rows(stream)
             for k in itertools.count(done):
                 first = next(features, None)
                 if first is None:

@@ -24,7 +24,7 @@ from snd_hf.files import TEMPORARY_TAG
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [
     sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531", "-m", "snd_hf.cli",
+    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
 ]  # fmt: skip
 SHAPES = [(40, 60), (60, 40), (50, 50)]  # three aspect ratios: batches end where the size changes
 
@@ -43,10 +43,10 @@ def extract(*arguments):
     return ["extract", *map(str, arguments), "--model", str(DEFAULT_CHECKPOINT), "--shortest-edge", "28", "--batch-size", "4"]
 
 
-def launch(arguments, **env):
-    """Run ``snd extract`` in two CPU processes under accelerate's launcher; (return code, output)."""
+def launch(arguments, script=("-m", "snd_hf.cli"), **env):
+    """Run ``snd extract`` (or ``script``) in two CPU processes under accelerate's launcher; (return code, output)."""
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
-    done = subprocess.run(LAUNCH + arguments, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(LAUNCH + [*script, *arguments], cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -195,7 +195,7 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_completes_them(image
     out = tmp_path / "shards"
     arguments = extract(*images, "--out", out, "--format", "shards", "--shard-size", "4")
     # Process 1 (shards 5-9) kills itself (SIGKILL) after 6 images: mid-way through its second shard.
-    code, output = launch(arguments, SND_EXTRACT_TEST_KILL="1:6")
+    code, output = launch(arguments, script=[str(Path(__file__).with_name("extract_with_faults.py"))], SND_EXTRACT_KILL="1:6")
     assert code != 0
     # The main process either stopped on the broken process group ("failed") or was killed by the launcher.
     assert not (out / INDEX_JSON).exists() and json.loads((out / "snd_run.json").read_text())["status"] in ("failed", "running")

@@ -1,0 +1,77 @@
+"""The training configuration: typed overrides, shipped YAML files, rejected keys and values, required paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from snd_hf.training import (
+    TrainingConfig,
+)
+from snd_hf.training.config import parse_overrides
+
+
+def test_overrides_are_typed_and_bare_bool_flags_mean_true():
+    path, overrides = parse_overrides(
+        ["--config", "x.yaml", "--max_steps", "7", "--learning_rate=2e-5", "--push_to_hub", "--image_size", "[28,42]"]
+    )
+    assert path == "x.yaml"
+    assert overrides == {"max_steps": 7, "learning_rate": "2e-5", "push_to_hub": True, "image_size": [28, 42]}
+    assert TrainingConfig.from_dict(overrides).learning_rate == 2e-5
+
+
+def test_every_shipped_config_loads_and_paper_values_are_kept():
+    tiny = TrainingConfig.from_args([])
+    assert tiny.dataset == "synthetic" and tiny.init == "pretrained_2d" and tiny.lifter == "depth"
+    # The CPU recipe of docs/snd_effect.md.
+    recipe = (tiny.loss, tiny.contrastive_temperature, tiny.teacher_mode, tiny.ema_momentum, tiny.ema_every, tiny.max_steps)
+    assert recipe == ("info_nce", 0.2, "ema", 0.99, 1, 2000)
+    assert (tiny.upsample, tiny.finetune, tiny.blending) == ("patch_aligned", "full", 1.0)
+    assert (tiny.batch_size, tiny.num_targets, tiny.context_gap) == (2, 4, 4)  # 8 target views per step
+    # The dataclass defaults are the tiny run's: the YAML only adds where its scenes are cached.
+    assert tiny == TrainingConfig(dataset_path="data/synthetic-tiny")
+    for name in ("scannetpp_vits14", "scannetpp_vitb14"):
+        paper = TrainingConfig.from_args(["--config", name])
+        assert (paper.learning_rate, paper.lora_r, paper.lora_alpha, paper.lora_dropout) == (2e-5, 8, 8.0, 0.1)
+        assert (paper.head_hidden_dim, paper.head_bottleneck_dim, paper.head_prototypes) == (2048, 256, 65536)
+        assert (paper.ema_momentum, paper.ema_every, paper.max_steps, paper.blending) == (0.999, 10, 300000, 0.5)
+        assert (paper.near, paper.far) == (0.1, 20.0)
+        # The paper's objective: DINO head, EMA teacher, LoRA, align-corners upsampling, no centring.
+        assert (paper.loss, paper.teacher_mode, paper.finetune, paper.upsample, paper.targets) == (
+            "dino_head", "ema", "lora", "original", "splat"
+        )
+        assert (paper.teacher_temp, paper.student_temp, paper.center_momentum, paper.teacher_temp_warmup) == (1.0, 1.0, None, None)
+    assert TrainingConfig.from_args(["--config", "scannetpp_vitb14"]).size == "base"
+    original = TrainingConfig.from_args(["--config", "scannetpp_vits14", "--near", "1", "--far", "100"])
+    assert (original.near, original.far) == (1.0, 100.0)
+
+
+def test_unknown_key_wrong_type_and_bad_choice_are_rejected():
+    with pytest.raises(ValueError, match=r"Unknown training config key.*'max_step' \(did you mean 'max_steps'\?\) \(`python"):
+        TrainingConfig.from_args(["--max_step", "3"])
+    with pytest.raises(TypeError, match="max_steps must be int"):
+        TrainingConfig.from_args(["--max_steps", "many"])
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        TrainingConfig.from_args(["--mixed_precision", "fp8"])
+
+
+def test_required_paths_are_checked(tmp_path):
+    paper = TrainingConfig.from_args(["--config", "scannetpp_vits14"])
+    with pytest.raises(ValueError, match="dataset_path is required"):
+        paper.validate()
+    (tmp_path / "scenes").mkdir()
+    paper = TrainingConfig.from_args(["--config", "scannetpp_vits14", "--dataset_path", str(tmp_path)])
+    with pytest.raises(ValueError, match="mvsplat_checkpoint is required"):
+        paper.validate()
+    missing = TrainingConfig.from_args(
+        ["--config", "scannetpp_vits14", "--dataset_path", str(tmp_path), "--mvsplat_checkpoint", "nope.ckpt"]
+    )
+    with pytest.raises(ValueError, match="mvsplat_checkpoint 'nope.ckpt' does not exist"):
+        missing.validate()
+
+
+def test_yaml_round_trip(tmp_path):
+    config = TrainingConfig.from_args(["--max_steps", "9", "--max_grad_norm", "1"])
+    path = tmp_path / "run.yaml"
+    path.write_text(config.to_yaml())
+    assert TrainingConfig.from_yaml(path) == config
+    assert config.max_grad_norm == 1.0 and isinstance(config.max_grad_norm, float)

@@ -199,7 +199,7 @@ class TrainingConfig:
         },
     )
     operator_cache_mb: float = field(
-        default=1024.0, metadata={"help": "the cache drops its least recently used target views beyond this"}
+        default=1024.0, metadata={"help": "size of that cache in MiB: it drops its least recently used target views beyond this"}
     )
 
     # --- optimisation (AdamW with torch's betas, 0.9 and 0.999) ---------------------------------
@@ -236,7 +236,7 @@ class TrainingConfig:
         named = []
         for key in unknown:
             close = difflib.get_close_matches(key, cls.keys(), n=1)
-            if key in LEGACY_KEYS:
+            if key in LEGACY_KEYS:  # a key of earlier runs, given on the command line
                 named.append(f"{key!r} ({LEGACY_KEYS[key]})")
             else:
                 named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))

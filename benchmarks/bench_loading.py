@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from snd_hf import SnDConfig, original_shapes
+from snd_hf import SnDConfig
+from snd_hf.loading import original_shapes
 
 REFERENCE = """
 import sys, time, torch

@@ -10,7 +10,7 @@ From one start (the packaged 2D-pretrained tiny ViT) every run trains through
 data order (the ``--seed``):
 
 - ``snd``: the default recipe (training/configs/synthetic_tiny.yaml, no blending);
-- ``snd_blended``: the same with blending 0.5 (the paper's with-blending variant);
+- ``snd_blended``: the same with segment_mean_weight 0.5 (blending; the paper's with-blending variant);
 - ``paper_objective``: the paper's objective (DINO head, LoRA, EMA teacher) scaled to the tiny
   model (training/configs/synthetic_tiny_paper.yaml); its row carries the collapse diagnostics
   of its last step;
@@ -80,7 +80,7 @@ THRESHOLDS = (5.0, 10.0, 20.0)
 # Each run: TrainingConfig arguments on top of the recipe (synthetic_tiny.yaml).
 RUNS: dict[str, list[str]] = {
     "snd": [],
-    "snd_blended": ["--blending", "0.5"],
+    "snd_blended": ["--segment_mean_weight", "0.5"],
     "paper_objective": ["--config", "synthetic_tiny_paper"],
     "self_distillation": ["--targets", "self_distillation"],
     "cross_view_copy": ["--targets", "cross_view_copy"],

@@ -24,18 +24,13 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Public name -> the submodule defining it, imported on first access.
+# Public name -> the submodule defining it, imported on first access. The transformers set (config,
+# model, backbone, image processor, output) and `load_backbone_weights`, which puts SnD weights into a
+# task model's backbone; checkpoint conversion lives in `snd_hf.loading`, the variants in
+# `snd_hf.configuration_snd`.
 _LAZY_NAMES = {
-    "SND_VARIANTS": "configuration_snd",
     "SnDConfig": "configuration_snd",
     "SnDImageProcessor": "image_processing_snd",
-    "CheckpointError": "loading",
-    "convert_original_state_dict": "loading",
-    "infer_config_from_original": "loading",
-    "load_original_checkpoint": "loading",
-    "original_shapes": "loading",
-    "save_original_checkpoint": "loading",
-    "to_original_state_dict": "loading",
     "SnDBackbone": "modeling_snd",
     "SnDModel": "modeling_snd",
     "SnDModelOutput": "modeling_snd",
@@ -45,17 +40,8 @@ _LAZY_NAMES = {
 _REGISTERING_MODULE = f"{__name__}.modeling_snd"  # importing it registers the Auto classes
 
 if TYPE_CHECKING:
-    from .configuration_snd import SND_VARIANTS, SnDConfig
+    from .configuration_snd import SnDConfig
     from .image_processing_snd import SnDImageProcessor
-    from .loading import (
-        CheckpointError,
-        convert_original_state_dict,
-        infer_config_from_original,
-        load_original_checkpoint,
-        original_shapes,
-        save_original_checkpoint,
-        to_original_state_dict,
-    )
     from .modeling_snd import SnDBackbone, SnDModel, SnDModelOutput, SnDPreTrainedModel, load_backbone_weights
 
 

@@ -30,15 +30,11 @@ import torch
 from torch import nn
 
 from .configuration_snd import SnDConfig
-from .loading import (
-    CheckpointError,
-    check_finite,
-    check_state_dict,
-    convert_original_state_dict,
-    original_checkpoint_config,
-    read_checkpoint_file,
-    read_original_checkpoint,
-)
+from .loading.conversion import check_state_dict, convert_original_state_dict
+from .loading.errors import CheckpointError
+from .loading.original import read_original_checkpoint
+from .loading.reading import check_finite, read_checkpoint_file
+from .loading.sidecar import original_checkpoint_config
 from .modeling_snd import SnDModel, SnDModelOutput
 
 __all__ = ["MEFModel", "is_mef_checkpoint", "load_baseline", "load_mef"]

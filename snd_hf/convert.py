@@ -34,13 +34,11 @@ from .files import (
     replace_path,
     restore_interrupted,
 )
-from .loading import (
-    CHECKPOINT_SUFFIXES,
-    SHAPE_FIELDS,
-    CheckpointError,
-    save_original_checkpoint,
-    sidecar_path,
-)
+from .loading.architecture import SHAPE_FIELDS
+from .loading.errors import CheckpointError
+from .loading.original import save_original_checkpoint
+from .loading.reading import CHECKPOINT_SUFFIXES
+from .loading.sidecar import sidecar_path
 from .modeling_snd import SnDModel
 
 ORIGINAL_SUFFIXES = (".pth", ".pt")

@@ -41,14 +41,10 @@ from transformers.configuration_utils import PreTrainedConfig
 
 from .configuration_snd import SND_VARIANTS, SnDConfig
 from .files import restore_interrupted
-from .loading import (
-    CHECKPOINT_SUFFIXES,
-    SHAPE_FIELDS,
-    CheckpointError,
-    check_finite,
-    check_native_weights,
-    read_native_shapes,
-)
+from .loading.architecture import SHAPE_FIELDS
+from .loading.errors import CheckpointError
+from .loading.native import check_native_weights, read_native_shapes
+from .loading.reading import CHECKPOINT_SUFFIXES, check_finite
 from .schema import SchemaError, read_json
 
 Size = Literal["small", "base"]

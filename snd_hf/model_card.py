@@ -104,7 +104,9 @@ def _teacher(training_config: Mapping[str, Any]) -> str:
     parts = []
     if "lifter" in training_config:
         parts.append(f"{training_config['lifter']} lifter")
-    if "blending" in training_config:
+    if "segment_mean_weight" in training_config:
+        parts.append(f"segment-mean weight {training_config['segment_mean_weight']} (0 = no blending)")
+    elif "blending" in training_config:  # runs before segment_mean_weight (= 1 - blending)
         parts.append(f"blending coefficient {training_config['blending']} (1 = no blending)")
     if "mask_aware" in training_config:
         parts.append("mask-aware upsampling" if training_config["mask_aware"] else "bilinear upsampling")

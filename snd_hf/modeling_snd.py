@@ -35,13 +35,9 @@ from .files import atomic_write, default_permissions
 from .hub import from_pretrained as hub_from_pretrained
 from .image_processing_snd import SnDImageProcessor
 from .model_card import model_card_of, written_by_snd_hf
-from .loading import (
-    check_state_dict,
-    convert_original_state_dict,
-    load_original_checkpoint,
-    original_checkpoint_config,
-    read_original_checkpoint,
-)
+from .loading.conversion import check_state_dict, convert_original_state_dict
+from .loading.original import load_original_checkpoint, read_original_checkpoint
+from .loading.sidecar import original_checkpoint_config
 
 
 @dataclass

@@ -19,14 +19,8 @@ from transformers import (
 )
 
 import snd_hf
-from snd_hf import (
-    CheckpointError,
-    SnDBackbone,
-    SnDConfig,
-    SnDModel,
-    load_backbone_weights,
-    save_original_checkpoint,
-)
+from snd_hf import SnDBackbone, SnDConfig, SnDModel, load_backbone_weights
+from snd_hf.loading import CheckpointError, save_original_checkpoint
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "image_size": 56}
 STAGES = ["stage1", "stage2", "stage3", "stage4"]

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from snd_hf import CheckpointError, SnDConfig, SnDModel
+from snd_hf import SnDConfig, SnDModel
 from snd_hf.cli import main as snd
 from snd_hf.files import TEMPORARY_TAG
+from snd_hf.loading import CheckpointError
 from snd_hf.training.export import save_original
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

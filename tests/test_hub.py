@@ -22,7 +22,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from snd_hf import SND_VARIANTS, CheckpointError, SnDBackbone, SnDConfig, SnDModel
+from snd_hf import SnDBackbone, SnDConfig, SnDModel
+from snd_hf.configuration_snd import SND_VARIANTS
+from snd_hf.loading import CheckpointError
 from snd_hf.cli import main as snd
 from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES, VARIANT_FOLDERS, list_repo_files
 

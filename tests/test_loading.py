@@ -17,19 +17,20 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
-from snd_hf import (
-    SND_VARIANTS,
+from snd_hf import SnDConfig, SnDModel
+from snd_hf.configuration_snd import SND_VARIANTS
+from snd_hf.loading import (
+    SHAPE_FIELDS,
     CheckpointError,
-    SnDConfig,
-    SnDModel,
     convert_original_state_dict,
     infer_config_from_original,
     load_original_checkpoint,
     original_shapes,
+    read_checkpoint_file,
     save_original_checkpoint,
+    sidecar_path,
     to_original_state_dict,
 )
-from snd_hf.loading import SHAPE_FIELDS, read_checkpoint_file, sidecar_path
 
 VARIANTS = {"vits14": ("small", 384, 6), "vitb14": ("base", 768, 12)}
 

@@ -45,10 +45,11 @@ from readme import (
 )
 from scipy.io import savemat
 
-from snd_hf import SnDConfig, SnDImageProcessor, SnDModel, to_original_state_dict
+from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.data.synthetic import generate_scenes
 from snd_hf.demo import DEMO_IMAGES
 from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES
+from snd_hf.loading import to_original_state_dict
 from snd_hf.splatting import MVSplatLifter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

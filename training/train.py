@@ -50,20 +50,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from snd_hf.cli import USER_ERRORS, run_with_errors
-from snd_hf.training import TrainingConfig
+from snd_hf.training.config import TrainingArgumentParser
 from snd_hf.training.guards import NonFiniteError
 from snd_hf.training.loop import TrainingCallback, train
 from snd_hf.training.preflight import check_before_compute
-from snd_hf.training.usage import training_help
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[TrainingCallback] = ()) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config_dir = Path(__file__).parent / "configs"
+    parser = TrainingArgumentParser(description=__doc__.splitlines()[0], config_dir=config_dir)
     if "-h" in argv or "--help" in argv:
-        print(training_help(description=__doc__.splitlines()[0], config_dir=config_dir), end="")
+        parser.print_help()
         return 0
-    config = TrainingConfig.from_args(argv, config_dir=config_dir)
+    config = parser.parse(argv)
     config.validate()  # the config's values and paths
     check_before_compute(config)  # output_dir, dataset_path, schedule, Hub access: before any compute
     train(config, callbacks=callbacks)

@@ -143,7 +143,6 @@ def build_optimizer(config: TrainingConfig, student: torch.nn.Module) -> torch.o
     return torch.optim.AdamW(
         [p for p in student.parameters() if p.requires_grad],
         lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.weight_decay,
     )
 
@@ -166,7 +165,7 @@ def build_splat_teacher(config: TrainingConfig, lifter: Lifter | None = None) ->
     """
     return SplatTeacher(
         lifter if lifter is not None else build_lifter(config),
-        blending=config.blending,
+        blending=1.0 - config.segment_mean_weight,  # the teacher weighs a pixel's own features
         resample=config.resample,
         coverage_threshold=config.coverage_threshold,
         mask_aware=config.mask_aware,

@@ -2,7 +2,14 @@
 
 Like nanoGPT's configurator, a run is ``defaults ← config file ← command line``; unlike it, every
 key is checked against :class:`TrainingConfig` and an unknown key, a value of the wrong type or a
-missing required path is rejected *before* any data is generated or any model is built.
+missing required path is rejected *before* any data is generated or any model is built. The
+command line is transformers' ``HfArgumentParser`` over the dataclass (each field's
+``metadata["help"]`` is its ``--help`` line), with ``--config NAME_OR_PATH`` for the file.
+
+Earlier runs' ``config.yaml`` files still load (resume, ``snd eval --model init:RUN_DIR``):
+``blending: b`` (the weight of a pixel's own features, 1.0 = none) reads as
+``segment_mean_weight: 1 - b``, and ``adam_beta1``/``adam_beta2`` are accepted at AdamW's
+defaults (0.9, 0.999), the only values they ever had (:data:`LEGACY_KEYS`).
 
 Example::
 
@@ -11,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -18,15 +26,23 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
+from transformers import HfArgumentParser
 
 from snd_hf.schema import MAX_IMAGE_SIDE, SchemaError, read_yaml
 
 # Shipped configs, in a source checkout (train.py passes its own folder's configs/ explicitly).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "configs"
 DEFAULT_CONFIG = "synthetic_tiny"
+# Keys of earlier runs' config.yaml files -> how they read now (`_upgrade_legacy_keys`).
+LEGACY_KEYS = {
+    "blending": "renamed: segment_mean_weight = 1 - blending",
+    "adam_beta1": "no longer a setting: AdamW uses torch's betas (0.9, 0.999)",
+    "adam_beta2": "no longer a setting: AdamW uses torch's betas (0.9, 0.999)",
+}
+_FIXED_BETAS = {"adam_beta1": 0.9, "adam_beta2": 0.999}
 
 
 @dataclass
@@ -37,111 +53,171 @@ class TrainingConfig:
     The defaults are the CPU recipe of docs/snd_effect.md: a tiny ViT
     2D-pretrained by ``training/pretrain_2d.py``, dense InfoNCE on the backbone tokens against an
     EMA teacher (0.99 every step), patch-aligned upsampling, no blending, full fine-tuning.
+    Each field's ``metadata["help"]`` is its ``--help`` line (transformers' ``HfArgumentParser``).
     """
 
     # --- run ---------------------------------------------------------------------------------
-    output_dir: str = "outputs/snd-synthetic-tiny"  # checkpoints, losses.jsonl, the final student
-    seed: int = 0  # model init, data order and dropout
-    max_steps: int = 2000  # optimizer steps
-    save_steps: int = 500  # full-state checkpoint (and native export) every N steps, and at the end
-    log_steps: int = 1  # per-step losses go to output_dir/losses.jsonl; trackers every N steps
-    resume_from_checkpoint: str | None = None  # a checkpoint directory or "latest"
-    checkpoints_total_limit: int | None = None  # keep only the newest N complete checkpoints
-    report_to: str = "none"  # "none", "tensorboard", "all" (accelerate trackers)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate autocast (fp16 adds loss scaling)
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
-    push_to_hub: bool = False  # upload the final student (access is checked before training)
-    hub_model_id: str | None = None  # the Hub repository, user/name (required with push_to_hub)
-    hub_private: bool = False  # create the Hub repository as private
+    output_dir: str = field(default="outputs/snd-synthetic-tiny", metadata={"help": "checkpoints, losses.jsonl, the final student"})
+    seed: int = field(default=0, metadata={"help": "model init, data order and dropout"})
+    max_steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    save_steps: int = field(default=500, metadata={"help": "full-state checkpoint (and native export) every N steps, and at the end"})
+    log_steps: int = field(default=1, metadata={"help": "per-step losses go to output_dir/losses.jsonl; trackers every N steps"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": 'a checkpoint directory or "latest"'})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "keep only the newest N complete checkpoints"})
+    report_to: str = field(default="none", metadata={"help": '"none", "tensorboard", "all" (accelerate trackers)'})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "accelerate autocast (fp16 adds loss scaling)"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the final student (access is checked before training)"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "the Hub repository, user/name (required with push_to_hub)"})
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub repository as private"})
 
     # --- reliability: reused folders, NaN/inf ---------------------------------------------------
-    overwrite_output_dir: bool = False  # start again in a non-empty output_dir (removes its earlier run's outputs)
-    on_nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop the run, or skip that step
-    max_skipped_steps: int = 10  # with on_nonfinite "skip": stop once more steps than this were skipped
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start again in a non-empty output_dir (removes its earlier run's outputs)"}
+    )
+    on_nonfinite: Literal["stop", "skip"] = field(
+        default="stop", metadata={"help": "a NaN/inf loss or gradient: stop the run, or skip that step"}
+    )
+    max_skipped_steps: int = field(default=10, metadata={"help": 'with on_nonfinite "skip": stop once more steps than this were skipped'})
 
     # --- data --------------------------------------------------------------------------------
-    dataset: Literal["synthetic", "scannetpp"] = "synthetic"  # generated rooms, or a ScanNet++ folder (dataset_path)
-    dataset_path: str | None = None  # scannetpp: root holding scenes/ (required); synthetic: cache dir
-    synthetic_scenes: int = 16  # rooms to generate
-    synthetic_frames: int = 12  # frames per generated room
-    synthetic_size: list[int] = field(default_factory=lambda: [84, 112])  # generated (H, W)
-    image_size: list[int] = field(default_factory=lambda: [84, 112])  # training (H, W): a 6x8 token grid
-    context_gap: int = 4  # frames between the two context views
+    dataset: Literal["synthetic", "scannetpp"] = field(
+        default="synthetic", metadata={"help": "generated rooms, or a ScanNet++ folder (dataset_path)"}
+    )
+    dataset_path: str | None = field(default=None, metadata={"help": "scannetpp: root holding scenes/ (required); synthetic: cache dir"})
+    synthetic_scenes: int = field(default=16, metadata={"help": "rooms to generate"})
+    synthetic_frames: int = field(default=12, metadata={"help": "frames per generated room"})
+    synthetic_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "generated (H, W)"})
+    image_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "training (H, W): a 6x8 token grid"})
+    context_gap: int = field(default=4, metadata={"help": "frames between the two context views"})
     # Deviation (views per sample, CPU recipe): the original draws 1 target per context pair; 4 here
     # (batch 2: the same 8 target views per step, the teacher runs on 4 context views, not 16).
-    num_targets: int = 4  # target views per sample, between the context views
-    # "between" (the original: inclusive, a target may be a context frame) or "inside" (never a
-    # context frame: every sample carries geometry).
-    target_mode: Literal["between", "inside"] = "between"
-    near: float = 0.1  # Deviation (data: near/far): the original used 1 / 100 (RE10K values)
-    far: float = 20.0  # far plane in metres (see near)
-    batch_size: int = 2  # samples (context pairs) per process per micro-batch
-    num_workers: int = 0  # DataLoader worker processes
-    cache_views: bool = True  # keep decoded views in memory (snd_hf/data/memory.py): small datasets only
+    num_targets: int = field(default=4, metadata={"help": "target views per sample, between the context views (the original: 1)"})
+    target_mode: Literal["between", "inside"] = field(
+        default="between",
+        metadata={
+            "help": '"between" (the original: inclusive, a target may be a context frame) or "inside" (never a context'
+            " frame: every sample carries geometry)"
+        },
+    )
+    # Deviation (data: near/far): the original used 1 / 100 (RE10K values).
+    near: float = field(default=0.1, metadata={"help": "near plane in metres (the original: 1)"})
+    far: float = field(default=20.0, metadata={"help": "far plane in metres (the original: 100)"})
+    batch_size: int = field(default=2, metadata={"help": "samples (context pairs) per process per micro-batch"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    cache_views: bool = field(
+        default=True, metadata={"help": "keep decoded views in memory (snd_hf/data/memory.py): small datasets only"}
+    )
 
     # --- model -------------------------------------------------------------------------------
-    # The starting backbone (see model_path). "pretrained_2d": the packaged tiny ViT of
-    # training/pretrain_2d.py (snd_hf/assets/pretrained_2d), a 2D self-supervised stand-in for
-    # DINOv2, which is not reachable offline.
-    init: Literal["random", "original", "pretrained", "pretrained_2d"] = "pretrained_2d"
-    model_path: str | None = None  # "original": a torch.hub-layout .pth; "pretrained": an SnD dir
-    size: Literal["small", "base"] | None = None  # records the published variant in the config
-    hidden_size: int = 48  # architecture of a random init (ignored otherwise)
-    num_hidden_layers: int = 2  # (random init)
-    num_attention_heads: int = 3  # (random init)
-    finetune: Literal["lora", "full"] = "full"  # train LoRA adapters (the paper) or every backbone weight
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: float = 8.0  # LoRA scale numerator (scale = alpha / r)
-    lora_dropout: float = 0.1  # dropout on the LoRA input
-    # The original's suffix match on "qkv"/"proj" also caught patch_embed.proj, named "projection" here.
-    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "projection"])
+    init: Literal["random", "original", "pretrained", "pretrained_2d"] = field(
+        default="pretrained_2d",
+        metadata={
+            "help": 'the starting backbone (see model_path); "pretrained_2d": the packaged tiny ViT of training/pretrain_2d.py'
+            " (snd_hf/assets/pretrained_2d), a 2D self-supervised stand-in for DINOv2, which is not reachable offline"
+        },
+    )
+    model_path: str | None = field(default=None, metadata={"help": '"original": a torch.hub-layout .pth; "pretrained": an SnD dir'})
+    size: Literal["small", "base"] | None = field(default=None, metadata={"help": "records the published variant in the config"})
+    hidden_size: int = field(default=48, metadata={"help": "width of a random init (ignored otherwise)"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "layers of a random init"})
+    num_attention_heads: int = field(default=3, metadata={"help": "attention heads of a random init"})
+    finetune: Literal["lora", "full"] = field(
+        default="full", metadata={"help": "train LoRA adapters (the paper) or every backbone weight"}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=8.0, metadata={"help": "LoRA scale numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["qkv", "proj", "projection"],
+        metadata={
+            "help": "module name suffixes LoRA adapts; the original's suffix match on qkv/proj also caught"
+            ' patch_embed.proj, named "projection" here'
+        },
+    )
 
     # --- objective (snd_hf/training/loss.py; sources there) -------------------------------------
-    loss: Literal["dino_head", "cosine", "mse", "info_nce"] = "info_nce"  # the paper: "dino_head"
-    contrastive_temperature: float = 0.2  # info_nce: softmax temperature over cosine similarities
-    same_segment_negatives: bool = True  # info_nce: a token's instance segment (same view) among its negatives
-    teacher_mode: Literal["ema", "frozen"] = "ema"  # EMA of the student (ema_momentum, ema_every), or the start
-    # What the student distils. "splat" is SnD; the other two are geometry-free controls with the
-    # same compute: the teacher's own tokens of the target view ("self_distillation"), or the
-    # nearer context view's tokens at the same grid positions ("cross_view_copy").
-    targets: Literal["splat", "self_distillation", "cross_view_copy"] = "splat"
-    center_momentum: float | None = None  # dino_head: DINO centring of the teacher logits (DINO: 0.9); SnD: none
-    teacher_temp_warmup: float | None = None  # dino_head: DINO's starting teacher temperature (0.04)...
-    teacher_temp_warmup_steps: int = 0  # ...rising linearly to teacher_temp over these steps
-    sinkhorn_iterations: int = 0  # dino_head: Sinkhorn-Knopp centring of the teacher in place of softmax (DINOv2: 3); 0 = off
-    koleo_weight: float = 0.0  # weight of the KoLeo regulariser on the student's covered tokens (DINOv2: 0.1)
+    loss: Literal["dino_head", "cosine", "mse", "info_nce"] = field(default="info_nce", metadata={"help": 'the paper: "dino_head"'})
+    contrastive_temperature: float = field(default=0.2, metadata={"help": "info_nce: softmax temperature over cosine similarities"})
+    same_segment_negatives: bool = field(
+        default=True, metadata={"help": "info_nce: the other tokens of a token's instance segment (same view) among its negatives"}
+    )
+    teacher_mode: Literal["ema", "frozen"] = field(
+        default="ema", metadata={"help": "EMA of the student (ema_momentum, ema_every), or the start"}
+    )
+    targets: Literal["splat", "self_distillation", "cross_view_copy"] = field(
+        default="splat",
+        metadata={
+            "help": 'what the student distils: "splat" is SnD; the other two are geometry-free controls with the same'
+            " compute: the teacher's own tokens of the target view (self_distillation), or the nearer context view's"
+            " tokens at the same grid positions (cross_view_copy)"
+        },
+    )
+    center_momentum: float | None = field(
+        default=None, metadata={"help": "dino_head: DINO centring of the teacher logits (DINO: 0.9); SnD: none"}
+    )
+    teacher_temp_warmup: float | None = field(
+        default=None, metadata={"help": "dino_head: DINO's starting teacher temperature (0.04), rising to teacher_temp"}
+    )
+    teacher_temp_warmup_steps: int = field(default=0, metadata={"help": "dino_head: the steps of that linear rise"})
+    sinkhorn_iterations: int = field(
+        default=0, metadata={"help": "dino_head: Sinkhorn-Knopp centring of the teacher in place of its softmax (DINOv2: 3); 0 = off"}
+    )
+    koleo_weight: float = field(
+        default=0.0, metadata={"help": "weight of the KoLeo regulariser on the student's covered tokens (DINOv2: 0.1); 0 = off"}
+    )
 
     # --- DINO heads (loss "dino_head") ----------------------------------------------------------
-    head_hidden_dim: int = 128  # DINO head MLP width
-    head_bottleneck_dim: int = 64  # DINO head output before the prototypes
-    head_prototypes: int = 512  # K, the DINO head's prototypes (softmax classes)
-    teacher_temp: float = 0.04  # softmax temperature of the teacher's logits
-    student_temp: float = 0.1  # softmax temperature of the student's logits
+    head_hidden_dim: int = field(default=128, metadata={"help": "DINO head MLP width"})
+    head_bottleneck_dim: int = field(default=64, metadata={"help": "DINO head output before the prototypes"})
+    head_prototypes: int = field(default=512, metadata={"help": "K, the DINO head's prototypes (softmax classes)"})
+    teacher_temp: float = field(default=0.04, metadata={"help": "softmax temperature of the teacher's logits"})
+    student_temp: float = field(default=0.1, metadata={"help": "softmax temperature of the student's logits"})
 
     # --- teacher: lifter, rendering, blending --------------------------------------------------
-    lifter: Literal["depth", "mvsplat"] = "depth"  # what predicts the Gaussians: the scenes' depth, or frozen MVSplat
-    mvsplat_checkpoint: str | None = None  # required with lifter "mvsplat" (MVSplat's re10k.ckpt)
-    blending: float = 1.0  # 1.0 = the "no blending" variant; the with-blending models use 0.5
-    resample: Literal["area", "bilinear"] = "area"  # to the patch grid; bilinear = the original
-    coverage_threshold: float = 0.5  # smallest area-averaged alpha of a token that counts in the loss
-    # "original": align-corners grid (the paper's); "patch_aligned": each pixel takes its patch's
-    # token (snd_hf/splatting/upsampling.py), exact at small token grids.
-    upsample: Literal["original", "patch_aligned"] = "patch_aligned"
-    mask_aware: bool = True  # instance-mask-aware upsampling of the context features (upsample "original" only)
-    # Cache the teacher operator's rows of each target view (snd_hf/splatting/operator.py; the lifter
-    # is frozen): later visits of a view skip lifting, rendering and the mask operations.
-    cache_operator: bool = True
-    operator_cache_mb: float = 1024.0  # the cache drops its least recently used target views beyond this
+    lifter: Literal["depth", "mvsplat"] = field(
+        default="depth", metadata={"help": "what predicts the Gaussians: the scenes' depth, or frozen MVSplat"}
+    )
+    mvsplat_checkpoint: str | None = field(default=None, metadata={"help": "required with lifter mvsplat (MVSplat's re10k.ckpt)"})
+    segment_mean_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of its instance segment's mean in each rendered target pixel (the rest is the pixel's own"
+            " features): 0 = no blending; the with-blending models use 0.5. Replaces `blending` (= 1 - this)"
+        },
+    )
+    resample: Literal["area", "bilinear"] = field(default="area", metadata={"help": "to the patch grid; bilinear = the original"})
+    coverage_threshold: float = field(
+        default=0.5, metadata={"help": "smallest area-averaged alpha of a token that counts in the loss"}
+    )
+    upsample: Literal["original", "patch_aligned"] = field(
+        default="patch_aligned",
+        metadata={
+            "help": "original: the align-corners grid (the paper's); patch_aligned: each pixel takes its patch's token"
+            " (snd_hf/splatting/upsampling.py), exact at small token grids"
+        },
+    )
+    mask_aware: bool = field(
+        default=True, metadata={"help": 'instance-mask-aware upsampling of the context features (upsample "original" only)'}
+    )
+    cache_operator: bool = field(
+        default=True,
+        metadata={
+            "help": "cache the teacher operator's rows of each target view (snd_hf/splatting/operator.py; the lifter is"
+            " frozen): later visits of a view skip lifting, rendering and the mask operations"
+        },
+    )
+    operator_cache_mb: float = field(
+        default=1024.0, metadata={"help": "size of that cache in MiB: it drops its least recently used target views beyond this"}
+    )
 
-    # --- optimisation ------------------------------------------------------------------------
-    learning_rate: float = 3e-4  # peak rate of the schedule
-    adam_beta1: float = 0.9  # AdamW
-    adam_beta2: float = 0.999  # AdamW
-    weight_decay: float = 0.0  # AdamW (0 = the original's Adam)
-    warmup_ratio: float = 0.01  # one-cycle cosine schedule (OneCycleLR pct_start)
-    max_grad_norm: float | None = None  # the original does not clip
-    ema_momentum: float = 0.99  # teacher = momentum * teacher + (1 - momentum) * student
-    ema_every: int = 1  # EMA update every N optimizer steps
+    # --- optimisation (AdamW with torch's betas, 0.9 and 0.999) ---------------------------------
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak rate of the schedule"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW (0 = the original's Adam)"})
+    warmup_ratio: float = field(default=0.01, metadata={"help": "one-cycle cosine schedule (OneCycleLR pct_start)"})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping; the original does not clip"})
+    ema_momentum: float = field(default=0.99, metadata={"help": "teacher = momentum * teacher + (1 - momentum) * student"})
+    ema_every: int = field(default=1, metadata={"help": "EMA update every N optimizer steps"})
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -155,7 +231,9 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainingConfig:
-        """Build from a mapping, rejecting keys that are not fields (``source`` names the origin)."""
+        """Build from a mapping, rejecting keys that are not fields (``source`` names the origin);
+        the keys of earlier runs (:data:`LEGACY_KEYS`) are read as their replacements."""
+        values = _upgrade_legacy_keys(values, source)
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise ValueError(f"Unknown training config key(s) in {source}: {cls._name_unknown(unknown)}.")
@@ -167,7 +245,10 @@ class TrainingConfig:
         named = []
         for key in unknown:
             close = difflib.get_close_matches(key, cls.keys(), n=1)
-            named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+            if key in LEGACY_KEYS:  # a key of earlier runs, given on the command line
+                named.append(f"{key!r} ({LEGACY_KEYS[key]})")
+            else:
+                named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         return ", ".join(named) + " (`python training/train.py --help` lists every key)"
 
     @classmethod
@@ -178,6 +259,7 @@ class TrainingConfig:
         values = read_yaml(path) or {}  # plain data only: a !!python/object tag is one SchemaError
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}.")
+        values = _upgrade_legacy_keys(values, str(path))
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise ValueError(f"Unknown training config key(s) in {path}: {cls._name_unknown(unknown)}.")
@@ -189,12 +271,11 @@ class TrainingConfig:
 
     @classmethod
     def from_args(cls, argv: list[str], config_dir: Path = CONFIG_DIR) -> TrainingConfig:
-        """Parse ``[--config NAME_OR_PATH] [--key value ...]``; a bare boolean flag means true.
+        """Parse ``[--config NAME_OR_PATH] [--key value ...]`` (:class:`TrainingArgumentParser`).
 
         A config name (``scannetpp_vits14``) is looked up in ``config_dir``.
         """
-        config_path, overrides = parse_overrides(argv)
-        return cls.from_yaml(config_path or DEFAULT_CONFIG, overrides, config_dir)
+        return TrainingArgumentParser(config_dir=config_dir).parse(argv)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,13 +326,11 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("near", "weight_decay", "lora_dropout", "coverage_threshold", "adam_beta1", "adam_beta2"):
+        for name in ("near", "weight_decay", "lora_dropout", "coverage_threshold", "segment_mean_weight"):
             value = getattr(self, name)
             if not 0.0 <= value <= (math.inf if name in ("near", "weight_decay") else 1.0):
                 bounds = ">= 0" if name in ("near", "weight_decay") else "within [0, 1]"
                 raise ValueError(f"{name} must be {bounds}, got {value}.")
-        if not 0.0 <= self.blending <= 1.0:
-            raise ValueError(f"blending must be in [0, 1] (1 = no blending), got {self.blending}.")
         if not 0.0 <= self.ema_momentum <= 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}.")
         if not self.near < self.far:
@@ -288,29 +367,26 @@ def resolve_config_path(name_or_path: str | Path, config_dir: Path = CONFIG_DIR)
     raise ValueError(f"config {str(name_or_path)!r} not found (a YAML path or one of {names} in {config_dir}).")
 
 
-def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
-    """Split ``--config X --key value --flag`` into the config path and a dict of YAML-parsed values."""
-    bool_keys = {name for name, kind in typing.get_type_hints(TrainingConfig).items() if kind is bool}
-    config_path, overrides, i = None, {}, 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--"):
-            raise ValueError(f"expected a --key, got {token!r} (arguments are --key value pairs).")
-        key, has_value, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not has_value:
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                value, i = argv[i + 1], i + 1
-            elif key in bool_keys:
-                value = "true"
-            else:
-                raise ValueError(f"--{key} needs a value.")
-        if key == "config":
-            config_path = value
-        else:
-            overrides[key] = _parse_value(value)
-        i += 1
-    return config_path, overrides
+def _upgrade_legacy_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` with the keys of earlier runs (:data:`LEGACY_KEYS`) read as they are now: ``blending: b``
+    as ``segment_mean_weight: 1 - b`` (exact for the values runs used, 1.0 and 0.5), the AdamW betas
+    dropped when they are the values every run had.
+
+    Raises:
+        ValueError: ``blending`` beside ``segment_mean_weight``, or betas other than (0.9, 0.999).
+    """
+    values = dict(values)
+    if "blending" in values:
+        if "segment_mean_weight" in values:
+            raise ValueError(f"{source} sets both blending (the earlier name) and segment_mean_weight: keep segment_mean_weight.")
+        blending = values.pop("blending")
+        if isinstance(blending, bool) or not isinstance(blending, (int, float)):
+            raise ValueError(f"{source}: blending must be a number in [0, 1] (now segment_mean_weight = 1 - blending), got {blending!r}.")
+        values["segment_mean_weight"] = 1.0 - blending
+    for name, fixed in _FIXED_BETAS.items():
+        if name in values and values.pop(name) != fixed:
+            raise ValueError(f"{source}: {name} is {LEGACY_KEYS[name]}; this run set another value.")
+    return values
 
 
 def _parse_value(text: str) -> Any:
@@ -358,3 +434,69 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigTypeError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__}).")
     return value
+
+
+class TrainingArgumentParser(HfArgumentParser):
+    """``[--config NAME_OR_PATH] [--KEY VALUE ...]``: transformers' ``HfArgumentParser`` over
+    :class:`TrainingConfig` (one option per field, ``--help`` from the fields' ``metadata["help"]``,
+    ``--key-name`` aliases, a bare boolean flag meaning true, ``--no_KEY`` for the ones that default to
+    true), plus ``--config``.
+
+    Values are read as YAML scalars and flow lists (``1e-4``, ``null``, ``[28,42]``; a list also as
+    ``--image_size 28 42``) and checked by :class:`TrainingConfig` itself, so the file and the command
+    line give the same one-line errors; an unknown key is named with the closest valid one. Only the
+    keys given on the command line override the file (``defaults ← config file ← command line``).
+    """
+
+    def __init__(self, prog: str = "training/train.py", description: str | None = None, config_dir: Path = CONFIG_DIR):
+        shipped = ", ".join(sorted(path.stem for path in config_dir.glob("*.yaml")))
+        super().__init__(
+            TrainingConfig,
+            prog=prog,
+            usage=f"python {prog} [--config NAME_OR_PATH] [--KEY VALUE ...]\n"
+            f"       accelerate launch [LAUNCH OPTIONS] {prog} [--config NAME_OR_PATH] [--KEY VALUE ...]",
+            description=description,
+            epilog="Values: a bare --FLAG means true; lists as [a,b] or a b; null for none. Defaults are those of a plain"
+            f" run (the default config, {DEFAULT_CONFIG}).",
+            allow_abbrev=False,  # --max_step is a typo to name, not max_steps
+        )
+        self.config_dir = config_dir
+        self.add_argument(
+            "--config",
+            default=DEFAULT_CONFIG,
+            metavar="NAME_OR_PATH",
+            help=f"a YAML file of settings, or one of the shipped configs ({shipped}); the command line overrides it",
+        )
+        plain = TrainingConfig.from_yaml(DEFAULT_CONFIG, config_dir=config_dir)
+        for action in self._actions:
+            if action.dest not in TrainingConfig.keys():
+                continue
+            if action.nargs != 0:  # not --no_KEY
+                if action.choices:
+                    action.metavar = "{" + ",".join(map(str, action.choices)) + "}"
+                action.type, action.choices = _parse_value, None  # TrainingConfig checks values and choices
+                action.help = f"{action.help} (default: {_shown(getattr(plain, action.dest))})".replace("%", "%%")
+            action.default = argparse.SUPPRESS  # absent keys keep the file's value
+
+    def error(self, message: str) -> NoReturn:
+        """One line (a ValueError) instead of argparse's usage and exit."""
+        raise ValueError(f"{message} (`python {self.prog} --help` lists every key).")
+
+    def parse(self, argv: list[str]) -> TrainingConfig:
+        """The config of ``argv``: the defaults, then the ``--config`` file, then the given keys."""
+        namespace, remaining = self.parse_known_args(argv)
+        if remaining:
+            keys = [token[2:].partition("=")[0].replace("-", "_") for token in remaining if token.startswith("--")]
+            if not keys:
+                raise ValueError(f"expected a --key, got {remaining[0]!r} (arguments are --key value pairs).")
+            raise ValueError(f"Unknown training config key(s) in the command line: {TrainingConfig._name_unknown(sorted(keys))}.")
+        given = vars(namespace)
+        config = given.pop("config")
+        for name, value in given.items():  # --image_size [28,42] arrives as [[28, 42]]
+            if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+                given[name] = value[0]
+        return TrainingConfig.from_yaml(config, given, self.config_dir)
+
+
+def _shown(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

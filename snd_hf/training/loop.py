@@ -189,7 +189,7 @@ def train(
 
     def export(directory: Path, step: int) -> None:
         """Native student (in ``directory``) and teacher (``directory/teacher``) + original-layout .pth."""
-        variant = {"size": config.size, "blending": config.blending < 1.0}
+        variant = {"size": config.size, "blending": config.segment_mean_weight > 0}
         student_backbone = accelerator.unwrap_model(student).backbone
         save_native(student_backbone, directory, training_info=training_info(step, "student"), **variant)
         save_native(teacher.backbone, directory / "teacher", training_info=training_info(step, "teacher"), **variant)

@@ -90,7 +90,7 @@ def test_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path):
     for index, moments in expected_moments.items():
         for key, value in moments.items():
             assert torch.equal(restored["state"][index][key], value), (index, key)
-    assert restored["param_groups"][0]["betas"] == (CONFIG.adam_beta1, CONFIG.adam_beta2)  # a tuple again
+    assert restored["param_groups"][0]["betas"] == (0.9, 0.999)  # a tuple again (AdamW's)
     assert fresh_optimizer.param_groups[0]["lr"] == expected_lr
     fresh_optimizer.step(), fresh_scheduler.step()
     optimizer.step(), scheduler.step()

@@ -58,6 +58,8 @@ DEFAULT_CHECKPOINT = ASSETS / "default"
 INITIAL_CHECKPOINT = ASSETS / "pretrained_2d"  # where the embedded checkpoint's training started
 DEMO_IMAGES = ASSETS / "demo"
 DEMO_TRUTH = DEMO_IMAGES / "truth"
+# The benchmark's held-out rows of the embedded checkpoint's recipe, as benchmarks/bench_snd_effect.py wrote them.
+SND_EFFECT = ASSETS / "snd_effect.json"
 EMBEDDED = "embedded default checkpoint"
 PANEL = "panel.png"
 CORRESPONDENCE = "correspondence.png"
@@ -142,7 +144,34 @@ def run(args: argparse.Namespace) -> int:
     if compare:
         summary = ", ".join(f"{label} {recall:.2f}" for label, recall in recalls.items())
         print(f"correspondence view0 -> view1 (recall within {MATCH_THRESHOLD_PX:g} px: {summary}): {matches_picture}")
+    if name == EMBEDDED:
+        print(snd_effect_summary())
     return 0
+
+
+def snd_effect_summary(path: Path = SND_EFFECT) -> str:
+    """The four probes of the embedded checkpoint's recipe against its start, on the benchmark's held-out rooms.
+
+    One line per probe, start → SnD for each training seed, as ``benchmarks/bench_snd_effect.py``
+    wrote them (``snd_hf/assets/snd_effect.json``; the full tables: docs/snd_effect.md).
+    """
+    effect = read_json(path)
+    seeds = effect["seeds"]
+    probes = [
+        ("gap4_R@10", "recall within 10 px, views 4 frames apart (higher is better)", "{:.3f}"),
+        ("gap8_R@10", "recall within 10 px, views 8 frames apart (higher is better)", "{:.3f}"),
+        ("depth_log_rmse", "depth log-RMSE (lower is better)", "{:.3f}"),
+        ("normals_mean_deg", "surface normals mean angle in degrees (lower is better)", "{:.1f}"),
+        ("seg_miou", "segmentation mIoU, 6 classes (higher is better)", "{:.3f}"),
+    ]
+    lines = [
+        f"this recipe on {effect['held_out_rooms']} rooms no run trained on, start -> SnD for training seeds "
+        f"{' / '.join(seeds)} (benchmarks/bench_snd_effect.py; docs/snd_effect.md):"
+    ]
+    for key, label, number in probes:
+        runs = " / ".join(f"{number.format(rows['init'][key])} -> {number.format(rows['snd'][key])}" for rows in seeds.values())
+        lines.append(f"  {label}: {runs}")
+    return "\n".join(lines)
 
 
 def demo_truth(count: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -58,6 +58,7 @@ from .schema import RunManifestSchema, read_json, validate
 MANIFEST_NAME = "snd_run.json"
 LOCK_NAME = ".snd_run.lock"
 _OWN_NAMES = {MANIFEST_NAME, LOCK_NAME}
+ENTRY_POINT = "config.json"  # what makes a folder load as a model (SnDModel.from_pretrained)
 
 
 def _normalise(value: Any) -> Any:
@@ -193,7 +194,10 @@ class RunFolder:
             self._refuse_a_foreign_folder()  # before the lock file is created in it
         self._lock = lock_folder(self.folder)
         try:
-            self._manifest = self._claim(_recover_locked(self.folder))
+            manifest, notes = recover_locked(self.folder)
+            for note in notes:
+                print(note, file=sys.stderr)
+            self._manifest = self._claim(manifest)
         except BaseException:
             self._lock.release()
             raise
@@ -353,15 +357,26 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _finish_commit(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Carry out the commit recorded in ``manifest`` (again: what is done already is skipped)."""
+    """Carry out the commit recorded in ``manifest`` (again after a kill: what is done is skipped).
+
+    Forward only, since the commit point is passed: first the earlier files this commit replaces or
+    drops are removed, then the new ones move in, a model's entry point (``config.json``) removed
+    first and moved in last. So at any moment the folder holds part of one set, never a mix of two,
+    and loads as a model only once the set is complete.
+    """
     commit = manifest["commit"]
-    pairs = commit.get("moves", [])  # names inside the folder: checked by read_manifest's schema
-    for temporary, name in pairs:
-        if os.path.lexists(folder / temporary):
-            replace_path(folder / temporary, folder / name)
-        else:
-            restore_interrupted(folder / name)
-    remove_outputs(folder, commit.get("remove", []))
+    # Names inside the folder only: checked by read_manifest's schema.
+    pending = [[temporary, name] for temporary, name in commit.get("moves", []) if os.path.lexists(folder / temporary)]
+    pending.sort(key=lambda pair: (pair[1] == ENTRY_POINT, Path(pair[1]).name == ENTRY_POINT))  # the folder's own last
+    removed = [name for _, name in reversed(pending)] + commit.get("remove", [])
+    remove_outputs(folder, removed)
+    for temporary, name in pending:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        replace_path(folder / temporary, folder / name)
+    for temporary, _ in commit.get("moves", []):  # the emptied temporary folders the files came from
+        parts = Path(temporary).parts
+        for depth in (i for i, part in enumerate(parts[:-1]) if is_temporary(Path(part))):
+            shutil.rmtree(folder.joinpath(*parts[: depth + 1]), ignore_errors=True)
     if commit.get("remove"):
         print(f"{folder}: removed the {len(commit['remove'])} files of the earlier run that this one did not rewrite.", file=sys.stderr)
     del manifest["commit"]
@@ -371,16 +386,47 @@ def _finish_commit(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _recover_locked(folder: Path) -> dict[str, Any] | None:
-    """Under ``folder``'s lock: complete a commit a killed run left half done, remove the
-    temporaries of killed runs at any depth; returns the manifest (None without one)."""
-    manifest = read_manifest(folder)
+def commit_files(folder: Path, staging: Path, command: str, previous: Iterable[str] = (), info: dict[str, Any] | None = None) -> None:
+    """Move every file of ``staging`` (a finished folder from :func:`snd_hf.files.make_temporary`
+    inside ``folder``) into ``folder`` as one set, replacing the earlier set the manifest lists (and
+    ``previous``), through the run folder's commit: the moves are written into the manifest (the commit
+    point), then carried out (:func:`_finish_commit`); a kill after the commit point is completed by
+    the next writer (:func:`recover`, or a :class:`RunFolder` entering). Files of ``folder`` in neither
+    set (checkpoints, logs) are left alone. The caller holds ``folder``'s lock (:func:`lock_folder`).
+    """
+    folder, staging = Path(os.path.abspath(folder)), Path(os.path.abspath(staging))
+    files = _entries(staging)
+    manifest = read_manifest(folder) or {}
+    earlier = set(manifest.get("outputs", [])) | set(previous)
+    manifest["commit"] = {
+        "command": command,
+        "identity": {},
+        "info": _normalise(info or {}),
+        "outputs": files,
+        "moves": [[(staging.relative_to(folder) / name).as_posix(), name] for name in files],
+        "remove": sorted(earlier - set(files)),
+    }
+    _write_manifest(folder, manifest)
+    _finish_commit(folder, manifest)
+
+
+def recover_locked(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """Under ``folder``'s lock (held by the caller): complete a commit a killed run left half done and
+    remove the temporaries of killed runs at any depth.
+
+    Returns:
+        The manifest (None without one) and what was done, one line each.
+    """
+    manifest, notes = read_manifest(folder), []
     if manifest is not None and "commit" in manifest:
         manifest = _finish_commit(folder, manifest)
-        print(f"{folder}: completed the commit of a run killed while moving its files in.", file=sys.stderr)
+        notes.append(f"{folder}: completed the commit of a run killed while moving its files in.")
+    removed = []
     for directory, _, _ in os.walk(folder):
-        clean_stale_temporaries(Path(directory), again=True)
-    return manifest
+        removed += clean_stale_temporaries(Path(directory), again=True)
+    if removed:
+        notes.append(f"{folder}: removed temporaries of a killed run: " + ", ".join(sorted(path.relative_to(folder).as_posix() for path in removed)))
+    return manifest, notes
 
 
 def recover(folder: str | os.PathLike) -> None:
@@ -398,7 +444,8 @@ def recover(folder: str | os.PathLike) -> None:
         return
     lock = lock_folder(folder)
     try:
-        _recover_locked(folder)
+        for note in recover_locked(folder)[1]:
+            print(note, file=sys.stderr)
     finally:
         lock.release()
 
@@ -500,4 +547,4 @@ def check_replaceable(destination: Path, overwrite: bool = False) -> None:
         )
 
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "FolderLock", "RunFolder", "check_replaceable", "lock_folder", "read_manifest", "recover", "remove_outputs", "replace_folder"]
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "FolderLock", "RunFolder", "check_replaceable", "commit_files", "lock_folder", "read_manifest", "recover", "recover_locked", "remove_outputs", "replace_folder"]

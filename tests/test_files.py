@@ -126,3 +126,24 @@ def test_running_out_of_room_is_one_clear_error(tmp_path, error):
 def test_other_errors_pass_through_unchanged(tmp_path):
     with pytest.raises(RuntimeError, match="^some other failure$"):
         atomic_write(tmp_path / "x", lambda temporary: (_ for _ in ()).throw(RuntimeError("some other failure")))
+
+
+def test_only_the_shared_writer_moves_files_and_datasets_folders_go_through_it():
+    """By construction: no module of the package or training script moves a file into place, makes a
+    temporary, or calls `datasets`' `save_to_disk` (which replaces a folder silently) other than
+    snd_hf/files.py; the one `save_to_disk` is `data.hf.save_scene_dataset`'s, inside
+    `run_folder.replace_folder`."""
+    import snd_hf
+
+    package = Path(snd_hf.__file__).parent
+    moves = re.compile(r"os\.replace|os\.rename|\.rename\(|shutil\.move|mkdtemp|mkstemp|NamedTemporaryFile|save_to_disk\(")
+    found = []
+    for path in [*package.rglob("*.py"), *(package.parent / "training").glob("*.py")]:
+        if path == package / "files.py":
+            continue
+        for line in path.read_text().splitlines():
+            if moves.search(line.split("#")[0]) and not line.lstrip().startswith(('"""', "``")):
+                found.append((path.relative_to(package.parent).as_posix(), line.strip()))
+    assert found == [
+        ("snd_hf/data/hf.py", 'return replace_folder(path, lambda folder: dataset.save_to_disk(str(folder)), "save_scene_dataset", overwrite=overwrite)')
+    ]

@@ -97,6 +97,22 @@ def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_
     assert target.read_bytes() == b"features"
 
 
+def test_the_other_processes_find_a_live_writers_temporary_folder_by_its_destination(tmp_path):
+    """How every process of a distributed run finds the checkpoint folder its main process made
+    (``files.live_temporaries``): a live writer's temporary of that destination, never a dead one's,
+    nor one of another destination."""
+    step = tmp_path / "checkpoints" / "step_6"
+    live = make_temporary(step, directory=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from snd_hf.files import make_temporary; "
+         f"print(make_temporary(__import__('pathlib').Path({str(step)!r}), directory=True))"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip()  # fmt: skip
+    make_temporary(step.with_name("step_60"), directory=True)
+    assert Path(dead).is_dir() and files.live_temporaries(step) == [live]
+    assert files.destination_of(live) == step and files.destination_of(step) == step
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -25,8 +25,11 @@ Every snd-hf command that writes files into an output folder (`snd extract`, `sn
   once, naming the PID that holds the folder. A run killed before it finished leaves its manifest in
   state ``running``; the next run finds the lock free, says so and carries on.
 
-Folders written as one set and swapped in whole (a feature field) use :func:`replace_folder`, which
-keeps the same manifest and refuses to replace a folder holding files it does not list.
+Folders written as one set and swapped in whole (a feature field, ``snd synth``,
+``training/pretrain_2d.py``, ``save_scene_dataset``) use :func:`replace_folder`, which keeps the same
+manifest and refuses to replace a folder holding files it does not list. A set of files moved into a
+folder that also holds other things (the trainer's final export beside its checkpoints) uses
+:func:`commit_files`: the same commit, through the same manifest.
 """
 
 from __future__ import annotations

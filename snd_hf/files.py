@@ -141,6 +141,28 @@ def is_temporary(path: Path) -> bool:
     return any(_owner(part) is not None for part in Path(path).parts)
 
 
+def destination_of(path: Path) -> Path:
+    """The destination one of our temporaries stands for (``path`` itself for any other name)."""
+    path = Path(path)
+    return path.with_name(path.name[1:].rpartition(TEMPORARY_TAG)[0]) if _owner(path.name) is not None else path
+
+
+def live_temporaries(destination: Path) -> list[Path]:
+    """The temporaries beside ``destination`` that stand for it and whose writer may still be running
+    (this host's live processes, or another host's): how the other processes of a distributed run find
+    the folder their main process made."""
+    destination, host = Path(destination), _host()
+    if not destination.parent.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(destination.parent):
+        owner = _owner(entry.name)
+        if owner is not None and destination_of(Path(entry.name)).name == destination.name:
+            if owner[0] != host or _process_alive(owner[1]):
+                found.append(destination.parent / entry.name)
+    return sorted(found)
+
+
 def make_temporary(destination: Path, directory: bool = False) -> Path:
     """Create an empty temporary file or folder beside `destination`, named so a later run can clean it
     if this process dies (module docstring); stale temporaries and an interrupted replacement of
@@ -326,10 +348,12 @@ __all__ = [
     "atomic_write",
     "clean_stale_temporaries",
     "default_permissions",
+    "destination_of",
     "OutOfRoomError",
     "destination_checks",
     "explain_write_errors",
     "is_temporary",
+    "live_temporaries",
     "load_data_pickle",
     "make_temporary",
     "old_copy",

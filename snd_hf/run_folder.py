@@ -21,12 +21,15 @@ Every snd-hf command that writes files into an output folder (`snd extract`, `sn
   folder's earlier set untouched (its temporaries are removed by the next run); one killed after it
   is completed by the next run. The folder holds the old complete set or the new one.
 - **Lock** (``.snd_run.lock``, :mod:`filelock`, an OS lock the kernel releases when its process
-  dies): a second writer is refused at once, naming the PID that holds the folder. A run killed before
-  it finished leaves its manifest in state ``running``; the next run finds the lock free, says so and
-  carries on.
+  dies; its file is removed when the run ends, :class:`FolderLock`): a second writer is refused at
+  once, naming the PID that holds the folder. A run killed before it finished leaves its manifest in
+  state ``running``; the next run finds the lock free, says so and carries on.
 
-Folders written as one set and swapped in whole (a feature field) use :func:`replace_folder`, which
-keeps the same manifest and refuses to replace a folder holding files it does not list.
+Folders written as one set and swapped in whole (a feature field, ``snd synth``,
+``training/pretrain_2d.py``, ``save_scene_dataset``) use :func:`replace_folder`, which keeps the same
+manifest and refuses to replace a folder holding files it does not list. A set of files moved into a
+folder that also holds other things (the trainer's final export beside its checkpoints) uses
+:func:`commit_files`: the same commit, through the same manifest.
 """
 
 from __future__ import annotations
@@ -53,10 +56,12 @@ from .files import (
     replace_path,
     restore_interrupted,
 )
+from .schema import RunManifestSchema, read_json, validate
 
 MANIFEST_NAME = "snd_run.json"
 LOCK_NAME = ".snd_run.lock"
 _OWN_NAMES = {MANIFEST_NAME, LOCK_NAME}
+ENTRY_POINT = "config.json"  # what makes a folder load as a model (SnDModel.from_pretrained)
 
 
 def _normalise(value: Any) -> Any:
@@ -69,31 +74,22 @@ def _listing(names: list[str], limit: int = 3) -> str:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """``folder``'s manifest, or None when it has none.
+    """``folder``'s manifest, or None when it has none; read through the schema layer
+    (:class:`snd_hf.schema.RunManifestSchema`).
 
     Raises:
-        ValueError: the manifest is not JSON, or lists an output outside ``folder`` (an absolute
-            path, ``..``, a backslash): a hand-edited manifest can never make a run delete elsewhere.
+        SchemaError (a ``ValueError``): one line naming the manifest and the key, e.g. an output
+            outside ``folder`` (an absolute path, ``..``, a backslash: a hand-edited manifest can
+            never make a run delete elsewhere), a status that is not one of the three, a PID that is
+            not a number, or a file that is not JSON.
     """
     path = Path(folder) / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path)
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a valid run manifest ({error}); remove it to reuse {folder}") from None
-    outputs = manifest.get("outputs", []) if isinstance(manifest, dict) else None
-    if not isinstance(outputs, list) or not all(_is_inside_name(name) for name in outputs):
-        raise ValueError(f"{path} lists outputs outside {folder}; remove it to reuse the folder")
+    validate(RunManifestSchema, manifest, path)
     return manifest
-
-
-def _is_inside_name(name: object) -> bool:
-    """Whether ``name`` is a plain relative path below its folder (no ``..``, ``.``, root, backslash)."""
-    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
-        return False
-    parts = name.split("/")
-    return all(part not in ("", ".", "..") for part in parts)
 
 
 def _entries(folder: Path) -> list[str]:
@@ -175,7 +171,7 @@ class RunFolder:
         self.info = _normalise(info or {})
         self.manifest_path = self.folder / MANIFEST_NAME
         self._root = Path(os.path.abspath(self.folder))
-        self._lock: FileLock | None = None
+        self._lock: FolderLock | None = None
         self._manifest: dict[str, Any] = {}
         self._kept: set[str] = set()  # the committed outputs this run keeps (same identity)
         self._replaceable: set[str] = set()  # the committed outputs this run may replace
@@ -201,7 +197,10 @@ class RunFolder:
             self._refuse_a_foreign_folder()  # before the lock file is created in it
         self._lock = lock_folder(self.folder)
         try:
-            self._manifest = self._claim(_recover_locked(self.folder))
+            manifest, notes = recover_locked(self.folder)
+            for note in notes:
+                print(note, file=sys.stderr)
+            self._manifest = self._claim(manifest)
         except BaseException:
             self._lock.release()
             raise
@@ -361,18 +360,26 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _finish_commit(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Carry out the commit recorded in ``manifest`` (again: what is done already is skipped)."""
+    """Carry out the commit recorded in ``manifest`` (again after a kill: what is done is skipped).
+
+    Forward only, since the commit point is passed: first the earlier files this commit replaces or
+    drops are removed, then the new ones move in, a model's entry point (``config.json``) removed
+    first and moved in last. So at any moment the folder holds part of one set, never a mix of two,
+    and loads as a model only once the set is complete.
+    """
     commit = manifest["commit"]
-    pairs = commit.get("moves", [])
-    names = [name for pair in pairs for name in pair] + commit.get("remove", []) + commit.get("outputs", [])
-    if not all(_is_inside_name(name) for name in names):
-        raise ValueError(f"{folder / MANIFEST_NAME} names files outside {folder}; remove it to reuse the folder")
-    for temporary, name in pairs:
-        if os.path.lexists(folder / temporary):
-            replace_path(folder / temporary, folder / name)
-        else:
-            restore_interrupted(folder / name)
-    remove_outputs(folder, commit.get("remove", []))
+    # Names inside the folder only: checked by read_manifest's schema.
+    pending = [[temporary, name] for temporary, name in commit.get("moves", []) if os.path.lexists(folder / temporary)]
+    pending.sort(key=lambda pair: (pair[1] == ENTRY_POINT, Path(pair[1]).name == ENTRY_POINT))  # the folder's own last
+    removed = [name for _, name in reversed(pending)] + commit.get("remove", [])
+    remove_outputs(folder, removed)
+    for temporary, name in pending:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        replace_path(folder / temporary, folder / name)
+    for temporary, _ in commit.get("moves", []):  # the emptied temporary folders the files came from
+        parts = Path(temporary).parts
+        for depth in (i for i, part in enumerate(parts[:-1]) if is_temporary(Path(part))):
+            shutil.rmtree(folder.joinpath(*parts[: depth + 1]), ignore_errors=True)
     if commit.get("remove"):
         print(f"{folder}: removed the {len(commit['remove'])} files of the earlier run that this one did not rewrite.", file=sys.stderr)
     del manifest["commit"]
@@ -382,16 +389,47 @@ def _finish_commit(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def _recover_locked(folder: Path) -> dict[str, Any] | None:
-    """Under ``folder``'s lock: complete a commit a killed run left half done, remove the
-    temporaries of killed runs at any depth; returns the manifest (None without one)."""
-    manifest = read_manifest(folder)
+def commit_files(folder: Path, staging: Path, command: str, previous: Iterable[str] = (), info: dict[str, Any] | None = None) -> None:
+    """Move every file of ``staging`` (a finished folder from :func:`snd_hf.files.make_temporary`
+    inside ``folder``) into ``folder`` as one set, replacing the earlier set the manifest lists (and
+    ``previous``), through the run folder's commit: the moves are written into the manifest (the commit
+    point), then carried out (:func:`_finish_commit`); a kill after the commit point is completed by
+    the next writer (:func:`recover`, or a :class:`RunFolder` entering). Files of ``folder`` in neither
+    set (checkpoints, logs) are left alone. The caller holds ``folder``'s lock (:func:`lock_folder`).
+    """
+    folder, staging = Path(os.path.abspath(folder)), Path(os.path.abspath(staging))
+    files = _entries(staging)
+    manifest = read_manifest(folder) or {}
+    earlier = set(manifest.get("outputs", [])) | set(previous)
+    manifest["commit"] = {
+        "command": command,
+        "identity": {},
+        "info": _normalise(info or {}),
+        "outputs": files,
+        "moves": [[(staging.relative_to(folder) / name).as_posix(), name] for name in files],
+        "remove": sorted(earlier - set(files)),
+    }
+    _write_manifest(folder, manifest)
+    _finish_commit(folder, manifest)
+
+
+def recover_locked(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """Under ``folder``'s lock (held by the caller): complete a commit a killed run left half done and
+    remove the temporaries of killed runs at any depth.
+
+    Returns:
+        The manifest (None without one) and what was done, one line each.
+    """
+    manifest, notes = read_manifest(folder), []
     if manifest is not None and "commit" in manifest:
         manifest = _finish_commit(folder, manifest)
-        print(f"{folder}: completed the commit of a run killed while moving its files in.", file=sys.stderr)
+        notes.append(f"{folder}: completed the commit of a run killed while moving its files in.")
+    removed = []
     for directory, _, _ in os.walk(folder):
-        clean_stale_temporaries(Path(directory), again=True)
-    return manifest
+        removed += clean_stale_temporaries(Path(directory), again=True)
+    if removed:
+        notes.append(f"{folder}: removed temporaries of a killed run: " + ", ".join(sorted(path.relative_to(folder).as_posix() for path in removed)))
+    return manifest, notes
 
 
 def recover(folder: str | os.PathLike) -> None:
@@ -405,36 +443,57 @@ def recover(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     restore_interrupted(folder)
     clean_stale_temporaries(folder.parent, again=True)
-    if not folder.is_dir() or not (folder / LOCK_NAME).exists():
+    if not folder.is_dir() or not any(os.path.lexists(folder / name) for name in _OWN_NAMES):
         return
     lock = lock_folder(folder)
     try:
-        _recover_locked(folder)
+        for note in recover_locked(folder)[1]:
+            print(note, file=sys.stderr)
     finally:
         lock.release()
 
 
-def lock_folder(folder: Path) -> FileLock:
-    """Take ``folder``'s lock (created if missing), held until released or until this process ends.
+class FolderLock(FileLock):
+    """A folder's lock whose file goes with it: the final release removes ``.snd_run.lock`` (unlinked
+    while still held, then unlocked), so a finished run leaves nothing of its lock behind.
+
+    Safe against a process that opened the old lock file just before it was unlinked: once that
+    process gets the lock it finds the file unlinked and does not count it as held (filelock >= 4
+    checks the inode's link count), so two processes never both hold the folder. A run killed with
+    SIGKILL leaves the file; the kernel released its lock, and the next run's release removes it.
+    """
+
+    def release(self, force: bool = False) -> None:
+        if self.is_locked and (force or self.lock_counter == 1):
+            Path(self.lock_file).unlink(missing_ok=True)
+        super().release(force=force)
+
+
+def lock_folder(folder: Path) -> FolderLock:
+    """Take ``folder``'s lock (created if missing), held until released (which removes its file) or
+    until this process ends.
 
     Raises:
         BlockingIOError: another process holds it (named from the folder's manifest when it has one).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_NAME)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = FolderLock(folder / LOCK_NAME)
+    # Tried again a few times: a failure can be the unlinked file of a writer that was just finishing.
+    for _ in range(3):
         try:
-            holder = read_manifest(folder) or {}
-        except ValueError:
-            holder = {}
-        who = f"PID {holder['pid']} on {holder['host']}" if "pid" in holder else "another process"
-        raise BlockingIOError(
-            f"{folder} is being written by {who} ({holder.get('running_command', holder.get('command', 'a run'))}); wait for it to finish or"
-            " choose another output folder"
-        ) from None
-    return lock
+            lock.acquire(timeout=0)
+            return lock
+        except Timeout:
+            continue
+    try:
+        holder = read_manifest(folder) or {}
+    except ValueError:
+        holder = {}
+    who = f"PID {holder['pid']} on {holder['host']}" if "pid" in holder else "another process"
+    raise BlockingIOError(
+        f"{folder} is being written by {who} ({holder.get('running_command', holder.get('command', 'a run'))}); wait for it to finish or"
+        " choose another output folder"
+    )
 
 
 def replace_folder(
@@ -491,4 +550,4 @@ def check_replaceable(destination: Path, overwrite: bool = False) -> None:
         )
 
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunFolder", "check_replaceable", "lock_folder", "read_manifest", "recover", "remove_outputs", "replace_folder"]
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "FolderLock", "RunFolder", "check_replaceable", "commit_files", "lock_folder", "read_manifest", "recover", "recover_locked", "remove_outputs", "replace_folder"]

@@ -12,7 +12,8 @@ cross-checks, with size caps checked before anything is allocated. Whatever fail
 The models of the package's files are here, one place to read what each file may hold:
 :class:`ModelConfigSchema` (``config.json``), :class:`ProcessorConfigSchema`
 (``preprocessor_config.json``), :class:`FieldConfigSchema` (a feature field's ``field.json``),
-:class:`ResultsSchema` (``snd eval``'s ``results.json`` and cached metrics). The training YAML is
+:class:`ResultsSchema` (``snd eval``'s ``results.json`` and cached metrics), :class:`RunManifestSchema`
+(a run folder's ``snd_run.json``). The training YAML is
 read by :func:`read_yaml` and checked by ``snd_hf.training.config.TrainingConfig``.
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_FILE_BYTES = 16 * 2**20  # every configuration file the package writes is far below this
 MAX_DEPTH = 32  # nesting of objects/lists; the package's own files use at most 5 levels
@@ -275,6 +276,54 @@ class MetricsSchema(_Schema):
     metrics: dict[str, float | None]
 
 
+# ------------------------------------------------------------------------------ snd_run.json
+def is_inside_name(name: object) -> bool:
+    """Whether ``name`` is a plain relative path below its folder (no ``..``, ``.``, root, backslash)."""
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _inside(name: str) -> str:
+    if not is_inside_name(name):
+        raise ValueError("must be a path inside the folder (no absolute path, '..' or backslash)")
+    return name
+
+
+InsideName = Annotated[str, AfterValidator(_inside)]
+InsideNames = Annotated[list[InsideName], Field(max_length=10_000_000)]
+
+
+class _RunCommitSchema(_Schema):
+    """A commit a run recorded and has not finished carrying out (``snd_hf.run_folder``)."""
+
+    command: str | None = None
+    identity: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    outputs: InsideNames = []
+    moves: list[Annotated[list[InsideName], Field(min_length=2, max_length=2)]] = []
+    remove: InsideNames = []
+
+
+class RunManifestSchema(_Schema):
+    """A run folder's ``snd_run.json`` (``snd_hf.run_folder``): what made the files, every file the
+    runs wrote (paths inside the folder only: a hand-edited manifest never makes a run touch anything
+    else) and the state of the last run. Other keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    command: str | None = None
+    identity: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    outputs: InsideNames = []
+    status: Literal["running", "complete", "failed"] | None = None
+    pid: int | None = None
+    host: str | None = None
+    running_command: str | None = None
+    running: dict[str, Any] | None = None
+    commit: _RunCommitSchema | None = None
+
+
 # ------------------------------------------------------------------------------ numeric options
 def finite_number(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
     """``value`` when it is a finite number (not a boolean) within ``[low, high]`` (either bound may be
@@ -314,9 +363,11 @@ __all__ = [
     "ModelConfigSchema",
     "ProcessorConfigSchema",
     "ResultsSchema",
+    "RunManifestSchema",
     "SchemaError",
     "check_depth",
     "finite_number",
+    "is_inside_name",
     "number_option",
     "load",
     "read_json",

@@ -97,6 +97,22 @@ def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_
     assert target.read_bytes() == b"features"
 
 
+def test_the_other_processes_find_a_live_writers_temporary_folder_by_its_destination(tmp_path):
+    """How every process of a distributed run finds the checkpoint folder its main process made
+    (``files.live_temporaries``): a live writer's temporary of that destination, never a dead one's,
+    nor one of another destination."""
+    step = tmp_path / "checkpoints" / "step_6"
+    live = make_temporary(step, directory=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from snd_hf.files import make_temporary; "
+         f"print(make_temporary(__import__('pathlib').Path({str(step)!r}), directory=True))"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip()  # fmt: skip
+    make_temporary(step.with_name("step_60"), directory=True)
+    assert Path(dead).is_dir() and files.live_temporaries(step) == [live]
+    assert files.destination_of(live) == step and files.destination_of(step) == step
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -126,3 +142,24 @@ def test_running_out_of_room_is_one_clear_error(tmp_path, error):
 def test_other_errors_pass_through_unchanged(tmp_path):
     with pytest.raises(RuntimeError, match="^some other failure$"):
         atomic_write(tmp_path / "x", lambda temporary: (_ for _ in ()).throw(RuntimeError("some other failure")))
+
+
+def test_only_the_shared_writer_moves_files_and_datasets_folders_go_through_it():
+    """By construction: no module of the package or training script moves a file into place, makes a
+    temporary, or calls `datasets`' `save_to_disk` (which replaces a folder silently) other than
+    snd_hf/files.py; the one `save_to_disk` is `data.hf.save_scene_dataset`'s, inside
+    `run_folder.replace_folder`."""
+    import snd_hf
+
+    package = Path(snd_hf.__file__).parent
+    moves = re.compile(r"os\.replace|os\.rename|\.rename\(|shutil\.move|mkdtemp|mkstemp|NamedTemporaryFile|save_to_disk\(")
+    found = []
+    for path in [*package.rglob("*.py"), *(package.parent / "training").glob("*.py")]:
+        if path == package / "files.py":
+            continue
+        for line in path.read_text().splitlines():
+            if moves.search(line.split("#")[0]) and not line.lstrip().startswith(('"""', "``")):
+                found.append((path.relative_to(package.parent).as_posix(), line.strip()))
+    assert found == [
+        ("snd_hf/data/hf.py", 'return replace_folder(path, lambda folder: dataset.save_to_disk(str(folder)), "save_scene_dataset", overwrite=overwrite)')
+    ]

@@ -79,9 +79,43 @@ def test_a_manifest_cannot_make_a_run_delete_outside_its_folder(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / MANIFEST_NAME).write_text(json.dumps({"identity": A, "outputs": ["../precious.txt"]}))
-    with pytest.raises(ValueError, match="lists outputs outside"):
+    with pytest.raises(ValueError, match=r"snd_run.json: outputs\[0\] must be a path inside the folder"):
         write_run(folder, B, ["x.safetensors"], overwrite=True)
     assert outside.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"outputs": ["x", "/etc/passwd"]}, r"outputs\[1\] must be a path inside the folder"),
+        ({"outputs": "x.safetensors"}, r"outputs must be a valid list"),
+        ({"status": "done"}, r"status must be 'running', 'complete' or 'failed' \(got 'done'\)"),
+        ({"pid": "12"}, r"pid must be a valid integer \(got '12'\)"),
+        ({"commit": {"moves": [["a", "../b"]]}}, r"commit.moves\[0\]\[1\] must be a path inside the folder"),
+        ({"identity": ["a"]}, r"identity must be a valid dictionary"),
+        ([1, 2], r"must hold a JSON object"),
+    ],
+)
+def test_a_hostile_manifest_is_one_line_naming_the_file_and_the_key(tmp_path, record, message):
+    """The manifest is read through snd_hf/schema.py: nothing of the folder changes, and the error is one
+    line naming the manifest and the key."""
+    (tmp_path / "x.safetensors").write_text("kept")
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"^{tmp_path / MANIFEST_NAME}: {message}") as raised:
+        write_run(tmp_path, A, ["x.safetensors"], overwrite=True)
+    assert "\n" not in str(raised.value)
+    assert sorted(os.listdir(tmp_path)) == [MANIFEST_NAME, "x.safetensors"]  # no lock file left either
+    assert (tmp_path / "x.safetensors").read_text() == "kept"
+
+
+def test_a_run_leaves_no_lock_file_behind(tmp_path):
+    write_run(tmp_path, A, ["x.safetensors"])
+    assert sorted(os.listdir(tmp_path)) == [MANIFEST_NAME, "x.safetensors"]
+    with pytest.raises(RuntimeError):  # a failed run neither
+        with RunFolder(tmp_path, "test", A, ["y.safetensors"]):
+            assert (tmp_path / LOCK_NAME).exists()  # held while it runs
+            raise RuntimeError("stop")
+    assert sorted(os.listdir(tmp_path)) == [MANIFEST_NAME, "x.safetensors"]
 
 
 def test_a_failed_run_is_recorded(tmp_path):
@@ -119,9 +153,11 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_cleared(tmp_path,
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: the manifest still says "running"
         holder.wait()
+    assert (tmp_path / LOCK_NAME).exists()  # the killed holder's: the kernel released its lock
     write_run(tmp_path, A, ["x.safetensors"])
     assert f"previous run (PID {holder.pid}" in capsys.readouterr().err
     assert manifest(tmp_path)["status"] == "complete" and (tmp_path / "x.safetensors").exists()
+    assert not (tmp_path / LOCK_NAME).exists()  # this run's release removed it
 
 
 def test_cache_entries_outlive_the_run_they_were_written_by(tmp_path):

@@ -31,8 +31,8 @@ Outputs in ``output_dir``: the final student as a native SnD directory (``SnDMod
 / ``AutoModel.from_pretrained`` load it), ``teacher/`` (the EMA teacher, or the unchanged start with
 ``teacher_mode: frozen``; same format),
 ``student_original.pth`` / ``teacher_original.pth`` (LoRA merged, torch.hub DINOv2 key layout),
-``export.json`` (the step and files of that export, which is swapped in as one set),
-``losses.jsonl`` (one line per optimizer step, also after a resume: loss, lr and the collapse
+``export.json`` (the step and files of that export, which is moved in as one set; ``snd_run.json``
+lists its files), ``losses.jsonl`` (one line per optimizer step, also after a resume: loss, lr and the collapse
 diagnostics of snd_hf/training/diagnostics.py, which warn once when the run collapses),
 ``config.yaml``, and ``checkpoints/step_{n}`` (the full training state as safetensors + JSON, no
 pickle: resumable).

@@ -35,8 +35,6 @@ import argparse
 import inspect
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import make_temporary, replace_path
+from ..run_folder import read_manifest, replace_folder
 from ..schema import read_json
 
 # Semantic class ids written to semantics/*.png; 0 is reserved for "unlabelled".
@@ -536,85 +534,40 @@ def generate_scenes(
 ) -> Path:
     """Generate ``num_scenes`` rooms of ``num_frames`` frames into ``out_dir/scenes/``.
 
-    Deterministic in ``seed`` (scene ``i`` depends only on ``(seed, i)``). The scenes are
-    written into a temporary sibling folder that replaces ``out_dir`` once complete, so an
-    interrupted run never leaves a half-written dataset; ``out_dir/snd_synthetic.json``
-    records the parameters and every file written. ``glossy`` adds specular highlights and their
-    ground truth (see the module docstring).
+    Deterministic in ``seed`` (scene ``i`` depends only on ``(seed, i)``). Written as one set through
+    the run folder (:func:`snd_hf.run_folder.replace_folder`): into a temporary folder beside
+    ``out_dir`` that replaces it once complete, so an interrupted run never leaves a half-written
+    dataset; its manifest ``snd_run.json`` lists every file, and ``snd_synthetic.json`` records the
+    parameters. ``glossy`` adds specular highlights and their ground truth (see the module docstring).
 
     An existing ``out_dir`` is replaced only when it is empty or holds nothing but the files its
-    ``snd_synthetic.json`` records (a set this function wrote), or with ``overwrite=True``.
+    manifest lists (a set the package wrote), or with ``overwrite=True``.
 
     Returns:
         ``out_dir``.
 
     Raises:
-        FileExistsError: ``out_dir`` holds anything else (named in the message), or is a file
-            or a symbolic link, and ``overwrite`` is False.
+        FileExistsError: ``out_dir`` holds anything else (the first files named), or is a file or a
+            symbolic link, and ``overwrite`` is False. Nothing is changed.
     """
     parameters = _parameters(num_scenes, num_frames, height, width, seed, image_format, glossy)
     out_dir = Path(out_dir)
-    if not overwrite:
-        _check_replaceable(out_dir)
-    staging = make_temporary(out_dir, directory=True)  # a killed run's leftover is cleaned by the next
-    try:
+
+    def build(folder: Path) -> None:
         for scene_index in tqdm(range(num_scenes), desc="synthetic scenes", disable=not progress):
             rendered = render_synthetic_scene(scene_index, num_frames, height, width, seed, glossy)
-            _write_scene(rendered, staging / "scenes" / f"synth_{scene_index:04d}", image_format)
-        files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
-        (staging / MARKER_NAME).write_text(json.dumps({**parameters, "files": files}, indent=1))
-        if not overwrite:
-            _check_replaceable(out_dir)  # again: the user may have added files meanwhile
-        replace_path(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+            _write_scene(rendered, folder / "scenes" / f"synth_{scene_index:04d}", image_format)
+        (folder / MARKER_NAME).write_text(json.dumps(parameters, indent=1))
 
-
-def _recorded_files(out_dir: Path) -> list[str] | None:
-    """The files ``out_dir``'s marker says the generator wrote, or None without a readable marker."""
     try:
-        files = read_json(out_dir / MARKER_NAME).get("files")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return files if isinstance(files, list) else None
-
-
-def _foreign_entries(out_dir: Path, limit: int = 3) -> list[str]:
-    """Up to ``limit`` entries of ``out_dir`` the generator did not write (files missing from the
-    marker's list, symbolic links), as paths relative to ``out_dir``."""
-    written = set(_recorded_files(out_dir) or ()) | {MARKER_NAME}
-    foreign = []
-    for directory, folders, files in os.walk(out_dir):
-        base = Path(directory).relative_to(out_dir)
-        entries = [name for name in folders if (Path(directory) / name).is_symlink()] + files
-        foreign += [(base / name).as_posix() for name in sorted(entries) if (base / name).as_posix() not in written]
-        if len(foreign) >= limit:
-            break
-        folders.sort()
-    return foreign[:limit]
-
-
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace a folder that holds anything the generator did not write (issue: a user's
-    data deleted by ``snd synth --out``)."""
-    hint = "pass overwrite=True (snd synth --overwrite) to replace it, or choose another folder"
-    if out_dir.is_symlink():
-        raise FileExistsError(f"{out_dir} is a symbolic link; give the folder it points to, or {hint}")
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} is a file, not a folder of generated scenes; {hint}")
-    foreign = _foreign_entries(out_dir)
-    if foreign:
-        origin = "not recorded in its " + MARKER_NAME if (out_dir / MARKER_NAME).is_file() else "that snd did not write"
-        raise FileExistsError(f"{out_dir} holds files {origin} ({', '.join(foreign)}, ...); {hint}")
+        return replace_folder(out_dir, build, "snd synth", identity=parameters, overwrite=overwrite)
+    except FileExistsError as error:
+        raise FileExistsError(f"{error}; or pass overwrite=True (snd synth --overwrite) to replace it") from None
 
 
 def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
     """Like :func:`generate_scenes` (same keyword arguments), but only when ``out_dir`` lacks a
-    complete set made with these parameters.
+    complete set made with these parameters (its run manifest's identity, every file it lists present).
 
     Raises:
         FileExistsError: ``out_dir`` must be (re)generated but holds files the generator did not
@@ -628,11 +581,17 @@ def ensure_synthetic_scenes(out_dir: str | Path, **options) -> Path:
         arguments["image_format"], arguments["glossy"],
     )  # fmt: skip
     out_dir = Path(out_dir)
-    marker = out_dir / MARKER_NAME
-    files = _recorded_files(out_dir)
-    if files is not None and not out_dir.is_symlink():
-        recorded = {key: value for key, value in read_json(marker).items() if key != "files"}
-        if recorded == parameters and all((out_dir / name).is_file() for name in files):
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        manifest = read_manifest(out_dir)
+        if manifest is not None and manifest.get("command") == "snd synth":
+            recorded, files = manifest.get("identity"), manifest.get("outputs", [])
+        else:  # a set of an earlier version: its marker lists the files
+            try:
+                recorded = read_json(out_dir / MARKER_NAME)
+                files = recorded.pop("files")
+            except (OSError, ValueError, KeyError, AttributeError):
+                recorded, files = None, []
+        if recorded == parameters and isinstance(files, list) and all((out_dir / str(name)).is_file() for name in files):
             return out_dir
     return generate_scenes(**arguments)
 

@@ -1,8 +1,9 @@
 """Crash-safe, pickle-free training checkpoints: ``output_dir/checkpoints/step_{n}`` folders.
 
-A checkpoint is written into a hidden temporary folder and renamed into place only once it is
-complete (a rename within one file system is atomic), so a run killed during a save leaves the
-previous checkpoint as the newest complete one and stays resumable.
+A checkpoint is written into a temporary folder of the package's one naming scheme
+(:func:`snd_hf.files.make_temporary`) and moved into place by :func:`snd_hf.files.replace_path` only
+once it is complete, so a run killed during a save leaves the previous checkpoint as the newest
+complete one and stays resumable; the next run removes what the killed save left (its process is gone).
 
 Its full training state is tensors in safetensors plus JSON; nothing in it is ever unpickled, so
 resuming from a checkpoint folder someone else made cannot run code. (accelerate's
@@ -35,13 +36,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..files import explain_write_errors, replace_path
+from ..files import destination_of, explain_write_errors, is_temporary, live_temporaries, make_temporary, replace_path
 from ..schema import read_json
 from .guards import first_non_finite
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _RNG_FILE = re.compile(r"^rng_state_(\d+)\.safetensors$")
-_TMP_PREFIX = ".tmp-"
 FORMAT = "snd-hf-training-state"
 FORMAT_VERSION = 1
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -82,34 +82,33 @@ def resolve_checkpoint(output_dir: str | Path, name: str) -> Path | None:
     return path
 
 
-def temporary_checkpoint_path(output_dir: str | Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` is written before :func:`finalize_checkpoint` renames it."""
-    return checkpoint_root(output_dir) / f"{_TMP_PREFIX}step_{step}"
-
-
 def temporary_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
-    """A fresh temporary folder for the checkpoint of ``step`` (leftovers of a killed save are removed)."""
-    tmp = temporary_checkpoint_path(output_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    """A fresh temporary folder for the checkpoint of ``step`` (:func:`snd_hf.files.make_temporary`,
+    which first removes what killed saves left). Made by the main process only."""
+    return make_temporary(checkpoint_root(output_dir) / f"step_{step}", directory=True)
 
 
-def stale_temporary_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Temporary checkpoint folders left by killed saves (never resumable: they may be incomplete)."""
-    root = checkpoint_root(output_dir)
-    return sorted(p for p in root.glob(f"{_TMP_PREFIX}*") if p.is_dir()) if root.is_dir() else []
+def temporary_checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """The temporary folder the main process made for the checkpoint of ``step``, as every process
+    finds it (:func:`snd_hf.files.live_temporaries`).
+
+    Raises:
+        RuntimeError: there is no such folder, or more than one (another live trainer in ``output_dir``).
+    """
+    found = live_temporaries(checkpoint_root(output_dir) / f"step_{step}")
+    if len(found) != 1:
+        raise RuntimeError(f"expected one temporary folder of checkpoint step_{step} in {checkpoint_root(output_dir)}, found {len(found)}")
+    return found[0]
 
 
 def finalize_checkpoint(tmp: Path, total_limit: int | None = None) -> Path:
     """Rename a complete temporary checkpoint into place, then drop the oldest beyond ``total_limit``
     (None keeps all; it must be >= 1, so the checkpoint just written is always kept)."""
-    if not tmp.name.startswith(_TMP_PREFIX):
+    if not is_temporary(tmp):
         raise ValueError(f"tmp must be a folder from temporary_checkpoint_dir, got {str(tmp)!r}.")
     if total_limit is not None and total_limit < 1:
         raise ValueError(f"checkpoints_total_limit must be >= 1 or None (keep all), got {total_limit}.")
-    final = tmp.with_name(tmp.name[len(_TMP_PREFIX):])
+    final = destination_of(tmp)
     # The same step saved again (resumed from an older checkpoint): the older complete checkpoints
     # stay in place meanwhile, so "latest" always finds one.
     replace_path(tmp, final)
@@ -226,7 +225,7 @@ def save_training_state(
     """
     directory = Path(directory)
     # Running out of room is one OutOfRoomError naming the checkpoint, however safetensors reports it.
-    with explain_write_errors(directory.with_name(directory.name.removeprefix(_TMP_PREFIX))):
+    with explain_write_errors(destination_of(directory)):
         _write_training_state(directory, modules, optimizer, scheduler, trainer_state, scaler, process_index, is_main_process)
 
 

@@ -6,40 +6,37 @@ Rules, each checked before any compute:
   continues the run there, ``overwrite_output_dir`` starts again (removing only what an earlier run
   wrote: checkpoints, logs, the loss log, the config and the final export; other files stay).
 - Synthetic scenes are generated only into an empty folder or one the package generated itself
-  (``snd_synthetic.json`` and nothing else beside ``scenes/``): a user's dataset is never replaced.
+  (``snd_synthetic.json`` and its run manifest, nothing else beside ``scenes/``): a user's dataset
+  is never replaced.
 
-And, when the run starts, temporaries of a killed run (our own ``.tmp-*`` names) are removed and a
-final export it left half-swapped is completed; ``losses.jsonl`` keeps one line per step after a
-resume; the final export is written completely beside the folder's contents and then swapped in,
-so the folder never holds parts of two exports (:func:`write_final_export`).
+And, when the run starts, the temporaries of a killed run (the package's one naming scheme,
+:mod:`snd_hf.files`) are removed and a final export it left half moved in is completed
+(:func:`snd_hf.run_folder.recover_locked`); ``losses.jsonl`` keeps one line per step after a resume;
+the final export is written completely into a temporary folder and then moved in as one set by the
+run folder's commit (:func:`snd_hf.run_folder.commit_files`), so the folder never holds parts of two
+exports (:func:`write_final_export`).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
-import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from ..data.synthetic import MARKER_NAME
-from ..files import atomic_write, default_permissions
+from ..files import atomic_write, make_temporary, restore_interrupted
+from ..run_folder import MANIFEST_NAME, commit_files, lock_folder, read_manifest, recover_locked, remove_outputs
 from ..schema import read_json
-from ..run_folder import lock_folder
-from .checkpoints import stale_temporary_checkpoints
+from .checkpoints import checkpoint_root
 
 EXPORT_MANIFEST = "export.json"  # lists the files of the final export (written last)
 LOSS_LOG = "losses.jsonl"
 RUN_FILES = ("checkpoints", "logs", LOSS_LOG, "config.yaml")  # what a run writes besides its export
-_STAGING = ".tmp-export"  # the final export while it is written
-_READY = ".export-ready"  # ... once complete, while it is swapped in
-_OLD = ".export-old"  # the previous export while it is swapped out
-# The native model's entry point: moved out first and in last, so a half-swapped folder never loads.
-_ENTRY = "config.json"
+EXPORT_COMMAND = "train.py"  # the final export's command in output_dir's run manifest
 _locks: dict[Path, object] = {}  # the output folders this process trains into, locked until it ends
-_TEMPORARY = re.compile(r"^(\.tmp-.*|\..*\.tmp)$")  # our temporaries: files.atomic_write and the .tmp-* folders
 
 
 def _entries(path: Path) -> list[str]:
@@ -69,7 +66,7 @@ def check_synthetic_dataset_path(path: str | Path) -> None:
 
     Raises:
         ValueError: ``path`` is a file, or a non-empty folder without ``snd_synthetic.json`` or with
-            entries other than it and ``scenes/``.
+            entries other than it, its run manifest and ``scenes/``.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -77,7 +74,7 @@ def check_synthetic_dataset_path(path: str | Path) -> None:
     entries = _entries(path)
     if not entries:
         return
-    foreign = [name for name in entries if name not in (MARKER_NAME, "scenes")]
+    foreign = [name for name in entries if name not in (MARKER_NAME, MANIFEST_NAME, "scenes")]
     if MARKER_NAME not in entries or foreign:
         what = f"files it did not generate ({', '.join(foreign[:5])})" if foreign else f"no {MARKER_NAME}"
         raise ValueError(
@@ -91,28 +88,26 @@ def prepare_output_dir(output_dir: str | Path, *, overwrite: bool) -> list[str]:
     """Make ``output_dir`` ready for a run (main process only); returns what was done, one line each.
 
     Takes the folder's lock first (:func:`snd_hf.run_folder.lock_folder`, held until the process
-    ends): a second trainer writing the same ``output_dir`` is refused at once (``BlockingIOError``),
-    before anything in it changes. Then removes temporaries a killed run left (``.tmp-*`` folders, ``.*.tmp`` files, unfinished
-    checkpoints), completes a final export it left half-swapped and, with ``overwrite``, removes an
-    earlier run's outputs (:data:`RUN_FILES` and the files its ``export.json`` lists).
+    ends, when its file is removed): a second trainer writing the same ``output_dir`` is refused at
+    once (``BlockingIOError``), before anything in it changes. Then completes a final export a killed
+    run left half moved in, removes the temporaries killed runs left at any depth (unfinished
+    checkpoints and exports, :func:`snd_hf.run_folder.recover_locked`), puts back a checkpoint a
+    killed save left moved aside and, with ``overwrite``, removes an earlier run's outputs
+    (:data:`RUN_FILES`, the export its manifest lists, and the manifest).
     """
     output_dir = Path(output_dir)
     if output_dir.resolve() not in _locks:
-        _locks[output_dir.resolve()] = lock_folder(output_dir)
-    notes = []
-    if (output_dir / _READY).is_dir():
-        _swap_in_export(output_dir)
-        notes.append(f"completed the final export that a killed run left half swapped in {output_dir}")
-    stale = [output_dir / name for name in _entries(output_dir) if _TEMPORARY.match(name) or name == _OLD]
-    stale += stale_temporary_checkpoints(output_dir)
-    for path in stale:
-        _remove(path)
-    if stale:
-        notes.append("removed temporaries of a killed run: " + ", ".join(str(p.relative_to(output_dir)) for p in stale))
+        lock = lock_folder(output_dir)
+        _locks[output_dir.resolve()] = lock
+        atexit.register(lock.release)
+    notes = recover_locked(output_dir)[1]
+    root = checkpoint_root(output_dir)
+    for moved in sorted(root.glob(".step_*.old")) if root.is_dir() else ():
+        if restore_interrupted(root / moved.name[1:-len(".old")]):
+            notes.append(f"restored {moved.name[1:-len('.old')]}, moved aside by a killed checkpoint save")
     if overwrite:
-        previous = [name for name in (*RUN_FILES, *_export_names(output_dir)) if (output_dir / name).exists()]
-        for name in previous:
-            _remove(output_dir / name)
+        previous = [name for name in (*RUN_FILES, *_export_names(output_dir), MANIFEST_NAME) if (output_dir / name).exists()]
+        remove_outputs(output_dir, previous)
         if previous:
             notes.append(f"--overwrite_output_dir: removed the earlier run's {', '.join(previous)}")
     return notes
@@ -155,73 +150,40 @@ class LossLog:
 
 
 # -------------------------------------------------------------------------------------------------
-# The final export, swapped in as a set
+# The final export, moved in as a set
 # -------------------------------------------------------------------------------------------------
 def _export_names(output_dir: Path) -> list[str]:
-    """The files of the export in ``output_dir``, from its manifest ([] without one)."""
+    """The files of the export in ``output_dir``: those its run manifest lists or, in an output_dir of
+    an older version, those its ``export.json`` lists (plain names inside the folder only)."""
+    manifest = read_manifest(output_dir)
+    if manifest is not None:
+        return manifest.get("outputs", [])
     try:
         names = read_json(output_dir / EXPORT_MANIFEST)["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    # Only plain names inside the folder: a manifest never makes us touch anything else.
     return [n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..")] + [EXPORT_MANIFEST]
 
 
-def _in_order(names: list[str], *, moving_in: bool) -> list[str]:
-    """Moving out: the entry point first, the manifest last. Moving in: both last (entry, manifest)."""
-    rest = [n for n in names if n not in (_ENTRY, EXPORT_MANIFEST)]
-    if moving_in:
-        return rest + [n for n in (_ENTRY, EXPORT_MANIFEST) if n in names]
-    return [n for n in (_ENTRY,) if n in names] + rest + [n for n in (EXPORT_MANIFEST,) if n in names]
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-
-
-def _swap_in_export(output_dir: Path) -> None:
-    """Move the previous export out of ``output_dir`` completely, then the ready one in.
-
-    Resumable after a kill at any point (it is run again when the next run starts): the files
-    still in the ready folder are the new ones not yet moved in, and while any of them has a
-    namesake in ``output_dir`` that namesake is the previous export's. The folder therefore holds
-    a subset of one export at any time, never files of two, and it loads as a model (``config.json``)
-    only once the new export is complete.
-    """
-    ready, old = output_dir / _READY, output_dir / _OLD
-    pending = _entries(ready)
-    if pending:
-        old.mkdir(exist_ok=True)
-        previous = set(_export_names(output_dir)) | {name for name in pending if (output_dir / name).exists()}
-        for name in _in_order(sorted(previous), moving_in=False):
-            if (output_dir / name).exists() or (output_dir / name).is_symlink():
-                if (old / name).exists():
-                    _remove(old / name)
-                os.replace(output_dir / name, old / name)
-        for name in _in_order(pending, moving_in=True):
-            os.replace(ready / name, output_dir / name)
-    shutil.rmtree(old, ignore_errors=True)
-    ready.rmdir()
-
-
 def write_final_export(output_dir: str | Path, write: Callable[[Path], None], *, step: int) -> None:
-    """Write the run's final export with ``write(folder)`` beside ``output_dir``'s contents, then swap it in.
+    """Write the run's final export with ``write(folder)`` into a temporary folder, then move it into
+    ``output_dir`` as one set.
 
     ``write`` fills an empty folder (native student, ``teacher/``, original-layout files); a
     manifest ``export.json`` (step and file names) is added and the whole set replaces the previous
-    export in ``output_dir``. A kill before the swap leaves the previous export untouched; a kill
-    during it is completed by :func:`prepare_output_dir` when the next run starts.
+    export through the run folder's commit (:func:`snd_hf.run_folder.commit_files`: the list of moves
+    is written to ``output_dir``'s ``snd_run.json`` first). A kill before that leaves the previous
+    export untouched; a kill after it is completed when the next run starts (:func:`prepare_output_dir`)
+    or by :func:`snd_hf.run_folder.recover`. The caller holds ``output_dir``'s lock.
     """
     output_dir = Path(output_dir)
-    staging, ready = output_dir / _STAGING, output_dir / _READY
-    if ready.is_dir():  # a killed run's complete export: finish its swap first
-        _swap_in_export(output_dir)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    write(staging)
-    names = _entries(staging)
-    (staging / EXPORT_MANIFEST).write_text(json.dumps({"step": step, "files": names}, indent=1) + "\n")
-    default_permissions(staging)  # not the private mode of temporary files
-    staging.rename(ready)  # complete: from here on the swap is finished even after a kill
-    _swap_in_export(output_dir)
+    staging = make_temporary(output_dir / "export", directory=True)
+    try:
+        write(staging)
+        names = sorted(path.name for path in staging.iterdir())
+        (staging / EXPORT_MANIFEST).write_text(json.dumps({"step": step, "files": names}, indent=1) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # From its commit point on, a failure leaves the staged files for the next run to move in.
+    commit_files(output_dir, staging, EXPORT_COMMAND, previous=_export_names(output_dir), info={"step": step})

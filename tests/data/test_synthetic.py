@@ -18,6 +18,7 @@ from snd_hf.data.synthetic import (
     ensure_synthetic_scenes,
     generate_scenes,
 )
+from snd_hf.run_folder import MANIFEST_NAME
 
 from .conftest import TINY
 
@@ -166,7 +167,7 @@ def test_user_files_survive_snd_synth(tmp_path, capsys):
     else:
         assert code != 0
         message = capsys.readouterr().err
-    assert f"{mydata} holds files that snd did not write (keep.txt, ...)" in message and "--overwrite" in message
+    assert f"{mydata} holds files no snd run wrote there (keep.txt)" in message and "--overwrite" in message
     assert _snapshot(mydata) == {"keep.txt": b"precious\n"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no staging folder left behind
     with pytest.raises(FileExistsError, match="keep.txt"):
@@ -182,7 +183,6 @@ def test_user_files_survive_snd_synth(tmp_path, capsys):
         (lambda root: (root / "scenes" / "synth_0000" / "images" / "extra.png").write_bytes(b"x"), "scenes/synth_0000/images/extra.png"),
         (lambda root: (root / "scenes" / "mine").mkdir() or (root / "scenes" / "mine" / "a.txt").write_text("a"), "scenes/mine/a.txt"),
         (lambda root: (root / "link").symlink_to(root.parent), "link"),
-        (lambda root: (root / MARKER_NAME).write_text("{broken"), "scenes/synth_0000/transforms_train.json"),
     ],
 )
 def test_a_generated_folder_with_foreign_content_is_not_replaced(tmp_path, plant, named):
@@ -198,7 +198,22 @@ def test_a_generated_folder_with_foreign_content_is_not_replaced(tmp_path, plant
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
     ensure_synthetic_scenes(root, overwrite=True, **{**SMALL, "num_frames": 3})
     assert len(list((root / "scenes" / "synth_0000" / "images").iterdir())) == 3
-    assert sorted(_snapshot(root)) == sorted([MARKER_NAME, *json.loads((root / MARKER_NAME).read_text())["files"]])
+    assert sorted(_snapshot(root)) == sorted([MANIFEST_NAME, *json.loads((root / MANIFEST_NAME).read_text())["outputs"]])
+
+
+def test_synth_writes_through_the_run_folder(tmp_path):
+    """`snd synth` lists its files in the run folder's manifest like every command; a hand-edited
+    manifest is one line naming it and the key, and nothing is replaced."""
+    root = generate_scenes(tmp_path / "set", **SMALL)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    assert manifest["command"] == "snd synth" and manifest["identity"] == json.loads((root / MARKER_NAME).read_text())
+    assert manifest["outputs"] == sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
+    assert len(manifest["outputs"]) == 1 + 2 * 5 + 1  # the marker, 2 frames x (image, depth, normals, semantics, instances), transforms
+    before = _snapshot(root)
+    (root / MANIFEST_NAME).write_text(json.dumps({**manifest, "outputs": ["../elsewhere"]}))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(root / MANIFEST_NAME))}: outputs\\[0\\] must be a path inside the folder"):
+        generate_scenes(root, seed=1, **SMALL)
+    assert {name: data for name, data in _snapshot(root).items() if name != MANIFEST_NAME} == {name: data for name, data in before.items() if name != MANIFEST_NAME}
 
 
 def test_ensure_refuses_a_real_dataset_and_keeps_it_intact(tiny_scenes, tmp_path):
@@ -206,7 +221,7 @@ def test_ensure_refuses_a_real_dataset_and_keeps_it_intact(tiny_scenes, tmp_path
     real = tmp_path / "scannetpp"
     shutil.copytree(tiny_scenes / "scenes", real / "scenes")
     before = _snapshot(real)
-    with pytest.raises(FileExistsError, match=f"{re.escape(str(real))} holds files that snd did not write \\(scenes/synth_0000/"):
+    with pytest.raises(FileExistsError, match=f"{re.escape(str(real))} holds files no snd run wrote there \\(scenes/synth_0000/"):
         ensure_synthetic_scenes(real, **SMALL)
     assert _snapshot(real) == before
 
@@ -219,10 +234,10 @@ def test_empty_folders_files_and_links_as_out(tmp_path):
     assert json.loads((regenerated / MARKER_NAME).read_text())["seed"] == 5
     a_file = tmp_path / "a_file"
     a_file.write_text("data")
-    with pytest.raises(FileExistsError, match="is a file"):
+    with pytest.raises(FileExistsError, match="a_file exists and is not a folder"):
         generate_scenes(a_file, **SMALL)
     link = tmp_path / "link"
     link.symlink_to(empty)
-    with pytest.raises(FileExistsError, match="is a symbolic link"):
+    with pytest.raises(FileExistsError, match="link exists and is not a folder"):
         generate_scenes(link, **SMALL)
     assert a_file.read_text() == "data" and link.is_symlink()

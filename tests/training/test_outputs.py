@@ -1,14 +1,18 @@
-"""The folders a run writes: reuse refused, user data never replaced, exports swapped in as sets."""
+"""The folders a run writes: reuse refused, user data never replaced, exports moved in as sets."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 
-import snd_hf.training.outputs as outputs
 from snd_hf.data.synthetic import ensure_synthetic_scenes
+from snd_hf.files import TEMPORARY_TAG, make_temporary
 from snd_hf.run_folder import LOCK_NAME, lock_folder
 from snd_hf.training.outputs import (
     LossLog,
@@ -85,7 +89,32 @@ def _export_contents(folder) -> dict[str, str]:
     return {name: (folder / name).read_text() for name in names if (folder / name).exists()}
 
 
-def test_export_swap_never_mixes_two_exports_whenever_it_is_killed(tmp_path, monkeypatch):
+def _killed_export(run, tag: str, step: int, kill_at: int) -> bool:
+    """``write_final_export`` in a forked child killed with SIGKILL before its move (``os.replace`` /
+    ``os.rename``) number ``kill_at``; True when it finished first."""
+    child = os.fork()
+    if child == 0:
+        moves = [0]
+
+        def counted(real):
+            def move(*args, **kwargs):
+                if moves[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                moves[0] += 1
+                return real(*args, **kwargs)
+
+            return move
+
+        os.replace, os.rename = counted(os.replace), counted(os.rename)
+        try:
+            write_final_export(run, _write_export(tag), step=step)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(child, 0)
+    return not os.WIFSIGNALED(status)
+
+
+def test_export_commit_never_mixes_two_exports_whenever_it_is_killed(tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()
     write_final_export(reference, _write_export("A"), step=2)
@@ -93,47 +122,40 @@ def test_export_swap_never_mixes_two_exports_whenever_it_is_killed(tmp_path, mon
     assert _export_contents(reference) == {n: "B" for n in _export_contents(reference)} and len(_export_contents(reference)) == 4
     assert json.loads((reference / "export.json").read_text())["step"] == 4
 
-    real_replace, moves = os.replace, 0
-    while True:  # a crash after 0, 1, 2, ... renames of the swap
-        run = tmp_path / f"killed_after_{moves}"
+    kill_at, sides = 0, []
+    while True:  # a kill before move 0, 1, 2, ... of the export
+        run = tmp_path / f"killed_at_{kill_at}"
         run.mkdir()
         (run / "losses.jsonl").write_text("kept")
         write_final_export(run, _write_export("A"), step=2)
-        calls = 0
-
-        def crashing_replace(source, destination):
-            nonlocal calls
-            if calls == moves:
-                raise KeyboardInterrupt("killed")
-            calls += 1
-            real_replace(source, destination)
-
-        monkeypatch.setattr(outputs.os, "replace", crashing_replace)
-        try:
-            write_final_export(run, _write_export("B"), step=4)
-            finished = True
-        except KeyboardInterrupt:
-            finished = False
-        monkeypatch.setattr(outputs.os, "replace", real_replace)
-
+        finished = _killed_export(run, "B", 4, kill_at)
         contents = _export_contents(run)
-        assert len(set(contents.values())) <= 1, f"mixed export after {moves} renames: {contents}"
+        assert len(set(contents.values())) <= 1, f"mixed export after a kill at move {kill_at}: {contents}"
         if "config.json" in contents:  # loadable only when complete
             assert len(contents) == 4
-        notes = prepare_output_dir(run, overwrite=False)  # the next run completes the swap
-        assert _export_contents(run) == {n: "B" for n in _export_contents(reference)}, moves
-        assert sorted(p.name for p in run.iterdir() if p.name != LOCK_NAME) == sorted([p.name for p in reference.iterdir()] + ["losses.jsonl"])
-        assert bool(notes) != finished
+        prepare_output_dir(run, overwrite=False)  # the next run: a commit passed its point is completed
+        side = set(_export_contents(run).values())
+        assert side in ({"A"}, {"B"}) and len(_export_contents(run)) == 4, (kill_at, _export_contents(run))
+        sides.append(side.pop())
+        names = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.name != LOCK_NAME)
+        assert names == sorted([p.relative_to(reference).as_posix() for p in reference.rglob("*")] + ["losses.jsonl"])
         if finished:
             break
-        moves += 1
-    assert moves >= 8  # every rename of the swap was a crash point
+        kill_at += 1
+    # Every move was a kill point: the manifest's commit, the five files, the manifest's completion.
+    assert kill_at == 7 and sides == ["A"] + ["B"] * 7
+
+
+def _dead_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(process.stdout)
 
 
 def test_prepare_removes_stale_temporaries_and_with_overwrite_the_earlier_run(tmp_path):
     run = tmp_path / "run"
     write_final_export(run.parent / "run", _write_export("A"), step=2)
-    for name in ("checkpoints/.tmp-step_6/student.safetensors", ".tmp-export/model.safetensors", ".losses.jsonl.x1y2.tmp"):
+    killed = f"{TEMPORARY_TAG}{socket.gethostname()}~{_dead_pid()}~x1y2"  # the package's one naming scheme
+    for name in (f"checkpoints/.step_6{killed}/student.safetensors", f".export{killed}/model.safetensors", f".losses.jsonl{killed}"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("left by a kill")
     (run / "checkpoints" / "step_4").mkdir()
@@ -141,23 +163,26 @@ def test_prepare_removes_stale_temporaries_and_with_overwrite_the_earlier_run(tm
         (run / name).write_text(name)
 
     notes = prepare_output_dir(run, overwrite=False)
-    assert notes == ["removed temporaries of a killed run: .losses.jsonl.x1y2.tmp, .tmp-export, checkpoints/.tmp-step_6"]
+    assert notes == [f"{run}: removed temporaries of a killed run: .export{killed}, .losses.jsonl{killed}, checkpoints/.step_6{killed}"]
     assert (run / "checkpoints" / "step_4").is_dir() and _export_contents(run)["config.json"] == "A"
 
     notes = prepare_output_dir(run, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]  # the user's file stays
     assert notes[0].startswith("--overwrite_output_dir: removed the earlier run's checkpoints, losses.jsonl, config.yaml, config.json")
+    assert notes[0].endswith("teacher/config.json, snd_run.json")
 
 
 def test_a_second_trainer_into_one_output_dir_is_refused_before_anything_changes(tmp_path):
     run = tmp_path / "run"
     write_final_export(run, _write_export("A"), step=2)
-    (run / ".tmp-export").mkdir()  # what the first trainer is writing right now
+    writing = make_temporary(run / "export", directory=True)  # what the first trainer is writing right now
     holder = lock_folder(run)  # the first trainer (another process: its own lock)
     try:
         with pytest.raises(BlockingIOError, match=f"{run} is being written by"):
             prepare_output_dir(run, overwrite=True)  # the second, with --overwrite_output_dir
-        assert (run / ".tmp-export").is_dir() and _export_contents(run)["config.json"] == "A"
+        assert writing.is_dir() and _export_contents(run)["config.json"] == "A"
     finally:
         holder.release()
+    assert not (run / LOCK_NAME).exists()  # released: its file went with it
     assert prepare_output_dir(run, overwrite=True)[-1].startswith("--overwrite_output_dir: removed")
+    assert writing.is_dir()  # a live writer's temporary is never removed

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import resource
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from snd_hf import SnDModel
-from snd_hf.run_folder import LOCK_NAME
+from snd_hf.files import TEMPORARY_TAG, is_temporary
 from snd_hf.training import TrainingConfig, list_checkpoints
 from snd_hf.training.builders import PRETRAINED_2D, prepare_scenes
 from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
@@ -174,10 +175,10 @@ def test_kill_during_save_then_resume_matches_uninterrupted_run(scenes, tmp_path
     # SIGKILL once the step-6 checkpoint is written but not yet renamed into place.
     _train([*common, "--output_dir", str(interrupted)], expect_rc=-9, SND_TRAIN_TEST_KILL="during_save:6")
     assert [p.name for p in list_checkpoints(interrupted)] == ["step_3"]
-    assert (interrupted / "checkpoints" / ".tmp-step_6").is_dir()
+    assert [p.name.partition(TEMPORARY_TAG)[0] for p in (interrupted / "checkpoints").iterdir() if is_temporary(p)] == [".step_6"]
     assert [r["step"] for r in _records(interrupted)] == [1, 2, 3, 4, 5, 6]  # logged before the kill
     resumed_run = _train([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
-    assert "removed temporaries of a killed run: checkpoints/.tmp-step_6" in resumed_run.stdout
+    assert re.search(f"removed temporaries of a killed run: checkpoints/\\.step_6{TEMPORARY_TAG}", resumed_run.stdout)
 
     expected, resumed = _losses(reference), _losses(interrupted)
     # One line per step: the resumed run dropped the killed run's lines after step 3, then redid them.
@@ -296,10 +297,10 @@ def test_used_output_dir_resume_overwrite_and_a_kill_during_the_final_export(sce
     resume = [*common, "--max_steps", "4", "--resume_from_checkpoint", "latest"]
     _train(resume, expect_rc=-9, SND_TRAIN_TEST_KILL="during_export:4")
     assert {name: _digests(out)[name] for name in first_export} == first_export
-    assert (out / ".tmp-export").is_dir()
+    assert [p.name.partition(TEMPORARY_TAG)[0] for p in out.iterdir() if is_temporary(p)] == [".export"]
     # The next run removes the leftover and swaps the step-4 export in, identical to its checkpoint's.
     finished = _train(resume)
-    assert "removed temporaries of a killed run: .tmp-export" in finished.stdout
+    assert re.search(f"removed temporaries of a killed run: \\.export{TEMPORARY_TAG}", finished.stdout)
     final, checkpoint = _digests(out), _digests(out / "checkpoints" / "step_4" / "export")
     # (a .pth archive records its temporary file's name, so those compare by their tensors)
     assert {name: final[name] for name in checkpoint if not name.endswith(".pth")} == {
@@ -309,7 +310,7 @@ def test_used_output_dir_resume_overwrite_and_a_kill_during_the_final_export(sce
         exported, saved = (torch.load(d / name, weights_only=True) for d in (out, out / "checkpoints" / "step_4" / "export"))
         assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved), name
     assert json.loads((out / "export.json").read_text())["step"] == 4
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LOCK_NAME]  # no temporary left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary left, nor the lock file
     assert [r["step"] for r in _records(out)] == [1, 2, 3, 4]
 
     # A checkpoint folder with a pickle payload is refused; the payload never runs.

@@ -49,10 +49,12 @@ _RUN_FILES = ("checkpoints", "logs", "losses.jsonl", "config.yaml")
 # A warm process (imports done once) that forks one child per job: the child runs `snd ARGV` with
 # os.replace / os.rename killing it with SIGKILL before move number KILL_AT, its output going to LOG.
 SERVER = """
-import json, os, signal, sys
+import json, os, sys
 import atexit, importlib.util
 import snd_hf.cli, snd_hf.convert, snd_hf.data.synthetic, snd_hf.demo, snd_hf.eval.suite, snd_hf.extract, snd_hf.fields.cli
 import snd_hf.training.loop
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from faults import kill_before_move
 scripts = {}
 for name in ("train.py", "pretrain_2d.py"):  # the training scripts: SCRIPT ARGV... runs SCRIPT's main(ARGV)
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(sys.argv[1], "training", name))
@@ -65,15 +67,7 @@ for line in sys.stdin:
         log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        moves = [0]
-        def counted(real):
-            def move(*args, **kwargs):
-                if moves[0] == job["kill_at"]:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                moves[0] += 1
-                return real(*args, **kwargs)
-            return move
-        os.replace, os.rename = counted(os.replace), counted(os.rename)
+        moves = kill_before_move(job["kill_at"])
         try:
             argv = job["argv"]
             status = scripts[argv[0]].main(argv[1:]) if argv[0] in scripts else snd_hf.cli.main(argv)
@@ -83,7 +77,7 @@ for line in sys.stdin:
             status = 3
         atexit._run_exitfuncs()  # what a process's normal end runs (the trainer releases its lock)
         sys.stdout.flush()
-        sys.stderr.write(f"\\nMOVES={moves[0]}\\n")
+        sys.stderr.write(f"\\nMOVES={moves()}\\n")
         sys.stderr.flush()
         os._exit(status or 0)
     _, wait = os.waitpid(child, 0)

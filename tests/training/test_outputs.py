@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 
 import pytest
+from faults import kill_before_move
 
 from snd_hf.data.synthetic import ensure_synthetic_scenes
 from snd_hf.files import TEMPORARY_TAG, make_temporary
@@ -94,18 +94,7 @@ def _killed_export(run, tag: str, step: int, kill_at: int) -> bool:
     ``os.rename``) number ``kill_at``; True when it finished first."""
     child = os.fork()
     if child == 0:
-        moves = [0]
-
-        def counted(real):
-            def move(*args, **kwargs):
-                if moves[0] == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                moves[0] += 1
-                return real(*args, **kwargs)
-
-            return move
-
-        os.replace, os.rename = counted(os.replace), counted(os.rename)
+        kill_before_move(kill_at)
         try:
             write_final_export(run, _write_export(tag), step=step)
         finally:

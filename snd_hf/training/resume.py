@@ -22,6 +22,7 @@ from .config import TrainingConfig
 
 RUN_CONFIG = "config.yaml"
 SAFE_ON_RESUME: tuple[str, ...] = (
+    "output_dir",  # a run folder moved or copied elsewhere resumes where it now is
     "max_steps",
     "save_steps",
     "log_steps",

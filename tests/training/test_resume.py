@@ -93,6 +93,14 @@ def test_safe_changes_are_accepted_and_recorded_in_config_yaml(started_run):
     assert not {"seed", "learning_rate", "loss", "image_size", "batch_size"} & set(SAFE_ON_RESUME)
 
 
+def test_a_moved_run_folder_resumes_and_records_the_move(started_run):
+    out, common = started_run
+    moved = out.with_name("moved")
+    out.rename(moved)
+    resumed = TrainingConfig.from_args([*common, "--output_dir", str(moved), "--max_steps", "4", "--resume_from_checkpoint", "latest"])
+    assert resume_changes(resumed) == {"output_dir": (str(out), str(moved)), "max_steps": (2, 4)}
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -125,7 +125,7 @@ class TrainingConfig:
     # token (snd_hf/splatting/upsampling.py), exact at small token grids.
     upsample: Literal["original", "patch_aligned"] = "patch_aligned"
     mask_aware: bool = True  # instance-mask-aware upsampling of the context features (upsample "original" only)
-    # Cache the teacher operator's rows of each target view (snd_hf/splatting/operator.py; the lifter
+    # Cache the teacher operator's rows of each target view (snd_hf/splatting/teacher/; the lifter
     # is frozen): later visits of a view skip lifting, rendering and the mask operations.
     cache_operator: bool = True
     operator_cache_mb: float = 1024.0  # the cache drops its least recently used target views beyond this

@@ -18,6 +18,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from ..data.scenes import collate_scenes
+from ..splatting.teacher import OperatorCache
 from .builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
 from .checkpoints import (
     finalize_checkpoint,
@@ -32,7 +33,6 @@ from .diagnostics import CollapseMonitor, step_diagnostics
 from .ema import ParameterEMA, make_ema_teacher
 from .export import save_native, save_original
 from .guards import NonFiniteGuard, check_finite_weights
-from .operator_cache import OperatorCache
 from .outputs import LOSS_LOG, LossLog, prepare_output_dir, write_final_export
 from .preflight import cpu_contention
 from .push import push_final_model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..splatting.teacher import SplatTeacher, TeacherTargets
+from ..splatting.teacher import OperatorCache, SplatTeacher, TeacherTargets
 from .config import TrainingConfig
 from .loss import (
     cosine_loss,
@@ -23,7 +23,6 @@ from .loss import (
     teacher_temperature,
     update_center,
 )
-from .operator_cache import OperatorCache
 from .student import BackboneWithHead
 
 

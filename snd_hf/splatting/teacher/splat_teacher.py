@@ -8,8 +8,12 @@ targets for the student in the target views, with a coverage mask:
 3. attaching the upsampled features and rendering them into the target cameras (all channels
    in one pass, with the rendered alpha);
 4. blending within the target's instance segments;
-5. resampling to the student's patch grid ``(H // 14, W // 14)``;
+5. resampling to the student's patch grid ``(H // patch_size, W // patch_size)``;
 6. coverage: tokens whose area-averaged alpha reaches ``coverage_threshold``.
+
+Steps 1 and 3-5 are the stages of :mod:`~snd_hf.splatting.teacher.stages`: :meth:`SplatTeacher.forward`
+applies them to the features, :meth:`SplatTeacher.operator` composes their weights into the
+cached linear map (:mod:`~snd_hf.splatting.teacher.operator`).
 
 :func:`patch_features` runs a DINOv2-style model on ``[B, V, 3, H, W]`` images as SnD does.
 """
@@ -17,18 +21,17 @@ targets for the student in the target views, with a coverage mask:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .lifters import Lifter
-from .masks import blend_with_mask, resize_masks
-from .operator import TeacherOperator, build_teacher_operator
-from .render import Backend, render_features
-from .upsampling import UPSAMPLING_MODES, Upsampling, upsample_features
+from ..lifters import Lifter
+from ..masks import resize_masks
+from ..render import Backend
+from ..upsampling import UPSAMPLING_MODES, Upsampling
+from .operator import TeacherOperator, compose_operator
+from .stages import Blend, Resample, Resampling, Splat, Upsample, token_coverage
 
 PATCH_SIZE = 14
 
@@ -42,7 +45,7 @@ class TeacherTargets:
         coverage: tokens the Gaussians cover (area-averaged alpha >= threshold); only these belong
             in the loss. [B, Vt, h, w]
         alpha: rendered alpha at the target image size, or None when the targets come from a
-            :class:`~snd_hf.splatting.operator.TeacherOperator`. [B, Vt, 1, H, W]
+            :class:`~snd_hf.splatting.teacher.operator.TeacherOperator`. [B, Vt, 1, H, W]
     """
 
     features: torch.Tensor
@@ -75,7 +78,7 @@ class SplatTeacher(nn.Module):
         lifter: Lifter,
         *,
         blending: float = 0.5,
-        resample: Literal["area", "bilinear"] = "area",
+        resample: Resampling = "area",
         coverage_threshold: float = 0.5,
         mask_aware: bool = True,
         upsample: Upsampling = "original",
@@ -108,23 +111,48 @@ class SplatTeacher(nn.Module):
 
         Returns:
             :class:`TeacherTargets` with features [B, Vt, C, h, w], coverage [B, Vt, h, w] and
-            alpha [B, Vt, 1, H, W], where ``(h, w) = (H // 14, W // 14)`` of the target images.
+            alpha [B, Vt, 1, H, W], where ``(h, w) = (H // patch_size, W // patch_size)`` of the
+            target images.
         """
-        context, target = batch["context"], batch["target"]
-        batch_size, views, _, height, width = context["image"].shape
+        batch_size, views = batch["context"]["image"].shape[:2]
         if context_features.ndim != 5 or context_features.shape[:2] != (batch_size, views):
             raise ValueError(
                 f"`context_features` must have shape [{batch_size}, {views}, C, hc, wc], got "
                 f"{list(context_features.shape)}."
             )
-        channels = context_features.shape[2]
+        upsample, splat, blend, resample = self.stages(batch)
+        rendered = splat.apply(upsample.apply(context_features))
+        tokens = resample.apply(blend.apply(rendered.features, rendered.alpha))
+        coverage = token_coverage(rendered.alpha, resample.grid, self.coverage_threshold)
+        return TeacherTargets(features=tokens, coverage=coverage, alpha=rendered.alpha)
 
-        # 1. Upsample the context features to the context image size.
-        upsampled = upsample_features(
-            context_features.flatten(0, 1), (height, width), mode=self.upsample, masks=self._upsampling_masks(context)
-        ).unflatten(0, (batch_size, views))
+    @torch.no_grad()
+    def operator(self, batch: dict) -> TeacherOperator:
+        """The linear map from the context views' tokens to this teacher's targets for ``batch``.
 
-        # 2. Lift the context views; the lifter is frozen.
+        Everything after the ViT is linear in the context tokens once the frozen lifter has placed
+        the Gaussians: the same stages as :meth:`forward`, composed by their weights
+        (:func:`~snd_hf.splatting.teacher.operator.compose_operator`).
+        ``self.operator(batch).apply(context_features)`` equals ``self(context_features, batch)``
+        (features within float rounding, identical coverage, torch backend), and can be reused for
+        any features of the same views.
+
+        Args:
+            batch: a scene batch (``context`` and ``target`` views). [B, V, ...]
+
+        Returns:
+            :class:`~snd_hf.splatting.teacher.operator.TeacherOperator` for the batch.
+        """
+        return compose_operator(*self.stages(batch), self.coverage_threshold)
+
+    def stages(self, batch: dict) -> tuple[Upsample, Splat, Blend, Resample]:
+        """The teacher's stages for ``batch``, in order (see :mod:`~snd_hf.splatting.teacher.stages`).
+
+        Runs the frozen lifter on the context views (the only step that is not linear in the
+        features, and does not depend on them).
+        """
+        context, target = batch["context"], batch["target"]
+        views, _, height, width = context["image"].shape[1:]
         with torch.no_grad():
             gaussians = self.lifter(context)
         if gaussians.num_gaussians != views * height * width:
@@ -132,45 +160,15 @@ class SplatTeacher(nn.Module):
                 f"the lifter must return one Gaussian per context pixel ({views * height * width}), got "
                 f"{gaussians.num_gaussians}."
             )
-
-        # 3. Attach the features (ordered b (v h w)) and render them into the target cameras.
-        # Deviation: all channels in one pass, covariances rendered directly (no eigh scales).
-        features = upsampled.permute(0, 1, 3, 4, 2).reshape(batch_size, -1, channels)
-        target_height, target_width = target["image"].shape[-2:]
-        rendered = render_features(
-            gaussians.with_features(features),
-            target["extrinsics"],
-            target["intrinsics"],
-            target["near"],
-            target["far"],
-            (target_height, target_width),
-            backend=self.backend,
+        target_size = tuple(target["image"].shape[-2:])
+        grid = (height // self.patch_size, width // self.patch_size)
+        target_grid = (target_size[0] // self.patch_size, target_size[1] // self.patch_size)
+        return (
+            Upsample(grid, (height, width), self.upsample, self._upsampling_masks(context)),
+            Splat(gaussians, target, target_size, self.backend),
+            Blend(self.blending, target["mask"], self.weighted_blending),
+            Resample(target_size, target_grid, self.resample),
         )
-
-        # 4. Blend within the target's instance segments.
-        blended = rendered.features
-        if self.blending != 1.0:
-            # Deviation: segment means weighted by coverage (the original averages in the zeros).
-            weights = rendered.alpha if self.weighted_blending else None
-            # In place when no gradient flows through the render: no second full-resolution buffer.
-            out = blended if not blended.requires_grad and blended.is_contiguous() else None
-            blended = blend_with_mask(blended, target["mask"], self.blending, weights, out=out)
-
-        # 5. Resample to the student's patch grid; 6. coverage from the area-averaged alpha.
-        grid = (target_height // self.patch_size, target_width // self.patch_size)
-        tokens = self._resample(blended.flatten(0, 1), grid).unflatten(0, blended.shape[:2])
-        # Deviation: coverage from the rendered feature alpha (the original used an RGB render).
-        token_alpha = F.interpolate(rendered.alpha.flatten(0, 1), size=grid, mode="area")
-        coverage = token_alpha.unflatten(0, blended.shape[:2])[:, :, 0] >= self.coverage_threshold
-        return TeacherTargets(features=tokens, coverage=coverage, alpha=rendered.alpha)
-
-    def _resample(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """[N, C, H, W] → [N, C, h, w] with the configured resampling."""
-        if self.resample == "area":
-            # Deviation: area averaging over each token's pixels (the original's bilinear aliases).
-            return F.interpolate(features, size=grid, mode="area")
-        return F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
-
 
     def _upsampling_masks(self, context: dict) -> torch.Tensor | None:
         """Context masks at the image size for mask-aware upsampling, or None (plain or patch-aligned). [B·Vc, H, W]"""
@@ -178,38 +176,6 @@ class SplatTeacher(nn.Module):
             # Deviation (optional): plain bilinear is the paper's "no mask-aware upsampling" ablation.
             return None
         return resize_masks(context["mask"], context["image"].shape[-2:]).flatten(0, 1)
-
-    @torch.no_grad()
-    def operator(self, batch: dict) -> TeacherOperator:
-        """The linear map from the context views' tokens to this teacher's targets for ``batch``.
-
-        Everything after the ViT is linear in the context tokens once the frozen lifter has placed
-        the Gaussians: ``self.operator(batch).apply(context_features)`` equals
-        ``self(context_features, batch)`` (features within float rounding, identical coverage,
-        torch backend), and can be reused for any features of the same views.
-
-        Args:
-            batch: a scene batch (``context`` and ``target`` views). [B, V, ...]
-
-        Returns:
-            :class:`~snd_hf.splatting.operator.TeacherOperator` for the batch.
-        """
-        context = batch["context"]
-        height, width = context["image"].shape[-2:]
-        gaussians = self.lifter(context)
-        return build_teacher_operator(
-            gaussians,
-            batch["target"],
-            context_grid=(height // self.patch_size, width // self.patch_size),
-            context_size=(height, width),
-            upsample=self.upsample,
-            upsampling_masks=self._upsampling_masks(context),
-            blending=self.blending,
-            weighted_blending=self.weighted_blending,
-            resample=self.resample,
-            coverage_threshold=self.coverage_threshold,
-            patch_size=self.patch_size,
-        )
 
 
 def patch_features(model: nn.Module, images: torch.Tensor, patch_size: int = PATCH_SIZE) -> torch.Tensor:

@@ -57,7 +57,7 @@ from snd_hf.data.scenes import collate_scenes
 from snd_hf.eval.correspondence import correspondence_errors, summarize_correspondence
 from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
 from snd_hf.splatting import Lifter, MVSplatLifter
-from snd_hf.splatting.teacher import OperatorCache, patch_features
+from snd_hf.splatting.teacher import OperatorCache
 from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
 from snd_hf.training.builders import (
     build_dataset,
@@ -174,7 +174,7 @@ def benchmark_steps(
     student = build_student(config).to(device)
     teacher = make_ema_teacher(student)
     ema = ParameterEMA(teacher, student)
-    splat_teacher = build_splat_teacher(config, lifter).to(device)
+    splat_teacher = build_splat_teacher(config, student.backbone.config.patch_size, lifter).to(device)
     optimizer = build_optimizer(config, student)
     if config.mixed_precision == "fp16":
         raise ValueError("the benchmark runs --mixed_precision no or bf16 (fp16 would need loss scaling)")
@@ -311,7 +311,7 @@ def correspondence_recall(model: torch.nn.Module, pairs: SyntheticPairs) -> dict
     errors, rotations = [], []
     for index in range(len(pairs)):
         pair = pairs[index]
-        features = patch_features(model, pair.images[None])[0]  # [2, C, h, w]
+        features = model.image_features(pair.images).feature_map  # [2, C, h, w]
         errors.append(correspondence_errors(features, pair.depths, pair.extrinsics, pair.intrinsics))
         rotations.append(pair.rotation_deg)
     return summarize_correspondence(errors, rotations)

@@ -13,7 +13,7 @@ from .render import (
     compositing_weights,
     render_features,
 )
-from .teacher import OperatorCache, SplatTeacher, TeacherOperator, TeacherTargets, patch_features
+from .teacher import OperatorCache, SplatTeacher, TeacherOperator, TeacherTargets
 from .upsampling import upsample_features
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "blend_with_mask",
     "compositing_weights",
     "mask_aware_upsample",
-    "patch_features",
     "render_features",
     "resize_masks",
     "upsample_features",

@@ -137,7 +137,7 @@ def train(
     # ---------------------------------------------------------------------------------------------
     student = build_student(config)
     ema_teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
-    target_renderer = build_splat_teacher(config)
+    target_renderer = build_splat_teacher(config, student.backbone.config.patch_size)
     # The lifter is frozen, so each sample's context→target map can be built once and reused.
     operators = OperatorCache(target_renderer, config.operator_cache_mb * 2**20) if config.cache_operator else None
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
@@ -167,7 +167,7 @@ def train(
     # Resume: same step, data order, RNG, optimizer, scheduler and EMA state
     # ---------------------------------------------------------------------------------------------
     global_step = 0
-    modules = {"student": accelerator.unwrap_model(student), "teacher": teacher}  # what checkpoints hold
+    modules = {"student": accelerator.unwrap_model(student), "teacher": ema_teacher}  # what checkpoints hold
     if config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
         if checkpoint is None:

@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 import snd_hf.splatting.teacher.operator as operator_module
 from snd_hf.splatting import MVSplatLifter
 from snd_hf.splatting.lifters import DepthLifter, Lifter
-from snd_hf.splatting.teacher import TeacherOperator
-from snd_hf.splatting.teacher import SplatTeacher
+from snd_hf.splatting.teacher import SplatTeacher, TeacherOperator
 
 HEIGHT, WIDTH = 42, 56  # a 3x4 token grid
 TOLERANCE = 1e-5

@@ -11,7 +11,7 @@
 
 from .cache import OperatorCache, view_key
 from .operator import TeacherOperator
-from .splat_teacher import SplatTeacher, TeacherTargets, patch_features
+from .splat_teacher import SplatTeacher, TeacherTargets
 from .stages import Blend, Resample, Splat, Upsample, token_coverage
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "TeacherOperator",
     "TeacherTargets",
     "Upsample",
-    "patch_features",
     "token_coverage",
     "view_key",
 ]

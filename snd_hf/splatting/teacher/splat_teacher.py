@@ -14,17 +14,14 @@ targets for the student in the target views, with a coverage mask:
 Steps 1 and 3-5 are the stages of :mod:`~snd_hf.splatting.teacher.stages`: :meth:`SplatTeacher.forward`
 applies them to the features, :meth:`SplatTeacher.operator` composes their weights into the
 cached linear map (:mod:`~snd_hf.splatting.teacher.operator`).
-
-:func:`patch_features` runs a DINOv2-style model on ``[B, V, 3, H, W]`` images as SnD does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..lifters import Lifter
 from ..masks import resize_masks
@@ -32,8 +29,6 @@ from ..render import Backend
 from ..upsampling import UPSAMPLING_MODES, Upsampling
 from .operator import TeacherOperator, compose_operator
 from .stages import Blend, Resample, Resampling, Splat, Upsample, token_coverage
-
-PATCH_SIZE = 14
 
 
 @dataclass
@@ -70,7 +65,7 @@ class SplatTeacher(nn.Module):
         weighted_blending: segment means weighted by the rendered alpha, so uncovered pixels do
             not pull them towards zero; False reproduces the original.
         backend: render backend (see :func:`~snd_hf.splatting.render.render_features`).
-        patch_size: the student's patch size.
+        patch_size: the student's patch size (its ``config.patch_size``).
     """
 
     def __init__(
@@ -84,7 +79,7 @@ class SplatTeacher(nn.Module):
         upsample: Upsampling = "original",
         weighted_blending: bool = True,
         backend: Backend = "auto",
-        patch_size: int = PATCH_SIZE,
+        patch_size: int = 14,
     ):
         super().__init__()
         if not isinstance(lifter, Lifter):
@@ -176,33 +171,3 @@ class SplatTeacher(nn.Module):
             # Deviation (optional): plain bilinear is the paper's "no mask-aware upsampling" ablation.
             return None
         return resize_masks(context["mask"], context["image"].shape[-2:]).flatten(0, 1)
-
-
-def patch_features(model: nn.Module, images: torch.Tensor, patch_size: int = PATCH_SIZE) -> torch.Tensor:
-    """Dense patch features of ``[B, V, 3, H, W]`` images in [0, 1], as SnD extracts them.
-
-    Images are resized bilinearly to the lower multiples of ``patch_size`` (576x880 → 574x868),
-    ImageNet-normalised and passed as ``model(pixel_values=...)``; the output's ``feature_map``
-    [B·V, C, h, w] is returned per view.
-
-    Args:
-        model: any module whose output has ``feature_map`` (e.g. :class:`snd_hf.SnDModel`).
-        images: RGB images in [0, 1]. [B, V, 3, H, W]
-
-    Returns:
-        patch features, ``h = H // 14``, ``w = W // 14``. [B, V, C, h, w]
-    """
-    if images.ndim != 5 or images.shape[2] != 3:
-        raise ValueError(f"`images` must have shape [B, V, 3, H, W], got {list(images.shape)}.")
-    height, width = images.shape[-2:]
-    grid = (height // patch_size * patch_size, width // patch_size * patch_size)
-    if min(grid) == 0:
-        raise ValueError(f"`images` of {height}x{width} are smaller than one {patch_size}x{patch_size} patch.")
-    pixel_values = images.flatten(0, 1)
-    if grid != (height, width):
-        pixel_values = F.interpolate(pixel_values, size=grid, mode="bilinear", align_corners=False)
-    mean = pixel_values.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    std = pixel_values.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    output = model(pixel_values=(pixel_values - mean) / std)
-    feature_map = output.feature_map
-    return feature_map.unflatten(0, images.shape[:2])

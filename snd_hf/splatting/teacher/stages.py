@@ -32,7 +32,13 @@ import torch.nn.functional as F
 
 from ..gaussians import Gaussians
 from ..masks import blend_with_mask, resize_masks, segment_mean_weights
-from ..render import Backend, CompositingWeights, RenderOutput, compositing_weights, render_features
+from ..render import (
+    Backend,
+    CompositingWeights,
+    RenderOutput,
+    compositing_weights,
+    render_features,
+)
 from ..upsampling import Upsampling, upsample_features, upsampling_weights
 
 Resampling = Literal["area", "bilinear"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...cameras import Cameras
 from ..lifters import Lifter
 from ..masks import resize_masks
 from ..render import Backend
@@ -160,7 +161,7 @@ class SplatTeacher(nn.Module):
         target_grid = (target_size[0] // self.patch_size, target_size[1] // self.patch_size)
         return (
             Upsample(grid, (height, width), self.upsample, self._upsampling_masks(context)),
-            Splat(gaussians, target, target_size, self.backend),
+            Splat(gaussians, Cameras.from_views(target), self.backend),
             Blend(self.blending, target["mask"], self.weighted_blending),
             Resample(target_size, target_grid, self.resample),
         )

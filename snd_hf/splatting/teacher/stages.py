@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ...cameras import Cameras
 from ..gaussians import Gaussians
 from ..masks import blend_with_mask, resize_masks, segment_mean_weights
 from ..render import (
@@ -76,14 +77,12 @@ class Splat:
 
     Attributes:
         gaussians: the lifter's Gaussians, one per context pixel, ordered ``b (v h w)``. [B, Vc·H·W]
-        target: the target views (``extrinsics``, ``intrinsics``, ``near``, ``far``). [B, Vt, ...]
-        size: ``(H, W)`` of the target images.
+        cameras: the target cameras. [B, Vt]
         backend: render backend (see :func:`~snd_hf.splatting.render.render_features`).
     """
 
     gaussians: Gaussians
-    target: dict[str, torch.Tensor]
-    size: tuple[int, int]
+    cameras: Cameras
     backend: Backend = "auto"
 
     def apply(self, features: torch.Tensor) -> RenderOutput:
@@ -91,14 +90,15 @@ class Splat:
         batch, _, channels = features.shape[:3]
         # Deviation: all channels in one pass, covariances rendered directly (no eigh scales).
         attached = features.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels)  # b (v h w) c, one per Gaussian
-        return render_features(self.gaussians.with_features(attached), *self._cameras(), self.size, backend=self.backend)
+        return render_features(self.gaussians.with_features(attached), *self._cameras(), backend=self.backend)
 
     def weights(self) -> list[list[CompositingWeights]]:
         """``weights[b][v]``: (target pixel, Gaussian, αT) pairs and the alpha of camera v (:func:`~snd_hf.splatting.render.compositing_weights`)."""
-        return compositing_weights(self.gaussians, *self._cameras(), self.size)
+        return compositing_weights(self.gaussians, *self._cameras())
 
-    def _cameras(self) -> tuple[torch.Tensor, ...]:
-        return tuple(self.target[name] for name in ("extrinsics", "intrinsics", "near", "far"))
+    def _cameras(self) -> tuple:
+        cameras = self.cameras
+        return cameras.extrinsics, cameras.intrinsics, cameras.near, cameras.far, cameras.image_size
 
 
 @dataclass

@@ -5,7 +5,7 @@ optimizer and splatting teacher and runs the same step functions (snd_hf.trainin
 same batches in three ways, in one run:
 
 - the reference: the student's plain forward + backward (and optimizer step) on the target views;
-- the SnD step with the teacher operator cached (snd_hf/splatting/operator.py; the operators of
+- the SnD step with the teacher operator cached (snd_hf/splatting/teacher/operator.py; the operators of
   the benchmarked batches are built before the clock starts, as a long run reuses them);
 - the SnD step with the direct teacher (lifting, rendering and mask operations every step);
 

@@ -5,7 +5,7 @@ optimizer and splatting teacher and runs the same step functions (snd_hf.trainin
 same batches in three ways, in one run:
 
 - the reference: the student's plain forward + backward (and optimizer step) on the target views;
-- the SnD step with the teacher operator cached (snd_hf/splatting/operator.py; the operators of
+- the SnD step with the teacher operator cached (snd_hf/splatting/teacher/operator.py; the operators of
   the benchmarked batches are built before the clock starts, as a long run reuses them);
 - the SnD step with the direct teacher (lifting, rendering and mask operations every step);
 
@@ -50,13 +50,14 @@ import torch
 from accelerate.utils import send_to_device
 from figures import write_figures
 
-import snd_hf.splatting.teacher as teacher_module
+import snd_hf.splatting.teacher.stages as stages_module
 from snd_hf import SnDModel
 from snd_hf.configuration_snd import SND_VARIANTS
 from snd_hf.data.scenes import collate_scenes
 from snd_hf.eval.correspondence import correspondence_errors, summarize_correspondence
 from snd_hf.eval.synthetic import SyntheticPairs, render_scenes
 from snd_hf.splatting import Lifter, MVSplatLifter
+from snd_hf.splatting.teacher import OperatorCache
 from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
 from snd_hf.training.builders import (
     build_dataset,
@@ -66,7 +67,6 @@ from snd_hf.training.builders import (
     prepare_scenes,
 )
 from snd_hf.training.export import merged_backbone
-from snd_hf.training.operator_cache import OperatorCache
 from snd_hf.training.preflight import cpu_contention
 from snd_hf.training.step import student_loss, teacher_targets
 
@@ -174,7 +174,7 @@ def benchmark_steps(
     student = build_student(config).to(device)
     teacher = make_ema_teacher(student)
     ema = ParameterEMA(teacher, student)
-    splat_teacher = build_splat_teacher(config, lifter).to(device)
+    splat_teacher = build_splat_teacher(config, student.backbone.config.patch_size, lifter).to(device)
     optimizer = build_optimizer(config, student)
     if config.mixed_precision == "fp16":
         raise ValueError("the benchmark runs --mixed_precision no or bf16 (fp16 would need loss scaling)")
@@ -192,11 +192,11 @@ def benchmark_steps(
         build_seconds = (time.perf_counter() - tick) / max(operators.misses, 1)  # per target view built
 
     timer = StageTimer(device)
-    # Time the teacher's internals by wrapping the functions it calls (restored at the end).
-    patched = {name: getattr(teacher_module, name) for name in ("upsample_features", "blend_with_mask", "render_features")}
+    # Time the teacher's internals by wrapping the functions its stages call (restored at the end).
+    patched = {name: getattr(stages_module, name) for name in ("upsample_features", "blend_with_mask", "render_features")}
     stage_of = {"upsample_features": "mask ops", "blend_with_mask": "mask ops", "render_features": "render"}
     for name, function in patched.items():
-        setattr(teacher_module, name, timer.wrap(stage_of[name], function))
+        setattr(stages_module, name, timer.wrap(stage_of[name], function))
     splat_teacher.lifter.forward = timer.wrap("lifter", splat_teacher.lifter.forward)
     # The shared step functions call these methods; instance attributes shadow them with timed ones.
     teacher.features = timer.wrap("teacher forward (ViT)", teacher.features)
@@ -251,7 +251,7 @@ def benchmark_steps(
             timed(direct, batch, record=index >= warmup)
     finally:
         for name, function in patched.items():
-            setattr(teacher_module, name, function)
+            setattr(stages_module, name, function)
     medians = {mode: statistics.median(values) for mode, values in times.items()}
     breakdowns = {mode: {name: statistics.median(values) for name, values in named.items()} for mode, named in stages.items()}
     trained_mode = cached if cached in modes else direct  # the step the config's run would take
@@ -311,7 +311,7 @@ def correspondence_recall(model: torch.nn.Module, pairs: SyntheticPairs) -> dict
     errors, rotations = [], []
     for index in range(len(pairs)):
         pair = pairs[index]
-        features = teacher_module.patch_features(model, pair.images[None])[0]  # [2, C, h, w]
+        features = model.image_features(pair.images).feature_map  # [2, C, h, w]
         errors.append(correspondence_errors(features, pair.depths, pair.extrinsics, pair.intrinsics))
         rotations.append(pair.rotation_deg)
     return summarize_correspondence(errors, rotations)

@@ -12,12 +12,79 @@ Every module of snd-hf (data, lifting, rendering, evaluation) speaks this conven
 - **depth** is z-depth (distance along the optical axis), not distance along the ray.
 - **near / far** ``[...]``: per-view clipping distances in z-depth, in scene units (metres
   for indoor scans).
+
+:class:`Cameras` bundles them with the image size they render.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class Cameras:
+    """Pinhole cameras of one image size, in the conventions above.
+
+    Attributes:
+        extrinsics: camera-to-world (c2w), OpenCV axes. [..., V, 4, 4]
+        intrinsics: normalised intrinsics. [..., V, 3, 3]
+        near: near clipping z-depth, scene units. [..., V]
+        far: far clipping z-depth, scene units. [..., V]
+        image_size: ``(H, W)`` of the images they render.
+    """
+
+    extrinsics: torch.Tensor
+    intrinsics: torch.Tensor
+    near: torch.Tensor
+    far: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        views = tuple(self.extrinsics.shape[:-2]) if self.extrinsics.ndim >= 3 else (-1,)
+        expected = {
+            "extrinsics": (self.extrinsics, (*views, 4, 4)),
+            "intrinsics": (self.intrinsics, (*views, 3, 3)),
+            "near": (self.near, views),
+            "far": (self.far, views),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"Cameras.{name} must have shape {list(shape)}, got {list(tensor.shape)}.")
+        height, width = self.image_size
+        if int(height) != height or int(width) != width or height < 1 or width < 1:
+            raise ValueError(f"Cameras.image_size must be (H, W) positive integers, got {self.image_size!r}.")
+        self.image_size = (int(height), int(width))
+
+    @classmethod
+    def from_views(cls, views: dict[str, torch.Tensor]) -> Cameras:
+        """The cameras of a scene batch's ``context`` or ``target`` views (see :mod:`snd_hf.data`). [B, V, ...]"""
+        return cls(views["extrinsics"], views["intrinsics"], views["near"], views["far"], tuple(views["image"].shape[-2:]))
+
+    def __len__(self) -> int:
+        return self.extrinsics.shape[0]
+
+    def __getitem__(self, index: int | slice | list[int] | torch.Tensor) -> Cameras:
+        """A subset along the first dimension (an int keeps that dimension, of size 1)."""
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"camera {index} out of range for {len(self)} cameras")
+            index = [index]
+        return Cameras(self.extrinsics[index], self.intrinsics[index], self.near[index], self.far[index], self.image_size)
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """Camera centres in world space. [..., V, 3]"""
+        return self.extrinsics[..., :3, 3]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device=device, dtype=dtype)
+
+        return Cameras(move(self.extrinsics), move(self.intrinsics), move(self.near), move(self.far), self.image_size)
+
 
 # Flips y and z: maps OpenGL/Blender camera axes (x right, y up, z backward) to OpenCV's.
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))

@@ -50,7 +50,6 @@ from .hub import SND_HUB_REPO
 from .images import load_rgb, rgb_to_float
 from .modeling_snd import SnDModel
 from .schema import read_json
-from .splatting.teacher import patch_features
 from .visualization import fit_pca, save_panel, to_uint8_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -207,7 +206,7 @@ def correspondence_picture(
 
     rows, recalls = [], {}
     for label, model in models.items():
-        features = patch_features(model, resized[None])[0]  # [2, C, h, w]
+        features = model.image_features(resized).feature_map  # [2, C, h, w]
         matches = correspondence_matches(features, grid_depth, extrinsics, intrinsics)
         correct = matches.errors <= MATCH_THRESHOLD_PX
         recalls[label] = float(correct.float().mean())

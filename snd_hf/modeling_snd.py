@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import HfApi
 from torch import nn
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
@@ -703,6 +704,46 @@ class SnDModel(SnDPreTrainedModel):
             attentions=attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def image_features(
+        self,
+        images: torch.Tensor,  # [N, 3, H, W]
+        *,
+        size: tuple[int, int] | None = None,
+        antialias: bool = False,
+        output_hidden_states: bool | None = None,
+    ) -> SnDModelOutput:
+        """Dense features of RGB images in [0, 1]: the package's one path from image tensors to features.
+
+        The images are resized bilinearly to ``size``, by default each side down to a multiple of
+        ``config.patch_size`` (576x880 -> 574x868, as SnD extracts its features; images already there are
+        not resized), normalised with `SnDImageProcessor`'s mean and std (ImageNet) and encoded. Image files
+        go through `SnDImageProcessor` and `forward` instead.
+
+        Args:
+            images: RGB in [0, 1]. [N, 3, H, W]
+            size: ``(H', W')`` input size, multiples of ``config.patch_size``; None snaps down.
+            antialias: antialiased resizing (the evaluation's; SnD's training resize is plain bilinear).
+            output_hidden_states: also return the pre-norm hidden states (default: config).
+
+        Returns:
+            `SnDModelOutput` of the resized images; `feature_map` [N, C, H'/p, W'/p].
+
+        Raises:
+            ValueError: ``images`` are not [N, 3, H, W] or smaller than one patch.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [N, 3, H, W], got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        patch = self.config.patch_size
+        size = (height // patch * patch, width // patch * patch) if size is None else tuple(size)
+        if min(size) == 0:
+            raise ValueError(f"images of {height}x{width} are smaller than one {patch}x{patch} patch")
+        if size != (height, width):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+        mean = images.new_tensor(SnDImageProcessor.image_mean).view(1, 3, 1, 1)
+        std = images.new_tensor(SnDImageProcessor.image_std).view(1, 3, 1, 1)
+        return self(pixel_values=(images - mean) / std, output_hidden_states=output_hidden_states, return_dict=True)
 
     def get_intermediate_layers(
         self,

@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 
 from snd_hf.cameras import (
+    Cameras,
     camera_rays,
     denormalize_intrinsics,
     matrix_to_quaternion_xyzw,
@@ -84,3 +86,22 @@ def test_quaternion_round_trip_through_rotation_matrices():
     # A quarter turn about z: (x, y, z, w) = (0, 0, sin 45°, cos 45°).
     quarter = quaternion_xyzw_to_matrix(torch.tensor([0.0, 0.0, math.sin(math.pi / 4), math.cos(math.pi / 4)]))
     torch.testing.assert_close(quarter, _rotation_z(math.pi / 2), atol=1e-6, rtol=0)
+
+
+def test_cameras_of_a_batch_keep_its_dimensions():
+    """``Cameras.from_views`` bundles a scene batch's views [B, V] with their image size; shapes are checked."""
+    extrinsics = torch.eye(4).repeat(2, 3, 1, 1)
+    extrinsics[..., :3, 3] = torch.arange(18.0).view(2, 3, 3)
+    views = {
+        "image": torch.zeros(2, 3, 3, 28, 42),
+        "extrinsics": extrinsics,
+        "intrinsics": torch.eye(3).repeat(2, 3, 1, 1),
+        "near": torch.full((2, 3), 0.1),
+        "far": torch.full((2, 3), 20.0),
+    }
+    cameras = Cameras.from_views(views)
+    assert cameras.image_size == (28, 42) and len(cameras) == 2
+    assert torch.equal(cameras.centres, torch.arange(18.0).view(2, 3, 3))
+    assert torch.equal(cameras[1].near, views["near"][1:])
+    with pytest.raises(ValueError, match=r"Cameras.far must have shape \[2, 3\]"):
+        Cameras(views["extrinsics"], views["intrinsics"], views["near"], views["far"][:, :2], (28, 42))

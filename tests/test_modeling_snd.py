@@ -243,3 +243,26 @@ def test_loading_and_saving_draw_no_weight_bars(tmp_path, capfd):
     SnDModel.from_pretrained(tmp_path)
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.err + captured.out and "Writing model shards" not in captured.err + captured.out
+
+
+def test_image_features_resize_normalise_and_encode():
+    """The one images-to-features path: snap down to the patch grid (or resize to ``size``), ImageNet-normalise, encode."""
+    torch.manual_seed(0)
+    model = SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=56, patch_size=8)).eval()
+    images = torch.rand(2, 3, 45, 61)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        snapped = model.image_features(images)
+        resized = torch.nn.functional.interpolate(images, size=(40, 56), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(snapped.feature_map, model((resized - mean) / std).feature_map)
+        assert snapped.feature_map.shape == (2, 32, 5, 7)  # the config's patch size, not 14
+        sized = model.image_features(images, size=(32, 48), antialias=True, output_hidden_states=True)
+        resized = torch.nn.functional.interpolate(images, size=(32, 48), mode="bilinear", align_corners=False, antialias=True)
+        expected = model((resized - mean) / std, output_hidden_states=True)
+    torch.testing.assert_close(sized.feature_map, expected.feature_map)
+    assert len(sized.hidden_states) == 2
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        model.image_features(images[None])
+    with pytest.raises(ValueError, match="smaller than one 8x8 patch"):
+        model.image_features(torch.rand(1, 3, 7, 20))

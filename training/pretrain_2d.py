@@ -34,7 +34,6 @@ from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.data.synthetic import render_synthetic_scene
 from snd_hf.run_folder import check_replaceable, replace_folder
 from snd_hf.schema import read_json
-from snd_hf.splatting.teacher import patch_features
 from snd_hf.training.dense_contrastive import (
     ProjectionHead,
     dense_info_nce,
@@ -94,7 +93,8 @@ def pretrain(args: argparse.Namespace) -> SnDModel:
         source = images[chosen]
         crops_a = random_crops(source, CROP_SIZE, generator)
         crops_b = random_crops(source, CROP_SIZE, generator, inside=crops_a.boxes)
-        features = patch_features(model, torch.stack([crops_a.images, crops_b.images], dim=1))  # [N, 2, C, h, w]
+        pairs = torch.stack([crops_a.images, crops_b.images], dim=1)  # [N, 2, 3, H, W]
+        features = model.image_features(pairs.flatten(0, 1)).feature_map.unflatten(0, pairs.shape[:2])  # [N, 2, C, h, w]
         embeddings = head(features.flatten(3).transpose(2, 3))  # [N, 2, h·w, D]
         loss = 0.5 * (
             dense_info_nce(embeddings[:, 0], embeddings[:, 1], positive_tokens(crops_a, crops_b, grid), args.temperature)

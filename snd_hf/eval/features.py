@@ -19,12 +19,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from snd_hf.image_processing_snd import SnDImageProcessor
 from snd_hf.loading import weights_hash
 from snd_hf.modeling_snd import SnDModel
 
@@ -127,16 +125,10 @@ def load_feature_model(spec: str, concat_with: str | None = None) -> FeatureMode
     return FeatureModel(name, source, model, fingerprint, base)
 
 
-def _normalize(images: torch.Tensor) -> torch.Tensor:
-    # Deviation (eval: correspondence input): every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5).
-    mean = images.new_tensor(SnDImageProcessor.image_mean)[:, None, None]
-    std = images.new_tensor(SnDImageProcessor.image_std)[:, None, None]
-    return (images - mean) / std
-
-
 @torch.no_grad()
-def _forward(model: SnDModel, images: torch.Tensor) -> DenseFeatures:
-    output = model(_normalize(images), output_hidden_states=True)
+def _forward(model: SnDModel, images: torch.Tensor, input_size: tuple[int, int]) -> DenseFeatures:
+    # Deviation (eval: correspondence input): every task uses the ImageNet statistics, also correspondence (Probe3D: 0.5 / 0.5).
+    output = model.image_features(images, size=input_size, antialias=True, output_hidden_states=True)
     height, width = output.feature_map.shape[-2:]
     # The patches are the last h*w tokens, after CLS and any registers.
     prenorm = output.hidden_states[-1][:, -height * width :].transpose(1, 2).reshape(images.shape[0], -1, height, width)
@@ -179,10 +171,8 @@ def extract_features(
         parts = []
         for start in tqdm(mine, desc=description, leave=False, disable=None):
             batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
-            if tuple(batch.shape[-2:]) != tuple(input_size):
-                batch = F.interpolate(batch, size=input_size, mode="bilinear", align_corners=False, antialias=True)
-            features = _forward(feature_model.model, batch)
+            features = _forward(feature_model.model, batch, input_size)
             if feature_model.concat_with is not None:
-                features = DenseFeatures.cat([_forward(feature_model.concat_with.model, batch), features], dim=1)
+                features = DenseFeatures.cat([_forward(feature_model.concat_with.model, batch, input_size), features], dim=1)
             parts.append(DenseFeatures(*(getattr(features, f.name).float().cpu() for f in fields(DenseFeatures))))
     return DenseFeatures.cat(gather_object(parts) if distributed else parts)

@@ -49,7 +49,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from snd_hf.cameras import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
+from snd_hf.cameras import Cameras, matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
 from snd_hf.files import restore_interrupted, sha256_file
 from snd_hf.run_folder import replace_folder
 from snd_hf.schema import MIN_SH_DEGREE, FieldConfigSchema, SchemaError
@@ -63,7 +63,6 @@ from .harmonics import (
     roughness_attenuation,
     spherical_harmonics,
 )
-from .scene import Cameras
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "field.json"

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snd_hf.cameras import project_points, unproject_depth
+from snd_hf.cameras import Cameras, project_points, unproject_depth
 from snd_hf.visualization import fit_pca, save_panel, to_uint8_image
 
 from .field import FeatureField, FieldRender
-from .scene import Cameras
 
 MASK_COLOR = np.array([255, 40, 40], dtype=np.float32)
 MARK_COLOR = np.array([255, 230, 0], dtype=np.uint8)

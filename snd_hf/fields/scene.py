@@ -18,70 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from snd_hf.cameras import normalize_intrinsics
+from snd_hf.cameras import Cameras, normalize_intrinsics
 from snd_hf.data.frames import FrameReadError, decode_labels, decode_view, open_image
 from snd_hf.data.scannetpp import parse_transforms
 from snd_hf.schema import read_json
 
 DEFAULT_NEAR = 0.1  # metres; the scene readers' defaults
 DEFAULT_FAR = 20.0
-
-
-@dataclass
-class Cameras:
-    """V pinhole cameras of one image size.
-
-    Attributes:
-        extrinsics: camera-to-world, OpenCV axes. [V, 4, 4]
-        intrinsics: normalised intrinsics. [V, 3, 3]
-        near: near clipping z-depth, scene units. [V]
-        far: far clipping z-depth, scene units. [V]
-        image_size: ``(H, W)`` of the images they render.
-    """
-
-    extrinsics: torch.Tensor
-    intrinsics: torch.Tensor
-    near: torch.Tensor
-    far: torch.Tensor
-    image_size: tuple[int, int]
-
-    def __post_init__(self) -> None:
-        views = self.extrinsics.shape[0] if self.extrinsics.ndim == 3 else -1
-        expected = {
-            "extrinsics": (self.extrinsics, (views, 4, 4)),
-            "intrinsics": (self.intrinsics, (views, 3, 3)),
-            "near": (self.near, (views,)),
-            "far": (self.far, (views,)),
-        }
-        for name, (tensor, shape) in expected.items():
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"Cameras.{name} must have shape {list(shape)}, got {list(tensor.shape)}.")
-        height, width = self.image_size
-        if int(height) != height or int(width) != width or height < 1 or width < 1:
-            raise ValueError(f"Cameras.image_size must be (H, W) positive integers, got {self.image_size!r}.")
-        self.image_size = (int(height), int(width))
-
-    def __len__(self) -> int:
-        return self.extrinsics.shape[0]
-
-    def __getitem__(self, index: int | slice | list[int] | torch.Tensor) -> Cameras:
-        """A subset of the cameras (an int keeps a view dimension of 1)."""
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"camera {index} out of range for {len(self)} cameras")
-            index = [index]
-        return Cameras(self.extrinsics[index], self.intrinsics[index], self.near[index], self.far[index], self.image_size)
-
-    @property
-    def centres(self) -> torch.Tensor:
-        """Camera centres in world space. [V, 3]"""
-        return self.extrinsics[:, :3, 3]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
-        def move(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.to(device=device, dtype=dtype)
-
-        return Cameras(move(self.extrinsics), move(self.intrinsics), move(self.near), move(self.far), self.image_size)
 
 
 @dataclass

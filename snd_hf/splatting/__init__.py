@@ -7,14 +7,13 @@ from .gaussians import Gaussians
 from .lifters import DepthLifter, Lifter
 from .masks import blend_with_mask, mask_aware_upsample, resize_masks
 from .mvsplat import MVSplatLifter
-from .operator import TeacherOperator
 from .render import (
     CompositingWeights,
     RenderOutput,
     compositing_weights,
     render_features,
 )
-from .teacher import SplatTeacher, TeacherTargets, patch_features
+from .teacher import OperatorCache, SplatTeacher, TeacherOperator, TeacherTargets
 from .upsampling import upsample_features
 
 __all__ = [
@@ -23,6 +22,7 @@ __all__ = [
     "Gaussians",
     "Lifter",
     "MVSplatLifter",
+    "OperatorCache",
     "RenderOutput",
     "SplatTeacher",
     "TeacherOperator",
@@ -30,7 +30,6 @@ __all__ = [
     "blend_with_mask",
     "compositing_weights",
     "mask_aware_upsample",
-    "patch_features",
     "render_features",
     "resize_masks",
     "upsample_features",

@@ -1,4 +1,4 @@
-"""Instance-mask operations of the teacher: mask-aware upsampling and segment blending.
+"""Instance-mask operations of the teacher: mask-aware upsampling and segment blending, and their linear maps.
 
 Both are vectorised over every batch dimension, segment and pixel (no Python loop over
 segments or pixels). Blending is one ``scatter_add`` of segment sums and one ``gather`` of the
@@ -213,6 +213,39 @@ def blend_with_mask(
         target.copy_(flat)
     target.lerp_(segment_means, 1.0 - alpha)
     return out
+
+
+def segment_mean_weights(
+    segments: torch.Tensor,  # [P]
+    weights: torch.Tensor | None = None,  # [P]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The segment means of :func:`blend_with_mask` for one view, as two sparse maps.
+
+    ``blend_with_mask(f, ..., alpha, weights)`` is ``alpha · f + (1 − alpha) · membership @ means @ f``
+    with ``f`` the view's pixels ``[P, C]``.
+
+    Args:
+        segments: instance ids per pixel, integer. [P]
+        weights: per-pixel weights of the means (the rendered alpha), or None for plain means. [P]
+
+    Returns:
+        means: ``[S, P]`` sparse float64, row s averages segment s's pixels (weighted where its
+        weights sum above 0, plain otherwise, as :func:`blend_with_mask` does); membership:
+        ``[P, S]`` sparse float64, each pixel's segment. Segments are numbered compactly, S <= P.
+    """
+    _check_integer_masks(segments)
+    _, segment = torch.unique(segments, return_inverse=True)
+    count, pixels = int(segment.max()) + 1, torch.arange(segment.numel(), device=segment.device)
+    ones = torch.ones_like(segment, dtype=torch.float64)
+    area = torch.zeros(count, dtype=torch.float64, device=segment.device).index_add_(0, segment, ones)
+    share = 1.0 / area[segment]
+    if weights is not None:
+        weights = weights.double()
+        mass = torch.zeros(count, dtype=torch.float64, device=segment.device).index_add_(0, segment, weights)
+        share = torch.where(mass[segment] > 0, weights / mass.clamp_min(1e-12)[segment], share)
+    means = torch.sparse_coo_tensor(torch.stack([segment, pixels]), share, (count, segment.numel()), check_invariants=False).coalesce()
+    membership = torch.sparse_coo_tensor(torch.stack([pixels, segment]), ones, (segment.numel(), count), check_invariants=False).coalesce()
+    return means, membership
 
 
 def _check_integer_masks(masks: torch.Tensor) -> None:

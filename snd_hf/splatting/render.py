@@ -173,7 +173,7 @@ def compositing_weights(
 
     Rendering is linear in the features once the geometry is fixed; this returns that linear map
     (the torch twin's mathematics on any device), so that a frozen geometry can be applied to
-    many feature sets (see :mod:`snd_hf.splatting.operator`). Arguments as in
+    many feature sets (see :mod:`snd_hf.splatting.teacher.operator`). Arguments as in
     :func:`render_features`; ``gaussians.features`` may be None. ``dtype`` is the features'
     dtype the weights must match (the renderer computes pixel offsets in it).
 

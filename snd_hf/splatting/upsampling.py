@@ -13,7 +13,7 @@ Two grids place the tokens in the image:
   nothing for mask-awareness to renormalise.
 
 :func:`upsample_features` runs either; :func:`upsampling_weights` returns the same map as
-neighbour indices and weights, for :mod:`snd_hf.splatting.operator`.
+neighbour indices and weights, for :mod:`snd_hf.splatting.teacher`.
 """
 
 from __future__ import annotations

@@ -158,10 +158,11 @@ def build_lifter(config: TrainingConfig) -> Lifter:
     return lifter.requires_grad_(False).eval()
 
 
-def build_splat_teacher(config: TrainingConfig, lifter: Lifter | None = None) -> SplatTeacher:
+def build_splat_teacher(config: TrainingConfig, patch_size: int, lifter: Lifter | None = None) -> SplatTeacher:
     """Lifting, splatting, blending and resampling of the teacher's context features.
 
-    ``lifter`` replaces the config's (benchmarks/bench_train.py passes MVSplat with random weights).
+    ``patch_size`` is the student's (its ``config.patch_size``); ``lifter`` replaces the config's
+    (benchmarks/bench_train.py passes MVSplat with random weights).
     """
     return SplatTeacher(
         lifter if lifter is not None else build_lifter(config),
@@ -170,6 +171,7 @@ def build_splat_teacher(config: TrainingConfig, lifter: Lifter | None = None) ->
         coverage_threshold=config.coverage_threshold,
         mask_aware=config.mask_aware,
         upsample=config.upsample,
+        patch_size=patch_size,
     )
 
 

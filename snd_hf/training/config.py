@@ -203,7 +203,7 @@ class TrainingConfig:
     cache_operator: bool = field(
         default=True,
         metadata={
-            "help": "cache the teacher operator's rows of each target view (snd_hf/splatting/operator.py; the lifter is"
+            "help": "cache the teacher operator's rows of each target view (snd_hf/splatting/teacher/; the lifter is"
             " frozen): later visits of a view skip lifting, rendering and the mask operations"
         },
     )

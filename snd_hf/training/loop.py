@@ -18,6 +18,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 from ..data.scenes import collate_scenes
+from ..splatting.teacher import OperatorCache
 from .builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
 from .checkpoints import (
     finalize_checkpoint,
@@ -32,7 +33,6 @@ from .diagnostics import CollapseMonitor, step_diagnostics
 from .ema import ParameterEMA, make_ema_teacher
 from .export import save_native, save_original
 from .guards import NonFiniteGuard, check_finite_weights
-from .operator_cache import OperatorCache
 from .outputs import LOSS_LOG, LossLog, prepare_output_dir, write_final_export
 from .preflight import cpu_contention
 from .push import push_final_model
@@ -136,10 +136,10 @@ def train(
     # Model: student (LoRA or full fine-tuning) [+ DINO head]; teacher = EMA or frozen copy; frozen lifter
     # ---------------------------------------------------------------------------------------------
     student = build_student(config)
-    teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
-    splat_teacher = build_splat_teacher(config)
+    ema_teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
+    target_renderer = build_splat_teacher(config, student.backbone.config.patch_size)
     # The lifter is frozen, so each sample's context→target map can be built once and reused.
-    operators = OperatorCache(splat_teacher, config.operator_cache_mb * 2**20) if config.cache_operator else None
+    operators = OperatorCache(target_renderer, config.operator_cache_mb * 2**20) if config.cache_operator else None
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     accelerator.print(f"trainable parameters: {num_trainable:,} of {sum(p.numel() for p in student.parameters()):,}")
 
@@ -157,9 +157,9 @@ def train(
     # Wrap: one prepare call; the EMA teacher travels in the checkpoints
     # ---------------------------------------------------------------------------------------------
     student, optimizer, dataloader = accelerator.prepare(student, optimizer, dataloader)
-    teacher.to(accelerator.device)
-    splat_teacher.to(accelerator.device)
-    ema = ParameterEMA(teacher, accelerator.unwrap_model(student))  # pairs the parameters once, on their device
+    ema_teacher.to(accelerator.device)
+    target_renderer.to(accelerator.device)
+    ema = ParameterEMA(ema_teacher, accelerator.unwrap_model(student))  # pairs the parameters once, on their device
     if config.report_to != "none":
         accelerator.init_trackers("snd", config={k: str(v) if isinstance(v, list) else v for k, v in config.to_dict().items()})
 
@@ -167,7 +167,7 @@ def train(
     # Resume: same step, data order, RNG, optimizer, scheduler and EMA state
     # ---------------------------------------------------------------------------------------------
     global_step = 0
-    modules = {"student": accelerator.unwrap_model(student), "teacher": teacher}  # what checkpoints hold
+    modules = {"student": accelerator.unwrap_model(student), "teacher": ema_teacher}  # what checkpoints hold
     if config.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
         if checkpoint is None:
@@ -192,9 +192,9 @@ def train(
         variant = {"size": config.size, "blending": config.segment_mean_weight > 0}
         student_backbone = accelerator.unwrap_model(student).backbone
         save_native(student_backbone, directory, training_info=training_info(step, "student"), **variant)
-        save_native(teacher.backbone, directory / "teacher", training_info=training_info(step, "teacher"), **variant)
+        save_native(ema_teacher.backbone, directory / "teacher", training_info=training_info(step, "teacher"), **variant)
         save_original(student_backbone, directory / "student_original.pth")
-        save_original(teacher.backbone, directory / "teacher_original.pth")
+        save_original(ema_teacher.backbone, directory / "teacher_original.pth")
 
     def save_checkpoint(step: int) -> None:
         """Full state into a temporary folder, renamed to checkpoints/step_{step} once complete."""
@@ -249,11 +249,11 @@ def train(
 
             # Teacher: its tokens of the context views → lift, splat, blend into the target views.
             with accelerator.autocast():
-                targets = teacher_targets(teacher, splat_teacher, batch, config, operators)  # [B, Vt, C, h, w]
+                targets = teacher_targets(ema_teacher, target_renderer, batch, config, operators)  # [B, Vt, C, h, w]
 
             with accelerator.accumulate(student):
                 # Student: its own tokens of the target views against the targets.
-                outputs = student_loss(student, teacher, batch, targets, config, global_step)
+                outputs = student_loss(student, ema_teacher, batch, targets, config, global_step)
                 loss = outputs.loss
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 accelerator.backward(loss)

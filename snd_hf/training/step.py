@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..splatting.teacher import SplatTeacher, TeacherTargets
+from ..splatting.teacher import OperatorCache, SplatTeacher, TeacherTargets
 from .config import TrainingConfig
 from .loss import (
     cosine_loss,
@@ -25,7 +25,6 @@ from .loss import (
     teacher_temperature,
     update_center,
 )
-from .operator_cache import OperatorCache
 from .student import BackboneWithHead
 
 
@@ -49,8 +48,8 @@ class StepOutputs:
 
 
 def teacher_targets(
-    teacher: BackboneWithHead,
-    splat_teacher: SplatTeacher,
+    ema_teacher: BackboneWithHead,
+    target_renderer: SplatTeacher,
     batch: dict,
     config: TrainingConfig,
     operators: OperatorCache | None = None,
@@ -63,8 +62,8 @@ def teacher_targets(
     (the nearer context view's tokens at the same grid positions).
 
     Args:
-        teacher: the teacher (backbone + optional head), frozen or EMA.
-        splat_teacher: lifting, splatting and blending of the context features.
+        ema_teacher: the teacher ViT (backbone + optional head), an EMA or frozen copy of the student.
+        target_renderer: the splatting teacher: lifting, splatting and blending of the context features.
         batch: a scene batch (``context`` and ``target`` views, ``index``). [B, V, ...]
         config: ``targets``.
         operators: a per-sample operator cache (frozen lifter), or None for the direct path.
@@ -76,26 +75,26 @@ def teacher_targets(
     # (bit-exact, and cheaper; benchmarks/bench_train.py). The clones make ordinary tensors,
     # which the loss may save for its backward.
     with torch.inference_mode():
-        targets = _teacher_targets(teacher, splat_teacher, batch, config, operators)
+        targets = _teacher_targets(ema_teacher, target_renderer, batch, config, operators)
     alpha = None if targets.alpha is None else targets.alpha.clone()
     return TeacherTargets(targets.features.clone(), targets.coverage.clone(), alpha)
 
 
 def _teacher_targets(
-    teacher: BackboneWithHead, splat_teacher: SplatTeacher, batch: dict, config: TrainingConfig, operators: OperatorCache | None
+    ema_teacher: BackboneWithHead, target_renderer: SplatTeacher, batch: dict, config: TrainingConfig, operators: OperatorCache | None
 ) -> TeacherTargets:
-    context_features = teacher.features(batch["context"]["image"])  # [B, Vc, C, hc, wc]
+    context_features = ema_teacher.features(batch["context"]["image"])  # [B, Vc, C, hc, wc]
     if operators is not None:
         # Deviation (teacher computation): the cached linear map, the same targets as the direct path.
         operator = operators(batch)
         splatted = TeacherTargets(operator.apply(context_features), operator.coverage)
     else:
-        splatted = splat_teacher(context_features, batch)
+        splatted = target_renderer(context_features, batch)
     if config.targets == "splat":
         return splatted
     # Deviation (controls): same compute and coverage, no geometry.
     if config.targets == "self_distillation":
-        features = teacher.features(batch["target"]["image"])
+        features = ema_teacher.features(batch["target"]["image"])
     else:
         features = nearest_context_tokens(context_features, batch["index"])
     if features.shape != splatted.features.shape:
@@ -124,7 +123,7 @@ def nearest_context_tokens(context_features: torch.Tensor, index: dict[str, torc
 
 def student_loss(
     student: torch.nn.Module,
-    teacher: BackboneWithHead,
+    ema_teacher: BackboneWithHead,
     batch: dict,
     targets: TeacherTargets,
     config: TrainingConfig,
@@ -138,7 +137,7 @@ def student_loss(
 
     Args:
         student: the trained module (``BackboneWithHead``, possibly wrapped for DDP).
-        teacher: the teacher, whose head scores the targets for "dino_head".
+        ema_teacher: the teacher ViT (EMA or frozen), whose head scores the targets for "dino_head".
         batch: a scene batch; its ``target`` views are used. [B, Vt, 3, H, W]
         targets: from :func:`teacher_targets`.
         config: loss, temperatures, centring.
@@ -152,9 +151,9 @@ def student_loss(
     probabilities = None
     if config.loss == "dino_head":
         with torch.no_grad():
-            teacher_logits = teacher.logits(targets.features.float())
+            teacher_logits = ema_teacher.logits(targets.features.float())
         temperature = teacher_temperature(step, config.teacher_temp, config.teacher_temp_warmup, config.teacher_temp_warmup_steps)
-        center = teacher.head.center if config.center_momentum is not None else None
+        center = ema_teacher.head.center if config.center_momentum is not None else None
         if config.sinkhorn_iterations:
             # Deviation (DINOv2's Sinkhorn-Knopp centring, optional): SnD uses a plain softmax.
             probabilities = sinkhorn_knopp(teacher_logits, coverage, temperature, config.sinkhorn_iterations)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..splatting.teacher import patch_features
 from .heads import DINOHead
 
 
@@ -23,7 +22,8 @@ class BackboneWithHead(nn.Module):
         self.head = head
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch features of images in [0, 1] (resized to a multiple of 14 as SnD does).
+        """Patch features of images in [0, 1] (resized down to a multiple of the patch size as SnD does;
+        :meth:`snd_hf.SnDModel.image_features`).
 
         Args:
             images: views. [B, V, 3, H, W]
@@ -31,7 +31,7 @@ class BackboneWithHead(nn.Module):
         Returns:
             Final-norm patch features. [B, V, C, h, w]
         """
-        return patch_features(self.backbone, images)
+        return self.backbone.image_features(images.flatten(0, 1)).feature_map.unflatten(0, images.shape[:2])
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Head logits of a feature grid.

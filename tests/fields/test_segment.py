@@ -11,7 +11,7 @@ import scipy.sparse
 
 from snd_hf.fields.evaluate import click_for_object, iou, matched_iou, specular_sensitivity
 from snd_hf.fields.features import CallableFeatures, WithColour
-from snd_hf.fields.scene import Cameras
+from snd_hf.cameras import Cameras
 from snd_hf.fields.segment import (
     click_feature,
     otsu_threshold,

@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import snd_hf.splatting.operator as operator_module
+import snd_hf.splatting.teacher.operator as operator_module
 from snd_hf.splatting import MVSplatLifter
 from snd_hf.splatting.lifters import DepthLifter, Lifter
-from snd_hf.splatting.operator import TeacherOperator
-from snd_hf.splatting.teacher import SplatTeacher
+from snd_hf.splatting.teacher import SplatTeacher, TeacherOperator
 
 HEIGHT, WIDTH = 42, 56  # a 3x4 token grid
 TOLERANCE = 1e-5
@@ -86,6 +85,9 @@ def test_operator_equals_the_direct_teacher_with_the_depth_lifter(upsample, blen
     assert [tuple(w.shape) for w in operator.weights] == [(12, 24), (12, 24)]
     assert [w.is_sparse for w in operator.weights] == [layout == "sparse"] * 2
     stored = sum(w._nnz() * (2 * 8 + 4) if w.is_sparse else 12 * 24 * 4 for w in operator.weights)  # int64 pairs + float32
+    assert (operator.blend is None) == (blending == 1.0 or layout == "dense")  # a factor of its own beside a sparse map
+    if operator.blend is not None:
+        stored += sum(m._nnz() * (2 * 8 + 4) for sample in (*operator.blend.means, *operator.blend.spread) for m in sample)
     assert operator.nbytes() == stored + coverage.numel()
 
 

@@ -8,9 +8,14 @@ import torch.nn.functional as F
 
 from snd_hf import SnDConfig, SnDModel
 from snd_hf.splatting.lifters import DepthLifter
-from snd_hf.splatting.teacher import SplatTeacher, TeacherTargets, patch_features
+from snd_hf.splatting.teacher import SplatTeacher, TeacherTargets
 
 HEIGHT, WIDTH = 64, 96
+
+
+def patch_features(model: SnDModel, images: torch.Tensor) -> torch.Tensor:
+    """[B, V, 3, H, W] images -> [B, V, C, h, w] features with the model's one images-to-features path."""
+    return model.image_features(images.flatten(0, 1)).feature_map.unflatten(0, images.shape[:2])
 
 
 def _view(depth: torch.Tensor, mask: torch.Tensor, yaw: float = 0.0) -> dict[str, torch.Tensor]:

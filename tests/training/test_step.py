@@ -7,10 +7,9 @@ import torch
 
 from snd_hf import SnDConfig, SnDModel
 from snd_hf.splatting.lifters import DepthLifter
-from snd_hf.splatting.teacher import SplatTeacher
+from snd_hf.splatting.teacher import OperatorCache, SplatTeacher, view_key
 from snd_hf.training import DINOHead, TrainingConfig
 from snd_hf.training.loss import info_nce_loss
-from snd_hf.training.operator_cache import OperatorCache, view_key
 from snd_hf.training.step import nearest_context_tokens, student_loss, teacher_targets
 from snd_hf.training.student import BackboneWithHead
 

@@ -1,6 +1,6 @@
 """Per-view cache of the teacher's linear operator, for training with a frozen lifter.
 
-The teacher's map from context tokens to target-token targets (:mod:`snd_hf.splatting.operator`)
+The teacher's map from context tokens to target-token targets (:mod:`~snd_hf.splatting.teacher.operator`)
 depends only on the views (depth or MVSplat's Gaussians, poses, masks), never on the networks
 being trained, and each target view's rows depend only on that view and the context views. So
 the cache holds one entry per (context views, target view): a sample seen again, or another
@@ -12,8 +12,7 @@ only 640 distinct (context pair, target) views, each rendered once instead of up
 A view is identified by its scene id, the positions of its context frames and of the target frame
 in the scene and the image sizes (``batch["scene"]``, ``batch["index"]``, the image shapes):
 unique within one dataset, which is all one cache serves (one cache per run and dataset). Memory
-is bounded by ``max_bytes``: the least recently used views are dropped beyond it (at the tiny
-recipe's 84x112 images one view's rows take 18 KB).
+is bounded by ``max_bytes``: the least recently used views are dropped beyond it.
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ from collections import OrderedDict
 
 import torch
 
-from ..splatting.operator import TeacherOperator
-from ..splatting.teacher import SplatTeacher
+from .operator import TeacherOperator
+from .splat_teacher import SplatTeacher
 
 ViewKey = tuple
 
 
 class OperatorCache:
-    """Build each target view's rows of the :class:`~snd_hf.splatting.operator.TeacherOperator` once, reuse them after.
+    """Build each target view's rows of the :class:`~snd_hf.splatting.teacher.operator.TeacherOperator` once, reuse them after.
 
     Args:
         splat_teacher: the teacher whose operators are cached; its lifter must be frozen.

@@ -17,6 +17,7 @@ traceback. :func:`main` itself raises, for callers in Python.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -92,13 +93,52 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{help_text} (default: %(default)s)".strip()
 
 
+class SuggestingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors for a mistyped command or long option name the closest one.
+
+    ``snd extarct`` answers ``argument COMMAND: invalid choice: 'extarct'; did you mean 'extract'?``
+    and ``snd extract --modle m`` answers ``unrecognized argument '--modle'; did you mean '--model'?``
+    (argparse suggests nothing before Python 3.14, and a mistyped required option otherwise surfaces
+    as "the following arguments are required"). Words without a close match (``difflib``) are left
+    to argparse's own errors. Subparsers inherit the class, so every level of `snd` checks its words.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # argparse calls it once per (sub)parser
+        words = sys.argv[1:] if args is None else list(args)
+        self._suggest(words[: words.index("--")] if "--" in words else words)
+        return super().parse_known_args(args, namespace)
+
+    def _suggest(self, words: list[str]) -> None:
+        """``self.error`` (exits) naming the closest command or option to a word that is neither."""
+        commands = next((action for action in self._actions if isinstance(action, argparse._SubParsersAction)), None)
+        if commands is not None:  # a parser with subcommands: its own options come before the command
+            position = next((i for i, word in enumerate(words) if not word.startswith("-")), len(words))
+            if position < len(words) and words[position] not in commands.choices:
+                self._error_with_match(
+                    words[position], list(commands.choices),
+                    lambda match: f"argument {commands.metavar or commands.dest}: invalid choice: {words[position]!r}; did you mean "
+                    f"{match!r}? (choose from {', '.join(commands.choices)})",
+                )  # fmt: skip
+            words = words[:position]
+        options = list(self._option_string_actions)
+        for word in words:
+            option = word.partition("=")[0]
+            if option.startswith("--") and len(option) > 2 and not any(known.startswith(option) for known in options):
+                self._error_with_match(option, options, lambda match: f"unrecognized argument {option!r}; did you mean {match!r}?")
+
+    def _error_with_match(self, word: str, candidates: list[str], message: Callable[[str], str]) -> None:
+        matches = difflib.get_close_matches(word, candidates, n=1)
+        if matches:
+            self.error(message(matches[0]))
+
+
 def version() -> str:
     """The installed snd-hf version (package metadata, from pyproject.toml)."""
     return importlib.metadata.version(DISTRIBUTION)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="snd", description="Splat and Distill: 3D-aware DINOv2 features.", formatter_class=DefaultsHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")

@@ -220,10 +220,14 @@ def correspondence_picture(
             draw.line([tuple(start), tuple(end)], fill=colour, width=1)
             draw.ellipse([start[0] - 1.5, start[1] - 1.5, start[0] + 1.5, start[1] + 1.5], fill=colour)
         rows.append((label, np.asarray(canvas)))
+    patch = list(models.values())[-1].config.patch_size
+    shown_px = MATCH_THRESHOLD_PX * native[1] / size[1]
     title = (
-        f"Matches view 0 -> view 1 (nearest feature, ratio test, {SHOWN_MATCHES} of 1000 shown); green: within "
-        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection, measured in pixels of the {size[0]}x{size[1]} (HxW) "
-        "images the features were computed on (the size the model was trained at), red: not."
+        f"Matches view 0 -> view 1 (nearest feature, ratio test, {SHOWN_MATCHES} of 1000 shown). The views were resized "
+        f"to {size[0]}x{size[1]} px (HxW, the size the model was trained at: {size[0] // patch}x{size[1] // patch} "
+        f"patches of {patch} px, features interpolated to every pixel) and matched there. Green: within "
+        f"{MATCH_THRESHOLD_PX:g} px of the true reprojection at that size ({shown_px:g} px in the {native[0]}x{native[1]} "
+        "views shown); red: farther."
     )
     labels = [f"{label}: recall@{MATCH_THRESHOLD_PX:g}px {recalls[label]:.2f}" for label, _ in rows]
     return save_panel([row for _, row in rows], path, title=title, labels=labels, gap=12), recalls

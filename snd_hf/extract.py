@@ -5,8 +5,9 @@
 
 For every image ``{stem}.png`` the output folder gets ``{stem}.safetensors`` (``feature_map``
 [C, h, w] and ``cls`` [C], float32, with the model, its weights' SHA-256 and the input size in the
-metadata) and ``{stem}_pca.png`` (the first three principal components as colours, one block of 14x14
-pixels per patch, so it lines up with the processed image).
+metadata) and ``{stem}_pca.png``: the processed image (as the model saw it, resized) beside the first
+three principal components of its features as colours, one block of ``--pca-scale`` (14) pixels per patch,
+so that the two halves line up; titled with the model and the patch grid.
 
 Images are decoded by :mod:`snd_hf.images` (EXIF orientation, 16-bit, alpha, a pixel cap) and streamed:
 every file's header is checked before the model loads, then each image is decoded, preprocessed, run
@@ -61,7 +62,7 @@ from .images import MAX_PIXELS, open_image, probe_image
 from .loading import weights_hash
 from .modeling_snd import SnDModel
 from .run_folder import RunFolder
-from .visualization import pca_rgb, save_png
+from .visualization import pca_rgb, save_panel
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
 # Processor settings that do not change any pixel value: left out of a run's identity.
@@ -182,15 +183,73 @@ def stream_features(
 ) -> Iterator[tuple[ImageItem, ImageFeatures]]:
     """Features of each image, in order, holding at most ``batch_size`` preprocessed images and one decoded
     image at a time. A batch also ends where the preprocessed size changes (other aspect ratio)."""
+    for item, _, features in _stream_with_inputs(model, processor, images, batch_size):
+        yield item, features
+
+
+def _stream_with_inputs(
+    model: SnDModel, processor: SnDImageProcessor, images: Iterable[ImageItem | Path], batch_size: int
+) -> Iterator[tuple[ImageItem, torch.Tensor, ImageFeatures]]:
+    """`stream_features`, with each image's preprocessed pixel values [3, H, W] (for its picture)."""
     batch: list[tuple[ImageItem, torch.Tensor]] = []
     for item in map(as_item, images):
         pixel_values = preprocess_file(processor, item)  # [3, H, W]
         if batch and (len(batch) == batch_size or batch[0][1].shape != pixel_values.shape):
-            yield from zip([i for i, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
+            yield from _run_batch(model, batch)
             batch = []
         batch.append((item, pixel_values))
     if batch:
-        yield from zip([i for i, _ in batch], run_model(model, torch.stack([v for _, v in batch])))
+        yield from _run_batch(model, batch)
+
+
+def _run_batch(model: SnDModel, batch: list[tuple[ImageItem, torch.Tensor]]) -> Iterator[tuple[ImageItem, torch.Tensor, ImageFeatures]]:
+    features = run_model(model, torch.stack([pixel_values for _, pixel_values in batch]))
+    return ((item, pixel_values, image_features) for (item, pixel_values), image_features in zip(batch, features))
+
+
+def processed_image(processor: SnDImageProcessor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The resized image a model saw, back in [0, 1]: ``pixel_values`` with the processor's normalisation undone.
+
+    Args:
+        pixel_values: one preprocessed image. [3, H, W]
+
+    Returns:
+        the image, channels last. [H, W, 3]
+    """
+    image = pixel_values.double()
+    if processor.do_normalize:
+        mean = torch.tensor(processor.image_mean, dtype=torch.float64)[:, None, None]
+        std = torch.tensor(processor.image_std, dtype=torch.float64)[:, None, None]
+        image = image * std + mean
+    return image.permute(1, 2, 0)
+
+
+def save_pca_picture(
+    image: torch.Tensor, features: ImageFeatures, path: str | os.PathLike, model_name: str, pca_scale: int = 14
+) -> Path:
+    """One labelled picture: the processed image beside the PCA colours of its features (first three
+    components as RGB, fitted on this image alone), ``pca_scale`` pixels per patch, titled with the model and grid.
+
+    Args:
+        image: the processed image in [0, 1] (``processed_image``). [H, W, 3]
+        features: its features; ``input_size`` is (H, W).
+        path: the PNG to write (atomically).
+        model_name: the model as the run names it (Hub id or folder).
+        pca_scale: picture pixels per patch; the image is resized (nearest) to the PCA's height.
+
+    Returns:
+        the written path.
+    """
+    _, grid_height, grid_width = features.feature_map.shape
+    height, width = features.input_size
+    patch = height // grid_height
+    return save_panel(
+        [image, pca_rgb(features.feature_map)],
+        path,
+        height=grid_height * pca_scale,
+        title=f"{model_name}: {grid_height}x{grid_width} patches of {patch}x{patch} px; colours: the first 3 principal components of the features",
+        labels=[f"image, {height}x{width} px", f"features, {grid_height}x{grid_width} grid"],
+    )
 
 
 def save_features(features: ImageFeatures, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -222,10 +281,11 @@ def extract_to_folder(
     Yields:
         per image: (safetensors path, PCA picture path, the features).
     """
-    for item, features in stream_features(model, processor, images, batch_size):
+    for item, pixel_values, features in _stream_with_inputs(model, processor, images, batch_size):
         feature_name, picture_name = output_names(item.image_id)
         feature_path = save_features(features, out / feature_name, metadata)
-        picture = save_png(pca_rgb(features.feature_map), out / picture_name, scale=pca_scale)
+        image = processed_image(processor, pixel_values)
+        picture = save_pca_picture(image, features, out / picture_name, metadata["model"], pca_scale)
         yield feature_path, picture, features
 
 

@@ -28,6 +28,10 @@ TAGS = ["snd", "splat-and-distill", "dinov2", "3d-aware", "dense-features", "vis
 LIBRARY_NAME = "snd-hf"
 DATASET_IDS = {"scannetpp": "scannetpp"}  # training_config["dataset"] -> Hub `datasets` entry
 SIZE_NAMES = {"small": "ViT-S/14", "base": "ViT-B/14"}
+SND_SUMMARY = (
+    "An SnD (Splat and Distill) student made with the `snd-hf` package: a DINOv2-architecture ViT\n"
+    "whose features were distilled from 3D-lifted, splatted teacher features."
+)
 
 
 def card_metadata(config: SnDConfig, training_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,6 +149,7 @@ def build_model_card(
     eval_results: Mapping[str, Mapping[str, float]] | None = None,
     repo_id: str | None = None,
     tags: Sequence[str] = (),
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
     """Render the Hub model card (YAML front matter + markdown body) of a trained SnD checkpoint.
 
@@ -156,6 +161,8 @@ def build_model_card(
         eval_results: task -> metric -> value (e.g. ``{"depth": {"rmse": 0.41}}``), shown as a table.
         repo_id: the Hub repo the card is for, used in the loading snippet.
         tags: Hub tags added to the package's own.
+        overrides: fields of the card's template to write instead of those of an SnD student (e.g.
+            ``summary``, the opening paragraph; ``variant_line``; ``teacher``), for a model made otherwise.
     Returns:
         the card text, starting with ``---`` front matter.
     """
@@ -169,8 +176,9 @@ def build_model_card(
     front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
     training_yaml = yaml.safe_dump(training_config, sort_keys=True) if training_config else "# not recorded\n"
     name = repo_id.split("/")[-1] if repo_id else f"SnD {SIZE_NAMES.get(config.size, 'student')}"
-    body = Template(TEMPLATE.read_text()).substitute(
+    fields = dict(
         title=name,
+        summary=SND_SUMMARY,
         variant_line=_variant_line(config, training_config),
         repo_id=repo_id or "path/to/this/checkpoint",
         hidden_size=config.hidden_size,
@@ -188,6 +196,10 @@ def build_model_card(
         evaluation=_evaluation(eval_results),
         limitations=_limitations(training_config),
     )
+    unknown = set(overrides or {}) - set(fields)
+    if unknown:
+        raise ValueError(f"overrides must name fields of the card's template {sorted(fields)}, got {sorted(unknown)}")
+    body = Template(TEMPLATE.read_text()).substitute({**fields, **(overrides or {})})
     return f"---\n{front_matter}---\n\n{body}"
 
 
@@ -200,6 +212,22 @@ def model_card_of(config: SnDConfig, repo_id: str | None = None, tags: Sequence[
     """The card of the checkpoint ``config`` describes: its ``training_info`` (the trainer's
     configuration and step, recorded in config.json) fills the training sections."""
     info = config.training_info or {}
+    if info.get("role") == "pretrained_2d":  # training/pretrain_2d.py records its arguments, not a trainer's configuration
+        args = dict(info.get("args") or {})
+        facts = {"init": "random", "finetune": "full", "dataset": "synthetic", "synthetic_scenes": args.get("scenes"),
+                 "synthetic_frames": args.get("frames")}  # fmt: skip
+        summary = (
+            "A DINOv2-architecture ViT pre-trained by `training/pretrain_2d.py` of the `snd-hf` package with a purely 2D\n"
+            f"objective ({info.get('objective', 'not recorded')}) on single generated images: the offline stand-in for\n"
+            "DINOv2 that the CPU SnD recipe starts from (`init: pretrained_2d`). It is not distilled with SnD."
+        )
+        overrides = {
+            "summary": summary,
+            "variant_line": f"Variant: a custom size ({config.hidden_size} channels, {config.num_hidden_layers} layers), 2D-pretrained:"
+            " no SnD training, so no blending variant.",
+            "teacher": "none: two augmented crops of one image, positives from the crop geometry (no depth, poses or second view)",
+        }
+        return build_model_card(config, {**facts, **args}, steps=args.get("steps"), repo_id=repo_id, tags=tags, overrides=overrides)
     return build_model_card(config, training_config=info.get("config"), steps=info.get("step"), repo_id=repo_id, tags=tags)
 
 

@@ -234,6 +234,37 @@ def test_the_packaged_tiny_model_is_a_dpt_backbone_that_fine_tunes_saves_and_rel
     result = subprocess.run([sys.executable, "-c", _RELOAD, str(tmp_path / "dpt")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
+    # README's limit, still as it says: without `import snd_hf`, transformers' config registry has no "snd".
+    unregistered = _RELOAD.replace("import snd_hf", "pass")
+    result = subprocess.run([sys.executable, "-c", unregistered, str(tmp_path / "dpt")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.rstrip().endswith("KeyError: 'snd'")
+
+
+def test_a_dinov2_backbone_config_would_load_without_snd_hf_but_change_the_features():
+    # Why a task model keeps model type "snd" rather than transformers' own "dinov2": the same weights (qkv
+    # split into q, k, v) give the same features only at the config's image size, since transformers' Dinov2
+    # resizes position embeddings to the target grid and SnD (as torch.hub DINOv2) scales them with an offset.
+    from transformers import Dinov2Backbone, Dinov2Config
+
+    snd = SnDBackbone.from_pretrained(PACKAGED, out_indices=[1, 2], reshape_hidden_states=False).eval()
+    names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "image_size", "patch_size", "layer_norm_eps",
+             "layerscale_value", "qkv_bias", "use_swiglu_ffn", "hidden_act", "apply_layernorm")  # fmt: skip
+    config = Dinov2Config(**{name: getattr(snd.config, name) for name in names}, out_indices=[1, 2], reshape_hidden_states=False)
+    dinov2 = Dinov2Backbone(config).eval()
+    state_dict = {}
+    for key, value in snd.state_dict().items():
+        if ".attention.qkv." in key:
+            state_dict.update({key.replace("qkv", f"{part}_proj"): chunk for part, chunk in zip("qkv", value.chunk(3))})
+        else:
+            state_dict[key.replace(".attention.proj.", ".attention.o_proj.")] = value
+    dinov2.load_state_dict(state_dict, strict=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for size, equal in (((224, 224), True), ((56, 84), False)):
+            pixel_values = torch.randn(1, 3, *size)
+            ours, theirs = snd(pixel_values).feature_maps[-1], dinov2(pixel_values).feature_maps[-1]
+            assert torch.equal(ours, theirs) == equal, size
+    assert (ours - theirs).abs().max() > 0.25 * ours.abs().mean()  # 56x84: a different model, not round-off
 
 
 def test_a_backbone_of_another_size_is_one_line_naming_both():

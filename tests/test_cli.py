@@ -166,8 +166,37 @@ def test_help_version_and_argument_errors_import_neither_torch_nor_transformers(
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert dict(zip(map(" ".join, _LIGHT_COMMAND_LINES), loaded)) == {" ".join(argv): [] for argv in _LIGHT_COMMAND_LINES}
-    assert "snd: error: argument COMMAND: invalid choice: 'extarct'" in result.stderr
-    assert "snd extract: error: the following arguments are required: --model" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "snd: error: argument COMMAND: invalid choice: 'extarct'; did you mean 'extract'? (choose from convert, demo, extract, synth, eval, field)" in errors
+    assert "snd extract: error: unrecognized argument '--modle'; did you mean '--model'?" in errors
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["evl"], "snd: error: argument COMMAND: invalid choice: 'evl'; did you mean 'eval'?"),
+        (["--verison"], "snd: error: unrecognized argument '--verison'; did you mean '--version'?"),
+        (["field", "segmnet", "r.field"], "snd field: error: argument {fit,segment,edit}: invalid choice: 'segmnet'; did you mean 'segment'?"),
+        (["field", "segment", "r.field", "--clik", "3,3", "--out", "o"], "snd field segment: error: unrecognized argument '--clik'; did you mean '--click'?"),
+        (["eval", "depth", "--model=m", "--dta=synthetic"], "snd eval: error: unrecognized argument '--dta'; did you mean '--data'?"),
+        # No close match: argparse's own error, unchanged.
+        (["xyzzy"], "snd: error: argument COMMAND: invalid choice: 'xyzzy' (choose from"),
+        (["convert", "a", "b", "--zzzzzz"], "snd: error: unrecognized arguments: --zzzzzz"),
+    ],
+)
+def test_a_mistyped_command_or_option_names_the_closest(argv, error, capsys):
+    with pytest.raises(SystemExit) as exit:
+        console_main(argv)
+    assert exit.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert line.startswith(error)
+
+
+def test_abbreviations_and_values_after_double_dash_are_not_typos():
+    # argparse accepts unique prefixes (--pca-sc for --pca-scale); words after "--" are values, not options.
+    subparser = _subparsers(build_parser(["extract"]))["extract"]
+    args = subparser.parse_args(["--model", "m", "--out", "o", "--pca-sc", "3", "--", "--looks-like-an-option.png"])
+    assert args.pca_scale == 3 and [str(image) for image in args.images] == ["--looks-like-an-option.png"]
 
 
 _REGISTRATION_CHECK = """

@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+import snd_hf.extract
 from snd_hf import SnDConfig, SnDImageProcessor, SnDModel
 from snd_hf.cli import main
 from snd_hf.demo import DEFAULT_CHECKPOINT, DEMO_IMAGES, EMBEDDED
 from snd_hf.hub import SND_HUB_REPO, VARIANT_FILES
 from snd_hf.images import ImageDecodeError
+from snd_hf.visualization import CAPTION_SIZE, pca_rgb
 
 
 @pytest.fixture
@@ -34,11 +36,14 @@ def write_image(path, height, width, seed=0):
     return path
 
 
-def test_extract_writes_features_and_pictures(tmp_path, tiny_checkpoint, capsys):
+def test_extract_writes_features_and_pictures(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     folder, model = tiny_checkpoint
     first = write_image(tmp_path / "first.png", 60, 80)
     second = write_image(tmp_path / "second.jpg", 50, 50, seed=1)
     out = tmp_path / "out"
+    texts = []
+    panel = snd_hf.extract.save_panel
+    monkeypatch.setattr(snd_hf.extract, "save_panel", lambda *a, **k: texts.append((k["title"], k["labels"])) or panel(*a, **k))
     assert main(["extract", str(first), str(second), "--model", str(folder), "--out", str(out), "--shortest-edge", "56"]) == 0
 
     processor = SnDImageProcessor(size={"shortest_edge": 56})
@@ -52,9 +57,33 @@ def test_extract_writes_features_and_pictures(tmp_path, tiny_checkpoint, capsys)
             expected = model(processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"])
         torch.testing.assert_close(feature_map, expected.feature_map[0])
         torch.testing.assert_close(cls, expected.pooler_output[0])
-        picture = Image.open(out / f"{path.stem}_pca.png")
-        assert picture.size == (grid[1] * 14, grid[0] * 14)  # one 14x14 block per patch
+        _check_pca_picture(out / f"{path.stem}_pca.png", path, processor, feature_map)
     assert f"{out / 'first.safetensors'} (32x4x5)" in capsys.readouterr().out
+    assert texts[0] == (
+        f"{folder}: 4x5 patches of 14x14 px; colours: the first 3 principal components of the features",
+        ["image, 56x70 px", "features, 4x5 grid"],
+    )
+
+
+def _check_pca_picture(picture_path, image_path, processor, feature_map, gap=4):
+    """The picture is [title and labels above] image | gap | PCA: the resized image exactly as the model saw
+    it, beside one 14x14 block per patch of the features' own PCA colours."""
+    channels, height, width = feature_map.shape
+    picture = np.asarray(Image.open(picture_path).convert("RGB"))
+    top = picture.shape[0] - height * 14
+    assert picture.shape[1] == 2 * width * 14 + gap and top > 0
+    with Image.open(image_path) as image:
+        seen = processor(images=image.convert("RGB"), do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    expected_image = (seen.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(picture[top:, : width * 14], expected_image)
+    blocks = pca_rgb(feature_map).repeat(14, axis=0).repeat(14, axis=1)
+    np.testing.assert_array_equal(picture[top:, width * 14 + gap :], blocks)
+    assert (picture[top:, width * 14 : width * 14 + gap] == 255).all()  # the white gap
+    # Title (the model, the grid) and one label above each half: dark text on the white band.
+    band = picture[:top].min(axis=2) < 128
+    assert band[:, : width * 14].any() and band[:, width * 14 + gap :].any()
+    label_row = band[top - CAPTION_SIZE - 6 :]
+    assert label_row[:, : width * 14].any() and label_row[:, width * 14 + gap :].any()
 
 
 def test_extract_names_missing_and_unreadable_images(tmp_path, tiny_checkpoint):

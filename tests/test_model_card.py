@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO_ROOT
 from huggingface_hub import HfApi, ModelCard
 
+import snd_hf
 from snd_hf import SnDConfig
 from snd_hf.hub import VARIANT_FILES
-from snd_hf.model_card import build_model_card
+from snd_hf.model_card import build_model_card, model_card_of
 
 SYNTHETIC_RUN = {  # the shape of TrainingConfig.to_dict() for the tiny synthetic run
     "dataset": "synthetic",
@@ -161,3 +163,18 @@ def test_the_trainer_upload_card_records_its_init(hub, tmp_path):
     HfApi().create_repo("me/trained")
     push_final_model(tmp_path, "me/trained", training_config=info["config"], step=info["step"])
     _assert_card_of_the_packaged_model(ModelCard.load("me/trained").content, "me/trained")
+
+
+def test_the_2d_pretraining_card_says_what_the_model_is():
+    # training/pretrain_2d.py records its arguments and objective (role pretrained_2d), not a trainer's configuration.
+    config = SnDConfig.from_pretrained(Path(snd_hf.__file__).parent / "assets" / "pretrained_2d")
+    metadata, body = split_card(model_card_of(config))
+    assert metadata["library_name"] == "snd-hf" and "synthetic-data" in metadata["tags"]
+    assert "pre-trained by `training/pretrain_2d.py`" in body and "dense InfoNCE between two crops of one image" in body
+    assert "It is not distilled with SnD." in body and "distilled from 3D-lifted" not in body
+    assert "| initialisation | random (standard DINOv2 initialisation) |" in body and "| fine-tuning | all parameters |" in body
+    assert "Data: procedural synthetic indoor scenes (24 scenes x 12 frames)" in body and "Steps: 600 optimizer steps" in body
+    assert "Teacher: none: two augmented crops of one image" in body and "not recorded" not in body.split("## Evaluation")[0]
+    assert "2D-pretrained: no SnD training, so no blending variant." in body
+    with pytest.raises(ValueError, match=r"overrides must name fields of the card's template .*got \['sumary'\]"):
+        build_model_card(config, overrides={"sumary": "x"})

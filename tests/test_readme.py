@@ -430,7 +430,25 @@ def test_readme_commands_and_blocks_run_as_written(workspace):
     assert not failures, f"{len(failures)} README command(s) failed:\n\n" + "\n\n".join(failures)
     missing = sorted(path for path in WRITTEN if not (work / path).exists())
     assert not missing, f"README commands should have written {missing}"
+    # Run in a checkout, every README command writes only what .gitignore covers (inputs and the checkout aside).
+    inputs = {"training", "snd_hf", "external", *(key.removeprefix("./").split("/")[0] for key in EXTERNAL)}
+    outputs = [entry.name + "/" * entry.is_dir() for entry in work.iterdir() if entry.name not in inputs]
+    assert not _not_ignored(outputs), f"README commands write {_not_ignored(outputs)} into the checkout: add them to .gitignore"
     assert "model.safetensors" in hub.files("you/snd-tiny"), "--push_to_hub pushed no weights to the Hub"
+
+
+def _not_ignored(paths: list[str]) -> list[str]:
+    """The paths (relative to the checkout; folders with a trailing /) that its .gitignore does not cover."""
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no .gitignore to check")
+    ignored = [subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "--no-index", "-q", path]).returncode == 0 for path in paths]
+    return [path for path, covered in zip(paths, ignored) if not covered]
+
+
+def test_gitignore_covers_what_readme_commands_write():
+    # WRITTEN (a folder or a file), the convert's sidecar and the default output folders of snd demo and train.py.
+    written = [*WRITTEN, "snd-small.pth.json", "snd-demo/", "outputs/snd-synthetic-tiny/"]
+    assert not [path for path in written if _not_ignored([path]) and _not_ignored([path.rstrip("/") + "/a_file"])]
 
 
 def test_an_unknown_external_path_is_named():

@@ -13,9 +13,12 @@ Images: frames of generated rooms (snd_hf/data/synthetic.py) of seed 1, a seed t
 SnD training scenes (seed 0) nor the held-out evaluation rooms (seeds 1000 and 2000) use, rendered
 in memory at twice the crop size so that crops zoom in without blurring.
 
-The run is deterministic in its seed on one thread: ``OMP_NUM_THREADS=1 python training/pretrain_2d.py
---out DIR`` reproduces snd_hf/assets/pretrained_2d bit for bit (checked 2026-11-30); more threads
-change the order of float sums, and so the weights slightly.
+The run is deterministic in its seed and thread count, and runs on one thread unless ``--threads`` says
+otherwise (more threads change the order of float sums, and so the weights slightly): ``python
+training/pretrain_2d.py --out DIR`` rewrites snd_hf/assets/pretrained_2d's ``model.safetensors`` byte
+for byte. Its ``config.json`` records the run's own command, ``--out`` and transformers version, and
+settings the package gained since (``preprocessor_config.json``'s ``max_pixels``, the card
+``README.md``), so those files differ by exactly that.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 0.05
 TEMPERATURE = 0.2
+THREADS = 1  # the packaged asset's thread count: with it the run reproduces the asset byte for byte
 
 
 def render_images(num_scenes: int, frames: int, size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -68,6 +72,7 @@ def render_images(num_scenes: int, frames: int, size: tuple[int, int], seed: int
 
 
 def pretrain(args: argparse.Namespace) -> SnDModel:
+    torch.set_num_threads(args.threads)  # the weights depend on the thread count (module docstring)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     images = render_images(args.scenes, args.frames, SOURCE_SIZE, IMAGE_SEED)
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden_size", type=int, default=HIDDEN_SIZE)
     parser.add_argument("--layers", type=int, default=NUM_LAYERS)
     parser.add_argument("--heads", type=int, default=NUM_HEADS)
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads; the packaged weights: {THREADS} (default {THREADS})")
     parser.add_argument("--overwrite", action="store_true", help="replace an --out folder this script did not write")
     args = parser.parse_args(argv)
     overwrite = args.overwrite or _written_here(args.out)

@@ -45,7 +45,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool, s
         default=shortest_edge,
         help="resize the shortest image edge to this many pixels",
     )
-    parser.add_argument("--pca-scale", type=number_option(int, 1, 64), default=14, help="PCA picture pixels per patch")
+    parser.add_argument("--pca-scale", type=number_option(int, 1, 64), default=14, help="pixels per patch in the PCA picture (the image beside it is resized to match)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images run through the model at once")
     parser.add_argument(
         "--max-pixels",

@@ -14,6 +14,7 @@
 
 Units: depth errors in the depth unit (metres), δ and correspondence recalls as fractions in
 [0, 1], angles in degrees, normal recalls and segmentation scores in percent (as published).
+Tables (results.md) show every rate in percent, each column labelled with its unit (``display_unit``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ __all__ = [
     "normal_metrics",
     "recall_by_rotation",
     "recall_at",
+    "display_unit",
+    "format_metric",
 ]
 
 DEPTH_METRICS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
@@ -48,6 +51,35 @@ ROTATION_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30
 DepthProtocol = Literal["fit3d", "probe3d"]
 # Bumped whenever a metric's definition changes, so that cached probe results are recomputed.
 METRICS_REVISION = 3
+
+
+def display_unit(task: str, metric: str) -> tuple[str, float]:
+    """How a table shows ``metric`` of ``task``: its unit and the factor from the stored value (results.json).
+
+    One unit per metric, every rate in percent: δ thresholds (``d1``-``d3``) and correspondence recalls,
+    stored as fractions, are multiplied by 100; normal recalls and segmentation scores are percent already.
+    Errors keep their unit: ``m`` (the depth unit) for depth ``rmse``/``sq_rel``, ``°`` for normal angles,
+    ``×100`` for ``silog`` (100 × the log-space standard deviation, as the Monocular-Depth-Estimation-Toolbox);
+    the unitless ``abs_rel``, ``rmse_log`` and ``log10`` have the unit ``""``.
+
+    Returns:
+        (unit, factor): show ``factor * value`` under the header ``f"{metric} ({unit})"``.
+    """
+    if task == "correspondence" or metric in ("d1", "d2", "d3"):
+        return "%", 100.0
+    if task == "segmentation" or metric.startswith("recall_"):
+        return "%", 1.0
+    if task == "normals":
+        return "°", 1.0
+    return {"rmse": "m", "sq_rel": "m", "silog": "×100"}.get(metric, ""), 1.0
+
+
+def format_metric(task: str, metric: str, value: float) -> str:
+    """``value`` (as stored) in its ``display_unit``: 2 decimals for percent and degrees, 4 otherwise; "—" for NaN."""
+    if math.isnan(value):
+        return "—"
+    unit, factor = display_unit(task, metric)
+    return f"{value * factor:.2f}" if unit in ("%", "°") else f"{value * factor:.4f}"
 
 
 def depth_eval_mask(

@@ -11,14 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from snd_hf.eval.metrics import format_metric
+
 __all__ = ["PAPER_COLUMNS", "REPORTED_VITS", "paper_table"]
 
 # task -> (metric key in results.json, column title)
 PAPER_COLUMNS: dict[str, tuple[str, str]] = {
-    "depth": ("rmse", "depth RMSE ↓"),
+    "depth": ("rmse", "depth RMSE (m) ↓"),
     "normals": ("rmse", "normals RMSE (°) ↓"),
-    "segmentation": ("miou", "segmentation mIoU ↑"),
-    "correspondence": ("recall@10px", "correspondence recall@10px ↑"),
+    "segmentation": ("miou", "segmentation mIoU (%) ↑"),
+    "correspondence": ("recall@10px", "correspondence recall@10px (%) ↑"),
 }
 # The SnD paper's ViT-S numbers (Splat and Distill, ICLR 2026, as transcribed in the notes on the original
 # code this port follows), per `--data` kind, model row and task. The paper reports no FiT3D / MEF rows or correspondence recall there.
@@ -58,7 +60,7 @@ def paper_table(
         cells = []
         for task in tasks:
             value = results[task].get(name, {}).get(PAPER_COLUMNS[task][0], math.nan)
-            cell = "—" if math.isnan(value) else f"{value:.4f}"
+            cell = format_metric(task, PAPER_COLUMNS[task][0], value)  # in the column's unit
             paper = reported.get(name.lower(), {}).get(task) if widths.get(name) == 384 else None
             if paper is not None:
                 cell += f" (reported {paper:g})"

@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -68,7 +67,7 @@ from snd_hf.eval.figures import (
     colorize_normals,
     plot_grouped_bars,
 )
-from snd_hf.eval.metrics import METRICS_REVISION, ROTATION_BINS, DepthProtocol
+from snd_hf.eval.metrics import METRICS_REVISION, ROTATION_BINS, DepthProtocol, display_unit, format_metric
 from snd_hf.eval.paper_table import paper_table
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.protocol import PAPER_RESIZE, RESIZE_PROTOCOLS, position_resize
@@ -242,14 +241,21 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def _markdown(results: dict[str, dict[str, dict[str, float]]], data_name: str, preset: str) -> str:
-    lines = [f"# Probe results on {data_name} (preset {preset})", ""]
+    lines = [
+        f"# Probe results on {data_name} (preset {preset})",
+        "",
+        "Units: % percent (of pixels, matches or images), m the depth unit (metres), ° degrees, ×100 a hundred times"
+        " the value; unlabelled: unitless. results.json keeps δ (d1-d3) and correspondence recalls as fractions in [0, 1].",
+        "",
+    ]
     for task, per_model in results.items():
         if not per_model:
             continue
         columns = list(next(iter(per_model.values())))
-        lines += [f"## {task}", "", "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        headers = [f"{column} ({unit})" if (unit := display_unit(task, column)[0]) else column for column in columns]
+        lines += [f"## {task}", "", "| model | " + " | ".join(headers) + " |", "|---" * (len(columns) + 1) + "|"]
         for model, metrics in per_model.items():
-            cells = ["—" if math.isnan(metrics[c]) else f"{metrics[c]:.4f}" for c in columns]
+            cells = [format_metric(task, column, metrics[column]) for column in columns]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

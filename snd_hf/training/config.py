@@ -288,6 +288,8 @@ class TrainingConfig:
         if self.dataset == "scannetpp":
             if not self.dataset_path:
                 raise ValueError("dataset_path is required with dataset 'scannetpp' (the folder holding scenes/).")
+            if not Path(self.dataset_path).exists():
+                raise ValueError(f"dataset_path {self.dataset_path!r} does not exist (the ScanNet++ folder holding scenes/).")
             if not (Path(self.dataset_path) / "scenes").is_dir():
                 raise ValueError(f"dataset_path {self.dataset_path!r} has no scenes/ folder (expected the ScanNet++ layout).")
         if self.lifter == "mvsplat":

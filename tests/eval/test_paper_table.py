@@ -4,6 +4,7 @@ base, SnD native folder), the per-probe position-embedding resize and the paper-
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_reported_numbers_only_for_the_papers_preset_and_data():
     results = {"depth": {"dinov2": {"rmse": 0.6}, "snd": {"rmse": 0.5}, "mef": {"rmse": 0.55}}, "normals": {"snd": {"rmse": 30.0}}}
     widths = {"dinov2": 384, "snd": 384, "mef": 384}
     table = paper_table(results, "nyuv2=/data/nyu", "paper", widths)
-    assert "| snd | 0.5000 (reported 0.4912) | 30.0000 (reported 28.93) |" in table
+    assert "| snd | 0.5000 (reported 0.4912) | 30.00 (reported 28.93) |" in table
     assert "| mef | 0.5500 | — |" in table and "not measured here" in table
     assert "reported 0" not in paper_table(results, "nyuv2=/data/nyu", "cpu", widths)
     assert "reported 0" not in paper_table(results, "nyuv2=/data/nyu", "paper", {**widths, "snd": 768, "dinov2": 768})
@@ -84,3 +85,29 @@ def test_resize_override_is_recorded(tmp_path):
         evaluate([f"m={tmp_path / 'model'}"], "synthetic", ("depth", "normals"), tmp_path / "out", preset)
     with pytest.raises(ValueError, match="resize must be one of"):
         evaluate([f"m={tmp_path / 'model'}"], "synthetic", ("depth",), tmp_path / "other", preset, resize="bilinear")
+
+
+def test_results_md_shows_one_labelled_unit_per_metric():
+    # results.json keeps δ and correspondence recalls as fractions, normal recalls and segmentation in percent:
+    # results.md shows every rate in percent and says each column's unit.
+    from snd_hf.eval.suite import _markdown
+
+    results = {
+        "depth": {"snd": {"d1": 0.4221, "abs_rel": 0.25, "rmse": 0.5, "silog": 12.5}},
+        "normals": {"snd": {"mean": 43.04, "recall_11.25": 12.5}},
+        "segmentation": {"snd": {"miou": 26.71}},
+        "correspondence": {"snd": {"recall@10px": 0.52, "recall@10px_0-15deg": math.nan}},
+    }
+    rows = [line for line in _markdown(results, "synthetic", "cpu").splitlines() if line.startswith("| ")]
+    assert rows == [
+        "| model | d1 (%) | abs_rel | rmse (m) | silog (×100) |",
+        "| snd | 42.21 | 0.2500 | 0.5000 | 12.5000 |",
+        "| model | mean (°) | recall_11.25 (%) |",
+        "| snd | 43.04 | 12.50 |",
+        "| model | miou (%) |",
+        "| snd | 26.71 |",
+        "| model | recall@10px (%) | recall@10px_0-15deg (%) |",
+        "| snd | 52.00 | — |",
+    ]
+    table = paper_table(results, "synthetic", "cpu", {"snd": 48})
+    assert "| model | depth RMSE (m) ↓ | normals RMSE (°) ↓ | segmentation mIoU (%) ↑ | correspondence recall@10px (%) ↑ |" in table

@@ -1,10 +1,13 @@
-"""training/pretrain_2d.py's --out: an earlier output is replaced, a folder holding a user's files never."""
+"""training/pretrain_2d.py: its --out (an earlier output is replaced, a folder holding a user's files never) and its weights (the packaged ones, byte for byte)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,13 @@ def test_a_folder_holding_user_files_beside_an_earlier_output_is_refused_before_
     assert sorted(path.name for path in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "snd_run.json"]
     assert json.loads((out / "config.json").read_text())["training_info"]["role"] == "pretrained_2d"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pretrained"]  # no staging left
+
+
+@pytest.mark.slow
+def test_the_script_rewrites_the_packaged_weights_byte_for_byte(tmp_path):
+    # Its defaults (seed, steps, one thread) are the packaged asset's, whatever OMP_NUM_THREADS says.
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    out = tmp_path / "pretrained_2d"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], env=env, capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (_script().ASSET / "model.safetensors").read_bytes()

@@ -155,7 +155,7 @@ def student_loss(
         temperature = teacher_temperature(step, config.teacher_temp, config.teacher_temp_warmup, config.teacher_temp_warmup_steps)
         center = ema_teacher.head.center if config.center_momentum is not None else None
         if config.sinkhorn_iterations:
-            # Deviation (DINOv2's Sinkhorn-Knopp centring, optional): SnD uses a plain softmax.
+            # Deviation (docs/deviations.md, 42): DINOv2's Sinkhorn-Knopp centring, optional; SnD uses a plain softmax.
             probabilities = sinkhorn_knopp(teacher_logits, coverage, temperature, config.sinkhorn_iterations)
         else:
             probabilities = teacher_probabilities(teacher_logits, temperature, center)
@@ -168,13 +168,13 @@ def student_loss(
     elif config.loss == "info_nce":
         segments = None
         if not config.same_segment_negatives:
-            # Deviation (blended targets, optional): each token's instance id at its patch centre.
+            # Deviation (docs/deviations.md, 43): each token's instance id at its patch centre, optional.
             patch = batch["target"]["image"].shape[-1] // features.shape[-1]
             segments = batch["target"]["mask"][..., patch // 2 :: patch, patch // 2 :: patch][..., : features.shape[-2], : features.shape[-1]]
         loss = info_nce_loss(features, targets.features, coverage, temperature=config.contrastive_temperature, segments=segments)
     else:
         loss = mse_loss(features, targets.features, coverage)
     if config.koleo_weight:
-        # Deviation (DINOv2's KoLeo, optional): SnD has no regulariser.
+        # Deviation (docs/deviations.md, 42): DINOv2's KoLeo, optional; SnD has no regulariser.
         loss = loss + config.koleo_weight * koleo_loss(features, coverage)
     return StepOutputs(loss, features.detach(), targets.features, coverage, probabilities)

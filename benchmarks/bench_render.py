@@ -35,6 +35,7 @@ from figures import write_figures
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from snd_hf.cameras import Cameras
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.lifters import DepthLifter
 from snd_hf.splatting.render import render_features
@@ -122,7 +123,7 @@ def render_pass(gaussians: Gaussians, cameras, size, backend, grad: bool, chunk:
         for first in range(0, inputs[3].shape[-1], chunk):
             part = Gaussians(*inputs[:3], inputs[3][..., first : first + chunk])
             start = time.perf_counter()
-            out = render_features(part, *cameras, size, backend=backend)
+            out = render_features(part, Cameras(*cameras, size), backend=backend)
             if cuda:
                 torch.cuda.synchronize()
             middle = time.perf_counter()

@@ -74,6 +74,15 @@ class Cameras:
             index = [index]
         return Cameras(self.extrinsics[index], self.intrinsics[index], self.near[index], self.far[index], self.image_size)
 
+    def unsqueeze(self, dim: int) -> Cameras:
+        """The same cameras with a new leading dimension of size 1 at ``dim`` (``0 <= dim <=``
+        the number of leading dims), e.g. ``[V] → [V, 1]``: one camera per batch element."""
+        if not 0 <= dim <= self.near.ndim:
+            raise ValueError(f"`dim` must be in [0, {self.near.ndim}] (a leading dimension), got {dim}.")
+        return Cameras(
+            self.extrinsics.unsqueeze(dim), self.intrinsics.unsqueeze(dim), self.near.unsqueeze(dim), self.far.unsqueeze(dim), self.image_size
+        )
+
     @property
     def centres(self) -> torch.Tensor:
         """Camera centres in world space. [..., V, 3]"""

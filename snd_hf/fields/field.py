@@ -423,15 +423,8 @@ class FeatureField(nn.Module):
             opacities=self.opacities.expand(views, count),
             features=torch.cat([tensor for _, tensor in parts], dim=-1),
         )
-        out = render_features(
-            gaussians,
-            cameras.extrinsics[:, None],
-            cameras.intrinsics[:, None],
-            cameras.near[:, None],
-            cameras.far[:, None],
-            cameras.image_size,
-            backend=backend,
-        )
+        # The views are the batch, one camera each: [V] → [V, 1].
+        out = render_features(gaussians, cameras.unsqueeze(1), backend=backend)
         rendered = out.features[:, 0].split([tensor.shape[-1] for _, tensor in parts], dim=1)
         result = dict(zip([name for name, _ in parts], rendered))
         if features and not self.disentangled:

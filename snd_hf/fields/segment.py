@@ -210,9 +210,7 @@ def click_gaussians(field: FeatureField, view: int, pixel: tuple[int, int], came
     camera = _cameras(field, cameras)[view].to(field.means.device, field.means.dtype)
     with torch.no_grad():
         gaussians = Gaussians(means=field.means[None], covariances=field.covariances()[None], opacities=field.opacities[None])
-        weights = compositing_weights(
-            gaussians, camera.extrinsics[None], camera.intrinsics[None], camera.near[None], camera.far[None], camera.image_size
-        )[0][0]
+        weights = compositing_weights(gaussians, camera.unsqueeze(0))[0][0]
     x, y = pixel
     at = weights.pixel == y * camera.image_size[1] + x
     gaussian, share = weights.gaussian[at], weights.weight[at]

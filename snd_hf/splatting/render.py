@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..cameras import denormalize_intrinsics
+from ..cameras import Cameras, denormalize_intrinsics
 from .gaussians import Gaussians
 
 Backend = Literal["auto", "gsplat", "torch"]
@@ -68,11 +68,7 @@ class RenderOutput:
 
 def render_features(
     gaussians: Gaussians,
-    extrinsics: torch.Tensor,  # [B, V, 4, 4]
-    intrinsics: torch.Tensor,  # [B, V, 3, 3]
-    near: torch.Tensor,  # [B, V]
-    far: torch.Tensor,  # [B, V]
-    image_size: tuple[int, int],
+    cameras: Cameras,  # [B, V]
     *,
     backend: Backend = "auto",
     background: float | torch.Tensor = 0.0,
@@ -84,11 +80,10 @@ def render_features(
 
     Args:
         gaussians: Gaussians with features attached (``gaussians.features`` [B, G, C]).
-        extrinsics: camera-to-world matrices, OpenCV axes. [B, V, 4, 4]
-        intrinsics: normalised intrinsics (see :mod:`snd_hf.cameras`). [B, V, 3, 3]
-        near: near clipping z-depth per view. [B, V]
-        far: far clipping z-depth per view. [B, V]
-        image_size: ``(H, W)`` of the rendered images.
+        cameras: the V cameras of each batch element, rendering at ``cameras.image_size``
+            ``(H, W)`` (c2w [B, V, 4, 4], normalised intrinsics [B, V, 3, 3], near/far [B, V];
+            see :mod:`snd_hf.cameras`; a scene batch's views give them with
+            :meth:`~snd_hf.cameras.Cameras.from_views`). [B, V]
         backend: ``"gsplat"`` (CUDA kernels), ``"torch"`` (pure-torch twin) or ``"auto"`` (gsplat
             for CUDA tensors, torch otherwise).
         background: value of uncovered pixels, a float or one value per channel. [C]
@@ -102,8 +97,7 @@ def render_features(
     Returns:
         :class:`RenderOutput` with features [B, V, C, H, W], alpha and depth [B, V, 1, H, W].
     """
-    height, width = _check_image_size(image_size)
-    features = _check_inputs(gaussians, extrinsics, intrinsics, near, far)
+    features = _check_inputs(gaussians, cameras)
     if backend not in ("auto", "gsplat", "torch"):
         raise ValueError(f"`backend` must be 'auto', 'gsplat' or 'torch', got {backend!r}.")
     if backend == "auto":
@@ -120,14 +114,7 @@ def render_features(
             f"{list(background.shape)}."
         )
 
-    views = _Views(
-        world_to_camera=torch.linalg.inv(extrinsics),
-        intrinsics=denormalize_intrinsics(intrinsics, height, width),
-        near=near,
-        far=far,
-        height=height,
-        width=width,
-    )
+    views = _Views.of(cameras)
     if backend == "gsplat":
         rendered, alpha, depth = _render_features_gsplat(gaussians, views, eps2d, channel_chunk)
     else:
@@ -159,11 +146,7 @@ class CompositingWeights:
 
 def compositing_weights(
     gaussians: Gaussians,
-    extrinsics: torch.Tensor,  # [B, V, 4, 4]
-    intrinsics: torch.Tensor,  # [B, V, 3, 3]
-    near: torch.Tensor,  # [B, V]
-    far: torch.Tensor,  # [B, V]
-    image_size: tuple[int, int],
+    cameras: Cameras,  # [B, V]
     *,
     eps2d: float = 0.3,
     max_pairs: int = 1 << 21,
@@ -180,15 +163,15 @@ def compositing_weights(
     Returns:
         ``weights[b][v]``: :class:`CompositingWeights` of batch element b in camera v.
     """
-    height, width = _check_image_size(image_size)
-    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
+    _check_cameras(gaussians, cameras)
     if max_pairs < 1:
         raise ValueError(f"`max_pairs` must be a positive integer, got {max_pairs}.")
-    views = _Views(torch.linalg.inv(extrinsics), denormalize_intrinsics(intrinsics, height, width), near, far, height, width)
+    views = _Views.of(cameras)
+    height, width = cameras.image_size
     weights = []
-    for b in range(extrinsics.shape[0]):
+    for b in range(cameras.extrinsics.shape[0]):
         weights.append([])
-        for v in range(extrinsics.shape[1]):
+        for v in range(cameras.extrinsics.shape[1]):
             splats = views.project(gaussians, b, v, eps2d)
             visible, low, high, bands = _bands(splats, height, width, max_pairs)
             pixels, splat_ids, pair_weights, alphas = [], [], [], []
@@ -213,6 +196,18 @@ class _Views:
     far: torch.Tensor  # [B, V]
     height: int
     width: int
+
+    @classmethod
+    def of(cls, cameras: Cameras) -> _Views:
+        height, width = cameras.image_size
+        return cls(
+            world_to_camera=torch.linalg.inv(cameras.extrinsics),
+            intrinsics=denormalize_intrinsics(cameras.intrinsics, height, width),
+            near=cameras.near,
+            far=cameras.far,
+            height=height,
+            width=width,
+        )
 
     def project(self, gaussians: Gaussians, b: int, v: int, eps2d: float) -> _Splats:
         """Batch element ``b``'s Gaussians projected into its camera ``v`` (:func:`_project`)."""
@@ -556,42 +551,24 @@ def _render_features_gsplat(
     return views.render_each(render_view)
 
 
-def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
-    if len(image_size) != 2 or any(int(size) != size or size < 1 for size in image_size):
-        raise ValueError(f"`image_size` must be (H, W) with positive integers, got {image_size!r}.")
-    return int(image_size[0]), int(image_size[1])
-
-
-def _check_inputs(
-    gaussians: Gaussians,
-    extrinsics: torch.Tensor,
-    intrinsics: torch.Tensor,
-    near: torch.Tensor,
-    far: torch.Tensor,
-) -> torch.Tensor:
-    _check_cameras(gaussians, extrinsics, intrinsics, near, far)
+def _check_inputs(gaussians: Gaussians, cameras: Cameras) -> torch.Tensor:
+    _check_cameras(gaussians, cameras)
     if gaussians.features is None:
         raise ValueError("`gaussians` carry no features; attach them with `gaussians.with_features(f)`.")
     return gaussians.features
 
 
-def _check_cameras(
-    gaussians: Gaussians,
-    extrinsics: torch.Tensor,
-    intrinsics: torch.Tensor,
-    near: torch.Tensor,
-    far: torch.Tensor,
-) -> None:
+def _check_cameras(gaussians: Gaussians, cameras: Cameras) -> None:
     if not isinstance(gaussians, Gaussians):
         raise TypeError(f"`gaussians` must be a Gaussians, got {type(gaussians).__name__}.")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(
+            f"`cameras` must be a Cameras (a scene batch's views: `Cameras.from_views(views)`), got {type(cameras).__name__}."
+        )
+    # Cameras checks its fields against each other; here only the leading [B, V] against the Gaussians.
     batch = gaussians.means.shape[0]
-    views = extrinsics.shape[1] if extrinsics.ndim == 4 else -1
-    expected = {
-        "extrinsics": (extrinsics, (batch, views, 4, 4)),
-        "intrinsics": (intrinsics, (batch, views, 3, 3)),
-        "near": (near, (batch, views)),
-        "far": (far, (batch, views)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"`{name}` must have shape {list(shape)} (B from the Gaussians), got {list(tensor.shape)}.")
+    if cameras.extrinsics.ndim != 4 or cameras.extrinsics.shape[0] != batch:
+        raise ValueError(
+            f"`cameras` must be [B, V] cameras with B = {batch} (from the Gaussians), got extrinsics of shape "
+            f"{list(cameras.extrinsics.shape)}."
+        )

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from snd_hf.cameras import Cameras
 from snd_hf.splatting.lifters import DepthLifter
 from snd_hf.splatting.render import render_features
 
@@ -116,7 +117,7 @@ def test_lifted_views_render_back_into_themselves(footprint):
     gaussians = DepthLifter(scale=0.5, footprint=footprint)(context)
     out = render_features(
         gaussians.with_features(torch.ones(1, HEIGHT * WIDTH, 1)),
-        context["extrinsics"], context["intrinsics"], context["near"], context["far"], (HEIGHT, WIDTH), backend="torch",
+        Cameras(context["extrinsics"], context["intrinsics"], context["near"], context["far"], (HEIGHT, WIDTH)), backend="torch",
     )
     assert (out.alpha > 0.99).all()
     # The expected depth mixes in the 3x3 neighbours (at most 0.08 away on this plane).

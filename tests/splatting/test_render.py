@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snd_hf.cameras import unproject_depth
+from snd_hf.cameras import Cameras, unproject_depth
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.render import render_features
 
@@ -24,7 +24,7 @@ def _camera(batch: int = 1, views: int = 1, dtype=torch.float32):
 
 
 def _render(gaussians: Gaussians, **kwargs):
-    return render_features(gaussians, *_camera(dtype=gaussians.means.dtype), (HEIGHT, WIDTH), backend="torch", **kwargs)
+    return render_features(gaussians, Cameras(*_camera(dtype=gaussians.means.dtype), (HEIGHT, WIDTH)), backend="torch", **kwargs)
 
 
 def _pixel_grid(dtype=torch.float64):
@@ -141,7 +141,7 @@ def test_unprojected_pixels_render_back_into_their_own_view():
     covariances = torch.diag_embed(sigma[:, None].expand(-1, 3) ** 2)[None]
     features = torch.randn(1, HEIGHT * WIDTH, 6)
     gaussians = Gaussians(means, covariances, torch.ones(1, HEIGHT * WIDTH), features)
-    out = render_features(gaussians, extrinsics, intrinsics, near, far, (HEIGHT, WIDTH), backend="torch", eps2d=0.0)
+    out = render_features(gaussians, Cameras(extrinsics, intrinsics, near, far, (HEIGHT, WIDTH)), backend="torch", eps2d=0.0)
     assert (out.alpha > 0.99).all()
     expected = features[0].T.reshape(6, HEIGHT, WIDTH)
     torch.testing.assert_close(out.features[0, 0] / out.alpha[0, 0], expected, atol=1e-5, rtol=1e-5)
@@ -233,13 +233,15 @@ def test_batches_and_views_render_independently():
     extrinsics, intrinsics, near, far = _camera(batch=2, views=2)
     extrinsics = extrinsics.clone()
     extrinsics[:, 1, 0, 3] = 0.2  # the second view is shifted right
-    out = render_features(gaussians, extrinsics, intrinsics, near, far, (HEIGHT, WIDTH), backend="torch")
+    out = render_features(gaussians, Cameras(extrinsics, intrinsics, near, far, (HEIGHT, WIDTH)), backend="torch")
     assert out.features.shape == (2, 2, 3, HEIGHT, WIDTH)
     for b in range(2):
         single = Gaussians(means[b : b + 1], covariances[b : b + 1], gaussians.opacities[b : b + 1], gaussians.features[b : b + 1])
         for v in range(2):
             view = render_features(
-                single, extrinsics[b : b + 1, v : v + 1], intrinsics[b : b + 1, v : v + 1], near[:1, :1], far[:1, :1], (HEIGHT, WIDTH), backend="torch"
+                single,
+                Cameras(extrinsics[b : b + 1, v : v + 1], intrinsics[b : b + 1, v : v + 1], near[:1, :1], far[:1, :1], (HEIGHT, WIDTH)),
+                backend="torch",
             )
             torch.testing.assert_close(out.features[b, v], view.features[0, 0])
     assert not torch.allclose(out.features[0, 0], out.features[0, 1])
@@ -257,7 +259,7 @@ def test_gradcheck_features_means_covariances_opacities():
 
     def render(means, covariances, opacities, features):
         out = render_features(
-            Gaussians(means, covariances, opacities, features), extrinsics, intrinsics, near, far, (5, 6), backend="torch"
+            Gaussians(means, covariances, opacities, features), Cameras(extrinsics, intrinsics, near, far, (5, 6)), backend="torch"
         )
         return out.features, out.alpha, out.depth
 
@@ -295,14 +297,14 @@ def test_invalid_arguments_raise_errors_naming_them():
     gaussians = Gaussians(torch.zeros(1, 1, 3), torch.zeros(1, 1, 3, 3), torch.zeros(1, 1), torch.zeros(1, 1, 2))
     cameras = _camera()
     with pytest.raises(ValueError, match="gsplat"):
-        render_features(gaussians, *cameras, (4, 4), backend="gsplat")
+        render_features(gaussians, Cameras(*cameras, (4, 4)), backend="gsplat")
     with pytest.raises(ValueError, match="backend"):
-        render_features(gaussians, *cameras, (4, 4), backend="opengl")
+        render_features(gaussians, Cameras(*cameras, (4, 4)), backend="opengl")
     with pytest.raises(ValueError, match="features"):
-        render_features(Gaussians(gaussians.means, gaussians.covariances, gaussians.opacities), *cameras, (4, 4))
+        render_features(Gaussians(gaussians.means, gaussians.covariances, gaussians.opacities), Cameras(*cameras, (4, 4)))
     with pytest.raises(ValueError, match="intrinsics"):
-        render_features(gaussians, cameras[0], cameras[1][..., :2, :], *cameras[2:], (4, 4))
+        render_features(gaussians, Cameras(cameras[0], cameras[1][..., :2, :], *cameras[2:], (4, 4)))
     with pytest.raises(ValueError, match="image_size"):
-        render_features(gaussians, *cameras, (4, 0))
+        render_features(gaussians, Cameras(*cameras, (4, 0)))
     with pytest.raises(ValueError, match="background"):
-        render_features(gaussians, *cameras, (4, 4), background=torch.zeros(3))
+        render_features(gaussians, Cameras(*cameras, (4, 4)), background=torch.zeros(3))

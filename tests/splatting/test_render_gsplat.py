@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from snd_hf.cameras import Cameras
 from snd_hf.splatting.gaussians import Gaussians
 from snd_hf.splatting.render import render_features
 
@@ -56,7 +57,7 @@ def _random_scene(batch: int, views: int, count: int, channels: int, seed: int, 
 def _render_with_gradients(gaussians: Gaussians, cameras, size, backend: str, device: str, cotangents):
     """Outputs and the gradients of ``Σ cotangent · output`` w.r.t. the four Gaussian tensors, moved to CPU."""
     inputs = [t.to(device).requires_grad_() for t in (gaussians.means, gaussians.covariances, gaussians.opacities, gaussians.features)]
-    out = render_features(Gaussians(*inputs), *(c.to(device) for c in cameras), size, backend=backend)
+    out = render_features(Gaussians(*inputs), Cameras(*(c.to(device) for c in cameras), size), backend=backend)
     features_cotangent, alpha_cotangent, depth_cotangent = (c.to(device) for c in cotangents)
     loss = (out.features * features_cotangent).sum() + (out.alpha * alpha_cotangent).sum() + (out.depth * depth_cotangent).sum()
     gradients = torch.autograd.grad(loss, inputs)
@@ -74,7 +75,7 @@ def test_gsplat_outputs_and_gradients_match_the_torch_twin(batch, views, extreme
     size = (48, 64)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        alpha = render_features(gaussians, *cameras, size, backend="torch").alpha
+        alpha = render_features(gaussians, Cameras(*cameras, size), backend="torch").alpha
     cotangents = (
         torch.randn(batch, views, channels, *size, generator=generator),
         torch.randn(batch, views, 1, *size, generator=generator),
@@ -105,7 +106,7 @@ def test_gsplat_renders_nothing_visible_in_the_graph_like_the_twin(z, opacity, c
     cameras = [torch.eye(4).expand(1, 1, 4, 4), torch.tensor([[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]]).expand(1, 1, 3, 3)]
     cameras += [torch.full((1, 1), 0.1), torch.full((1, 1), 10.0)]
     out = render_features(
-        Gaussians(means, covariances, opacities, features), *[c.to(device) for c in cameras], (16, 24), backend=BACKEND, background=0.5
+        Gaussians(means, covariances, opacities, features), Cameras(*[c.to(device) for c in cameras], (16, 24)), backend=BACKEND, background=0.5
     )
     assert out.features.requires_grad and out.alpha.requires_grad
     torch.testing.assert_close(out.features, torch.full_like(out.features, 0.5))

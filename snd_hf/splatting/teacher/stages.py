@@ -90,15 +90,11 @@ class Splat:
         batch, _, channels = features.shape[:3]
         # Deviation: all channels in one pass, covariances rendered directly (no eigh scales).
         attached = features.permute(0, 1, 3, 4, 2).reshape(batch, -1, channels)  # b (v h w) c, one per Gaussian
-        return render_features(self.gaussians.with_features(attached), *self._cameras(), backend=self.backend)
+        return render_features(self.gaussians.with_features(attached), self.cameras, backend=self.backend)
 
     def weights(self) -> list[list[CompositingWeights]]:
         """``weights[b][v]``: (target pixel, Gaussian, αT) pairs and the alpha of camera v (:func:`~snd_hf.splatting.render.compositing_weights`)."""
-        return compositing_weights(self.gaussians, *self._cameras())
-
-    def _cameras(self) -> tuple:
-        cameras = self.cameras
-        return cameras.extrinsics, cameras.intrinsics, cameras.near, cameras.far, cameras.image_size
+        return compositing_weights(self.gaussians, self.cameras)
 
 
 @dataclass

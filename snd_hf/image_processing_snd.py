@@ -3,6 +3,7 @@ normalisation. PIL/NumPy backend only (no torchvision needed); decoding by :mod:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -215,14 +216,8 @@ class SnDImageProcessor(PilBackend):
                     f" = {height * width} pixels, more than max_pixels ({max(max_pixels, MAX_PIXELS)}): crop it to a"
                     " less extreme aspect ratio, or give a fixed size={'height': H, 'width': W}"
                 )
-            scale = min(height / image.shape[-2], width / image.shape[-1])
-            if scale > MAX_QUIET_UPSCALE:
-                warnings.warn(
-                    f"an image of {image.shape[-2]}x{image.shape[-1]} pixels (HxW) is upscaled {scale:.0f}x to {height}x{width}: its "
-                    "features describe interpolated pixels (pass larger images, or a smaller size={'shortest_edge': ...})",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            if min(height / image.shape[-2], width / image.shape[-1]) > MAX_QUIET_UPSCALE:
+                _warn_upscale(tuple(image.shape[-2:]), (height, width))
             if (height, width) != image.shape[-2:]:
                 image = self.resize(image, size=SizeDict(height=height, width=width), resample=resample)
             if image.dtype == np.uint8:  # float images are in [0, 1] already (process_image)
@@ -256,3 +251,16 @@ def _open_files(images: Any, max_pixels: int) -> Any:
 
 
 __all__ = ["SnDImageProcessor"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _warn_upscale(source: tuple[int, int], target: tuple[int, int]) -> None:
+    """Say once per process and pair of sizes that an image is blown up (a folder of tiny images gives one line,
+    not one per image: decoding resets Python's own once-per-place memory of warnings)."""
+    scale = min(target[0] / source[0], target[1] / source[1])
+    warnings.warn(
+        f"an image of {source[0]}x{source[1]} pixels (HxW) is upscaled {scale:.0f}x to {target[0]}x{target[1]}: its "
+        "features describe interpolated pixels (pass larger images, or a smaller size={'shortest_edge': ...})",
+        UserWarning,
+        stacklevel=4,
+    )

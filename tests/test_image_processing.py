@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,17 @@ def test_a_tiny_image_blown_up_is_said_aloud_and_a_routine_upscale_is_not(recwar
     recwarn.clear()
     processor(np.zeros((224, 300, 3), np.uint8), return_tensors="pt")  # 2x: routine
     assert not [w for w in recwarn if "upscaled" in str(w.message)]
+
+
+def test_a_folder_of_tiny_images_is_one_warning_per_size_not_one_per_image(recwarn):
+    processor = SnDImageProcessor(size={"shortest_edge": 56})
+    for _ in range(3):
+        with warnings.catch_warnings():  # as decoding each image does: it resets Python's once-per-place memory
+            warnings.simplefilter("ignore", DeprecationWarning)
+        processor(np.zeros((5, 7, 3), np.uint8), return_tensors="pt")
+    processor(np.zeros((7, 5, 3), np.uint8), return_tensors="pt")
+    upscaled = [str(w.message) for w in recwarn if "upscaled" in str(w.message)]
+    assert [message.split(":")[0] for message in upscaled] == [
+        "an image of 5x7 pixels (HxW) is upscaled 10x to 56x70",
+        "an image of 7x5 pixels (HxW) is upscaled 10x to 70x56",
+    ]

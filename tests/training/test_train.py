@@ -412,7 +412,11 @@ def test_benchmark_snd_run_and_train_py_give_bit_identical_weights(scenes, tmp_p
     """benchmarks/bench_snd_effect.py trains through snd_hf.training.loop.train, as train.py does."""
     spec = importlib.util.spec_from_file_location("bench_snd_effect", REPO_ROOT / "benchmarks" / "bench_snd_effect.py")
     bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    sys.modules[spec.name] = bench  # as an import does: its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules[spec.name]
     shared = ["--image_size", "[28,42]", "--dataset_path", str(scenes), "--max_steps", "5"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the train.py subprocess (OMP_NUM_THREADS=1): float sums depend on it

@@ -185,8 +185,8 @@ def held_out_cached(size: tuple[int, int], seed: int, rooms: int) -> tuple[Dense
     return held_out(size, seed, rooms)
 
 
-def run_job(job: Job) -> tuple[str, dict, dict[str, float]]:
-    """Train (when the job has a config) and score one model: ``(name, row, timings)``."""
+def run_job(job: Job) -> tuple[str, dict, dict[str, float], dict]:
+    """Train (when the job has a config) and score one model: ``(name, row, timings, samples scored)``."""
     torch.set_num_threads(job.threads)
     timings, tick = {}, time.perf_counter()
     if job.spec is None:
@@ -206,7 +206,9 @@ def run_job(job: Job) -> tuple[str, dict, dict[str, float]]:
         row["diagnostics"] = last_diagnostics(Path(job.config.output_dir))
     timings[f"score {job.name}"] = time.perf_counter() - tick
     print(f"scored {job.name} ({timings[f'score {job.name}']:.0f} s)", flush=True)
-    return job.name, row, timings
+    gaps = [pairs.gap(index) for index in range(len(pairs))]
+    samples = {"distinct_pairs": {f"gap{gap}": gaps.count(gap) for gap in PAIRS_PER_ROOM}, "probe_images": len(arrays)}
+    return job.name, row, timings, samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,12 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=context) as pool:
             done = list(pool.map(run_job, jobs[1:] + jobs[:1]))
         done = done[-1:] + done[:-1]
-    results = {name: row for name, row, _ in done}
-    timings = {key: value for _, _, seconds in done for key, value in seconds.items()}
+    results = {name: row for name, row, _, _ in done}
+    timings = {key: value for _, _, seconds, _ in done for key, value in seconds.items()}
     timings["total"] = time.perf_counter() - start
-    arrays, pairs = held_out_cached(size, args.held_out_seed, args.rooms)
-
-    counts = {f"gap{gap}": sum(1 for index in range(len(pairs)) if pairs.gap(index) == gap) for gap in PAIRS_PER_ROOM}
+    samples = done[0][3]  # every job scored the same held-out rooms
+    counts = samples["distinct_pairs"]
     report = {
         **results,
         "meta": {
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_rooms": args.rooms,
             "processes": args.processes,
             "distinct_pairs": counts,
-            "probe_images": len(arrays),
+            "probe_images": samples["probe_images"],
             "folds": FOLDS,
             "probe": dataclasses.asdict(PROBE),
             "steps": {name: config.max_steps for name, config in configs.items()},

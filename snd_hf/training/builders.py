@@ -197,7 +197,7 @@ def prepare_scenes(config: TrainingConfig, *, progress: bool = True) -> Path:
 
 
 def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
-    """Context pairs ``context_gap`` frames apart with targets between them, resized to ``image_size``.
+    """Context pairs ``context_gap`` (up to ``max_context_gap``) frames apart with targets between them, resized to ``image_size``.
 
     Only the maps the lifter reads are loaded (depth for the depth lifter); with ``cache_views``
     every decoded view stays in memory.
@@ -207,7 +207,7 @@ def build_dataset(config: TrainingConfig, root: Path) -> SceneDataset:
         InMemoryViews(source) if config.cache_views else source,
         fields=("depth",) if config.lifter == "depth" else (),
         num_context=2,
-        context_gap=config.context_gap,
+        context_gap=(config.context_gap, config.max_context_gap or config.context_gap),
         num_targets=config.num_targets,
         target_mode=config.target_mode,
         image_size=tuple(config.image_size),

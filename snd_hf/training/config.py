@@ -90,6 +90,11 @@ class TrainingConfig:
     synthetic_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "generated (H, W)"})
     image_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "training (H, W): a 6x8 token grid"})
     context_gap: int = field(default=4, metadata={"help": "frames between the two context views"})
+    # Deviation (data: context gap range): the original meant a (min, max) range but a retained bug
+    # always draws its min; here each sample draws its gap uniformly from [context_gap, max_context_gap].
+    max_context_gap: int | None = field(
+        default=None, metadata={"help": "largest gap: each sample draws one in [context_gap, max_context_gap] (null: always context_gap)"}
+    )
     # Deviation (views per sample, CPU recipe): the original draws 1 target per context pair; 4 here
     # (batch 2: the same 8 target views per step, the teacher runs on 4 context views, not 16).
     num_targets: int = field(default=4, metadata={"help": "target views per sample, between the context views (the original: 1)"})
@@ -312,7 +317,7 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be [H, W] with both within [14, {MAX_IMAGE_SIDE}], got {size}.")
         for name in (
             "max_steps", "save_steps", "log_steps", "batch_size", "gradient_accumulation_steps", "ema_every",
-            "synthetic_scenes", "synthetic_frames", "num_targets", "lora_r",
+            "synthetic_scenes", "synthetic_frames", "num_targets", "lora_r", "context_gap",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -351,6 +356,10 @@ class TrainingConfig:
             raise ValueError(f"koleo_weight must be a finite number >= 0, got {self.koleo_weight}.")
         if not self.same_segment_negatives and self.loss != "info_nce":
             raise ValueError(f"same_segment_negatives applies to loss 'info_nce' only, got loss {self.loss!r}.")
+        if self.max_context_gap is not None and not self.context_gap <= self.max_context_gap:
+            raise ValueError(
+                f"max_context_gap must be >= context_gap ({self.context_gap}) or null, got {self.max_context_gap}."
+            )
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be positive, got {self.contrastive_temperature}.")
         if self.operator_cache_mb <= 0:

@@ -146,10 +146,7 @@ def koleo_loss(tokens: torch.Tensor, covered: torch.Tensor | None = None, eps: f
     Returns:
         the regulariser (a scalar tensor); 0, still in the graph, with fewer than 2 tokens.
     """
-    channels = tokens.shape[2]
-    points = tokens.float().movedim(2, -1).reshape(-1, channels)
-    if covered is not None:
-        points = points[covered.reshape(-1)]
+    points = covered_tokens(tokens, covered)
     if len(points) < 2:
         return tokens.sum() * 0.0
     points = F.normalize(points, dim=-1, eps=eps)
@@ -204,19 +201,15 @@ def info_nce_loss(
         in the graph, when no token is covered.
     """
     _check_features(student, target, covered)
-    channels = student.shape[2]
-    queries = student.float().movedim(2, -1).reshape(-1, channels)  # [N, C]
-    keys = target.detach().float().movedim(2, -1).reshape(-1, channels)
+    queries = covered_tokens(student, covered)  # [N, C]
+    keys = covered_tokens(target.detach(), covered)
     groups = None
     if segments is not None:
         if segments.shape != student.shape[:2] + student.shape[3:]:
             raise ValueError(f"segments must have shape {list(student.shape[:2] + student.shape[3:])}, got {list(segments.shape)}.")
         views = torch.arange(segments.shape[0] * segments.shape[1], device=segments.device).view(segments.shape[:2])
         groups = torch.stack([views[..., None, None].expand_as(segments), segments.long()], dim=-1).reshape(-1, 2)
-    if covered is not None:
-        keep = covered.reshape(-1)
-        queries, keys = queries[keep], keys[keep]
-        groups = groups[keep] if groups is not None else None
+        groups = groups if covered is None else groups[covered.reshape(-1)]
     if len(queries) == 0:
         return student.sum() * 0.0
     logits = F.normalize(queries, dim=-1, eps=1e-6) @ F.normalize(keys, dim=-1, eps=1e-6).T / temperature
@@ -226,6 +219,12 @@ def info_nce_loss(
         same[positives, positives] = False
         logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, positives)
+
+
+def covered_tokens(tokens: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:
+    """The covered tokens of ``tokens`` [B, V, C, h, w] as float32 rows [N, C] (all B·V·h·w when ``covered`` is None)."""
+    rows = tokens.float().movedim(2, -1).reshape(-1, tokens.shape[2])
+    return rows if covered is None else rows[covered.reshape(-1)]
 
 
 def covered_mean(per_token: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:

@@ -90,7 +90,8 @@ class TrainingConfig:
     synthetic_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "generated (H, W)"})
     image_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "training (H, W): a 6x8 token grid"})
     context_gap: int = field(default=4, metadata={"help": "frames between the two context views"})
-    # Deviation (docs/deviations.md, 9): the original meant a (min, max) range but always draws the min.
+    # Deviation (data: context gap range): the original meant a (min, max) range but a retained bug
+    # always draws its min; here each sample draws its gap uniformly from [context_gap, max_context_gap].
     max_context_gap: int | None = field(
         default=None, metadata={"help": "largest gap: each sample draws one in [context_gap, max_context_gap] (null: always context_gap)"}
     )
@@ -145,10 +146,6 @@ class TrainingConfig:
     contrastive_temperature: float = field(default=0.2, metadata={"help": "info_nce: softmax temperature over cosine similarities"})
     same_segment_negatives: bool = field(
         default=True, metadata={"help": "info_nce: the other tokens of a token's instance segment (same view) among its negatives"}
-    )
-    # Deviation (docs/deviations.md, 44): optional; SnD's objective has no negatives.
-    cross_view_negatives: bool = field(
-        default=True, metadata={"help": "info_nce: the tokens of the sample's other target views (same 3D points) among a token's negatives"}
     )
     teacher_mode: Literal["ema", "frozen"] = field(
         default="ema", metadata={"help": "EMA of the student (ema_momentum, ema_every), or the start"}
@@ -357,9 +354,8 @@ class TrainingConfig:
             raise ValueError("sinkhorn_iterations and center_momentum are two centrings of the teacher: set one of them.")
         if not 0.0 <= self.koleo_weight < math.inf:
             raise ValueError(f"koleo_weight must be a finite number >= 0, got {self.koleo_weight}.")
-        for name in ("same_segment_negatives", "cross_view_negatives"):
-            if not getattr(self, name) and self.loss != "info_nce":
-                raise ValueError(f"{name} applies to loss 'info_nce' only, got loss {self.loss!r}.")
+        if not self.same_segment_negatives and self.loss != "info_nce":
+            raise ValueError(f"same_segment_negatives applies to loss 'info_nce' only, got loss {self.loss!r}.")
         if self.max_context_gap is not None and not self.context_gap <= self.max_context_gap:
             raise ValueError(
                 f"max_context_gap must be >= context_gap ({self.context_gap}) or null, got {self.max_context_gap}."

@@ -184,7 +184,6 @@ def info_nce_loss(
     *,
     temperature: float = 0.2,
     segments: torch.Tensor | None = None,
-    cross_view_negatives: bool = True,
 ) -> torch.Tensor:
     """Dense InfoNCE: cross-entropy of each covered student token over all covered targets, its own the positive.
 
@@ -196,36 +195,30 @@ def info_nce_loss(
         segments: instance ids of the tokens, or None. When given, the other tokens of a token's
             segment in the same view are left out of its negatives: blended targets make them
             near-copies of its own target, which it could not be asked to tell apart. [B, V, h, w]
-        cross_view_negatives: when False, the tokens of the sample's other views are left out of a
-            token's negatives: those views see the same 3D points, whose targets are splatted from
-            the same Gaussians, so telling them apart asks for view-dependent features.
 
     Returns:
         the mean over covered tokens of ``−log softmax_j(cos(s_i, t_j) / temperature)[i]``; 0, still
         in the graph, when no token is covered.
     """
     _check_features(student, target, covered)
-    grid = student.shape[:2] + student.shape[3:]  # [B, V, h, w]
-    if segments is not None and segments.shape != grid:
-        raise ValueError(f"segments must have shape {list(grid)}, got {list(segments.shape)}.")
     queries = covered_tokens(student, covered)  # [N, C]
     keys = covered_tokens(target.detach(), covered)
+    groups = None
+    if segments is not None:
+        if segments.shape != student.shape[:2] + student.shape[3:]:
+            raise ValueError(f"segments must have shape {list(student.shape[:2] + student.shape[3:])}, got {list(segments.shape)}.")
+        views = torch.arange(segments.shape[0] * segments.shape[1], device=segments.device).view(segments.shape[:2])
+        groups = torch.stack([views[..., None, None].expand_as(segments), segments.long()], dim=-1).reshape(-1, 2)
+        groups = groups if covered is None else groups[covered.reshape(-1)]
     if len(queries) == 0:
         return student.sum() * 0.0
     logits = F.normalize(queries, dim=-1, eps=1e-6) @ F.normalize(keys, dim=-1, eps=1e-6).T / temperature
     positives = torch.arange(len(queries), device=logits.device)
-    keep = slice(None) if covered is None else covered.reshape(-1)
-    view = torch.arange(grid[0] * grid[1], device=student.device).repeat_interleave(grid[2] * grid[3])[keep]  # b·V + v
-    excluded = torch.zeros_like(logits, dtype=torch.bool)
-    same_view = view[:, None] == view[None, :]
-    if segments is not None:
-        segment = segments.reshape(-1)[keep]
-        excluded |= same_view & (segment[:, None] == segment[None, :])
-    if not cross_view_negatives:
-        sample = view // grid[1]
-        excluded |= (sample[:, None] == sample[None, :]) & ~same_view
-    excluded[positives, positives] = False
-    return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), positives)
+    if groups is not None:
+        same = (groups[:, None, :] == groups[None, :, :]).all(dim=-1)
+        same[positives, positives] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, positives)
 
 
 def covered_tokens(tokens: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:

@@ -171,14 +171,7 @@ def student_loss(
             # Deviation (docs/deviations.md, 43): each token's instance id at its patch centre, optional.
             patch = batch["target"]["image"].shape[-1] // features.shape[-1]
             segments = batch["target"]["mask"][..., patch // 2 :: patch, patch // 2 :: patch][..., : features.shape[-2], : features.shape[-1]]
-        loss = info_nce_loss(
-            features,
-            targets.features,
-            coverage,
-            temperature=config.contrastive_temperature,
-            segments=segments,
-            cross_view_negatives=config.cross_view_negatives,
-        )
+        loss = info_nce_loss(features, targets.features, coverage, temperature=config.contrastive_temperature, segments=segments)
     else:
         loss = mse_loss(features, targets.features, coverage)
     if config.koleo_weight:

@@ -67,8 +67,9 @@ def build_lifter(config: TrainingConfig) -> Lifter:
     return lifter.requires_grad_(False).eval()
 
 
-def build_splat_teacher(config: TrainingConfig, patch_size: int, lifter: Lifter | None = None) -> SplatTeacher:
-    """Lifting, splatting, blending and resampling of the teacher's context features.
+def build_target_renderer(config: TrainingConfig, patch_size: int, lifter: Lifter | None = None) -> SplatTeacher:
+    """The target renderer (:class:`SplatTeacher`): lifting, splatting, blending and resampling of the
+    EMA teacher's context features into targets for the target views.
 
     ``patch_size`` is the student's (its ``config.patch_size``); ``lifter`` replaces the config's
     (benchmarks/bench_train.py passes MVSplat with random weights).

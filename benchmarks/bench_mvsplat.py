@@ -17,20 +17,17 @@ import time
 
 import torch
 
+from snd_hf.cameras import Cameras
 from snd_hf.splatting import MVSplatLifter
 
 
-def make_context(height: int, width: int) -> dict[str, torch.Tensor]:
+def make_context(height: int, width: int) -> tuple[torch.Tensor, Cameras]:
+    """Two random images [1, 2, 3, H, W] and their cameras [1, 2]."""
     extrinsics = torch.eye(4).repeat(1, 2, 1, 1)
     extrinsics[0, 1, 0, 3] = 0.1
     intrinsics = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.5, 0.5], [0.0, 0.0, 1.0]]).repeat(1, 2, 1, 1)
-    return {
-        "image": torch.rand(1, 2, 3, height, width),
-        "extrinsics": extrinsics,
-        "intrinsics": intrinsics,
-        "near": torch.full((1, 2), 0.5),
-        "far": torch.full((1, 2), 20.0),
-    }
+    cameras = Cameras(extrinsics, intrinsics, torch.full((1, 2), 0.5), torch.full((1, 2), 20.0), (height, width))
+    return torch.rand(1, 2, 3, height, width), cameras
 
 
 def main() -> None:
@@ -44,11 +41,11 @@ def main() -> None:
     print(f"threads={args.threads}")
     for size in args.sizes:
         height, width = (int(part) for part in size.split("x"))
-        context = make_context(height, width)
+        images, cameras = make_context(height, width)
         with torch.no_grad():
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                gaussians = lifter(context)
+                gaussians = lifter(images, cameras)
                 seconds = time.perf_counter() - start
                 peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
                 print(

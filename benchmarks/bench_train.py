@@ -62,8 +62,8 @@ from snd_hf.training import ParameterEMA, TrainingConfig, make_ema_teacher
 from snd_hf.training.builders import (
     build_dataset,
     build_optimizer,
-    build_splat_teacher,
     build_student,
+    build_target_renderer,
     prepare_scenes,
 )
 from snd_hf.training.export import merged_backbone
@@ -174,7 +174,7 @@ def benchmark_steps(
     student = build_student(config).to(device)
     teacher = make_ema_teacher(student)
     ema = ParameterEMA(teacher, student)
-    splat_teacher = build_splat_teacher(config, student.backbone.config.patch_size, lifter).to(device)
+    target_renderer = build_target_renderer(config, student.backbone.config.patch_size, lifter).to(device)
     optimizer = build_optimizer(config, student)
     if config.mixed_precision == "fp16":
         raise ValueError("the benchmark runs --mixed_precision no or bf16 (fp16 would need loss scaling)")
@@ -183,7 +183,7 @@ def benchmark_steps(
     if config.cache_operator:
         # The operator of every benchmarked batch is built before the clock starts: a long run visits
         # each target view many times (the recipe: 640 distinct views, 16000 drawn), so its steps are cache hits.
-        operators = OperatorCache(splat_teacher, config.operator_cache_mb * 2**20)
+        operators = OperatorCache(target_renderer, config.operator_cache_mb * 2**20)
         tick = time.perf_counter()
         for batch in batches:
             with autocast:
@@ -197,13 +197,13 @@ def benchmark_steps(
     stage_of = {"upsample_features": "mask ops", "blend_with_mask": "mask ops", "render_features": "render"}
     for name, function in patched.items():
         setattr(stages_module, name, timer.wrap(stage_of[name], function))
-    splat_teacher.lifter.forward = timer.wrap("lifter", splat_teacher.lifter.forward)
+    target_renderer.lifter.forward = timer.wrap("lifter", target_renderer.lifter.forward)
     # The shared step functions call these methods; instance attributes shadow them with timed ones.
     teacher.features = timer.wrap("teacher forward (ViT)", teacher.features)
 
     def snd_step(batch, cache) -> None:
         with timer.stage("teacher targets (other)"), autocast:
-            targets = teacher_targets(teacher, splat_teacher, batch, config, cache)
+            targets = teacher_targets(teacher, target_renderer, batch, config, cache)
         with timer.stage("student forward + backward + loss"):
             with autocast:
                 loss = student_loss(student, teacher, batch, targets, config).loss
@@ -263,7 +263,7 @@ def benchmark_steps(
         "num_targets": config.num_targets,
         "hidden_size": student.backbone.config.hidden_size,
         "num_hidden_layers": student.backbone.config.num_hidden_layers,
-        "lifter": type(splat_teacher.lifter).__name__,
+        "lifter": type(target_renderer.lifter).__name__,
         "mixed_precision": config.mixed_precision,
         "steps": steps,
         "warmup": warmup,

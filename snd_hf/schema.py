@@ -14,7 +14,8 @@ The models of the package's files are here, one place to read what each file may
 (``preprocessor_config.json``), :class:`FieldConfigSchema` (a feature field's ``field.json``),
 :class:`ResultsSchema` (``snd eval``'s ``results.json`` and cached metrics), :class:`RunManifestSchema`
 (a run folder's ``snd_run.json``). The training YAML is
-read by :func:`read_yaml` and checked by ``snd_hf.training.config.TrainingConfig``.
+read by :func:`read_yaml` and checked by ``snd_hf.training.config.TrainingConfig``; the part of it that
+fixes a run's initial weights also by :class:`RunStartSchema`, so evaluation reads it without the trainer.
 """
 
 from __future__ import annotations
@@ -322,6 +323,28 @@ class RunManifestSchema(_Schema):
     running_command: str | None = None
     running: dict[str, Any] | None = None
     commit: _RunCommitSchema | None = None
+
+
+# ------------------------------------------------------------------- a training run's config.yaml
+class RunStartSchema(_Schema):
+    """The keys of a training run's ``config.yaml`` that fix the backbone it starts from
+    (:mod:`snd_hf.initial_weights`); its other keys are ``snd_hf.training.TrainingConfig``'s and pass
+    unread."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    init: Literal["random", "original", "pretrained", "pretrained_2d"]
+    model_path: str | None
+    size: Literal["small", "base"] | None
+    seed: Annotated[int, Field(ge=0)]
+    hidden_size: Annotated[int, Field(ge=1, le=65536)]
+    num_hidden_layers: Annotated[int, Field(ge=1, le=4096)]
+    num_attention_heads: Annotated[int, Field(ge=1, le=4096)]
+    finetune: Literal["lora", "full"]
+    lora_r: Annotated[int, Field(ge=1)]
+    lora_alpha: Positive
+    lora_dropout: Probability
+    lora_targets: list[str]
 
 
 # ------------------------------------------------------------------------------ numeric options

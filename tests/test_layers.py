@@ -18,7 +18,7 @@ ROOMS = (
     "snd_hf.configuration_snd", "snd_hf.visualization", "snd_hf.run_folder", "snd_hf.feature_shards",
     # checkpoints, the Hub, the model
     "snd_hf.loading", "snd_hf.hub", "snd_hf.model_card", "snd_hf.image_processing_snd", "snd_hf.modeling_snd",
-    "snd_hf.baselines", "snd_hf.convert", "snd_hf.extract",
+    "snd_hf.initial_weights", "snd_hf.baselines", "snd_hf.convert", "snd_hf.extract",
     # data and the teacher's rendering; evaluation measures models and never needs the trainer, which
     # sits above it (and may evaluate); fields use both data and evaluation's feature models
     "snd_hf.data", "snd_hf.splatting", "snd_hf.eval", "snd_hf.training", "snd_hf.fields",
@@ -130,19 +130,7 @@ def test_every_module_has_a_room():
     assert not homeless, f"add these to ROOMS, on the floor they belong to: {homeless}"
 
 
-@pytest.mark.parametrize(
-    "within",
-    [
-        pytest.param(
-            "snd_hf.eval",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="eval/features.py imports training.builders for `init:RUN_DIR` specs (issue #23 part B moves it)",
-            ),
-        ),
-        *(room for room in ROOMS if room != "snd_hf.eval"),
-    ],
-)
+@pytest.mark.parametrize("within", ROOMS)
 def test_rooms_import_only_downwards(within):
     wrong = _upward_imports(import_graph(), ROOMS, within)
     assert not wrong, "imports into a higher room:\n" + "\n".join(wrong)

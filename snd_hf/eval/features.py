@@ -5,8 +5,8 @@ directory or Hub id (``SnDModel.from_pretrained``), an original-layout DINOv2 / 
 dict ``.pth`` / ``.safetensors`` file in the torch.hub, timm or transformers layout, with or without registers
 (``SnDModel.from_original_checkpoint``: DINOv2, FiT3D, SnD), ``CKPT@BASE`` (MEF's Lightning checkpoint
 on the DINOv2 weights it was trained from, ``snd_hf.baselines.load_baseline``), or ``init:RUN_DIR``,
-the weights the training run in ``RUN_DIR`` started from (rebuilt from its ``config.yaml``: the
-baseline a run is compared against). With
+the weights the training run in ``RUN_DIR`` started from (rebuilt from its ``config.yaml`` by
+:mod:`snd_hf.initial_weights`: the baseline a run is compared against). With
 ``concat_with`` (FiT3D's probing mode) the features of a second model, usually the original
 DINOv2, are concatenated in front of the compared model's along channels.
 """
@@ -23,6 +23,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from snd_hf.initial_weights import initial_run_backbone
 from snd_hf.loading import weights_hash
 from snd_hf.modeling_snd import SnDModel
 
@@ -90,9 +91,6 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def _load_model(source: str) -> SnDModel:
     if source.startswith(INIT_PREFIX):
-        # Imported here: only this spec needs the trainer's own recipe for its start.
-        from snd_hf.training.builders import initial_run_backbone
-
         return initial_run_backbone(source.removeprefix(INIT_PREFIX))
     path = Path(source)
     checkpoint, at, base = source.rpartition("@")

@@ -35,7 +35,7 @@ Deterministic given ``seed`` (it orders the training views; nothing else is rand
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -286,19 +286,14 @@ def initial_gaussians(scene: FieldScene, stride: int, lifter: Lifter | None) -> 
     size = (max(1, height // stride), max(1, width // stride))
     cameras = scene.cameras
     images = F.interpolate(scene.images, size=size, mode="area")
-    context = {
-        "image": images[None],
-        "extrinsics": cameras.extrinsics[None],
-        "intrinsics": cameras.intrinsics[None],
-        "near": cameras.near[None],
-        "far": cameras.far[None],
-    }
+    depth = None
     if lifter is None:
         # Nearest subsampling keeps depth edges sharp (an average would float points between surfaces).
-        context["depth"] = F.interpolate(scene.depth[None], size=size, mode="nearest")
+        depth = F.interpolate(scene.depth[None], size=size, mode="nearest")
         lifter = DepthLifter(footprint="surface")
     with torch.no_grad():
-        gaussians = lifter(context)
+        # Normalised intrinsics serve every resolution: only the image size changes.
+        gaussians = lifter(images[None], replace(cameras.unsqueeze(0), image_size=size), depth)
     views = len(scene)
     means = gaussians.means[0].reshape(views, -1, 3)
     valid = (gaussians.opacities[0] > 0.01).reshape(views, -1)

@@ -1,8 +1,10 @@
 """Lifters: context views → one 3D Gaussian per context pixel.
 
-Every lifter takes the ``context`` part of a scene batch (see :mod:`snd_hf.data`) and returns
+Every lifter takes the context images, their :class:`~snd_hf.cameras.Cameras` and, for lifters
+that place Gaussians by it, their depth maps, and returns
 :class:`~snd_hf.splatting.gaussians.Gaussians` ordered ``b (v h w)``, so the teacher's
-upsampled features of the context views attach to them one to one.
+upsampled features of the context views attach to them one to one. A scene batch's ``context``
+(see :mod:`snd_hf.data`) converts in one place, the teacher's stages.
 """
 
 from __future__ import annotations
@@ -13,21 +15,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cameras import camera_rays, denormalize_intrinsics, unproject_depth
+from ..cameras import Cameras, camera_rays, denormalize_intrinsics, unproject_depth
 from .gaussians import Gaussians
 
 
 class Lifter(nn.Module):
     """Interface of every lifter (frozen during SnD training).
 
-    ``forward(context)`` reads ``context["image"]`` [B, V, 3, H, W] in [0, 1],
-    ``context["extrinsics"]`` [B, V, 4, 4], ``context["intrinsics"]`` [B, V, 3, 3],
-    ``context["near"]`` / ``context["far"]`` [B, V] and, for lifters that need it,
-    ``context["depth"]`` [B, V, H, W]; it returns Gaussians with ``G = V * H * W``.
+    ``forward(images, cameras, depth=None)`` takes the context images [B, V, 3, H, W] in [0, 1],
+    their cameras [B, V] (``cameras.image_size == (H, W)``) and their z-depth maps [B, V, H', W']
+    (only lifters that need depth read it); it returns Gaussians with ``G = V * H * W``.
     """
 
-    def forward(self, context: dict[str, torch.Tensor]) -> Gaussians:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(context) -> Gaussians")
+    def forward(self, images: torch.Tensor, cameras: Cameras, depth: torch.Tensor | None = None) -> Gaussians:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(images, cameras, depth) -> Gaussians")
+
+
+def check_lifter_inputs(images: torch.Tensor, cameras: Cameras) -> tuple[int, int, int, int]:
+    """Check a lifter's ``images`` [B, V, 3, H, W] against its ``cameras`` [B, V]; return ``(B, V, H, W)``.
+
+    Raises:
+        TypeError: ``images`` is not a tensor or ``cameras`` not a :class:`~snd_hf.cameras.Cameras`.
+        ValueError: a shape differs from the one expected, named with both.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"`images` must be a tensor [B, V, 3, H, W], got {type(images).__name__}.")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(
+            f"`cameras` must be a Cameras [B, V] (a scene batch's views: `Cameras.from_views(context)`), got "
+            f"{type(cameras).__name__}."
+        )
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"`images` must have shape [B, V, 3, H, W], got {list(images.shape)}.")
+    batch, views, _, height, width = images.shape
+    if tuple(cameras.near.shape) != (batch, views):
+        raise ValueError(f"`cameras` must have shape [{batch}, {views}] (one per image), got {list(cameras.near.shape)}.")
+    if cameras.image_size != (height, width):
+        raise ValueError(f"`cameras.image_size` must be the images' (H, W) = {(height, width)}, got {cameras.image_size}.")
+    return batch, views, height, width
 
 
 class DepthLifter(Lifter):
@@ -74,22 +99,28 @@ class DepthLifter(Lifter):
         self.scale, self.opacity, self.footprint = scale, opacity, footprint
         self.thickness, self.max_stretch = thickness, max_stretch
 
-    def forward(self, context: dict[str, torch.Tensor]) -> Gaussians:
-        """Gaussians ``b (v h w)`` at the context image size, from ``context["depth"]`` [B, V, H, W]."""
-        if "depth" not in context:
-            raise ValueError("`context` must hold 'depth' [B, V, H, W] for DepthLifter.")
-        image, depth = context["image"], context["depth"]
-        if depth.ndim != 4 or depth.shape[:2] != image.shape[:2]:
-            raise ValueError(
-                f"`context['depth']` must have shape [{image.shape[0]}, {image.shape[1]}, H, W], got {list(depth.shape)}."
-            )
-        height, width = image.shape[-2:]
+    def forward(self, images: torch.Tensor, cameras: Cameras, depth: torch.Tensor | None = None) -> Gaussians:
+        """Gaussians ``b (v h w)`` at the image size, placed by ``depth``.
+
+        Args:
+            images: context images; only their size is read. [B, V, 3, H, W]
+            cameras: their cameras. [B, V]
+            depth: z-depth per pixel, resized (nearest) to ``(H, W)`` if needed. [B, V, H', W']
+
+        Raises:
+            ValueError: ``depth`` is missing or misshaped (and see :func:`check_lifter_inputs`).
+        """
+        batch, views, height, width = check_lifter_inputs(images, cameras)
+        if depth is None:
+            raise ValueError(f"`depth` [{batch}, {views}, H, W] is required by DepthLifter (the context views have none).")
+        if depth.ndim != 4 or depth.shape[:2] != (batch, views):
+            raise ValueError(f"`depth` must have shape [{batch}, {views}, H, W], got {list(depth.shape)}.")
         if depth.shape[-2:] != (height, width):
             depth = F.interpolate(depth.float(), size=(height, width), mode="nearest")
-        depth = depth.to(context["extrinsics"].dtype)
+        extrinsics, intrinsics = cameras.extrinsics, cameras.intrinsics
+        depth = depth.to(extrinsics.dtype)
         valid = torch.isfinite(depth) & (depth > 0)
         depth = torch.where(valid, depth, torch.zeros_like(depth))
-        extrinsics, intrinsics = context["extrinsics"], context["intrinsics"]
         focal = denormalize_intrinsics(intrinsics, height, width).diagonal(dim1=-2, dim2=-1)[..., :2]  # [B, V, 2]
 
         means = unproject_depth(depth, extrinsics, intrinsics)  # [B, V, H, W, 3]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..configuration_snd import SnDConfig
 from ..data.memory import InMemoryViews
 from ..data.scannetpp import FolderScenes
 from ..data.scenes import SceneDataset
 from ..data.synthetic import ensure_synthetic_scenes
-from ..modeling_snd import SnDModel
+from ..initial_weights import initial_backbone, lora_config
 from ..splatting.lifters import DepthLifter, Lifter
 from ..splatting.teacher import SplatTeacher
 from .config import TrainingConfig
@@ -21,36 +18,9 @@ from .heads import DINOHead
 from .outputs import check_synthetic_dataset_path
 from .student import BackboneWithHead
 
-# The packaged 2D-pretrained tiny ViT (training/pretrain_2d.py), the CPU recipe's starting point.
-PRETRAINED_2D = Path(__file__).resolve().parents[1] / "assets" / "pretrained_2d"
-
-
-def initial_backbone(config: TrainingConfig) -> SnDModel:
-    """The starting weights: original torch.hub DINOv2 (``init: original``), an SnD checkpoint
-    (``pretrained``), the packaged 2D-pretrained tiny ViT (``pretrained_2d``) or random (``random``,
-    drawn right after seeding torch with ``config.seed``, so they depend on the config alone)."""
-    if config.init == "original":
-        return SnDModel.from_original_checkpoint(config.model_path, size=config.size)
-    if config.init == "pretrained":
-        return SnDModel.from_pretrained(config.model_path)
-    if config.init == "pretrained_2d":
-        # Deviation (CPU recipe: trained parameters and start): a 2D-pretrained stand-in for DINOv2.
-        return SnDModel.from_pretrained(PRETRAINED_2D)
-    # train.py seeds every generator with config.seed just before, so this re-seeding leaves its
-    # random stream as it was; it lets initial_run_backbone rebuild the same weights later.
-    torch.manual_seed(config.seed)
-    return SnDModel(
-        SnDConfig(
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            image_size=224,
-        )
-    )
-
 
 def build_backbone(config: TrainingConfig) -> torch.nn.Module:
-    """The initial backbone (:func:`initial_backbone`), LoRA-wrapped if asked."""
+    """The initial backbone (:func:`~snd_hf.initial_weights.initial_backbone`), LoRA-wrapped if asked."""
     backbone = initial_backbone(config)
     if config.finetune == "full":
         # The mask token only enters masked-image inputs, which SnD never feeds: left trainable it
@@ -59,68 +29,7 @@ def build_backbone(config: TrainingConfig) -> torch.nn.Module:
         return backbone.train()
     from peft import get_peft_model
 
-    return get_peft_model(backbone, _lora_config(config)).train()
-
-
-def _lora_config(config: TrainingConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.lora_targets,
-    )
-
-
-def initial_run_backbone(run_dir: str | Path) -> SnDModel:
-    """The backbone a training run started from, rebuilt from the ``config.yaml`` in its output folder.
-
-    With LoRA, training never changes the weights that LoRA does not target, so they are compared
-    with the run's final student (``model.safetensors``, when the run has finished): any difference
-    means the rebuild is not the run's start (e.g. ``model_path`` now holds another file).
-
-    Args:
-        run_dir: the run's ``output_dir``. Relative ``model_path`` values are taken from the
-            current folder, as when the run was launched.
-
-    Returns:
-        the initial backbone, eval mode.
-
-    Raises:
-        FileNotFoundError: ``run_dir`` holds no ``config.yaml``, or its ``model_path`` is gone.
-        ValueError: the rebuilt weights differ from the run's frozen weights.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training output folder: it has no config.yaml (init: wants a run's output_dir)")
-    config = TrainingConfig.from_yaml(config_path)
-    if config.init in ("original", "pretrained") and not Path(config.model_path).exists():
-        raise FileNotFoundError(
-            f"the run in {run_dir} started from model_path {config.model_path!r}, which is not there"
-            " (relative paths are taken from the current folder, as when training)"
-        )
-    backbone = initial_backbone(config).eval()
-    final = run_dir / "model.safetensors"
-    if config.finetune == "lora" and final.is_file():
-        targeted = _lora_targeted_modules(backbone, config)
-        trained = load_file(final)
-        frozen = [key for key, value in backbone.state_dict().items() if key.removesuffix(".weight") not in targeted]
-        differing = [key for key in frozen if key not in trained or not torch.equal(trained[key], backbone.state_dict()[key])]
-        if differing:
-            raise ValueError(
-                f"the initial weights rebuilt from {config_path} differ from the run's frozen weights in {final}"
-                f" (at {differing[:3]}): the run did not start from them"
-            )
-    return backbone
-
-
-def _lora_targeted_modules(backbone: SnDModel, config: TrainingConfig) -> set[str]:
-    """Names of the modules whose weights LoRA adapts (and merging changes) for ``config``."""
-    from peft import get_peft_model
-
-    return set(get_peft_model(copy.deepcopy(backbone), _lora_config(config)).targeted_module_names)
+    return get_peft_model(backbone, lora_config(config)).train()
 
 
 def build_student(config: TrainingConfig) -> BackboneWithHead:
@@ -158,8 +67,9 @@ def build_lifter(config: TrainingConfig) -> Lifter:
     return lifter.requires_grad_(False).eval()
 
 
-def build_splat_teacher(config: TrainingConfig, patch_size: int, lifter: Lifter | None = None) -> SplatTeacher:
-    """Lifting, splatting, blending and resampling of the teacher's context features.
+def build_target_renderer(config: TrainingConfig, patch_size: int, lifter: Lifter | None = None) -> SplatTeacher:
+    """The target renderer (:class:`SplatTeacher`): lifting, splatting, blending and resampling of the
+    EMA teacher's context features into targets for the target views.
 
     ``patch_size`` is the student's (its ``config.patch_size``); ``lifter`` replaces the config's
     (benchmarks/bench_train.py passes MVSplat with random weights).

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.scenes import collate_scenes
 from ..splatting.teacher import OperatorCache
-from .builders import build_dataset, build_optimizer, build_splat_teacher, build_student, prepare_scenes
+from .builders import build_dataset, build_optimizer, build_student, build_target_renderer, prepare_scenes
 from .checkpoints import (
     finalize_checkpoint,
     load_training_state,
@@ -137,7 +137,7 @@ def train(
     # ---------------------------------------------------------------------------------------------
     student = build_student(config)
     ema_teacher = make_ema_teacher(student)  # heads included: the teacher head starts as the student's
-    target_renderer = build_splat_teacher(config, student.backbone.config.patch_size)
+    target_renderer = build_target_renderer(config, student.backbone.config.patch_size)
     # The lifter is frozen, so each sample's context→target map can be built once and reused.
     operators = OperatorCache(target_renderer, config.operator_cache_mb * 2**20) if config.cache_operator else None
     num_trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)

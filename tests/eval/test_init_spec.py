@@ -8,7 +8,9 @@ import torch
 from snd_hf.eval.features import load_feature_model, parse_model_spec
 from snd_hf.training import TrainingConfig
 from snd_hf import SnDModel
-from snd_hf.training.builders import PRETRAINED_2D, build_backbone, initial_run_backbone
+from snd_hf.initial_weights import PRETRAINED_2D, initial_run_backbone
+from snd_hf.schema import SchemaError
+from snd_hf.training.builders import build_backbone
 from snd_hf.training.export import save_native
 
 TINY = dict(init="random", finetune="lora", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, seed=3)
@@ -75,6 +77,13 @@ def test_init_needs_a_run_folder(tmp_path):
     config = TrainingConfig(output_dir=str(tmp_path), **{**TINY, "init": "original", "model_path": str(tmp_path / "gone.pth")})
     (tmp_path / "config.yaml").write_text(config.to_yaml())
     with pytest.raises(FileNotFoundError, match="gone.pth"):
+        initial_run_backbone(tmp_path)
+
+
+def test_init_names_a_wrong_start_key_of_the_run_config(tmp_path):
+    config = TrainingConfig(output_dir=str(tmp_path), **TINY)
+    (tmp_path / "config.yaml").write_text(config.to_yaml().replace("finetune: lora", "finetune: partial"))
+    with pytest.raises(SchemaError, match=r"config.yaml: finetune must be 'lora' or 'full' \(got 'partial'\)"):
         initial_run_backbone(tmp_path)
 
 

@@ -14,19 +14,14 @@ from snd_hf.splatting.render import render_features
 HEIGHT, WIDTH, FX, FY = 6, 8, 10.0, 12.0
 
 
-def _context(depth: torch.Tensor, extrinsics: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def _inputs(depth: torch.Tensor, extrinsics: torch.Tensor | None = None) -> tuple[torch.Tensor, Cameras, torch.Tensor]:
+    """A lifter's images [B, V, 3, H, W], cameras [B, V] and the given depth [B, V, H', W']."""
     batch, views = depth.shape[:2]
     intrinsics = torch.tensor([[FX / WIDTH, 0.0, 0.5], [0.0, FY / HEIGHT, 0.5], [0.0, 0.0, 1.0]]).expand(batch, views, 3, 3)
     if extrinsics is None:
         extrinsics = torch.eye(4).expand(batch, views, 4, 4)
-    return {
-        "image": torch.rand(batch, views, 3, HEIGHT, WIDTH),
-        "extrinsics": extrinsics,
-        "intrinsics": intrinsics,
-        "near": torch.full((batch, views), 0.1),
-        "far": torch.full((batch, views), 10.0),
-        "depth": depth,
-    }
+    near, far = torch.full((batch, views), 0.1), torch.full((batch, views), 10.0)
+    return torch.rand(batch, views, 3, HEIGHT, WIDTH), Cameras(extrinsics, intrinsics, near, far, (HEIGHT, WIDTH)), depth
 
 
 def _rotation_about_y(angle: float) -> torch.Tensor:
@@ -39,7 +34,7 @@ def _rotation_about_y(angle: float) -> torch.Tensor:
 def test_isotropic_gaussians_on_a_fronto_parallel_plane():
     depth = torch.full((1, 2, HEIGHT, WIDTH), 2.0)
     depth[:, 1] = 4.0
-    gaussians = DepthLifter(scale=0.5, opacity=0.8)(_context(depth))
+    gaussians = DepthLifter(scale=0.5, opacity=0.8)(*_inputs(depth))
     assert gaussians.means.shape == (1, 2 * HEIGHT * WIDTH, 3)
     # Ordered b (v h w): view 1, row 2, column 5.
     index = HEIGHT * WIDTH + 2 * WIDTH + 5
@@ -53,7 +48,7 @@ def test_isotropic_gaussians_on_a_fronto_parallel_plane():
 def test_surface_gaussians_on_a_fronto_parallel_plane_are_pixel_discs():
     pose = _rotation_about_y(0.4)
     gaussians = DepthLifter(scale=0.5, footprint="surface", thickness=0.1)(
-        _context(torch.full((1, 1, HEIGHT, WIDTH), 2.0), pose[None, None])
+        *_inputs(torch.full((1, 1, HEIGHT, WIDTH), 2.0), pose[None, None])
     )
     sigma_x, sigma_y = 0.5 * 2.0 / FX, 0.5 * 2.0 / FY
     sigma_normal = 0.1 * 0.5 * 2.0 / math.sqrt(FX * FY)
@@ -69,7 +64,7 @@ def test_surface_gaussians_on_a_tilted_plane_are_thin_along_its_normal():
     rows, columns = torch.meshgrid(torch.arange(HEIGHT) + 0.5, torch.arange(WIDTH) + 0.5, indexing="ij")
     ray_x = (columns - WIDTH / 2) / FX
     depth = (2.0 / (1 - 0.5 * ray_x))[None, None]
-    gaussians = DepthLifter(footprint="surface", thickness=0.1)(_context(depth))
+    gaussians = DepthLifter(footprint="surface", thickness=0.1)(*_inputs(depth))
     normal = torch.nn.functional.normalize(torch.tensor([-0.5, 0.0, 1.0]), dim=0)
     covariances = gaussians.covariances[0]
     along_normal = torch.einsum("i,gij,j->g", normal, covariances, normal)
@@ -83,7 +78,7 @@ def test_surface_gaussians_on_a_tilted_plane_are_thin_along_its_normal():
 def test_depth_edges_do_not_stretch_the_discs():
     depth = torch.full((1, 1, HEIGHT, WIDTH), 2.0)
     depth[..., WIDTH // 2 :] = 6.0  # a step edge
-    gaussians = DepthLifter(scale=0.5, footprint="surface")(_context(depth))
+    gaussians = DepthLifter(scale=0.5, footprint="surface")(*_inputs(depth))
     covariances = gaussians.covariances[0].view(HEIGHT, WIDTH, 3, 3)
     # Both sides of the edge keep their own plane's pixel step.
     torch.testing.assert_close(covariances[:, WIDTH // 2 - 1, 0, 0], torch.full((HEIGHT,), (0.5 * 2.0 / FX) ** 2))
@@ -96,7 +91,7 @@ def test_invalid_depth_gets_zero_opacity_and_finite_values(footprint):
     depth[0, 0, 2, 3] = 0.0
     depth[1, 0, :, :2] = float("nan")
     depth[1, 0, 4, :] = 0.0
-    gaussians = DepthLifter(footprint=footprint)(_context(depth))
+    gaussians = DepthLifter(footprint=footprint)(*_inputs(depth))
     opacities = gaussians.opacities.view(2, HEIGHT, WIDTH)
     assert opacities[0, 2, 3] == 0 and (opacities[1, :, :2] == 0).all() and (opacities[1, 4] == 0).all()
     assert int((opacities == 1).sum()) == 2 * HEIGHT * WIDTH - 1 - (HEIGHT * 2 + WIDTH - 2)
@@ -104,21 +99,17 @@ def test_invalid_depth_gets_zero_opacity_and_finite_values(footprint):
 
 
 def test_depth_maps_of_another_size_are_resized_nearest():
-    context = _context(torch.full((1, 1, HEIGHT, WIDTH), 2.0))
-    context["depth"] = torch.full((1, 1, 2 * HEIGHT, 2 * WIDTH), 2.0)
-    assert DepthLifter()(context).means.shape == (1, HEIGHT * WIDTH, 3)
+    inputs = _inputs(torch.full((1, 1, 2 * HEIGHT, 2 * WIDTH), 2.0))
+    assert DepthLifter()(*inputs).means.shape == (1, HEIGHT * WIDTH, 3)
 
 
 @pytest.mark.parametrize("footprint", ["isotropic", "surface"])
 def test_lifted_views_render_back_into_themselves(footprint):
     rows, columns = torch.meshgrid(torch.arange(HEIGHT), torch.arange(WIDTH), indexing="ij")
     depth = (3.0 + 0.05 * columns + 0.03 * rows).float()[None, None]
-    context = _context(depth, _rotation_about_y(0.2)[None, None])
-    gaussians = DepthLifter(scale=0.5, footprint=footprint)(context)
-    out = render_features(
-        gaussians.with_features(torch.ones(1, HEIGHT * WIDTH, 1)),
-        Cameras(context["extrinsics"], context["intrinsics"], context["near"], context["far"], (HEIGHT, WIDTH)), backend="torch",
-    )
+    images, cameras, depth = _inputs(depth, _rotation_about_y(0.2)[None, None])
+    gaussians = DepthLifter(scale=0.5, footprint=footprint)(images, cameras, depth)
+    out = render_features(gaussians.with_features(torch.ones(1, HEIGHT * WIDTH, 1)), cameras, backend="torch")
     assert (out.alpha > 0.99).all()
     # The expected depth mixes in the 3x3 neighbours (at most 0.08 away on this plane).
     torch.testing.assert_close(out.depth[0, 0, 0], depth[0, 0], atol=0.08, rtol=0)
@@ -129,7 +120,10 @@ def test_invalid_arguments_raise_errors_naming_them():
         DepthLifter(footprint="ellipse")
     with pytest.raises(ValueError, match="opacity"):
         DepthLifter(opacity=1.5)
-    context = _context(torch.ones(1, 1, HEIGHT, WIDTH))
-    del context["depth"]
-    with pytest.raises(ValueError, match="depth"):
-        DepthLifter()(context)
+    images, cameras, depth = _inputs(torch.ones(1, 1, HEIGHT, WIDTH))
+    with pytest.raises(ValueError, match=r"`depth` \[1, 1, H, W\] is required by DepthLifter"):
+        DepthLifter()(images, cameras)
+    with pytest.raises(ValueError, match=r"`depth` must have shape \[1, 1, H, W\], got \[1, 6, 8\]"):
+        DepthLifter()(images, cameras, depth[0])
+    with pytest.raises(TypeError, match="`cameras` must be a Cameras"):
+        DepthLifter()(images, None, depth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,12 +21,13 @@ from snd_hf.splatting.mvsplat.depth_predictor import (
     build_cost_volume,
     disparity_candidates,
 )
-from snd_hf.cameras import quaternion_xyzw_to_matrix
+from snd_hf.cameras import Cameras, quaternion_xyzw_to_matrix
 
 # Fixture's suggested tolerance: max |port - reference| <= 2e-4 * max |reference| (CPU kernel noise ~7e-5).
 RELATIVE_TOLERANCE = 2e-4
 CASES = ("case0", "case1", "case2")
 HEIGHT, WIDTH = 64, 96
+CAMERA_FIELDS = ("extrinsics", "intrinsics", "near", "far")
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -52,16 +54,16 @@ def lifter(mvsplat_dir):
     return MVSplatLifter.from_checkpoint(mvsplat_dir / "encoder_state_dict.pth")
 
 
-def _context(reference, case):
-    names = {"image": "context_image", "extrinsics": "extrinsics", "intrinsics": "intrinsics"}
-    names |= {"near": "near", "far": "far"}
-    return {key: reference[f"{case}/{name}"] for key, name in names.items()}
+def _inputs(reference, case, images=None):
+    """The case's context images [B, 2, 3, H, W] (or ``images`` in their place) and cameras [B, 2]."""
+    images = reference[f"{case}/context_image"] if images is None else images
+    return images, Cameras(*(reference[f"{case}/{name}"] for name in CAMERA_FIELDS), tuple(images.shape[-2:]))
 
 
 @pytest.fixture(scope="module")
 def outputs(lifter, reference):
     with torch.no_grad():
-        return {case: lifter.predict(_context(reference, case)) for case in CASES}
+        return {case: lifter.predict(*_inputs(reference, case)) for case in CASES}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -85,9 +87,9 @@ def test_parity_with_original_encoder(outputs, reference, case):
 
 
 def test_forward_returns_the_gaussians_of_predict(lifter, reference, outputs, monkeypatch):
-    context = _context(reference, "case0")
-    monkeypatch.setattr(lifter, "predict", lambda given: outputs["case0"] if given is context else None)
-    gaussians = lifter(context)
+    images, cameras = _inputs(reference, "case0")
+    monkeypatch.setattr(lifter, "predict", lambda *given: outputs["case0"] if given[0] is images and given[1] is cameras else None)
+    gaussians = lifter(images, cameras)
     assert gaussians is outputs["case0"].gaussians
     assert gaussians.features is None
 
@@ -108,9 +110,9 @@ def test_cost_volume_matches_intermediates(reference, intermediates, case):
     source = "case0" if case == "case1" else case
     features = intermediates[f"{source}/backbone_trans_features"]
     batch, views = features.shape[:2]
-    context = _context(reference, case)
-    disparities = disparity_candidates(context["near"], context["far"], 128)
-    cost = build_cost_volume(features, context["intrinsics"], context["extrinsics"], disparities)
+    _, cameras = _inputs(reference, case)
+    disparities = disparity_candidates(cameras.near, cameras.far, 128)
+    cost = build_cost_volume(features, cameras.intrinsics, cameras.extrinsics, disparities)
     # The original's depth-predictor tensors are ordered (v b): [cost, features] per view.
     expected = intermediates[f"{case}/costvolume_in"][:, :128]
     expected = expected.reshape(views, batch, *expected.shape[1:]).transpose(0, 1)
@@ -183,26 +185,30 @@ def test_non_tensor_checkpoint_gets_a_clear_error(tmp_path):
 
 
 def test_context_validation(lifter, reference):
-    context = _context(reference, "case0")
+    images, cameras = _inputs(reference, "case0")
+    batch = images.shape[0]
+    one_view = Cameras(*(getattr(cameras, name)[:, :1] for name in CAMERA_FIELDS), cameras.image_size)
     with pytest.raises(ValueError, match="at least 2 context views"):
-        lifter({**context, "image": context["image"][:, :1]})
-    with pytest.raises(ValueError, match=r"context\['near'\]"):
-        lifter({**context, "near": context["near"][:, :1]})
-    with pytest.raises(ValueError, match="missing"):
-        lifter({"image": context["image"]})
-    with pytest.raises(TypeError):
-        lifter(list(context.values()))
+        lifter(images[:, :1], one_view)
+    with pytest.raises(ValueError, match=rf"`cameras` must have shape \[{batch}, 2\] .*got \[{batch}, 1\]"):
+        lifter(images, one_view)
+    with pytest.raises(ValueError, match=r"`cameras.image_size` must be the images' \(H, W\) = \(64, 96\), got \(32, 48\)"):
+        lifter(images, replace(cameras, image_size=(32, 48)))
+    with pytest.raises(ValueError, match=r"`images` must have shape \[B, V, 3, H, W\], got \[2, 3, 64, 96\]"):
+        lifter(images[0], cameras)
+    with pytest.raises(TypeError, match="`cameras` must be a Cameras .*got dict"):
+        lifter(images, {"extrinsics": cameras.extrinsics})
 
 
 def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference):
     """A size off the encoder's multiples of 16 (58 rounds up to 64, 101 down to 96): Gaussians on
     the input's own pixel grid and rays."""
-    context = _context(reference, "case1")
+    original, cameras = _inputs(reference, "case1")
     size = height, width = (58, 101)
-    images = F.interpolate(context["image"].flatten(0, 1), size=size, mode="bilinear", antialias=True)
-    images = images.unflatten(0, context["image"].shape[:2])
+    images = F.interpolate(original.flatten(0, 1), size=size, mode="bilinear", antialias=True)
+    images = images.unflatten(0, original.shape[:2])
     with torch.no_grad():
-        output = lifter.predict({**context, "image": images})
+        output = lifter.predict(*_inputs(reference, "case1", images))
     batch, views = images.shape[:2]
     assert output.gaussians.num_gaussians == views * height * width
     assert output.depths.shape == (batch, views, height, width)
@@ -210,9 +216,9 @@ def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference):
     # Ordered b (v h w): Gaussian (v, i, j) projects into pixel (i, j) of view v (its sub-pixel offset
     # stays inside the pixel), at its predicted distance along the ray.
     means = output.gaussians.means.reshape(batch, views, height, width, 3)
-    world_to_camera = torch.linalg.inv(context["extrinsics"])[:, :, None, None]
+    world_to_camera = torch.linalg.inv(cameras.extrinsics)[:, :, None, None]
     camera = (world_to_camera[..., :3, :3] @ means[..., None]).squeeze(-1) + world_to_camera[..., :3, 3]
-    projected = (context["intrinsics"][:, :, None, None] @ (camera / camera[..., 2:])[..., None]).squeeze(-1)
+    projected = (cameras.intrinsics[:, :, None, None] @ (camera / camera[..., 2:])[..., None]).squeeze(-1)
     pixels = projected[..., :2] * torch.tensor([width, height])
     rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     centres = torch.stack([columns, rows], dim=-1) + 0.5
@@ -225,7 +231,7 @@ def test_any_image_size_gives_one_gaussian_per_input_pixel(lifter, reference):
     assert encoder_size == (64, 96)
     resized = F.interpolate(images.flatten(0, 1), size=encoder_size, mode="bilinear", antialias=True)
     with torch.no_grad():
-        direct = lifter.predict({**context, "image": resized.unflatten(0, (batch, views))})
+        direct = lifter.predict(*_inputs(reference, "case1", resized.unflatten(0, (batch, views))))
     expected = F.interpolate(direct.depths, size=size, mode="nearest-exact")
     torch.testing.assert_close(output.depths, expected, rtol=0, atol=0)
 

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import snd_hf.splatting.teacher.operator as operator_module
+from snd_hf.cameras import Cameras
 from snd_hf.splatting import MVSplatLifter
 from snd_hf.splatting.lifters import DepthLifter, Lifter
 from snd_hf.splatting.teacher import SplatTeacher, TeacherOperator
@@ -108,7 +109,7 @@ class _FixedLifter(Lifter):
         super().__init__()
         self.gaussians = gaussians
 
-    def forward(self, context):
+    def forward(self, images, cameras, depth=None):
         return self.gaussians
 
 
@@ -125,7 +126,7 @@ def mvsplat_case(fixtures_dir):
     target = {key: value[:, 1:] for key, value in context.items()}
     target["mask"] = _masks(batch, 1, height, width, seed=4)
     with torch.no_grad():
-        gaussians = lifter(context)
+        gaussians = lifter(context["image"], Cameras.from_views(context))
     return _FixedLifter(gaussians), {"context": context, "target": target}
 
 

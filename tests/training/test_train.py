@@ -28,7 +28,8 @@ from transformers import AutoModel
 from snd_hf import SnDModel
 from snd_hf.files import TEMPORARY_TAG, is_temporary
 from snd_hf.training import TrainingConfig, list_checkpoints
-from snd_hf.training.builders import PRETRAINED_2D, prepare_scenes
+from snd_hf.initial_weights import PRETRAINED_2D
+from snd_hf.training.builders import prepare_scenes
 from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -2,10 +2,12 @@
 
 Usage::
 
+    from snd_hf.cameras import Cameras
     from snd_hf.splatting import MVSplatLifter
 
     lifter = MVSplatLifter.from_checkpoint("checkpoints/re10k.ckpt")  # frozen, eval mode
-    gaussians = lifter(batch["context"])  # Gaussians, G = V * H * W, ordered b (v h w)
+    context = batch["context"]
+    gaussians = lifter(context["image"], Cameras.from_views(context))  # G = V * H * W, ordered b (v h w)
 
 The encoder is MVSplat's cost-volume encoder as SnD configures it for ScanNet++ (the RealEstate10K
 architecture): UniMatch CNN at 1/4 resolution, 6-block cross-view Swin transformer, 128
@@ -20,7 +22,7 @@ pixel grid: still one per input pixel, on that pixel's ray, sized by its footpri
 intrinsics hold for every resolution of a view, so the cameras need no change. At multiples of 16
 (SnD's 576x880) nothing is resized and the encoder runs exactly as the original.
 
-Near and far come from the context dict. Note: SnD's ScanNet++ setting uses near 1, far 100 (the
+Near and far come from the context cameras. Note: SnD's ScanNet++ setting uses near 1, far 100 (the
 trainer's default, not the lifter's), which clips metric indoor depths below 1 m.
 
 Checkpoint keys: a Lightning checkpoint of MVSplat (``re10k.ckpt``) or SnD stores the encoder
@@ -40,8 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from ...loading import CheckpointError, read_checkpoint_file
+from ...cameras import Cameras
 from ..gaussians import Gaussians
-from ..lifters import Lifter
+from ..lifters import Lifter, check_lifter_inputs
 from .backbone import MultiViewBackbone
 from .depth_predictor import CostVolumeDepthPredictor, DepthPrediction
 from .gaussian_adapter import pixel_gaussians
@@ -176,25 +179,31 @@ class MVSplatLifter(Lifter):
                 )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def forward(self, context: dict[str, torch.Tensor]) -> Gaussians:
-        """Lift the context views to Gaussians (see :meth:`predict` for the inputs)."""
-        return self.predict(context).gaussians
+    def forward(self, images: torch.Tensor, cameras: Cameras, depth: torch.Tensor | None = None) -> Gaussians:
+        """Lift the context views to Gaussians (see :meth:`predict`; MVSplat predicts depth, so ``depth`` is unused)."""
+        return self.predict(images, cameras).gaussians
 
-    def predict(self, context: dict[str, torch.Tensor]) -> MVSplatOutput:
+    def predict(self, images: torch.Tensor, cameras: Cameras) -> MVSplatOutput:
         """Run the encoder.
 
         Args:
-            context: ``image`` [B, V, 3, H, W] in [0, 1] (the encoder normalises it itself),
-                ``extrinsics`` [B, V, 4, 4] camera-to-world OpenCV, ``intrinsics`` [B, V, 3, 3]
-                normalised, ``near`` and ``far`` [B, V]. Any H and W (see the module docstring for
-                sizes that are not multiples of ``config.size_multiple``); V >= 2.
+            images: context images in [0, 1] (the encoder normalises them itself). Any H and W (see
+                the module docstring for sizes that are not multiples of ``config.size_multiple``);
+                V >= 2. [B, V, 3, H, W]
+            cameras: their cameras (c2w OpenCV, normalised intrinsics, near/far), with
+                ``image_size == (H, W)``. [B, V]
 
         Returns:
             Gaussians plus depths and camera-frame scales/rotations (see :class:`MVSplatOutput`),
             one per input pixel.
+
+        Raises:
+            TypeError, ValueError: see :func:`~snd_hf.splatting.lifters.check_lifter_inputs`; fewer than 2 views.
         """
-        images, extrinsics, intrinsics, near, far = self._check_context(context)
-        batch, views, _, height, width = images.shape
+        batch, views, height, width = check_lifter_inputs(images, cameras)
+        if views < 2:
+            raise ValueError(f"MVSplat needs at least 2 context views, got {views}: `images` [B, V >= 2, 3, H, W].")
+        extrinsics, intrinsics, near, far = cameras.extrinsics, cameras.intrinsics, cameras.near, cameras.far
         encoder_size = self.config.encoder_size(height, width)
         encoder_images = images
         if encoder_size != (height, width):
@@ -227,25 +236,6 @@ class MVSplatLifter(Lifter):
             camera_scales=pixels.scales.reshape(batch, count, 3),
             camera_rotations=pixels.rotations.reshape(batch, count, 4),
         )
-
-    def _check_context(self, context: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        if not isinstance(context, dict):
-            raise TypeError(f"`context` must be a dict of tensors, got {type(context).__name__}.")
-        missing = [key for key in ("image", "extrinsics", "intrinsics", "near", "far") if key not in context]
-        if missing:
-            raise ValueError(f"`context` is missing {missing}.")
-        images = context["image"]
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"`context['image']` must have shape [B, V, 3, H, W], got {list(images.shape)}.")
-        batch, views, _, height, width = images.shape
-        if views < 2:
-            raise ValueError(f"MVSplat needs at least 2 context views, got {views}.")
-        expected = {"extrinsics": (batch, views, 4, 4), "intrinsics": (batch, views, 3, 3), "near": (batch, views),
-                    "far": (batch, views)}  # fmt: skip
-        for key, shape in expected.items():
-            if tuple(context[key].shape) != shape:
-                raise ValueError(f"`context['{key}']` must have shape {list(shape)}, got {list(context[key].shape)}.")
-        return images, context["extrinsics"], context["intrinsics"], context["near"], context["far"]
 
 
 def _resample_prediction(prediction: DepthPrediction, size: tuple[int, int]) -> DepthPrediction:

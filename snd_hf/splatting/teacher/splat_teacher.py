@@ -145,12 +145,13 @@ class SplatTeacher(nn.Module):
         """The teacher's stages for ``batch``, in order (see :mod:`~snd_hf.splatting.teacher.stages`).
 
         Runs the frozen lifter on the context views (the only step that is not linear in the
-        features, and does not depend on them).
+        features, and does not depend on them). The views' cameras become
+        :class:`~snd_hf.cameras.Cameras` here (``Cameras.from_views``), for the lifter and the renderer alike.
         """
         context, target = batch["context"], batch["target"]
         views, _, height, width = context["image"].shape[1:]
         with torch.no_grad():
-            gaussians = self.lifter(context)
+            gaussians = self.lifter(context["image"], Cameras.from_views(context), context.get("depth"))
         if gaussians.num_gaussians != views * height * width:
             raise ValueError(
                 f"the lifter must return one Gaussian per context pixel ({views * height * width}), got "

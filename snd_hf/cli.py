@@ -1,14 +1,16 @@
 """The `snd` command line: `snd demo | extract | convert | synth | eval`.
 
 Each subcommand's options live in a light module of :mod:`snd_hf.commands` (``add_arguments(parser)``,
-importing neither torch nor transformers) and its work in the module that owns the feature
-(``run(args) -> int | None``), imported only once the command line has parsed: `snd --help`,
-`snd --version`, every ``--help`` and every argument error answer before torch loads. Every
-``--help`` shows the defaults.
+importing neither torch nor transformers; optionally ``check(args)``, which checks the input files
+named on the command line) and its work in the module that owns the feature (``run(args) -> int |
+None``), imported only once the command line has parsed and passed ``check``: `snd --help`, `snd
+--version`, every ``--help``, every argument error and a missing input file answer before torch
+loads. Every ``--help`` shows the defaults.
 
 Errors: the `snd` executable runs :func:`main` through :func:`run_with_errors`, so an expected
 failure (a missing file, a bad value, an unreachable Hub, a file that is not a checkpoint, a
-missing optional dependency) prints one line ``error: ...`` on stderr and exits with status 2;
+missing optional dependency) prints one line ``snd: error: MESSAGE (add --debug for the
+traceback)`` on stderr and exits with status 2;
 Ctrl-C prints ``interrupted`` and exits with 130, as shells expect. ``--debug`` anywhere on the
 command line shows the full traceback instead. Any other exception is a bug and keeps its
 traceback. :func:`main` itself raises, for callers in Python.
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors propagate (the executable is :func:`console_main`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    check = getattr(importlib.import_module(COMMANDS[args.command].arguments), "check", None)
+    if check is not None:  # input files named on the command line, before the work's imports (torch)
+        check(args)
     return importlib.import_module(args._runner).run(args) or 0
 
 
@@ -180,7 +185,8 @@ def run_with_errors(
 
     ``--debug`` is taken out of ``argv`` wherever it stands and lets every exception through with
     its traceback. Without it, an error of a kind in ``USER_ERRORS`` (or a missing optional
-    dependency of snd-hf, or the Hub client's HTTP error) prints ``{prog}: error: {message}`` as one line and returns 2, and Ctrl-C
+    dependency of snd-hf, or the Hub client's HTTP error) prints ``{prog}: error: {message} (add --debug for the
+    traceback)`` as one line (the message's closing period dropped) and returns 2, and Ctrl-C
     prints ``{prog}: interrupted`` and returns 130. Anything else is a bug: it propagates, traceback
     and all. Use it as the ``__main__`` of a script::
 
@@ -213,7 +219,8 @@ def run_with_errors(
         print(f"{prog}: error: {error}: install it with pip install '{DISTRIBUTION}[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
     except (*errors, *_hub_http_errors()) as error:
-        print(f"{prog}: error: {one_line(error)} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        # The hint follows the message as its own clause, so a message's closing period is dropped.
+        print(f"{prog}: error: {one_line(error).removesuffix('.')} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

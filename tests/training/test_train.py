@@ -284,7 +284,7 @@ def test_accelerate_launch_quiet_leaves_our_one_line_alone(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     argv = ["--dataset", "scannetpp", "--dataset_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
-    line = f"train.py: error: dataset_path '{tmp_path / 'missing'}' does not exist (the ScanNet++ folder holding scenes/). (add --debug for the traceback)"
+    line = f"train.py: error: dataset_path '{tmp_path / 'missing'}' does not exist (the ScanNet++ folder holding scenes/) (add --debug for the traceback)"
     loud = _train(argv, launcher=launcher, expect_rc=1)
     assert line in loud.stderr.splitlines() and "subprocess.CalledProcessError" in loud.stderr
     quiet = _train(argv, launcher=[*launcher, "-q"], expect_rc=1)

@@ -179,7 +179,7 @@ def run_with_errors(
     entry: Callable[[list[str]], int | None],
     argv: list[str] | None = None,
     prog: str | None = None,
-    errors: tuple[type[BaseException], ...] = USER_ERRORS,
+    errors: tuple[type[BaseException] | str, ...] = USER_ERRORS,
 ) -> int:
     """Run ``entry(argv)`` with expected errors shown as one line on stderr.
 
@@ -196,7 +196,9 @@ def run_with_errors(
         entry: the real main, taking the argument list (without the program name).
         argv: the arguments; ``sys.argv[1:]`` when None.
         prog: name printed before the message; the script's file name when None.
-        errors: the exception types that are the user's to fix (``USER_ERRORS`` by default).
+        errors: the exception types that are the user's to fix (``USER_ERRORS`` by default); a
+            dotted name (``"snd_hf.training.guards.NonFiniteError"``) stands for a class of a module
+            that ``entry`` imports only when it needs it (until then, nothing can raise it).
 
     Returns:
         ``entry``'s status (None counts as 0), or 2 / 130 as above.
@@ -218,10 +220,23 @@ def run_with_errors(
             raise  # an import the package does not declare: a bug
         print(f"{prog}: error: {error}: install it with pip install '{DISTRIBUTION}[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (*errors, *_hub_http_errors()) as error:
+    except (*_loaded(errors), *_hub_http_errors()) as error:
         # The hint follows the message as its own clause, so a message's closing period is dropped.
         print(f"{prog}: error: {one_line(error).removesuffix('.')} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _loaded(errors: tuple[type[BaseException] | str, ...]) -> tuple[type[BaseException], ...]:
+    """The exception classes of ``errors``, a dotted name resolved when its module is imported, else left out."""
+    types = []
+    for error in errors:
+        if isinstance(error, str):
+            module, _, name = error.rpartition(".")
+            if module in sys.modules:
+                types.append(getattr(sys.modules[module], name))
+        else:
+            types.append(error)
+    return tuple(types)
 
 
 def one_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 from huggingface_hub.errors import RepositoryNotFoundError
@@ -77,6 +78,20 @@ def test_user_errors_become_one_line(error, message, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"snd: error: {message} (add --debug for the traceback)\n"
+
+
+def test_an_error_named_by_its_dotted_path_is_caught_once_its_module_is_loaded(capsys, monkeypatch):
+    # train.py names NonFiniteError this way: its module (torch) loads only when the run starts.
+    class Late(RuntimeError):
+        pass
+
+    module = types.ModuleType("late_errors")
+    module.Late = Late
+    monkeypatch.setitem(sys.modules, "late_errors", module)
+    assert run_with_errors(_raiser(Late("step 3 is not finite.")), [], prog="train.py", errors=("late_errors.Late",)) == 2
+    assert capsys.readouterr().err == "train.py: error: step 3 is not finite (add --debug for the traceback)\n"
+    with pytest.raises(Late):  # a class of a module never imported cannot have been raised by it: a bug
+        run_with_errors(_raiser(Late("x")), [], prog="train.py", errors=("not_imported_errors.Late",))
 
 
 def test_interrupt_is_one_line_with_status_130(capsys):

@@ -45,15 +45,22 @@ final student (its start, ``snd_hf/assets/pretrained_2d/``, comes from training/
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snd_hf.cli import USER_ERRORS, run_with_errors
 from snd_hf.training.config import TrainingArgumentParser
-from snd_hf.training.guards import NonFiniteError
-from snd_hf.training.loop import TrainingCallback, train
-from snd_hf.training.preflight import check_before_compute
+
+if TYPE_CHECKING:
+    from snd_hf.training.loop import TrainingCallback
+
+# torch threads on a CPU device unless OMP_NUM_THREADS says otherwise: the default run's ops are too
+# small to gain from threads, waiting threads cost more on a shared CPU, and the weights depend on
+# the count (the order of float sums). Its packaged weights were made with this count.
+CPU_THREADS = 1
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[TrainingCallback] = ()) -> int:
@@ -63,13 +70,22 @@ def main(argv: list[str] | None = None, callbacks: Sequence[TrainingCallback] = 
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return 0
-    config = parser.parse(argv)
+    config, recipe = parser.parse_with_recipe(argv)
     config.validate()  # the config's values and paths
+    # torch loads only now: --help and a bad command line answer without it.
+    import torch
+
+    from snd_hf.training.loop import make_accelerator, train
+    from snd_hf.training.preflight import check_before_compute
+
     check_before_compute(config)  # output_dir, dataset_path, schedule, Hub access: before any compute
-    train(config, callbacks=callbacks)
+    accelerator = make_accelerator(config)
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(CPU_THREADS)
+    train(config, accelerator, callbacks, recipe=recipe)
     return 0
 
 
 if __name__ == "__main__":
     # Expected errors (bad settings or paths, the Hub, a non-finite step) are one line; --debug for tracebacks.
-    sys.exit(run_with_errors(main, prog="train.py", errors=(*USER_ERRORS, NonFiniteError)))
+    sys.exit(run_with_errors(main, prog="train.py", errors=(*USER_ERRORS, "snd_hf.training.guards.NonFiniteError")))

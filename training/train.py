@@ -16,6 +16,10 @@ its results against geometry-free controls):
 
 The loop itself is ``snd_hf.training.loop.train`` (benchmarks/bench_snd_effect.py trains every
 run through it too); this script is its command line. Every key of snd_hf.training.TrainingConfig can be set in the YAML file or as ``--key value``.
+On a CPU, torch runs on one thread (``CPU_THREADS``) unless ``OMP_NUM_THREADS`` says otherwise,
+as training/pretrain_2d.py does: the weights depend on the thread count, and the default's are those
+of ``OMP_NUM_THREADS=1`` bit for bit. ``--help`` and a bad command line answer before torch loads.
+The start line lists the keys the command line changed from the config file (``--config``).
 Before anything is generated or built, the run is checked (snd_hf.training.preflight): unknown
 keys, missing paths, a non-empty ``output_dir`` without ``--resume_from_checkpoint`` or
 ``--overwrite_output_dir``, a synthetic ``dataset_path`` holding data the package did not

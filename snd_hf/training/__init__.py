@@ -6,8 +6,9 @@ The names below load on first use (PEP 562): ``snd_hf.training.config`` imports 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attribute
 
 # Public name -> the submodule defining it.
 _LAZY_NAMES = {
@@ -30,12 +31,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _LAZY_NAMES, name)
 
 
 def __dir__() -> list[str]:

@@ -22,6 +22,8 @@ import importlib.util
 import sys
 from typing import TYPE_CHECKING
 
+from .lazy import lazy_attribute
+
 __version__ = "0.1.0"
 
 # Public name -> the submodule defining it, imported on first access. The transformers set (config,
@@ -46,12 +48,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    module = _LAZY_NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = lazy_attribute(__name__, _LAZY_NAMES, name)
     _register_unless_importing()  # e.g. SnDConfig alone: DPTConfig(backbone_config=...) needs AutoBackbone
-    globals()[name] = value
     return value
 
 

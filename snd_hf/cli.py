@@ -1,14 +1,16 @@
 """The `snd` command line: `snd demo | extract | convert | synth | eval`.
 
 Each subcommand's options live in a light module of :mod:`snd_hf.commands` (``add_arguments(parser)``,
-importing neither torch nor transformers) and its work in the module that owns the feature
-(``run(args) -> int | None``), imported only once the command line has parsed: `snd --help`,
-`snd --version`, every ``--help`` and every argument error answer before torch loads. Every
-``--help`` shows the defaults.
+importing neither torch nor transformers; optionally ``check(args)``, which checks the input files
+named on the command line) and its work in the module that owns the feature (``run(args) -> int |
+None``), imported only once the command line has parsed and passed ``check``: `snd --help`, `snd
+--version`, every ``--help``, every argument error and a missing input file answer before torch
+loads. Every ``--help`` shows the defaults.
 
 Errors: the `snd` executable runs :func:`main` through :func:`run_with_errors`, so an expected
 failure (a missing file, a bad value, an unreachable Hub, a file that is not a checkpoint, a
-missing optional dependency) prints one line ``error: ...`` on stderr and exits with status 2;
+missing optional dependency) prints one line ``snd: error: MESSAGE (add --debug for the
+traceback)`` on stderr and exits with status 2;
 Ctrl-C prints ``interrupted`` and exits with 130, as shells expect. ``--debug`` anywhere on the
 command line shows the full traceback instead. Any other exception is a bug and keeps its
 traceback. :func:`main` itself raises, for callers in Python.
@@ -162,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; errors propagate (the executable is :func:`console_main`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+    check = getattr(importlib.import_module(COMMANDS[args.command].arguments), "check", None)
+    if check is not None:  # input files named on the command line, before the work's imports (torch)
+        check(args)
     return importlib.import_module(args._runner).run(args) or 0
 
 
@@ -174,13 +179,14 @@ def run_with_errors(
     entry: Callable[[list[str]], int | None],
     argv: list[str] | None = None,
     prog: str | None = None,
-    errors: tuple[type[BaseException], ...] = USER_ERRORS,
+    errors: tuple[type[BaseException] | str, ...] = USER_ERRORS,
 ) -> int:
     """Run ``entry(argv)`` with expected errors shown as one line on stderr.
 
     ``--debug`` is taken out of ``argv`` wherever it stands and lets every exception through with
     its traceback. Without it, an error of a kind in ``USER_ERRORS`` (or a missing optional
-    dependency of snd-hf, or the Hub client's HTTP error) prints ``{prog}: error: {message}`` as one line and returns 2, and Ctrl-C
+    dependency of snd-hf, or the Hub client's HTTP error) prints ``{prog}: error: {message} (add --debug for the
+    traceback)`` as one line (the message's closing period dropped) and returns 2, and Ctrl-C
     prints ``{prog}: interrupted`` and returns 130. Anything else is a bug: it propagates, traceback
     and all. Use it as the ``__main__`` of a script::
 
@@ -190,7 +196,9 @@ def run_with_errors(
         entry: the real main, taking the argument list (without the program name).
         argv: the arguments; ``sys.argv[1:]`` when None.
         prog: name printed before the message; the script's file name when None.
-        errors: the exception types that are the user's to fix (``USER_ERRORS`` by default).
+        errors: the exception types that are the user's to fix (``USER_ERRORS`` by default); a
+            dotted name (``"snd_hf.training.guards.NonFiniteError"``) stands for a class of a module
+            that ``entry`` imports only when it needs it (until then, nothing can raise it).
 
     Returns:
         ``entry``'s status (None counts as 0), or 2 / 130 as above.
@@ -212,9 +220,23 @@ def run_with_errors(
             raise  # an import the package does not declare: a bug
         print(f"{prog}: error: {error}: install it with pip install '{DISTRIBUTION}[{extra}]'", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (*errors, *_hub_http_errors()) as error:
-        print(f"{prog}: error: {one_line(error)} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+    except (*_loaded(errors), *_hub_http_errors()) as error:
+        # The hint follows the message as its own clause, so a message's closing period is dropped.
+        print(f"{prog}: error: {one_line(error).removesuffix('.')} (add {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _loaded(errors: tuple[type[BaseException] | str, ...]) -> tuple[type[BaseException], ...]:
+    """The exception classes of ``errors``, a dotted name resolved when its module is imported, else left out."""
+    types = []
+    for error in errors:
+        if isinstance(error, str):
+            module, _, name = error.rpartition(".")
+            if module in sys.modules:
+                types.append(getattr(sys.modules[module], name))
+        else:
+            types.append(error)
+    return tuple(types)
 
 
 def one_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 from huggingface_hub.errors import RepositoryNotFoundError
@@ -67,6 +68,9 @@ def _raiser(error: BaseException):
             "404 Client Error. Repository Not Found",
         ),
         (OSError(), "OSError"),
+        # A closing period is dropped: the hint in parentheses ends the sentence.
+        (ValueError("learning_rate must be > 0, got 0.0."), "learning_rate must be > 0, got 0.0"),
+        (ValueError("did you mean 'extract'?"), "did you mean 'extract'?"),
     ],
 )
 def test_user_errors_become_one_line(error, message, capsys):
@@ -74,6 +78,20 @@ def test_user_errors_become_one_line(error, message, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"snd: error: {message} (add --debug for the traceback)\n"
+
+
+def test_an_error_named_by_its_dotted_path_is_caught_once_its_module_is_loaded(capsys, monkeypatch):
+    # train.py names NonFiniteError this way: its module (torch) loads only when the run starts.
+    class Late(RuntimeError):
+        pass
+
+    module = types.ModuleType("late_errors")
+    module.Late = Late
+    monkeypatch.setitem(sys.modules, "late_errors", module)
+    assert run_with_errors(_raiser(Late("step 3 is not finite.")), [], prog="train.py", errors=("late_errors.Late",)) == 2
+    assert capsys.readouterr().err == "train.py: error: step 3 is not finite (add --debug for the traceback)\n"
+    with pytest.raises(Late):  # a class of a module never imported cannot have been raised by it: a bug
+        run_with_errors(_raiser(Late("x")), [], prog="train.py", errors=("not_imported_errors.Late",))
 
 
 def test_interrupt_is_one_line_with_status_130(capsys):
@@ -144,6 +162,8 @@ _LIGHT_COMMAND_LINES = [
     ["eval", "depth", "--model", "m", "--data", "synthetic", "--preset", "gpu"],  # a bad choice
     ["synth", "--size", "96", "--out", "o"],  # a bad value
     ["convert"],  # a missing argument
+    ["extract", "nosuch.jpg", "--model", "m", "--out", "o"],  # a missing image: checked before torch loads
+    ["demo", "--images", "nosuch.png"],
 ]
 _LIGHT_CHECK = """
 import json, sys
@@ -169,6 +189,24 @@ def test_help_version_and_argument_errors_import_neither_torch_nor_transformers(
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert "snd: error: argument COMMAND: invalid choice: 'extarct'; did you mean 'extract'? (choose from convert, demo, extract, synth, eval, field)" in errors
     assert "snd extract: error: unrecognized argument '--modle'; did you mean '--model'?" in errors
+    assert "snd: error: image not found: nosuch.jpg (add --debug for the traceback)" in errors
+    assert "snd: error: image not found: nosuch.png (add --debug for the traceback)" in errors
+
+
+def test_extract_names_a_missing_or_unreadable_image_in_one_line_before_any_output(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not an image")
+    result = subprocess.run(
+        [SND, "extract", "nosuch.jpg", "--model", "m", "--out", "o"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["snd: error: image not found: nosuch.jpg (add --debug for the traceback)"]
+    result = subprocess.run(
+        [SND, "extract", "notes.jpg", "--model", "m", "--out", "o"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("snd: error: ") and "notes.jpg" in line and line.endswith(" (add --debug for the traceback)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.jpg"]  # no output folder
 
 
 @pytest.mark.parametrize(

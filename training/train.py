@@ -16,6 +16,10 @@ its results against geometry-free controls):
 
 The loop itself is ``snd_hf.training.loop.train`` (benchmarks/bench_snd_effect.py trains every
 run through it too); this script is its command line. Every key of snd_hf.training.TrainingConfig can be set in the YAML file or as ``--key value``.
+On a CPU, torch runs on one thread (``CPU_THREADS``) unless ``OMP_NUM_THREADS`` says otherwise,
+as training/pretrain_2d.py does: the weights depend on the thread count, and the default's are those
+of ``OMP_NUM_THREADS=1`` bit for bit. ``--help`` and a bad command line answer before torch loads.
+The start line lists the keys the command line changed from the config file (``--config``).
 Before anything is generated or built, the run is checked (snd_hf.training.preflight): unknown
 keys, missing paths, a non-empty ``output_dir`` without ``--resume_from_checkpoint`` or
 ``--overwrite_output_dir``, a synthetic ``dataset_path`` holding data the package did not
@@ -45,15 +49,22 @@ final student (its start, ``snd_hf/assets/pretrained_2d/``, comes from training/
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snd_hf.cli import USER_ERRORS, run_with_errors
 from snd_hf.training.config import TrainingArgumentParser
-from snd_hf.training.guards import NonFiniteError
-from snd_hf.training.loop import TrainingCallback, train
-from snd_hf.training.preflight import check_before_compute
+
+if TYPE_CHECKING:
+    from snd_hf.training.loop import TrainingCallback
+
+# torch threads on a CPU device unless OMP_NUM_THREADS says otherwise: the default run's ops are too
+# small to gain from threads, waiting threads cost more on a shared CPU, and the weights depend on
+# the count (the order of float sums). Its packaged weights were made with this count.
+CPU_THREADS = 1
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[TrainingCallback] = ()) -> int:
@@ -63,13 +74,22 @@ def main(argv: list[str] | None = None, callbacks: Sequence[TrainingCallback] = 
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return 0
-    config = parser.parse(argv)
+    config, recipe = parser.parse_with_recipe(argv)
     config.validate()  # the config's values and paths
+    # torch loads only now: --help and a bad command line answer without it.
+    import torch
+
+    from snd_hf.training.loop import make_accelerator, train
+    from snd_hf.training.preflight import check_before_compute
+
     check_before_compute(config)  # output_dir, dataset_path, schedule, Hub access: before any compute
-    train(config, callbacks=callbacks)
+    accelerator = make_accelerator(config)
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(CPU_THREADS)
+    train(config, accelerator, callbacks, recipe=recipe)
     return 0
 
 
 if __name__ == "__main__":
     # Expected errors (bad settings or paths, the Hub, a non-finite step) are one line; --debug for tracebacks.
-    sys.exit(run_with_errors(main, prog="train.py", errors=(*USER_ERRORS, NonFiniteError)))
+    sys.exit(run_with_errors(main, prog="train.py", errors=(*USER_ERRORS, "snd_hf.training.guards.NonFiniteError")))

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..schema import number_option
-from .extract import add_model_arguments
+from .extract import add_model_arguments, check
+
+__all__ = ["add_arguments", "check"]  # check: --images, as snd extract's image files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

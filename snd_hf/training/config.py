@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import math
@@ -447,11 +448,24 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     return value
 
 
+class _OneSpellingFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each key once, as ``--snake_case``: the ``--kebab-case`` spelling that
+    ``HfArgumentParser`` adds beside it is still accepted, only not listed."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        spellings = action.option_strings
+        kebab = {name for name in spellings if "-" in name[2:] and f"--{name[2:].replace('-', '_')}" in spellings}
+        if kebab:
+            action = copy.copy(action)
+            action.option_strings = [name for name in spellings if name not in kebab]
+        return super()._format_action_invocation(action)
+
+
 class TrainingArgumentParser(HfArgumentParser):
     """``[--config NAME_OR_PATH] [--KEY VALUE ...]``: transformers' ``HfArgumentParser`` over
     :class:`TrainingConfig` (one option per field, ``--help`` from the fields' ``metadata["help"]``,
-    ``--key-name`` aliases, a bare boolean flag meaning true, ``--no_KEY`` for the ones that default to
-    true), plus ``--config``.
+    ``--key-name`` aliases, accepted but not listed, a bare boolean flag meaning true, ``--no_KEY``
+    for the ones that default to true), plus ``--config``.
 
     Values are read as YAML scalars and flow lists (``1e-4``, ``null``, ``[28,42]``; a list also as
     ``--image_size 28 42``) and checked by :class:`TrainingConfig` itself, so the file and the command
@@ -470,6 +484,7 @@ class TrainingArgumentParser(HfArgumentParser):
             epilog="Values: a bare --FLAG means true; lists as [a,b] or a b; null for none. Defaults are those of a plain"
             f" run (the default config, {DEFAULT_CONFIG}).",
             allow_abbrev=False,  # --max_step is a typo to name, not max_steps
+            formatter_class=_OneSpellingFormatter,
         )
         self.config_dir = config_dir
         self.add_argument(
@@ -495,6 +510,11 @@ class TrainingArgumentParser(HfArgumentParser):
 
     def parse(self, argv: list[str]) -> TrainingConfig:
         """The config of ``argv``: the defaults, then the ``--config`` file, then the given keys."""
+        return self.parse_with_recipe(argv)[0]
+
+    def parse_with_recipe(self, argv: list[str]) -> tuple[TrainingConfig, Path]:
+        """:meth:`parse`, and the config file the run starts from (``--config``, resolved): the
+        recipe the command line changes."""
         namespace, remaining = self.parse_known_args(argv)
         if remaining:
             keys = [token[2:].partition("=")[0].replace("-", "_") for token in remaining if token.startswith("--")]
@@ -502,11 +522,11 @@ class TrainingArgumentParser(HfArgumentParser):
                 raise ValueError(f"expected a --key, got {remaining[0]!r} (arguments are --key value pairs).")
             raise ValueError(f"Unknown training config key(s) in the command line: {TrainingConfig._name_unknown(sorted(keys))}.")
         given = vars(namespace)
-        config = given.pop("config")
+        recipe = resolve_config_path(given.pop("config"), self.config_dir)
         for name, value in given.items():  # --image_size [28,42] arrives as [[28, 42]]
             if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
                 given[name] = value[0]
-        return TrainingConfig.from_yaml(config, given, self.config_dir)
+        return TrainingConfig.from_yaml(recipe, given, self.config_dir), recipe
 
 
 def _shown(value: Any) -> str:

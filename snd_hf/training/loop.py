@@ -59,6 +59,15 @@ class TrainingCallback:
         """The loop is over on every process (before the final export); ``student`` is unwrapped. Every process."""
 
 
+def changed_settings(config: TrainingConfig, recipe: Path | None = None) -> str:
+    """``changed from RECIPE: key=value, ...`` (``none`` when nothing is): the keys of ``config``
+    whose values differ from the config file ``recipe`` (from :class:`TrainingConfig`'s defaults
+    when None), for the start line of a run."""
+    baseline = TrainingConfig() if recipe is None else TrainingConfig.from_yaml(recipe)
+    changed = ", ".join(f"{key}={value}" for key, value in config.to_dict().items() if value != getattr(baseline, key))
+    return f"changed from {recipe or 'the TrainingConfig defaults'}: {changed or 'none'}"
+
+
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """The accelerator of a run: mixed precision, accumulation, trackers and a seedable data order from ``config``."""
     output_dir = Path(config.output_dir)
@@ -73,7 +82,10 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
 
 
 def train(
-    config: TrainingConfig, accelerator: Accelerator | None = None, callbacks: Sequence[TrainingCallback] = ()
+    config: TrainingConfig,
+    accelerator: Accelerator | None = None,
+    callbacks: Sequence[TrainingCallback] = (),
+    recipe: Path | None = None,
 ) -> Path:
     """Train SnD as ``config`` says and write the run to ``config.output_dir``.
 
@@ -85,6 +97,8 @@ def train(
         config: the run.
         accelerator: made by :func:`make_accelerator` when None.
         callbacks: hooks called at the points :class:`TrainingCallback` names.
+        recipe: the config file the run starts from; the start line lists the keys whose values
+            differ from it (from :class:`TrainingConfig`'s defaults when None).
 
     Returns:
         ``output_dir``, holding the final student (``SnDModel.from_pretrained`` loads it).
@@ -104,12 +118,11 @@ def train(
             accelerator.print(note)
         write_run_config(config)  # config.yaml; a resume records the settings it changed
     accelerator.wait_for_everyone()
-    # The whole configuration is in config.yaml; the terminal shows what differs from the defaults.
-    defaults = TrainingConfig().to_dict()
-    changed = ", ".join(f"{key}={value}" for key, value in config.to_dict().items() if value != defaults.get(key))
+    # The whole configuration is in config.yaml; the terminal shows what differs from the recipe run.
+    threads = f" ({torch.get_num_threads()} torch thread(s))" if accelerator.device.type == "cpu" else ""
     accelerator.print(
-        f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}; settings in"
-        f" {output_dir / 'config.yaml'}; changed from the defaults: {changed or 'none'}"
+        f"SnD training on {accelerator.num_processes} process(es), {accelerator.device}{threads}; settings in"
+        f" {output_dir / 'config.yaml'}; {changed_settings(config, recipe)}"
     )
     if contention := cpu_contention(accelerator.device.type):
         accelerator.print(f"warning: {contention}")

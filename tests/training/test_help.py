@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,47 @@ def test_train_script_help_and_h_print_it_and_exit_zero(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")  # the same wrapping as the subprocess's
     assert train.main(["--help"]) == 0
     assert capsys.readouterr().out == result.stdout
+
+
+def test_help_shows_each_key_once_and_both_spellings_parse():
+    text = TrainingArgumentParser(config_dir=CONFIGS).format_help()
+    for field in dataclasses.fields(TrainingConfig):
+        assert len(re.findall(rf"--{field.name}\b(?!-)", text)) == 1, field.name  # the option, not --no_{name}
+        if "_" in field.name:
+            assert f"--{field.name.replace('_', '-')}" not in text, field.name
+    assert "--no_cache_views" in text and "--no-cache-views" not in text
+    kebab = TrainingArgumentParser(config_dir=CONFIGS).parse(["--max-steps", "7", "--no-cache-views"])
+    assert (kebab.max_steps, kebab.cache_views) == (7, False)
+
+
+# Each command line in one fresh interpreter: --help and argument errors must not load torch.
+_NO_TORCH_CHECK = """
+import importlib.util, json, sys
+from snd_hf.cli import run_with_errors
+spec = importlib.util.spec_from_file_location("snd_train_script", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+loaded = []
+for argv in json.loads(sys.argv[2]):
+    status = run_with_errors(train.main, argv, prog="train.py")
+    loaded.append([status, "torch" in sys.modules])
+print(json.dumps(loaded))
+"""
+
+
+def test_help_and_argument_errors_answer_without_importing_torch(tmp_path):
+    argvs = [["--help"], ["--max_stepz", "3"], ["--learning_rate", "nan"], ["--max-steps", "0", "--output_dir", str(tmp_path / "o")]]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "100"}
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_CHECK, str(REPO_ROOT / "training" / "train.py"), json.dumps(argvs)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [[0, False], [2, False], [2, False], [2, False]]
+    assert result.stderr.splitlines() == [
+        "train.py: error: Unknown training config key(s) in the command line: 'max_stepz' (did you mean 'max_steps'?)"
+        " (`python training/train.py --help` lists every key) (add --debug for the traceback)",
+        "train.py: error: learning_rate must be a finite number, got nan (add --debug for the traceback)",
+        "train.py: error: max_steps must be >= 1, got 0 (add --debug for the traceback)",
+    ]
+    assert not (tmp_path / "o").exists()

@@ -104,13 +104,13 @@ def test_a_moved_run_folder_resumes_and_records_the_move(started_run):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--checkpoints_total_limit", "-1"], "checkpoints_total_limit must be >= 1 (keep the newest N checkpoints) or null (keep all), got -1."),
-        (["--checkpoints_total_limit", "0"], "checkpoints_total_limit must be >= 1 (keep the newest N checkpoints) or null (keep all), got 0."),
-        (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan."),
-        (["--ema_momentum", "inf"], "ema_momentum must be a finite number, got inf."),
-        (["--learning_rate", "0"], "learning_rate must be > 0, got 0.0."),
-        (["--synthetic_size", "[100000,100000]"], "synthetic_size must be [H, W] with both within [14, 8192], got [100000, 100000]."),
-        (["--synthetic_scenes", "0"], "synthetic_scenes must be >= 1, got 0."),
+        (["--checkpoints_total_limit", "-1"], "checkpoints_total_limit must be >= 1 (keep the newest N checkpoints) or null (keep all), got -1"),
+        (["--checkpoints_total_limit", "0"], "checkpoints_total_limit must be >= 1 (keep the newest N checkpoints) or null (keep all), got 0"),
+        (["--learning_rate", "nan"], "learning_rate must be a finite number, got nan"),
+        (["--ema_momentum", "inf"], "ema_momentum must be a finite number, got inf"),
+        (["--learning_rate", "0"], "learning_rate must be > 0, got 0.0"),
+        (["--synthetic_size", "[100000,100000]"], "synthetic_size must be [H, W] with both within [14, 8192], got [100000, 100000]"),
+        (["--synthetic_scenes", "0"], "synthetic_scenes must be >= 1, got 0"),
     ],
 )
 def test_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, argv, message):
@@ -139,7 +139,7 @@ def test_yaml_tags_are_one_line_and_never_run(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "never").exists()
     config.write_text("seed: 1\nlearning_rate: .nan\n")
     error = _one_line_error(["--config", str(config), "--output_dir", str(tmp_path / "never")], capsys)
-    assert error == f"train.py: error: {config}: learning_rate must be a finite number, got nan. (add --debug for the traceback)"
+    assert error == f"train.py: error: {config}: learning_rate must be a finite number, got nan (add --debug for the traceback)"
 
 
 SAVE_WITH_A_FILE_SIZE_LIMIT = """

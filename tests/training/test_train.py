@@ -30,6 +30,8 @@ from snd_hf.files import TEMPORARY_TAG, is_temporary
 from snd_hf.training import TrainingConfig, list_checkpoints
 from snd_hf.initial_weights import PRETRAINED_2D
 from snd_hf.training.builders import prepare_scenes
+from snd_hf.training.config import TrainingArgumentParser
+from snd_hf.training.loop import changed_settings
 from snd_hf.training.schedule import SPARE_STEPS, one_cycle_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -285,7 +287,7 @@ def test_accelerate_launch_quiet_leaves_our_one_line_alone(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     argv = ["--dataset", "scannetpp", "--dataset_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out")]
-    line = f"train.py: error: dataset_path '{tmp_path / 'missing'}' does not exist (the ScanNet++ folder holding scenes/). (add --debug for the traceback)"
+    line = f"train.py: error: dataset_path '{tmp_path / 'missing'}' does not exist (the ScanNet++ folder holding scenes/) (add --debug for the traceback)"
     loud = _train(argv, launcher=launcher, expect_rc=1)
     assert line in loud.stderr.splitlines() and "subprocess.CalledProcessError" in loud.stderr
     quiet = _train(argv, launcher=[*launcher, "-q"], expect_rc=1)
@@ -431,3 +433,44 @@ def test_benchmark_snd_run_and_train_py_give_bit_identical_weights(scenes, tmp_p
     assert from_bench.keys() == from_script.keys()
     for name, tensor in from_script.items():
         assert torch.equal(from_bench[name], tensor), name
+
+
+def test_start_line_lists_what_the_command_line_changed_from_its_recipe():
+    # dataset_path comes from the recipe (synthetic_tiny.yaml), not from the user: it is not "changed".
+    recipe_path = REPO_ROOT / "training" / "configs" / "synthetic_tiny.yaml"
+    config, recipe = TrainingArgumentParser(config_dir=recipe_path.parent).parse_with_recipe(["--max_steps", "20"])
+    assert recipe == recipe_path and config.dataset_path == "data/synthetic-tiny"
+    assert changed_settings(config, recipe) == f"changed from {recipe_path}: max_steps=20"
+    plain, recipe = TrainingArgumentParser(config_dir=recipe_path.parent).parse_with_recipe([])
+    assert changed_settings(plain, recipe) == f"changed from {recipe_path}: none"
+    # Without a recipe (a Python caller of the loop) the baseline is the dataclass, whose dataset_path is null.
+    assert changed_settings(config) == "changed from the TrainingConfig defaults: max_steps=20, dataset_path=data/synthetic-tiny"
+
+
+def _start_line(result: subprocess.CompletedProcess) -> str:
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("SnD training on")]
+    return line
+
+
+@pytest.mark.slow
+def test_cpu_runs_use_one_thread_unless_omp_num_threads_says_otherwise(scenes, tmp_path):
+    # The default of train.py on a CPU is one torch thread (it gives the weights of OMP_NUM_THREADS=1
+    # bit for bit); OMP_NUM_THREADS, when set, is the user's choice and is kept.
+    argv = ["--dataset_path", str(scenes), "--image_size", "[28,42]"]
+    env = {key: value for key, value in _env().items() if key != "OMP_NUM_THREADS"}
+
+    def run(name: str, steps: int, **extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(TRAIN), *argv, "--max_steps", str(steps), "--output_dir", str(tmp_path / name)]
+        result = subprocess.run(command, cwd=REPO_ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    unset, one, two = run("unset", 2), run("one", 2, OMP_NUM_THREADS="1"), run("two", 1, OMP_NUM_THREADS="2")
+    assert "cpu (1 torch thread(s))" in _start_line(unset) and "cpu (1 torch thread(s))" in _start_line(one)
+    assert "cpu (2 torch thread(s))" in _start_line(two)
+    default, single = (load_file(tmp_path / name / "model.safetensors") for name in ("unset", "one"))
+    assert default.keys() == single.keys() and all(torch.equal(default[key], single[key]) for key in single)
+    # The start line names the recipe and only the keys given on the command line.
+    recipe = REPO_ROOT / "training" / "configs" / "synthetic_tiny.yaml"
+    changed = _start_line(unset).partition(f"changed from {recipe}: ")[2]
+    assert re.findall(r"(?:^|, )(\w+)=", changed) == ["output_dir", "max_steps", "dataset_path", "image_size"]

@@ -64,9 +64,10 @@ from snd_hf.eval.metrics import recall_at
 from snd_hf.eval.probe import ProbeConfig
 from snd_hf.eval.synthetic import SEGMENTATION_CLASSES, SyntheticFrames, SyntheticPairs, render_scenes
 from snd_hf.eval.tasks import DenseArrays, cross_validate, run_depth, run_normals, run_segmentation
+from snd_hf.initial_weights import initial_backbone
 from snd_hf.loading import weights_hash
 from snd_hf.training import TrainingConfig
-from snd_hf.training.builders import initial_backbone, prepare_scenes
+from snd_hf.training.builders import prepare_scenes
 from snd_hf.training.loop import train
 
 HELD_OUT_SEED = 2000  # rooms that no training, pre-training or `snd eval` run uses

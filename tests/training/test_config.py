@@ -102,3 +102,25 @@ def test_yaml_round_trip(tmp_path):
     path.write_text(config.to_yaml())
     assert TrainingConfig.from_yaml(path) == config
     assert config.max_grad_norm == 1.0 and isinstance(config.max_grad_norm, float)
+
+
+def test_max_context_gap_draws_each_samples_gap_from_the_range(tmp_path):
+    from snd_hf.data.synthetic import ensure_synthetic_scenes
+    from snd_hf.training.builders import build_dataset
+
+    root = ensure_synthetic_scenes(tmp_path / "rooms", num_scenes=2, num_frames=12, height=32, width=40, progress=False)
+
+    def gaps(**settings) -> list[int]:
+        config = TrainingConfig(dataset_path=str(root), image_size=[28, 42], **settings)
+        config.validate()
+        dataset, drawn = build_dataset(config, root), []
+        for epoch in range(20):
+            dataset.set_epoch(epoch)
+            drawn += [int(dataset[i]["index"]["context"][-1] - dataset[i]["index"]["context"][0]) for i in range(len(dataset))]
+        return drawn
+
+    assert set(gaps()) == {4}  # null: the fixed gap
+    ranged = gaps(max_context_gap=8)
+    assert set(ranged) <= {4, 5, 6, 7, 8} and len(set(ranged)) >= 3
+    with pytest.raises(ValueError, match="max_context_gap must be >= context_gap"):
+        TrainingConfig(max_context_gap=3).validate()

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "snd_hf"
 # The rooms, lowest first: a module may import its own room and the rooms before it, never one after.
 ROOMS = (
     # file-system, schema, pictures and geometry helpers that everything above shares
-    "snd_hf.files", "snd_hf.schema", "snd_hf.images", "snd_hf.cameras", "snd_hf.distributed", "snd_hf.image_inputs",
+    "snd_hf.lazy", "snd_hf.files", "snd_hf.schema", "snd_hf.images", "snd_hf.cameras", "snd_hf.distributed", "snd_hf.image_inputs",
     "snd_hf.configuration_snd", "snd_hf.visualization", "snd_hf.run_folder", "snd_hf.feature_shards",
     # checkpoints, the Hub, the model
     "snd_hf.loading", "snd_hf.hub", "snd_hf.model_card", "snd_hf.image_processing_snd", "snd_hf.modeling_snd",

@@ -39,7 +39,6 @@ from PIL import Image, ImageDraw
 
 from .eval.correspondence import correspondence_matches
 from .extract import (
-    check_images,
     extract_to_folder,
     load_model,
     load_processor,
@@ -47,7 +46,7 @@ from .extract import (
     output_names,
 )
 from .hub import SND_HUB_REPO
-from .images import load_rgb, rgb_to_float
+from .images import check_images, load_rgb, rgb_to_float
 from .modeling_snd import SnDModel
 from .schema import read_json
 from .visualization import fit_pca, save_panel, to_uint8_image

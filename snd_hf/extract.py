@@ -53,13 +53,12 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .commands.extract import check_images
 from .distributed import main_then_share, process_state
 from .feature_shards import INDEX_JSON, INDEX_PARQUET, shard_rows, write_index, write_shard
 from .files import atomic_write
 from .image_inputs import DatasetImages, FileImages, ImageItem, ids_fingerprint, open_image_dataset
 from .image_processing_snd import SnDImageProcessor
-from .images import MAX_PIXELS, open_image
+from .images import MAX_PIXELS, check_images, open_image
 from .loading import weights_hash
 from .modeling_snd import SnDModel
 from .run_folder import RunFolder

@@ -54,7 +54,7 @@ def ids_fingerprint(ids: Sequence[str]) -> str:
 
 
 class FileImages:
-    """A checked list of image files (see :func:`snd_hf.extract.check_images`); ids are the file stems."""
+    """A checked list of image files (see :func:`snd_hf.images.check_images`); ids are the file stems."""
 
     streaming = False
 

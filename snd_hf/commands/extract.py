@@ -1,55 +1,16 @@
 """Options of `snd extract` (run by :mod:`snd_hf.extract`), the model options it shares with `snd demo`,
-and the check of both commands' image files, which runs before torch loads."""
+and the check of both commands' image files (:func:`snd_hf.images.check_images`), which runs before torch loads."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..images import MAX_PIXELS, probe_image
+from ..images import MAX_PIXELS, check_images
 from ..schema import MAX_IMAGE_SIDE, number_option
 
 # Owned by snd_hf.extract (DTYPES); named here so that --help needs no torch (tests/test_cli.py checks it).
 DTYPE_NAMES = ("float32", "bfloat16")
-
-
-def check_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS) -> list[Path]:
-    """Check every image before any work starts, reading only the file headers.
-
-    Every image is checked, so one run names all the bad ones.
-
-    Returns:
-        the paths, as `Path`.
-
-    Raises:
-        FileNotFoundError: naming a missing file, when it is the only bad one.
-        snd_hf.images.ImageDecodeError: naming a file that is not an image or declares more than
-            ``max_pixels`` pixels, when it is the only bad one.
-        ValueError: two images that would write the same output name, or a folder among them; or
-            naming every bad file and what is wrong with each, when there are several.
-    """
-    stems: dict[str, Path] = {}
-    for path in map(Path, paths):
-        if path.stem in stems:
-            raise ValueError(f"images {stems[path.stem]} and {path} would both write {path.stem}.safetensors")
-        stems[path.stem] = path
-    problems: list[Exception] = []
-    for path in stems.values():
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder, not an image: pass its files (e.g. {path / '*.jpg'})")
-        try:
-            if not path.is_file():
-                raise FileNotFoundError(f"image not found: {path}")
-            probe_image(path, max_pixels=max_pixels)
-        except (OSError, ValueError) as error:
-            problems.append(error)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise ValueError(f"{len(problems)} of {len(stems)} images cannot be used: " + "; ".join(map(str, problems)))
-    return list(stems.values())
 
 
 def parse_bool(text: str) -> bool:

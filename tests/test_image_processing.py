@@ -91,14 +91,16 @@ def test_image_feature_extraction_pipeline(checkpoint):
     torch.testing.assert_close(features, expected)
 
 
-def _check_processor_and_pipeline(location, model: SnDModel) -> None:
-    """AutoImageProcessor and pipeline() work on `location` and give SnDModel + SnDImageProcessor's features."""
+def _check_processor_and_pipeline(location, model: SnDModel, shortest_edge: int = 448, grid: tuple[int, int] = (32, 48)) -> None:
+    """AutoImageProcessor and pipeline() work on `location` and give SnDModel + SnDImageProcessor's features
+    (a 60x90 image resized to ``shortest_edge``: a ``grid`` of patches)."""
     processor = AutoImageProcessor.from_pretrained(location)
-    assert isinstance(processor, SnDImageProcessor) and processor.to_dict() == SnDImageProcessor().to_dict()
+    reference = SnDImageProcessor(size={"shortest_edge": shortest_edge})
+    assert isinstance(processor, SnDImageProcessor) and processor.to_dict() == reference.to_dict()
     image = random_image(60, 90)
     with torch.no_grad():
-        expected = model(SnDImageProcessor()(image, return_tensors="pt").pixel_values).last_hidden_state
-    assert expected.shape[1] == 1 + 32 * 48  # 448 x 672: the default shortest edge of 448
+        expected = model(reference(image, return_tensors="pt").pixel_values).last_hidden_state
+    assert expected.shape[1] == 1 + grid[0] * grid[1]  # 448 x 672 by default
     features = pipeline("image-feature-extraction", model=str(location))(image, return_tensors=True)
     torch.testing.assert_close(features, expected)
 
@@ -121,7 +123,8 @@ def test_every_checkpoint_the_package_writes_carries_its_processor_config(tmp_pa
     original_to_native(tmp_path / "original.pth", tmp_path / "converted", num_attention_heads=2)  # snd convert
     for name in ("saved", "trained", "converted"):
         _check_processor_and_pipeline(tmp_path / name, model)
-    _check_processor_and_pipeline(DEFAULT_CHECKPOINT, SnDModel.from_pretrained(DEFAULT_CHECKPOINT))  # shipped
+    # shipped: the default run's student, whose processor feeds the 84-pixel edge it trained at
+    _check_processor_and_pipeline(DEFAULT_CHECKPOINT, SnDModel.from_pretrained(DEFAULT_CHECKPOINT), 84, (6, 9))
 
     # A processor config already in the folder is the user's: saving the model again keeps it.
     SnDImageProcessor(size={"shortest_edge": 56}).save_pretrained(tmp_path / "saved")

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..files import make_temporary, replace_path
+from ..image_processing_snd import SnDImageProcessor
 from ..loading import save_original_checkpoint
 from ..modeling_snd import SnDModel
 
@@ -32,6 +33,7 @@ def save_native(
     training_info: dict[str, Any],
     size: str | None = None,
     blending: bool | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``backbone`` (LoRA merged) as a native SnD directory (config, weights, processor), atomically.
 
@@ -45,6 +47,9 @@ def save_native(
         training_info: recorded in ``config.training_info`` (the training config and the step).
         size: the published variant's size, or None.
         blending: whether blending was used, or None.
+        image_size: the ``(H, W)`` the backbone trained at: its processor resizes the shortest edge
+            to ``min(image_size)``, so `AutoImageProcessor` and `pipeline()` feed the model the
+            resolution it learnt at (None: the processor's default, 448).
     """
     model = merged_backbone(backbone)
     model.config.training_info = training_info
@@ -53,6 +58,8 @@ def save_native(
     directory = Path(directory)
     staging = make_temporary(directory, directory=True)
     try:
+        if image_size is not None:  # save_pretrained keeps a processor config already in the folder
+            SnDImageProcessor(size={"shortest_edge": min(image_size)}).save_pretrained(staging)
         model.save_pretrained(staging)  # with preprocessor_config.json, so AutoImageProcessor and pipeline() work on it
         directory.mkdir(exist_ok=True)
         for item in sorted(staging.iterdir(), key=lambda item: item.name == "config.json"):  # the entry point last

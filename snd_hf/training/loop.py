@@ -202,7 +202,7 @@ def train(
 
     def export(directory: Path, step: int) -> None:
         """Native student (in ``directory``) and teacher (``directory/teacher``) + original-layout .pth."""
-        variant = {"size": config.size, "blending": config.segment_mean_weight > 0}
+        variant = {"size": config.size, "blending": config.segment_mean_weight > 0, "image_size": tuple(config.image_size)}
         student_backbone = accelerator.unwrap_model(student).backbone
         save_native(student_backbone, directory, training_info=training_info(step, "student"), **variant)
         save_native(ema_teacher.backbone, directory / "teacher", training_info=training_info(step, "teacher"), **variant)

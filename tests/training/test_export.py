@@ -54,3 +54,17 @@ def test_merged_native_and_original_exports_reproduce_the_adapted_model(tmp_path
     # merging works on a copy: the trained peft model keeps its adapters
     assert any("lora_A" in name for name, _ in backbone.named_parameters())
     assert isinstance(merged_backbone(backbone), SnDModel)
+
+
+def test_a_trained_checkpoints_processor_feeds_the_size_it_trained_at(tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    model = SnDModel(SnDConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=56))
+    save_native(model, tmp_path / "run", training_info={"step": 1}, image_size=(84, 112))
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "run")
+    assert processor.size.shortest_edge == 84
+    photo = Image.new("RGB", (640, 480))  # W x H: a 4:3 photo comes out at the 84x112 training grid
+    assert list(processor(photo, return_tensors="pt").pixel_values.shape) == [1, 3, 84, 112]
+    save_native(model, tmp_path / "default", training_info={"step": 1})
+    assert AutoImageProcessor.from_pretrained(tmp_path / "default").size.shortest_edge == 448

@@ -502,6 +502,8 @@ class TrainingArgumentParser(HfArgumentParser):
                     action.metavar = "{" + ",".join(map(str, action.choices)) + "}"
                 action.type, action.choices = _parse_value, None  # TrainingConfig checks values and choices
                 action.help = f"{action.help} (default: {_shown(getattr(plain, action.dest))})".replace("%", "%%")
+            else:  # HfArgumentParser repeats the key's own help, which reads as its opposite
+                action.help = f"set {action.dest} to false"
             action.default = argparse.SUPPRESS  # absent keys keep the file's value
 
     def error(self, message: str) -> NoReturn:

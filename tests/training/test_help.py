@@ -68,6 +68,7 @@ def test_help_shows_each_key_once_and_both_spellings_parse():
         if "_" in field.name:
             assert f"--{field.name.replace('_', '-')}" not in text, field.name
     assert "--no_cache_views" in text and "--no-cache-views" not in text
+    assert re.search(r"--no_cache_views\s+set cache_views to false", text)  # not the key's own help, its opposite
     kebab = TrainingArgumentParser(config_dir=CONFIGS).parse(["--max-steps", "7", "--no-cache-views"])
     assert (kebab.max_steps, kebab.cache_views) == (7, False)
 

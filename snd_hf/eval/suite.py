@@ -410,6 +410,8 @@ def _evaluate(feature_models, eval_data, tasks, out_dir, preset, cache_dir, iden
 
     for task in tasks:
         results[task], losses[task] = {}, {}
+        # One line per task, also where the progress bars are off (output to a file or a pipe).
+        print(f"{task}: {', '.join(model.name for model in feature_models)}", flush=True)
         if task == "correspondence":
             pictures.append(
                 _evaluate_correspondence(

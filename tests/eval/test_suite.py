@@ -57,7 +57,10 @@ def test_snd_eval_all_synthetic_two_models(checkpoints, tmp_path, capsys, monkey
     assert "## depth" in table and "| a |" in table and "| b |" in table
     # The file and the terminal say the same, overrides included; results.json records every setting.
     assert table.startswith("# Probe results on synthetic4x3 (preset cpu, steps 15, synthetic 4x3x42x56)")
-    assert table in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert table in printed
+    # a line per task as it starts, so a log shows progress where the bars are off
+    assert [line for line in printed.splitlines() if line.endswith(": a, b")] == [f"{task}: a, b" for task in payload["tasks"]]
     assert payload["preset_settings"]["synthetic"] == [4, 3, 42, 56] and payload["preset_settings"]["depth"]["steps"] == 15
     assert payload["tasks"] == ["depth", "normals", "segmentation", "correspondence"]
     for picture in ("correspondence_recall.png", "depth/panel_00.png", "normals/panel_00.png", "segmentation/panel_00.png", "pca/depth/pca_00.png"):

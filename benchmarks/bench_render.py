@@ -49,13 +49,8 @@ def scene(context_size: tuple[int, int], target_size: tuple[int, int], channels:
     poses = torch.eye(4).repeat(1, 3, 1, 1)
     poses[0, :, 0, 3] = torch.tensor([-0.1, 0.1, 0.0])  # left and right context views, target in the middle
     intrinsics = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.5, 0.5], [0.0, 0.0, 1.0]]).expand(1, 3, 3, 3)
-    context = {
-        "image": torch.zeros(1, 2, 3, height, width),
-        "extrinsics": poses[:, :2],
-        "intrinsics": intrinsics[:, :2],
-        "depth": depth,
-    }
-    gaussians = DepthLifter()(context)
+    context = Cameras(poses[:, :2], intrinsics[:, :2], torch.full((1, 2), 0.5), torch.full((1, 2), 20.0), (height, width))
+    gaussians = DepthLifter()(torch.zeros(1, 2, 3, height, width), context, depth)
     features = torch.randn(1, gaussians.num_gaussians, channels)
     gaussians = Gaussians(*(t.to(device) for t in (gaussians.means, gaussians.covariances, gaussians.opacities, features)))
     cameras = (poses[:, 2:], intrinsics[:, 2:], torch.full((1, 1), 0.5), torch.full((1, 1), 20.0))

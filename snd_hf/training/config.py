@@ -91,8 +91,7 @@ class TrainingConfig:
     synthetic_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "generated (H, W)"})
     image_size: list[int] = field(default_factory=lambda: [84, 112], metadata={"help": "training (H, W): a 6x8 token grid"})
     context_gap: int = field(default=4, metadata={"help": "frames between the two context views"})
-    # Deviation (data: context gap range): the original meant a (min, max) range but a retained bug
-    # always draws its min; here each sample draws its gap uniformly from [context_gap, max_context_gap].
+    # Deviation (docs/deviations.md, 9): the original meant a (min, max) range but always draws the min.
     max_context_gap: int | None = field(
         default=None, metadata={"help": "largest gap: each sample draws one in [context_gap, max_context_gap] (null: always context_gap)"}
     )

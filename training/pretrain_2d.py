@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     def build(folder: Path) -> None:
         model.save_pretrained(folder)
-        SnDImageProcessor().save_pretrained(folder)
+        SnDImageProcessor(size={"shortest_edge": min(CROP_SIZE)}).save_pretrained(folder)  # the size it learnt at, as the trainer's
 
     replace_folder(args.out, build, "training/pretrain_2d.py", overwrite=overwrite)  # written whole aside, then swapped in
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")

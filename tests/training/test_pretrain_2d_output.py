@@ -43,6 +43,9 @@ def test_a_folder_holding_user_files_beside_an_earlier_output_is_refused_before_
     assert script.main(["--out", str(out)]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "snd_run.json"]
     assert json.loads((out / "config.json").read_text())["training_info"]["role"] == "pretrained_2d"
+    # its processor feeds the crop size it learnt at, as the packaged asset's does
+    assert json.loads((out / "preprocessor_config.json").read_text()) == json.loads((_script().ASSET / "preprocessor_config.json").read_text())
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"shortest_edge": 84}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pretrained"]  # no staging left
 
 

@@ -100,9 +100,9 @@ def initial_run_backbone(run_dir: str | Path) -> SnDModel:
     final = run_dir / "model.safetensors"
     if start.finetune == "lora" and final.is_file():
         targeted = _lora_targeted_modules(backbone, start)
-        trained = load_file(final)
-        frozen = [key for key, value in backbone.state_dict().items() if key.removesuffix(".weight") not in targeted]
-        differing = [key for key in frozen if key not in trained or not torch.equal(trained[key], backbone.state_dict()[key])]
+        trained, rebuilt = load_file(final), backbone.state_dict()
+        frozen = [key for key in rebuilt if key.removesuffix(".weight") not in targeted]
+        differing = [key for key in frozen if key not in trained or not torch.equal(trained[key], rebuilt[key])]
         if differing:
             raise ValueError(
                 f"the initial weights rebuilt from {config_path} differ from the run's frozen weights in {final}"
